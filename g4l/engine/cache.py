@@ -1,0 +1,143 @@
+"""``ModelCache``: load each allowed model once per process and hand out its engine.
+
+Model ids resolve as follows:
+
+* ``'debug'``: the tiny random-weight model of :mod:`g4l.engine.debug_model`;
+* an existing local directory: an AudioCraft checkpoint directory
+  (``state_dict.bin`` + ``compression_state_dict.bin``), loaded by ``MusicGen.get_pretrained``;
+* anything else (``'facebook/musicgen-small'``, ``'thepatch/vanya_ai_dnb_0.1'``...): a
+  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use).
+
+Importing this module is cheap: torch and AudioCraft are imported on the first load.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from g4l.engine.debug_model import DEBUG_MODEL_ID
+from g4l.errors import GenerationFailed, ModelNotAllowed
+
+if TYPE_CHECKING:
+    from g4l.engine.musicgen import MusicGenEngine
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+class ModelLoadError(GenerationFailed):
+    """An allowed model could not be loaded (missing files, download failure, bad config).
+
+    Keeps :class:`GenerationFailed`'s code: to a client it is a generation that failed.
+    """
+
+
+def normalize_model_id(model_id: str) -> str:
+    """The canonical form of a model id: surrounding whitespace removed."""
+    return model_id.strip()
+
+
+def resolve_device(device: str) -> str:
+    """``'auto'`` -> ``'cuda'`` when a GPU is visible, else ``'cpu'``; others unchanged."""
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ModelCache:
+    """Loads allowed models on demand and keeps them for the life of the process.
+
+    Args:
+        allowlist: the model ids that may be loaded (normalized, blanks dropped).
+        device: ``'cpu'``, ``'cuda'`` or ``'auto'`` (GPU when available).
+    """
+
+    def __init__(self, allowlist: Iterable[str], device: str = "auto") -> None:
+        if device not in _DEVICES:
+            raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+        self._allowlist = [m for m in dict.fromkeys(normalize_model_id(x) for x in allowlist) if m]
+        self._device = device
+        self._engines: dict[str, MusicGenEngine] = {}
+        # One lock per model id: two threads asking for the same model load it once,
+        # while a slow download of one model does not block getting another.
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @property
+    def allowlist(self) -> list[str]:
+        """The normalized allowed ids, in configuration order."""
+        return list(self._allowlist)
+
+    @property
+    def device(self) -> str:
+        """The torch device models are loaded on (``'auto'`` resolved)."""
+        return resolve_device(self._device)
+
+    def is_allowed(self, model_id: str) -> bool:
+        """Whether ``model_id`` (after normalization) is in the allowlist."""
+        return normalize_model_id(model_id) in self._allowlist
+
+    def loaded(self) -> list[str]:
+        """Ids of the models loaded so far, in load order."""
+        with self._guard:
+            return list(self._engines)
+
+    def get(self, model_id: str) -> MusicGenEngine:
+        """The engine for ``model_id``, loading it on first use.
+
+        Raises:
+            ModelNotAllowed: the id is not in the allowlist.
+            ModelLoadError: loading failed; the message names the model.
+        """
+        key = normalize_model_id(model_id)
+        if key not in self._allowlist:
+            raise ModelNotAllowed(f"model {key!r} is not allowed on this server "
+                                  f"(allowed: {', '.join(self._allowlist) or 'none'})")
+        with self._guard:
+            engine = self._engines.get(key)
+            if engine is not None:
+                return engine
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                engine = self._engines.get(key)  # loaded by another thread meanwhile
+            if engine is None:
+                engine = self._load(key)
+                with self._guard:
+                    self._engines[key] = engine
+            return engine
+
+    def _load(self, model_id: str) -> MusicGenEngine:
+        device = self.device
+        try:
+            from g4l.engine.musicgen import MusicGenEngine  # torch + AudioCraft, on first use
+
+            if model_id == DEBUG_MODEL_ID:
+                from g4l.engine.debug_model import build_debug_musicgen
+
+                model = build_debug_musicgen(device=device)
+            else:
+                from audiocraft.models import MusicGen
+
+                model = MusicGen.get_pretrained(_checkpoint_name(model_id), device=device)
+            return MusicGenEngine(model, model_id=model_id)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _checkpoint_name(model_id: str) -> str:
+    """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
+    path = os.path.expanduser(model_id)
+    if os.path.isdir(path):
+        return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
+    if model_id.startswith(("/", ".", "~")):
+        # Clearly a path: don't let it fall through to a confusing Hub lookup.
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    return model_id

@@ -1,0 +1,144 @@
+"""``MusicGenEngine``: the :class:`~g4l.engine.base.Engine` over an AudioCraft MusicGen."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from g4l.engine._compat import prepare_audiocraft_import
+from g4l.engine.base import Engine, GenerationParams, ProgressCallback
+
+prepare_audiocraft_import()
+
+import torch  # noqa: E402  (after the import shims)
+
+if TYPE_CHECKING:
+    from audiocraft.models import MusicGen
+
+_mkldnn_lock = threading.Lock()
+
+
+def disable_mkldnn() -> None:
+    """Turn PyTorch's oneDNN (mkldnn) backend off, process-wide.
+
+    With it on, the EnCodec decoder's convolutions take 13-85 s on some output lengths on
+    CPU (oneDNN re-plans per shape); off, the same decode takes well under a second. The
+    flag is global, not per thread, so it is set once rather than toggled per call (a
+    toggle would race between engines in different threads). CUDA is not affected.
+    """
+    with _mkldnn_lock:
+        torch.backends.mkldnn.enabled = False
+
+
+class MusicGenEngine(Engine):
+    """Runs one AudioCraft ``MusicGen`` model; one generation at a time.
+
+    Args:
+        model: a loaded ``audiocraft.models.MusicGen``.
+        model_id: the id it was loaded from (defaults to ``model.name``).
+        disable_onednn: turn oneDNN off when the model is on CPU (see :func:`disable_mkldnn`).
+    """
+
+    def __init__(self, model: MusicGen, model_id: str | None = None,
+                 disable_onednn: bool = True) -> None:
+        self._model = model
+        self._model_id = model_id if model_id is not None else str(model.name)
+        # AudioCraft keeps generation params and the progress callback on the model
+        # object, so two generations at once would overwrite each other's settings.
+        self._lock = threading.Lock()
+        if disable_onednn and model.device.type == "cpu":
+            disable_mkldnn()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._model.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self._model.audio_channels)
+
+    @property
+    def frame_rate(self) -> float:
+        """Model steps (token frames) per second of audio."""
+        return float(self._model.frame_rate)
+
+    @property
+    def max_duration(self) -> float:
+        """Seconds one LM pass produces; longer durations use AudioCraft's windowed extension."""
+        return float(self._model.max_duration)
+
+    @property
+    def model(self) -> MusicGen:
+        """The wrapped AudioCraft model (diagnostics only: generating through it bypasses the lock)."""
+        return self._model
+
+    def continue_audio(self, prompt: np.ndarray, params: GenerationParams,
+                       on_progress: ProgressCallback | None = None) -> np.ndarray:
+        wav = self._prompt_tensor(prompt)
+        prompt_seconds = wav.shape[-1] / self.sample_rate
+        if prompt_seconds >= params.duration:
+            raise ValueError(f"prompt ({prompt_seconds:.2f} s) must be shorter than the "
+                             f"output duration ({params.duration:.2f} s)")
+        with self._lock:
+            return self._run(params, on_progress, lambda progress: self._model.generate_continuation(
+                wav, self.sample_rate, descriptions=[params.text], progress=progress))
+
+    def generate(self, params: GenerationParams,
+                 on_progress: ProgressCallback | None = None) -> np.ndarray:
+        with self._lock:
+            return self._run(params, on_progress, lambda progress: self._model.generate(
+                [params.text], progress=progress))  # type: ignore[list-item]  # None: unconditional
+
+    def _run(self, params: GenerationParams, on_progress: ProgressCallback | None,
+             call: Callable[[bool], torch.Tensor]) -> np.ndarray:
+        """Apply params, wire progress, run ``call`` and return its audio as numpy."""
+        model = self._model
+        model.set_generation_params(
+            use_sampling=True, top_k=params.top_k, top_p=params.top_p,
+            temperature=params.temperature, duration=params.duration, cfg_coef=params.cfg_coef)
+        # Sampling draws from torch's global generator. Without a seed, reseed from OS
+        # entropy so an unseeded run never replays the stream of an earlier seeded one.
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        else:
+            torch.seed()
+        # AudioCraft calls the custom callback only when progress=True (else it prints).
+        model.set_custom_progress_callback(on_progress)
+        try:
+            with torch.inference_mode():
+                out = call(on_progress is not None)
+        finally:
+            model.set_custom_progress_callback(None)
+        # [B=1, C, T] -> (C, T) float32, detached from torch's memory.
+        return np.ascontiguousarray(out[0].detach().to("cpu", torch.float32).numpy())
+
+    def _prompt_tensor(self, prompt: np.ndarray) -> torch.Tensor:
+        """Validate a ``(channels, frames)`` prompt and map it to the model's channels."""
+        arr = np.asarray(prompt)
+        if arr.ndim == 1:
+            arr = arr[None, :]  # a bare mono signal
+        if arr.ndim != 2:
+            raise ValueError(f"prompt must be shaped (channels, frames), got {arr.shape}")
+        if arr.shape[1] == 0:
+            raise ValueError("prompt is empty")
+        if arr.shape[0] > 8 * arr.shape[1]:
+            raise ValueError(f"prompt looks transposed: shape {arr.shape} is (channels, frames)?")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError("prompt contains NaN or infinite samples")
+        channels = self.channels
+        if arr.shape[0] != channels:
+            if channels == 1:
+                arr = arr.mean(axis=0, keepdims=True)  # downmix
+            elif arr.shape[0] == 1:
+                arr = np.repeat(arr, channels, axis=0)  # mono to every channel
+            else:
+                raise ValueError(f"cannot map a {arr.shape[0]}-channel prompt to {channels} channels")
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self._model.device)

@@ -1,0 +1,105 @@
+"""The error hierarchy: every failure a client can see has a stable code.
+
+Adapters map these once: Socket.IO sends ``error {message, code, session_id?}``, HTTP
+answers ``{"error": {"code", "message"}}`` with :attr:`G4LError.http_status`.
+"""
+
+from __future__ import annotations
+
+
+class G4LError(Exception):
+    """Base class: a client-facing error with a stable ``code`` and a human message."""
+
+    code = "INTERNAL"
+    http_status = 500
+
+    def __init__(self, message: str, *, session_id: str | None = None, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.session_id = session_id
+        self.details = details
+
+    def to_payload(self) -> dict[str, object]:
+        """The ``error`` event payload (upstream shape plus ``code``)."""
+        payload: dict[str, object] = {"message": self.message, "code": self.code}
+        if self.session_id:
+            payload["session_id"] = self.session_id
+        payload.update(self.details)
+        return payload
+
+
+class InvalidRequest(G4LError):
+    """A payload of the wrong shape: missing field, wrong type, out-of-range value."""
+
+    code = "INVALID_REQUEST"
+    http_status = 400
+
+
+class InvalidAudio(G4LError):
+    """``audio_data`` is not usable audio: broken base64, not a WAV, empty, NaNs, too long."""
+
+    code = "INVALID_AUDIO"
+    http_status = 400
+
+
+class TooLarge(G4LError):
+    """A payload or upload over the configured size limit."""
+
+    code = "TOO_LARGE"
+    http_status = 413
+
+
+class ModelNotAllowed(G4LError):
+    """A model id that is not in the operator's allowlist."""
+
+    code = "MODEL_NOT_ALLOWED"
+    http_status = 400
+
+
+class SessionNotFound(G4LError):
+    """No session with that id (never created, cleaned up, or expired)."""
+
+    code = "SESSION_NOT_FOUND"
+    http_status = 404
+
+
+class Busy(G4LError):
+    """The session already has a generation queued or running."""
+
+    code = "BUSY"
+    http_status = 409
+
+
+class NothingToRetry(G4LError):
+    """A retry on a session that has had no continue yet."""
+
+    code = "NOTHING_TO_RETRY"
+    http_status = 409
+
+
+class RateLimited(G4LError):
+    """Too many requests from one client; ``retry_after`` seconds to wait."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+
+
+class QueueFull(G4LError):
+    """The job queue is at its configured capacity."""
+
+    code = "QUEUE_FULL"
+    http_status = 503
+
+
+class GenerationFailed(G4LError):
+    """The worker could not produce a result (model error, worker lost too often)."""
+
+    code = "GENERATION_FAILED"
+    http_status = 500
+
+
+class Internal(G4LError):
+    """An unexpected server fault; details are in the server log, not in the message."""
+
+    code = "INTERNAL"
+    http_status = 500

@@ -1,0 +1,90 @@
+"""One typed settings object, read from the environment (documented in README's table)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field names map to ``G4L_<NAME>`` variables, except the
+    two store URLs, which use the conventional ``REDIS_URL`` / ``MONGO_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="G4L_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    mongo_url: str | None = Field(default=None, validation_alias="MONGO_URL")
+    mongo_db: str = "g4l"
+    data_dir: Path = Path(".g4l-data")
+
+    # Models: an allowlist of ids; "debug" is the tiny random-weight MusicGen.
+    models: Annotated[list[str], NoDecode] = ["thepatch/vanya_ai_dnb_0.1"]
+    default_model: str | None = None
+    workers: int = 1
+    torch_threads: int = 0  # 0: let torch decide
+    device: str = "auto"  # auto | cpu | cuda
+
+    # Generation bounds.
+    output_seconds: float = 30.0
+    min_prompt_seconds: int = 1
+    max_prompt_seconds: int = 15
+    default_prompt_seconds: int = 6
+
+    # Input limits: what a client may send.
+    max_payload_mb: int = 256
+    max_input_seconds: float = 900.0
+    max_sample_rate: int = 192_000
+    max_channels: int = 2
+
+    # Socket.IO heartbeat (seconds) dictated to clients.
+    ping_interval: int = 25
+    ping_timeout: int = 60
+
+    # Sessions and jobs.
+    retention_hours: float = 72.0
+    job_max_attempts: int = 2
+    worker_heartbeat_s: float = 2.0
+    worker_dead_after_s: float = 10.0
+    progress_interval_s: float = 1.0
+    max_queue: int = 100
+
+    # Chunked uploads.
+    chunk_size: int = 8 * 1024 * 1024
+    upload_ttl_s: int = 3600
+
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | console
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        # G4L_MODELS is a comma-separated list, not JSON.
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def model_default(self) -> str:
+        """The model used when a request names none."""
+        return self.default_model or self.models[0]
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * 1024 * 1024
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_hours * 3600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

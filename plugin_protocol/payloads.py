@@ -1,0 +1,223 @@
+"""Pydantic models of every payload on the wire, in both directions.
+
+Client payloads are lenient where real clients differ (a Swift client sends numbers and
+JSON strings; unknown fields are ignored) and strict where a bad value would hurt
+(ranges, NaN, types). The JSON Schema in ``schema.json`` is generated from these models
+(``python -m plugin_protocol.schema``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+#: Limits that are facts of the protocol (clients allow 1-15 s of prompt).
+PROMPT_SECONDS_MIN = 1
+PROMPT_SECONDS_MAX = 15
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_strip_whitespace=False)
+
+
+def _clean_session_id(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        if value and not _SESSION_ID.match(value):
+            raise ValueError("session_id must be 1-64 letters, digits, '-' or '_'")
+        return value or None
+    return value
+
+
+def _clean_model_name(value: object) -> object:
+    # JSON strings arrive already unescaped; a dict payload built by a client that
+    # escaped "/" twice still carries "\/", which is never part of a model id.
+    if isinstance(value, str):
+        value = value.strip().replace("\\/", "/")
+        return value or None
+    return value
+
+
+SessionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class GenerationParams(_Payload):
+    """Optional sampling parameters shared by bang, continue and retry."""
+
+    model_name: str | None = Field(default=None, max_length=300, description="Model id from the server's allowlist")
+    prompt_duration: int | None = Field(
+        default=None, ge=PROMPT_SECONDS_MIN, le=PROMPT_SECONDS_MAX, description="Seconds of prompt"
+    )
+    top_k: int | None = Field(default=None, ge=0, le=10_000)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    temperature: float | None = Field(default=None, gt=0.0, le=10.0)
+    cfg_coef: float | None = Field(default=None, ge=0.0, le=30.0)
+    description: str | None = Field(default=None, max_length=2000, description="Text guidance; empty = none")
+
+    _model = field_validator("model_name", mode="before")(_clean_model_name)
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _clean_description(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    def given(self) -> dict[str, object]:
+        """Only the parameters the client actually sent (the rest fall back to the session's)."""
+        fields = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+
+
+class ProcessAudioRequest(GenerationParams):
+    """``process_audio_request`` (bang): continue the FIRST ``prompt_duration`` seconds."""
+
+    audio_data: str = Field(min_length=1, description="base64 WAV")
+    model_name: str = Field(max_length=300)
+    prompt_duration: int = Field(ge=PROMPT_SECONDS_MIN, le=PROMPT_SECONDS_MAX)
+
+
+class ContinueMusicRequest(GenerationParams):
+    """``continue_music_request``: continue the LAST ``prompt_duration`` seconds."""
+
+    session_id: SessionId | None = None
+    audio_data: str | None = Field(default=None, description="base64 WAV; absent: the stored last output")
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+    @field_validator("audio_data", mode="before")
+    @classmethod
+    def _empty_audio_is_absent(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+class RetryMusicRequest(GenerationParams):
+    """``retry_music_request``: redo the last continue from the input it used."""
+
+    session_id: SessionId
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+
+class UpdateCroppedAudio(_Payload):
+    """``update_cropped_audio`` (crop): the given audio becomes the session's current audio."""
+
+    session_id: SessionId | None = None
+    audio_data: str = Field(min_length=1)
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+
+class SessionRef(_Payload):
+    """``cleanup_session_request`` and ``verify_session``."""
+
+    session_id: SessionId
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+
+class ProgressStatusRequest(SessionRef):
+    """``request_progress_status``: sent when no progress arrived for 5 s."""
+
+    last_progress: float | None = None
+
+
+class BeginRestoreAudio(GenerationParams):
+    """``begin_restore_audio``: start a chunked upload of a large current audio."""
+
+    session_id: SessionId | None = None
+    total_chunks: int | None = Field(default=None, ge=1, le=100_000)
+    total_size: int | None = Field(default=None, ge=1)
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+
+class AudioChunk(GenerationParams):
+    """``audio_chunk``: one base64 fragment; fragments concatenate to the base64 WAV."""
+
+    session_id: SessionId
+    chunk: str = Field(min_length=1)
+    chunk_index: int = Field(ge=0, le=100_000)
+    total_chunks: int = Field(ge=1, le=100_000)
+    is_last: bool = False
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class ErrorPayload(_Payload):
+    message: str
+    code: str
+    session_id: str | None = None
+
+
+class Ack(_Payload):
+    """``*_received`` acknowledgements, ``processing_started``."""
+
+    session_id: str
+    job_id: str | None = None
+
+
+class ProgressUpdate(_Payload):
+    progress: int = Field(ge=0, le=100)
+    session_id: str
+
+
+class AudioResult(_Payload):
+    """``audio_processed`` / ``music_continued`` / ``music_retried``."""
+
+    audio_data: str
+    session_id: str
+
+
+class QueueStatus(_Payload):
+    message: str
+    position: int
+    total_queued: int
+    estimated_seconds: float
+    status: Literal["queued", "warming", "processing", "ready"]
+    session_id: str
+
+
+class Message(_Payload):
+    """``update_cropped_audio_complete``, ``cleanup_complete``, ``restore_complete``."""
+
+    message: str
+    session_id: str
+
+
+class SessionStatus(_Payload):
+    """Our answer to ``verify_session`` and ``request_progress_status``."""
+
+    session_id: str
+    exists: bool
+    status: str
+    generation_in_progress: bool
+    progress: int
+    queue_position: int | None = None
+    error: str | None = None
+    model_name: str | None = None
+    version: int = 0
+
+
+class ReadyForChunks(_Payload):
+    session_id: str
+    chunk_size: int
+
+
+class ChunkReceived(_Payload):
+    session_id: str
+    chunk_index: int
+    total_chunks: int
+    received_chunks: int
+
+
+class ChunksMissing(_Payload):
+    session_id: str
+    missing_chunks: list[int]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one install recipe shared by scripts/serve and scripts/test.
+# Idempotent: installs only what is missing, so a second run takes about a second.
+#   scripts/install.sh [serve|test]
+# What it does, on Debian with Python 3.11 as root (sudo is used when not root):
+#   1. apt: redis-server (embedded Redis), ffmpeg (HLS) and, for tests, chromium.
+#   2. a virtual environment in ./.venv with torch 2.13.0 (the local CPU wheel; never let
+#      pip choose torch: another version pulls GBs of CUDA wheels).
+#   3. the project and its dependencies under a torch==2.13.0 constraint.
+#   4. AudioCraft 1.3.0 with --no-deps (its metadata pins torch 2.1 and av 11, which has no
+#      wheel for Python 3.11; pyproject lists the dependencies its code really imports).
+set -euo pipefail
+mode=${1:-serve}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${G4L_VENV:-$root/.venv}
+py=${PYTHON:-python3}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_pkgs=(redis-server ffmpeg)
+[ "$mode" = test ] && apt_pkgs+=(chromium)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install: apt-get install ${missing[*]}" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)
+
+extras=embedded
+[ "$mode" = test ] && extras=embedded,test
+# Re-install the Python side only when its inputs change.
+stamp="$venv/.g4l-install-$mode"
+want=$(cat pyproject.toml scripts/constraints.txt scripts/install.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "${pip[@]}" install torch==2.13.0
+  "${pip[@]}" install -c scripts/constraints.txt -e ".[$extras]"
+  "${pip[@]}" install -c scripts/constraints.txt --no-deps audiocraft==1.3.0
+  echo "$want" > "$stamp"
+fi
