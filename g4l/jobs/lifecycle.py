@@ -1,0 +1,101 @@
+"""Job state transitions, each applied to the job record, its session and the notices
+together, so a job is never "in progress" in one place and finished in another."""
+
+from __future__ import annotations
+
+import time
+
+from g4l import keys
+from g4l.context import Context
+from g4l.errors import G4LError, GenerationFailed
+from g4l.jobs import notices
+from g4l.jobs.queue import Claimed
+from g4l.jobs.records import Job
+from g4l.log import get_logger
+
+log = get_logger(__name__)
+
+
+def started(ctx: Context, job: Job, worker: str) -> None:
+    """The worker took the job."""
+    job.status, job.worker, job.started = "running", worker, time.time()
+    job.attempts += 1
+    ctx.jobs.update(job.id, status="running", worker=worker, started=job.started, attempts=job.attempts,
+                    progress=0)
+    ctx.sessions.update_if_job(job.session_id, job.id, status="running", progress=0)
+    notices.publish(ctx.redis, notices.STARTED, job_id=job.id, session_id=job.session_id, kind=job.kind)
+
+
+def progressed(ctx: Context, job: Job, percent: int) -> None:
+    """Throttled by the caller (about once a second)."""
+    job.progress = percent
+    with ctx.redis.pipeline() as p:
+        p.hset(keys.job(job.id), "progress", percent)
+        notices.publish(p, notices.PROGRESS, job_id=job.id, session_id=job.session_id, progress=percent)
+        p.execute()
+    ctx.sessions.update_if_job(job.session_id, job.id, progress=percent)
+
+
+def failed(ctx: Context, job: Job, error: G4LError) -> None:
+    """The job ended without a result; the session keeps what it had."""
+    job.status, job.finished = "failed", time.time()
+    job.error, job.error_code = error.message, error.code
+    ctx.jobs.update(job.id, status="failed", finished=job.finished, error=error.message, error_code=error.code)
+    ctx.sessions.update_if_job(job.session_id, job.id, status="idle", progress=0, error=error.message,
+                               error_code=error.code)
+    notices.publish(ctx.redis, notices.FAILED, job_id=job.id, session_id=job.session_id, kind=job.kind,
+                    message=error.message, code=error.code)
+    log.warning("job failed", job_id=job.id, session_id=job.session_id, code=error.code, error=error.message)
+
+
+def canceled(ctx: Context, job: Job) -> None:
+    job.status, job.finished = "canceled", time.time()
+    ctx.jobs.update(job.id, status="canceled", finished=job.finished)
+    ctx.sessions.update_if_job(job.session_id, job.id, status="idle", progress=0)
+    notices.publish(ctx.redis, notices.CANCELED, job_id=job.id, session_id=job.session_id, kind=job.kind)
+    log.info("job canceled", job_id=job.id, session_id=job.session_id)
+
+
+def alive_workers(ctx: Context) -> dict[str, str]:
+    """Name -> heartbeat JSON of every worker whose heartbeat has not expired."""
+    names = sorted(ctx.redis.smembers(keys.WORKERS))
+    if not names:
+        return {}
+    beats = ctx.redis.mget([keys.worker(n) for n in names])
+    dead = [n for n, b in zip(names, beats) if b is None]
+    if dead:
+        ctx.redis.srem(keys.WORKERS, *dead)
+    return {n: b for n, b in zip(names, beats) if b is not None}
+
+
+def recover_orphans(ctx: Context) -> int:
+    """Give the jobs of dead workers another attempt, or fail them clearly. Returns how many."""
+    alive = set(alive_workers(ctx))
+    min_idle_ms = int(ctx.settings.worker_dead_after_s * 1000)
+    handled = 0
+    for claimed, consumer in ctx.queue.orphans(alive, min_idle_ms):
+        handled += 1
+        _recover_one(ctx, claimed, consumer)
+    return handled
+
+
+def _recover_one(ctx: Context, claimed: Claimed, consumer: str) -> None:
+    job = ctx.jobs.get(claimed.job_id)
+    if job is None or job.status in ("completed", "failed", "canceled"):
+        ctx.queue.ack(claimed)
+        return
+    if ctx.jobs.cancel_requested(job.id):
+        ctx.queue.ack(claimed)
+        canceled(ctx, job)
+        return
+    bound = log.bind(job_id=job.id, session_id=job.session_id, dead_worker=consumer)
+    if job.attempts >= ctx.settings.job_max_attempts:
+        ctx.queue.ack(claimed)
+        failed(ctx, job, GenerationFailed(
+            f"the worker running this generation stopped ({job.attempts} attempt(s)); please try again",
+            session_id=job.session_id))
+        return
+    bound.warning("recovering job of a dead worker", attempts=job.attempts)
+    ctx.sessions.update_if_job(job.session_id, job.id, status="queued", progress=0)
+    ctx.queue.requeue(claimed, job)
+    notices.publish(ctx.redis, notices.QUEUE_CHANGED, job_id=job.id, session_id=job.session_id)

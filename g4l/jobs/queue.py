@@ -1,0 +1,168 @@
+"""The durable job queue: Redis Streams with one consumer group of workers.
+
+At-least-once delivery: a job stays pending in the group until its worker acknowledges
+it; a worker that dies (its heartbeat key expires) has its pending job put back on the
+stream by :meth:`JobQueue.recover`, or failed once it has used its attempts. Interactive
+jobs (device requests) always go before background ones (stations). A sorted set mirrors
+the waiting order so queue positions and ETAs are one ZRANK away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from g4l import keys
+from g4l.jobs.records import Job, JobStore
+
+PRIORITIES = ("interactive", "background")
+# Background jobs sort after every interactive one in the waiting set.
+_BACKGROUND_OFFSET = 1e15
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker took from a stream, with what it needs to acknowledge it."""
+
+    job_id: str
+    stream: str
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    position: int  # 1-based among waiting jobs; 0 when running or done
+    total_queued: int
+    estimated_seconds: float
+
+
+class JobQueue:
+    """Enqueue, claim, acknowledge and recover jobs."""
+
+    def __init__(self, r: redis.Redis, jobs: JobStore, default_job_seconds: float = 30.0) -> None:
+        self.r = r
+        self.jobs = jobs
+        self.default_job_seconds = default_job_seconds
+        self._groups_ready = False
+
+    def ensure_groups(self) -> None:
+        """Create the streams and the consumer group (idempotent)."""
+        if self._groups_ready:
+            return
+        for priority in PRIORITIES:
+            try:
+                self.r.xgroup_create(keys.stream(priority), keys.WORKER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    # ------------------------------------------------------------ producer side
+    def enqueue(self, job: Job, *, front: bool = False) -> None:
+        """Save ``job`` and put it on its priority's stream."""
+        self.ensure_groups()
+        seq = self.r.incr(keys.SEQUENCE)
+        score = float(seq) + (_BACKGROUND_OFFSET if job.priority == "background" else 0.0)
+        if front:
+            score -= 1e12
+        job.status = "queued"
+        with self.r.pipeline() as p:
+            self.jobs.save(job, p)
+            p.zadd(keys.WAITING, {job.id: score})
+            p.xadd(keys.stream(job.priority), {"job_id": job.id})
+            p.execute()
+
+    def depth(self) -> int:
+        """Jobs waiting (not yet running)."""
+        return int(self.r.zcard(keys.WAITING))
+
+    def running(self) -> int:
+        return int(self.r.scard(keys.RUNNING))
+
+    def position(self, job_id: str) -> QueuePosition:
+        """Where ``job_id`` stands and how long until it is done, roughly."""
+        rank = self.r.zrank(keys.WAITING, job_id)
+        waiting = self.depth()
+        running = self.running()
+        avg = self.average_job_seconds()
+        if rank is None:
+            return QueuePosition(0, waiting + running, avg if running else 0.0)
+        # Jobs ahead of us, plus (about) half of what is running now, plus our own.
+        eta = avg * (rank + 1) + (avg / 2 if running else 0.0)
+        return QueuePosition(rank + 1, waiting + running, round(eta, 1))
+
+    def waiting_ids(self, limit: int = 500) -> list[str]:
+        return list(self.r.zrange(keys.WAITING, 0, limit - 1))
+
+    def average_job_seconds(self) -> float:
+        value = self.r.get(keys.JOB_SECONDS)
+        return float(value) if value else self.default_job_seconds
+
+    def record_duration(self, seconds: float) -> None:
+        """Fold a finished job's run time into the ETA average (EMA)."""
+        old = self.average_job_seconds()
+        self.r.set(keys.JOB_SECONDS, round(0.7 * old + 0.3 * seconds, 3))
+
+    # ------------------------------------------------------------ worker side
+    def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
+        """Take the next job: interactive first, background only when none waits."""
+        self.ensure_groups()
+        order = [("interactive", block_ms), ("background", None)]
+        for priority, block in order:
+            name = keys.stream(priority)
+            got = self.r.xreadgroup(keys.WORKER_GROUP, consumer, {name: ">"}, count=1, block=block)
+            if got:
+                _stream, entries = got[0]
+                entry_id, fields = entries[0]
+                return Claimed(fields.get("job_id", ""), name, entry_id)
+        return None
+
+    def mark_running(self, claimed: Claimed) -> None:
+        with self.r.pipeline() as p:
+            p.zrem(keys.WAITING, claimed.job_id)
+            p.sadd(keys.RUNNING, claimed.job_id)
+            p.execute()
+
+    def ack(self, claimed: Claimed) -> None:
+        """The job is finished (whatever its outcome): drop it from the stream."""
+        with self.r.pipeline() as p:
+            p.xack(claimed.stream, keys.WORKER_GROUP, claimed.entry_id)
+            p.xdel(claimed.stream, claimed.entry_id)
+            p.srem(keys.RUNNING, claimed.job_id)
+            p.zrem(keys.WAITING, claimed.job_id)
+            p.execute()
+
+    def remove_waiting(self, job_id: str) -> bool:
+        """Take a queued job out of the waiting order (cancellation before it runs)."""
+        return bool(self.r.zrem(keys.WAITING, job_id))
+
+    # ------------------------------------------------------------ recovery
+    def orphans(self, alive: set[str], min_idle_ms: int) -> list[tuple[Claimed, str]]:
+        """Pending entries whose consumer is not alive, claimed away from it atomically.
+
+        XCLAIM with ``min_idle_ms`` makes this safe when several recoverers race: only one
+        of them gets each entry.
+        """
+        self.ensure_groups()
+        found: list[tuple[Claimed, str]] = []
+        for priority in PRIORITIES:
+            name = keys.stream(priority)
+            for entry in self.r.xpending_range(name, keys.WORKER_GROUP, min="-", max="+", count=100):
+                consumer = entry["consumer"]
+                if consumer in alive or entry["time_since_delivered"] < min_idle_ms:
+                    continue
+                claimed = self.r.xclaim(name, keys.WORKER_GROUP, "recoverer", min_idle_ms,
+                                        [entry["message_id"]])
+                for entry_id, fields in claimed:
+                    if fields:
+                        found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
+        return found
+
+    def requeue(self, claimed: Claimed, job: Job) -> None:
+        """Put a recovered job back at the front of the queue for another attempt."""
+        self.ack(claimed)
+        job.worker = None
+        job.started = None
+        job.progress = 0
+        self.enqueue(job, front=True)

@@ -1,0 +1,108 @@
+"""``python -m g4l.launcher`` (what scripts/serve runs): the whole server in the foreground.
+
+Starts the embedded Redis and MongoDB-compatible store when ``REDIS_URL`` / ``MONGO_URL``
+are unset (data under ``G4L_DATA_DIR``, durable across restarts), then the generation
+workers and the web process; restarts a worker that dies; prints
+``g4l ready on http://HOST:PORT`` once clients can connect; on SIGINT/SIGTERM stops every
+process it started, web first and stores last, so no stored audio is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from g4l import embedded, log as logging_setup
+from g4l.log import get_logger
+from g4l.settings import get_settings
+
+log = get_logger("g4l.launcher")
+READY_TIMEOUT_S = 300.0
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200 and json.load(resp).get("status") == "ready"
+    except Exception:
+        return False
+
+
+def main() -> int:
+    settings = get_settings()
+    logging_setup.configure(settings.log_level, settings.log_format, process="launcher")
+    stopping = {"flag": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    stores: list[embedded.ManagedProcess] = []
+    env = dict(os.environ)
+    data_dir = Path(settings.data_dir).resolve()
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        if not settings.redis_url:
+            stores.append(embedded.start_redis(data_dir / "redis"))
+            env["REDIS_URL"] = stores[-1].url
+            log.info("embedded redis started", url=stores[-1].url, pid=stores[-1].proc.pid)
+        if not settings.mongo_url:
+            stores.append(embedded.start_mongo(data_dir / "mongo"))
+            env["MONGO_URL"] = stores[-1].url
+            log.info("embedded mongodb-compatible store started", url=stores[-1].url, pid=stores[-1].proc.pid)
+
+        def spawn(name: str, module: str) -> None:
+            children[name] = subprocess.Popen([sys.executable, "-m", module], env=env)
+            log.info("process started", process=name, pid=children[name].pid)
+
+        for i in range(settings.workers):
+            spawn(f"worker-{i}", "g4l.worker")
+        spawn("web", "g4l.web")
+
+        url = f"http://{settings.host}:{settings.port}"
+        announced = False
+        started = time.monotonic()
+        while not stopping["flag"]:
+            for name, proc in list(children.items()):
+                if proc.poll() is not None:
+                    if name == "web":
+                        log.error("web process exited", code=proc.returncode)
+                        return 1
+                    # A dead worker's job is recovered by the others (or by its successor).
+                    log.warning("worker exited; restarting it", process=name, code=proc.returncode)
+                    spawn(name, "g4l.worker")
+            if not announced:
+                if _ready(f"{url}/health/ready"):
+                    print(f"g4l ready on {url}", flush=True)
+                    announced = True
+                elif time.monotonic() - started > READY_TIMEOUT_S:
+                    log.error("server did not become ready", seconds=READY_TIMEOUT_S)
+                    return 1
+            time.sleep(0.25)
+        return 0
+    finally:
+        for name in ["web", *[n for n in children if n != "web"]]:
+            proc = children.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in children.items():
+            try:
+                proc.wait(60 if name.startswith("worker") else 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for store in reversed(stores):
+            store.stop(timeout=30)
+        log.info("all processes stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Structured logging: one JSON object a line, naming the session and job it is about."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(level: str = "INFO", fmt: str = "json", process: str = "g4l") -> None:
+    """Set up structlog and route stdlib logging (engineio, werkzeug) through it."""
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processors=[*shared, renderer], foreign_pre_chain=shared)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The websocket libraries log every frame at INFO: keep them quiet unless debugging.
+    for noisy in ("engineio", "socketio", "geventwebsocket", "werkzeug", "xformers"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR if noisy == "xformers" else logging.WARNING, root.level))
+    structlog.contextvars.bind_contextvars(process=process)
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger; bind ``session_id``/``job_id`` on it for every line about them."""
+    return structlog.get_logger(name)

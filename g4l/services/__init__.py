@@ -1,0 +1,1 @@
+"""The behaviour of every operation, once; Socket.IO and HTTP adapters call into it."""

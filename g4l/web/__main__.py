@@ -1,0 +1,36 @@
+"""``python -m g4l.web``: serve the web process until SIGTERM."""
+
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports socket/threading/ssl
+
+import signal  # noqa: E402
+
+import gevent  # noqa: E402
+
+from g4l import log as logging_setup  # noqa: E402
+from g4l.log import get_logger  # noqa: E402
+from g4l.settings import get_settings  # noqa: E402
+from g4l.web.app import create_app  # noqa: E402
+
+
+def main() -> None:
+    settings = get_settings()
+    logging_setup.configure(settings.log_level, settings.log_format, process="web")
+    web = create_app(settings)
+    web.relay.start()
+    log = get_logger("g4l.web")
+
+    def stop() -> None:
+        log.info("web stopping")
+        web.relay.stop()
+        web.socketio.stop()
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    log.info("web listening", host=settings.host, port=settings.port)
+    web.socketio.run(web.app, host=settings.host, port=settings.port, log_output=False)
+
+
+if __name__ == "__main__":
+    main()

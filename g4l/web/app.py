@@ -1,0 +1,53 @@
+"""Builds the web application: Flask routes, the Socket.IO server, the notice relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask
+from flask_cors import CORS
+from flask_socketio import SocketIO
+
+from g4l.context import Context
+from g4l.services.sessions import SessionService
+from g4l.settings import Settings
+from g4l.web import health, metrics, socket_events, transport
+from g4l.web.offload import offload
+from g4l.web.relay import Relay
+
+
+@dataclass
+class WebApp:
+    app: Flask
+    socketio: SocketIO
+    ctx: Context
+    service: SessionService
+    relay: Relay
+
+
+def create_app(settings: Settings) -> WebApp:
+    """Wire everything; call :meth:`Relay.start` (done by ``run``) to begin relaying."""
+    ctx = Context.from_settings(settings)
+    ctx.queue.ensure_groups()
+    ctx.blobs.ensure_indexes()
+    app = Flask("g4l")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1024 * 1024
+    CORS(app, resources={r"/health*": {"origins": settings.cors_list}})
+    socketio = SocketIO(
+        app,
+        async_mode="gevent",
+        cors_allowed_origins=settings.cors_list,
+        max_http_buffer_size=settings.max_payload_bytes,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        # Handlers run in their own greenlets: one client's 100 MB upload being decoded
+        # never delays another client's events.
+        async_handlers=True,
+    )
+    transport.install(socketio.server)
+    service = SessionService(ctx, offload=offload)
+    relay = Relay(socketio, ctx, service)
+    socket_events.register(socketio, service, relay)
+    app.register_blueprint(health.blueprint(ctx))
+    app.register_blueprint(metrics.blueprint(ctx))
+    return WebApp(app, socketio, ctx, service, relay)

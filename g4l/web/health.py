@@ -1,0 +1,72 @@
+"""``/health`` in the upstream shape, plus ``/health/live`` and ``/health/ready``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from g4l.context import Context
+from g4l.jobs import lifecycle
+
+
+def _check(fn: Any) -> str:
+    try:
+        fn()
+        return "live"
+    except Exception as exc:  # report, never raise: a status page must always get an answer
+        return f"down: {type(exc).__name__}: {exc}"[:200]
+
+
+def report(ctx: Context) -> tuple[dict[str, Any], bool]:
+    """The health document and whether the server can serve generations."""
+    mongodb = _check(ctx.blobs.ping)
+    redis_state = _check(ctx.redis.ping)
+    workers: list[dict[str, Any]] = []
+    queue_depth = None
+    if redis_state == "live":
+        try:
+            workers = [json.loads(v) for v in lifecycle.alive_workers(ctx).values()]
+            queue_depth = ctx.queue.depth()
+        except Exception as exc:
+            redis_state = f"down: {exc}"[:200]
+    if workers:
+        w = workers[0]
+        pytorch = f"live: torch {w.get('torch')} on {w.get('device')}"
+    else:
+        pytorch = "down: no generation worker is alive"
+    models = sorted({m for w in workers for m in w.get("models", [])})
+    ok = mongodb == "live" and redis_state == "live" and bool(workers)
+    body = {
+        "status": "live" if ok else "degraded",
+        "mongodb": mongodb,
+        "redis": redis_state,
+        "pytorch": pytorch,
+        "workers": len(workers),
+        "workers_busy": sum(1 for w in workers if w.get("job_id")),
+        "queue_depth": queue_depth,
+        "models_loaded": models,
+        "models_allowed": ctx.settings.models,
+    }
+    return body, ok
+
+
+def blueprint(ctx: Context) -> Blueprint:
+    bp = Blueprint("health", __name__)
+
+    @bp.get("/health")
+    def health() -> Any:
+        body, ok = report(ctx)
+        return jsonify(body), 200 if ok else 500
+
+    @bp.get("/health/live")
+    def live() -> Any:
+        return jsonify({"status": "live"}), 200
+
+    @bp.get("/health/ready")
+    def ready() -> Any:
+        body, ok = report(ctx)
+        return jsonify({**body, "status": "ready" if ok else "not ready"}), 200 if ok else 503
+
+    return bp

@@ -1,0 +1,123 @@
+"""Relays job notices from Redis to the Socket.IO rooms this web node holds.
+
+Every web node receives every notice; only a node with a socket in the session's room
+acts on it. Results are read from GridFS by that node (audio never rides pub/sub).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import gevent
+import redis
+from flask_socketio import SocketIO
+
+from g4l import keys
+from g4l.context import Context
+from g4l.jobs import notices
+from g4l.log import get_logger
+from g4l.services.sessions import SessionService
+from g4l.web.offload import offload
+from plugin_protocol import events
+
+log = get_logger(__name__)
+
+
+class Relay:
+    """Subscribes to ``g4l:notices`` in a greenlet and emits to local rooms."""
+
+    def __init__(self, socketio: SocketIO, ctx: Context, service: SessionService) -> None:
+        self.socketio = socketio
+        self.ctx = ctx
+        self.service = service
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def has_local(self, room: str) -> bool:
+        """Whether a socket connected to this node is in ``room``."""
+        manager = self.socketio.server.manager
+        return any(True for _ in manager.get_participants("/", room))
+
+    def emit(self, event: str, payload: dict[str, Any], room: str) -> None:
+        self.socketio.emit(event, payload, to=room)
+
+    # ------------------------------------------------------------ loop
+    def _run(self) -> None:
+        while True:
+            pubsub = self.ctx.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(keys.NOTICES)
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        try:
+                            self.handle(notices.decode(message["data"]))
+                        except Exception:
+                            log.exception("relaying a notice failed")
+            except redis.RedisError as exc:
+                log.warning("notice subscription lost; resubscribing", error=str(exc))
+                gevent.sleep(1.0)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+
+    def handle(self, notice: dict[str, Any]) -> None:
+        kind = notice.get("type")
+        session_id = notice.get("session_id") or ""
+        local = bool(session_id) and self.has_local(session_id)
+        if kind == notices.PROGRESS and local:
+            self.emit(events.PROGRESS_UPDATE, {"progress": int(notice["progress"]), "session_id": session_id},
+                      session_id)
+        elif kind == notices.STARTED:
+            if local:
+                self.emit(events.PROCESSING_STARTED, {"session_id": session_id, "job_id": notice["job_id"]},
+                          session_id)
+                self.emit(events.QUEUE_STATUS, self.service.queue_status(notice["job_id"], session_id), session_id)
+            self.broadcast_queue()
+        elif kind == notices.COMPLETED:
+            if local:
+                gevent.spawn(self.deliver, session_id, notice["job_id"], notice["kind"], notice["blob_id"])
+            self.broadcast_queue()
+        elif kind == notices.FAILED:
+            if local:
+                self.emit(events.ERROR, {"message": notice["message"], "code": notice["code"],
+                                         "session_id": session_id}, session_id)
+            self.broadcast_queue()
+        elif kind in (notices.CANCELED, notices.QUEUE_CHANGED):
+            self.broadcast_queue()
+
+    def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
+        """Send a finished result to the room: progress 100, then the audio."""
+        try:
+            wav = self.ctx.blobs.get(blob_id)
+        except KeyError:
+            log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
+            return
+        audio_b64 = offload(lambda data: base64.b64encode(data).decode("ascii"), wav)
+        self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)
+        event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
+        self.emit(event, {"audio_data": audio_b64, "session_id": session_id}, session_id)
+        self.emit(events.QUEUE_STATUS, {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(),
+                                        "estimated_seconds": 0, "status": "ready", "session_id": session_id},
+                  session_id)
+        self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
+        log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav))
+
+    def broadcast_queue(self) -> None:
+        """Tell every locally connected waiting session its new position."""
+        for job_id in self.ctx.queue.waiting_ids():
+            job = self.ctx.jobs.get(job_id)
+            if job is None or not self.has_local(job.session_id):
+                continue
+            status = self.service.queue_status(job_id, job.session_id)
+            self.emit(events.QUEUE_STATUS, status, job.session_id)
+            self.emit(events.QUEUE_UPDATE, {k: status[k] for k in ("message", "position", "total_queued",
+                                                                  "estimated_seconds")}, job.session_id)

@@ -1,0 +1,60 @@
+"""A worker's heartbeat: a Redis key that expires unless renewed, read by /health and by
+recovery (a worker whose key expired is dead, and its job is taken back)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+import redis
+
+from g4l import keys
+
+
+class Heartbeat:
+    """Renews ``g4l:worker:<name>`` every ``interval`` seconds from a daemon thread, so it
+    keeps beating while the main thread is busy inside the model."""
+
+    def __init__(self, r: redis.Redis, name: str, interval: float, ttl: float,
+                 describe: Callable[[], dict]) -> None:
+        self.r = r
+        self.name = name
+        self.interval = interval
+        self.ttl = ttl
+        self.describe = describe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.started = time.time()
+
+    def beat(self) -> None:
+        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                "started": self.started, "at": time.time(), **self.describe()}
+        with self.r.pipeline() as p:
+            p.set(keys.worker(self.name), json.dumps(info), px=int(self.ttl * 1000))
+            p.sadd(keys.WORKERS, self.name)
+            p.execute()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except redis.RedisError:
+                pass  # the next beat retries; recovery tolerates a missed one
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            with self.r.pipeline() as p:
+                p.delete(keys.worker(self.name))
+                p.srem(keys.WORKERS, self.name)
+                p.execute()
+        except redis.RedisError:
+            pass

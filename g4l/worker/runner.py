@@ -1,0 +1,120 @@
+"""Runs one claimed job end to end: load audio, generate, assemble, store, report."""
+
+from __future__ import annotations
+
+import time
+
+from g4l import audio
+from g4l.context import Context
+from g4l.engine.base import Cancelled, GenerationParams
+from g4l.engine.cache import ModelCache
+from g4l.errors import G4LError, GenerationFailed
+from g4l.jobs import lifecycle, notices
+from g4l.jobs.records import Job
+from g4l.log import get_logger
+from g4l.worker.generation import ClientFormat, assemble, generate, model_prompt, prompt_window
+
+log = get_logger(__name__)
+
+#: How long a job waits for its input file, which the web node stores while the model runs.
+INPUT_WAIT_S = 120.0
+
+
+class ProgressReporter:
+    """The engine's progress callback: throttled notices, ending below 100 (100 is sent
+    with the result), and cancellation checks between model steps."""
+
+    def __init__(self, ctx: Context, job: Job) -> None:
+        self.ctx, self.job = ctx, job
+        self.interval = ctx.settings.progress_interval_s
+        self._last_sent = 0.0
+        self._last_check = 0.0
+        self._last_percent = -1
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= 0.25:
+            self._last_check = now
+            if self.ctx.jobs.cancel_requested(self.job.id):
+                raise Cancelled()
+        percent = min(99, int(step * 100 / max(total, 1)))
+        if percent != self._last_percent and now - self._last_sent >= self.interval:
+            self._last_sent, self._last_percent = now, percent
+            lifecycle.progressed(self.ctx, self.job, percent)
+
+
+def _wait_for_blob(ctx: Context, blob_id: str) -> bytes:
+    deadline = time.monotonic() + INPUT_WAIT_S
+    while True:
+        try:
+            return ctx.blobs.get(blob_id)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise GenerationFailed("the input audio never arrived in storage") from None
+            time.sleep(0.05)
+
+
+def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
+    """Execute ``job``; every outcome ends in a final state with a notice."""
+    bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
+    settings = ctx.settings
+    p = job.params
+    prompt_seconds = float(p.get("prompt_duration") or settings.default_prompt_seconds)
+    fmt = ClientFormat(int(p["sample_rate"]), int(p["channels"]), str(p.get("subtype") or "PCM_16"))
+    try:
+        engine = cache.get(job.model)
+        source = None
+        if job.prompt_blob:
+            prompt_audio = audio.decode_wav(ctx.blobs.get(job.prompt_blob), max_seconds=3600)
+            prompt = model_prompt(prompt_audio.samples, prompt_audio.sample_rate, engine.sample_rate)
+        else:
+            source = audio.decode_wav(_wait_for_blob(ctx, job.input_blob), max_seconds=1e9).samples
+            window = prompt_window(source, fmt.sample_rate, job.kind, prompt_seconds)
+            prompt = model_prompt(window, fmt.sample_rate, engine.sample_rate)
+        gen = GenerationParams(
+            top_k=int(p.get("top_k", 250)), top_p=float(p.get("top_p", 0.0)),
+            temperature=float(p.get("temperature", 1.0)), cfg_coef=float(p.get("cfg_coef", 3.0)),
+            description=p.get("description") or None, duration=settings.output_seconds, seed=p.get("seed"),
+        )
+        output, model_seconds = generate(engine, prompt, gen, ProgressReporter(ctx, job))
+        started = time.perf_counter()
+        if job.kind != "bang" and source is None:
+            source = audio.decode_wav(_wait_for_blob(ctx, job.input_blob), max_seconds=1e9).samples
+        result = assemble(job.kind, output, engine.sample_rate, fmt, source, prompt_seconds)
+        wav = audio.encode_wav(result, fmt.sample_rate, fmt.subtype)
+        session = ctx.sessions.get(job.session_id)
+        version = (session.version if session else 0) + 1
+        blob_id = ctx.blobs.put(wav, session_id=job.session_id, kind="output", job_id=job.id, version=version,
+                                sample_rate=fmt.sample_rate, channels=fmt.channels, subtype=fmt.subtype,
+                                duration=result.shape[-1] / fmt.sample_rate, source=job.input_blob)
+        post_seconds = time.perf_counter() - started
+        _completed(ctx, job, blob_id, version, model_seconds=round(model_seconds, 3),
+                   post_seconds=round(post_seconds, 3))
+        bound.info("job completed", model_seconds=round(model_seconds, 3),
+                   post_seconds=round(post_seconds, 3),
+                   output_seconds=round(result.shape[-1] / fmt.sample_rate, 2))
+    except Cancelled:
+        lifecycle.canceled(ctx, job)
+    except G4LError as exc:
+        exc.session_id = job.session_id
+        lifecycle.failed(ctx, job, exc)
+    except Exception as exc:  # a model or storage fault: report it, keep the worker alive
+        bound.exception("job crashed")
+        lifecycle.failed(ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
+                                                    session_id=job.session_id))
+
+
+def _completed(ctx: Context, job: Job, blob_id: str, version: int, **timings: float) -> None:
+    now = time.time()
+    job.status, job.output_blob, job.finished, job.progress = "completed", blob_id, now, 100
+    # Timings stay on the job record: benchmarks read where the time went.
+    ctx.jobs.update(job.id, status="completed", output_blob=blob_id, finished=now, progress=100, **timings)
+    fields = {"status": "idle", "progress": 100, "current_blob": blob_id, "last_output_blob": blob_id,
+              "version": version, "last_kind": job.kind, "error": "", "error_code": ""}
+    if job.kind == "continue":
+        fields["retry_input_blob"] = job.input_blob
+    ctx.sessions.update_if_job(job.session_id, job.id, **fields)
+    if job.started:
+        ctx.queue.record_duration(now - job.started)
+    notices.publish(ctx.redis, notices.COMPLETED, job_id=job.id, session_id=job.session_id, kind=job.kind,
+                    blob_id=blob_id, version=version)

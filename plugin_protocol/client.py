@@ -1,0 +1,174 @@
+"""A small reference client of the device protocol (python-socketio over a websocket).
+
+Used by the tests, the CLI and any Python integrator. It records every event it
+receives and offers blocking helpers for the device's operations::
+
+    with DeviceClient("http://127.0.0.1:8000") as c:
+        result = c.bang(wav_bytes, model_name="debug", prompt_duration=6)
+        result = c.continue_(result.session_id, result.audio)
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+from plugin_protocol import events
+
+
+class ProtocolError(RuntimeError):
+    """The server answered with an ``error`` event."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(f"{payload.get('code')}: {payload.get('message')}")
+        self.payload = payload
+        self.code = payload.get("code")
+
+
+@dataclass
+class Result:
+    """A finished generation: the audio and what happened on the way."""
+
+    session_id: str
+    audio: bytes
+    event: str
+    progress: list[int] = field(default_factory=list)
+    queue: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class DeviceClient:
+    """Blocking client; every received event is appended to :attr:`received`."""
+
+    def __init__(self, url: str, *, timeout: float = 120.0, auth: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.auth = auth
+        # websocket-client validates UTF-8 in pure Python unless told not to; text frames
+        # are decoded (and so validated) by Python's C UTF-8 codec anyway.
+        self.sio = socketio.Client(reconnection=True, websocket_extra_options={"skip_utf8_validation": True})
+        self.received: list[tuple[float, str, Any]] = []
+        self._cond = threading.Condition()
+        self.sio.on("*", self._on_any)
+
+    # ------------------------------------------------------------ plumbing
+    def _on_any(self, event: str, data: Any = None) -> None:
+        with self._cond:
+            self.received.append((time.monotonic(), event, data))
+            self._cond.notify_all()
+
+    def connect(self) -> DeviceClient:
+        self.sio.connect(self.url, transports=["websocket"], auth=self.auth, wait_timeout=30)
+        return self
+
+    def close(self) -> None:
+        self.sio.disconnect()
+
+    def __enter__(self) -> DeviceClient:
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def emit(self, event: str, payload: Any) -> None:
+        self.sio.emit(event, payload)
+
+    def mark(self) -> int:
+        """An index into :attr:`received`; wait for events after it."""
+        with self._cond:
+            return len(self.received)
+
+    def wait_for(self, names: set[str] | str, since: int, *, session_id: str | None = None,
+                 timeout: float | None = None) -> tuple[str, Any]:
+        """The first event named in ``names`` (or ``error``) received after ``since``."""
+        if isinstance(names, str):
+            names = {names}
+        deadline = time.monotonic() + (timeout or self.timeout)
+        with self._cond:
+            index = since
+            while True:
+                while index < len(self.received):
+                    _t, name, data = self.received[index]
+                    index += 1
+                    if name not in names and name != events.ERROR:
+                        continue
+                    sid = data.get("session_id") if isinstance(data, dict) else None
+                    if session_id and sid and sid != session_id:
+                        continue
+                    if name == events.ERROR:
+                        raise ProtocolError(data)
+                    return name, data
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {sorted(names)} within {timeout or self.timeout:.0f} s")
+                self._cond.wait(left)
+
+    def events_since(self, since: int, name: str | None = None) -> list[Any]:
+        with self._cond:
+            return [d for _t, n, d in self.received[since:] if name is None or n == name]
+
+    # ------------------------------------------------------------ operations
+    def _generation(self, event: str, payload: dict[str, Any], kind: str, session_id: str | None) -> Result:
+        since = self.mark()
+        started = time.monotonic()
+        self.emit(event, payload)
+        _, ack = self.wait_for(events.RECEIVED_EVENT[kind], since, session_id=session_id)
+        sid = ack["session_id"]
+        _, data = self.wait_for(events.RESULT_EVENT[kind], since, session_id=sid)
+        progress = [d["progress"] for d in self.events_since(since, events.PROGRESS_UPDATE)
+                    if d.get("session_id") == sid]
+        queue = [d for d in self.events_since(since, events.QUEUE_STATUS) if d.get("session_id") == sid]
+        return Result(sid, base64.b64decode(data["audio_data"]), events.RESULT_EVENT[kind], progress, queue,
+                      time.monotonic() - started)
+
+    def bang(self, wav: bytes, *, model_name: str, prompt_duration: int, **params: Any) -> Result:
+        payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,
+                   "prompt_duration": prompt_duration, **params}
+        return self._generation(events.PROCESS_AUDIO, payload, "bang", None)
+
+    def continue_(self, session_id: str | None, wav: bytes | None = None, **params: Any) -> Result:
+        payload: dict[str, Any] = {"session_id": session_id, **params}
+        if wav is not None:
+            payload["audio_data"] = base64.b64encode(wav).decode()
+        return self._generation(events.CONTINUE_MUSIC, payload, "continue", session_id)
+
+    def retry(self, session_id: str, **params: Any) -> Result:
+        return self._generation(events.RETRY_MUSIC, {"session_id": session_id, **params}, "retry", session_id)
+
+    def _call(self, event: str, payload: Any, reply: str, session_id: str | None = None) -> Any:
+        since = self.mark()
+        self.emit(event, payload)
+        return self.wait_for(reply, since, session_id=session_id)[1]
+
+    def crop(self, session_id: str | None, wav: bytes) -> dict[str, Any]:
+        payload = {"session_id": session_id, "audio_data": base64.b64encode(wav).decode()}
+        return self._call(events.UPDATE_CROPPED_AUDIO, payload, events.UPDATE_CROPPED_AUDIO_COMPLETE, session_id)
+
+    def cleanup(self, session_id: str) -> dict[str, Any]:
+        return self._call(events.CLEANUP_SESSION, {"session_id": session_id}, events.CLEANUP_COMPLETE, session_id)
+
+    def verify(self, session_id: str) -> dict[str, Any]:
+        return self._call(events.VERIFY_SESSION, {"session_id": session_id}, events.SESSION_STATUS, session_id)
+
+    def progress_status(self, session_id: str, last_progress: int = 0) -> dict[str, Any]:
+        return self._call(events.REQUEST_PROGRESS_STATUS, {"session_id": session_id, "last_progress": last_progress},
+                          events.SESSION_STATUS, session_id)
+
+    def restore_chunked(self, wav: bytes, chunk_size: int | None = None, **params: Any) -> str:
+        """Upload ``wav`` in chunks (begin_restore_audio / audio_chunk); returns the session id."""
+        ready = self._call(events.BEGIN_RESTORE_AUDIO, params, events.READY_FOR_CHUNKS)
+        session_id = ready["session_id"]
+        text = base64.b64encode(wav).decode()
+        size = chunk_size or int(ready["chunk_size"])
+        chunks = [text[i:i + size] for i in range(0, len(text), size)]
+        since = self.mark()
+        for index, chunk in enumerate(chunks):
+            self.emit(events.AUDIO_CHUNK, {"session_id": session_id, "chunk": chunk, "chunk_index": index,
+                                           "total_chunks": len(chunks), "is_last": index == len(chunks) - 1})
+        self.wait_for(events.RESTORE_COMPLETE, since, session_id=session_id)
+        return session_id
