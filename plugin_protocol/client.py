@@ -84,8 +84,9 @@ class DeviceClient:
             return len(self.received)
 
     def wait_for(self, names: set[str] | str, since: int, *, session_id: str | None = None,
-                 timeout: float | None = None) -> tuple[str, Any]:
-        """The first event named in ``names`` (or ``error``) received after ``since``."""
+                 timeout: float | None = None, errors: bool = True) -> tuple[str, Any]:
+        """The first event named in ``names`` received after ``since``; an ``error`` event
+        for the same session raises :class:`ProtocolError` unless ``errors`` is false."""
         if isinstance(names, str):
             names = {names}
         deadline = time.monotonic() + (timeout or self.timeout)
@@ -95,7 +96,7 @@ class DeviceClient:
                 while index < len(self.received):
                     _t, name, data = self.received[index]
                     index += 1
-                    if name not in names and name != events.ERROR:
+                    if name not in names and (name != events.ERROR or not errors):
                         continue
                     sid = data.get("session_id") if isinstance(data, dict) else None
                     if session_id and sid and sid != session_id:

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Responsiveness under generation: Socket.IO and HTTP round trips of idle clients.
+
+20 idle DeviceClients (websocket) each call ``verify_session`` (with ack) about every
+100 ms; a thread GETs /health/live a few times a second. Phase 1: nothing else runs
+(~10 s). Phase 2: one more client (in its own process, so its base64/JSON work does not
+stall the measuring process) bangs a 30 s WAV (model debug, prompt 6 s) and continues
+twice. Prints p50/p99/max per phase; the last line is
+``p99 idle X ms, p99 during generation Y ms, ratio Z``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (re-execs under the venv)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+
+from plugin_protocol.client import DeviceClient  # noqa: E402
+
+CALL_TIMEOUT = 30.0
+
+
+def generator_main(url: str) -> int:
+    """Child process: bang then continue twice; prints JSON lines with wall-clock marks."""
+    wav = common.make_wav(30.0, 48_000, 2, "PCM_16", seed=1)
+
+    def say(**kw: object) -> None:
+        print(json.dumps(kw), flush=True)
+
+    with DeviceClient(url, timeout=180) as c:
+        say(mark="start", t=time.time())
+        r = c.bang(wav, model_name="debug", prompt_duration=6)
+        say(mark="bang", t=time.time(), seconds=round(r.seconds, 3), bytes=len(r.audio))
+        for i in range(2):
+            r = c.continue_(r.session_id)
+            say(mark=f"continue{i + 1}", t=time.time(), seconds=round(r.seconds, 3), bytes=len(r.audio))
+        say(mark="end", t=time.time())
+    return 0
+
+
+class Prober:
+    """One idle client measuring verify_session round trips."""
+
+    def __init__(self, url: str, stop: threading.Event, samples: list, lock: threading.Lock) -> None:
+        self.client = DeviceClient(url, timeout=CALL_TIMEOUT)
+        self.stop, self.samples, self.lock = stop, samples, lock
+        self.errors = 0
+
+    def run(self, offset: float) -> None:
+        time.sleep(offset)
+        while not self.stop.is_set():
+            sent_wall = time.time()
+            t0 = time.perf_counter()
+            try:
+                ack = self.client.sio.call("verify_session", {"session_id": str(uuid.uuid4())}, timeout=CALL_TIMEOUT)
+                rtt = (time.perf_counter() - t0) * 1000
+                ok = isinstance(ack, dict) and "exists" in ack
+            except Exception:
+                rtt, ok = (time.perf_counter() - t0) * 1000, False
+            with self.lock:
+                self.samples.append((sent_wall, rtt, ok))
+            if not ok:
+                self.errors += 1
+            self.stop.wait(max(0.0, 0.1 - rtt / 1000))
+
+
+def http_prober(url: str, stop: threading.Event, samples: list, lock: threading.Lock) -> None:
+    while not stop.is_set():
+        sent_wall = time.time()
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{url}/health/live", timeout=CALL_TIMEOUT) as resp:
+                resp.read()
+                ok = resp.status == 200
+        except Exception:
+            ok = False
+        rtt = (time.perf_counter() - t0) * 1000
+        with lock:
+            samples.append((sent_wall, rtt, ok))
+        stop.wait(max(0.0, 0.25 - rtt / 1000))
+
+
+def stats(samples: list, lo: float, hi: float) -> dict:
+    vals = [rtt for t, rtt, _ok in samples if lo <= t < hi]
+    bad = sum(1 for t, _rtt, ok in samples if lo <= t < hi and not ok)
+    return {"n": len(vals), "errors": bad, "p50": common.percentile(vals, 50),
+            "p99": common.percentile(vals, 99), "max": max(vals) if vals else float("nan")}
+
+
+def fmt(name: str, s: dict) -> str:
+    return (f"  {name:<24} n={s['n']:<5} p50 {s['p50']:8.1f} ms  p99 {s['p99']:8.1f} ms  "
+            f"max {s['max']:8.1f} ms  errors {s['errors']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--generator", metavar="URL", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generator:
+        return generator_main(args.generator)
+
+    common.install_term_handler()
+    common.install_alarm(420)
+    server = common.Server()
+    probers: list[Prober] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    gen: subprocess.Popen | None = None
+    try:
+        t = time.monotonic()
+        server.start()
+        print(f"server ready on {server.url} in {time.monotonic() - t:.1f} s", flush=True)
+        sio_samples: list = []
+        http_samples: list = []
+        lock = threading.Lock()
+        for _ in range(args.clients):
+            p = Prober(server.url, stop, sio_samples, lock)
+            p.client.connect()
+            probers.append(p)
+        print(f"{len(probers)} idle clients connected (websocket)", flush=True)
+        for i, p in enumerate(probers):
+            threads.append(threading.Thread(target=p.run, args=(i * 0.1 / len(probers),), daemon=True))
+        threads.append(threading.Thread(target=http_prober, args=(server.url, stop, http_samples, lock), daemon=True))
+        for th in threads:
+            th.start()
+        time.sleep(1.0)  # settle
+        idle_lo = time.time()
+        time.sleep(args.idle_seconds)
+        idle_hi = time.time()
+
+        gen = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url],
+                               stdout=subprocess.PIPE, text=True)
+        marks: dict[str, dict] = {}
+        assert gen.stdout is not None
+        for line in gen.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            marks[rec["mark"]] = rec
+        rc = gen.wait(60)
+        if rc != 0 or "end" not in marks:
+            raise RuntimeError(f"generation client failed (exit {rc}); marks: {sorted(marks)}")
+        gen_lo, gen_hi = marks["start"]["t"], marks["end"]["t"]
+        time.sleep(0.3)
+        stop.set()
+        for th in threads:
+            th.join(CALL_TIMEOUT + 5)
+
+        print(f"generation client: bang {marks['bang']['seconds']} s, continue {marks['continue1']['seconds']} s, "
+              f"continue {marks['continue2']['seconds']} s (phase 2 lasted {gen_hi - gen_lo:.1f} s; "
+              f"result sizes {marks['bang']['bytes']}, {marks['continue1']['bytes']}, {marks['continue2']['bytes']} B)")
+        idle_sio, gen_sio = stats(sio_samples, idle_lo, idle_hi), stats(sio_samples, gen_lo, gen_hi)
+        idle_http, gen_http = stats(http_samples, idle_lo, idle_hi), stats(http_samples, gen_lo, gen_hi)
+        print(f"phase 1: idle ({idle_hi - idle_lo:.1f} s)")
+        print(fmt("socket.io verify_session", idle_sio))
+        print(fmt("http GET /health/live", idle_http))
+        print(f"phase 2: during bang + 2 continues ({gen_hi - gen_lo:.1f} s)")
+        print(fmt("socket.io verify_session", gen_sio))
+        print(fmt("http GET /health/live", gen_http))
+        ratio = gen_sio["p99"] / idle_sio["p99"] if idle_sio["p99"] > 0 else float("inf")
+        print(f"p99 idle {idle_sio['p99']:.1f} ms, p99 during generation {gen_sio['p99']:.1f} ms, ratio {ratio:.2f}",
+              flush=True)
+        return 0
+    finally:
+        stop.set()
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait(10)
+        for p in probers:
+            try:
+                p.client.close()
+            except Exception:
+                pass
+        server.stop()
+        try:
+            import signal
+            signal.alarm(0)
+        except Exception:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

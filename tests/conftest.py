@@ -1,0 +1,156 @@
+"""Fixtures that start real servers: redis-server, secantusd-py (MongoDB wire protocol)
+and the g4l launcher (web + worker processes) on free ports, once per test session."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from g4l import embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- audio helpers
+def make_wav(seconds: float, rate: int = 48000, channels: int = 2, subtype: str = "PCM_16",
+             freq: float = 220.0) -> bytes:
+    """A sine (plus a little noise) as WAV bytes."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    rng = np.random.default_rng(0)
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    data = np.stack([x] * channels, axis=1).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+def wav_info(data: bytes) -> sf._SoundFileInfo:
+    return sf.info(io.BytesIO(data))
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return samples, rate
+
+
+# ---------------------------------------------------------------- stores
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[embedded.ManagedProcess]:
+    proc = embedded.start_redis(None)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[embedded.ManagedProcess]:
+    proc = embedded.start_mongo(None)
+    yield proc
+    proc.stop()
+
+
+# ---------------------------------------------------------------- the server
+@dataclass
+class RunningServer:
+    url: str
+    proc: subprocess.Popen
+    env: dict[str, str]
+    lines: list[str] = field(default_factory=list)
+
+    def health(self, path: str = "/health") -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp: Path, *, redis_url: str | None, mongo_url: str | None, **env_overrides: str
+                 ) -> RunningServer:
+    """Start ``python -m g4l.launcher`` and wait for its ready line."""
+    port = embedded.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
+    env.update({
+        "G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": "debug",
+        "G4L_DATA_DIR": str(tmp), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_LOG_LEVEL": "INFO",
+        "G4L_WORKER_DEAD_AFTER_S": "4", "G4L_TORCH_THREADS": "1",
+    })
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    if mongo_url:
+        env["MONGO_URL"] = mongo_url
+    env.update(env_overrides)
+    proc = subprocess.Popen([sys.executable, "-m", "g4l.launcher"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=open(tmp / "server.log", "ab"), text=True)
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, env)
+    ready = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            server.lines.append(line.rstrip("\n"))
+            if line.startswith("g4l ready on "):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(180):
+        server.stop()
+        log = (tmp / "server.log").read_text()[-4000:]
+        raise RuntimeError(f"server did not become ready; log tail:\n{log}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(redis_server, mongo_server, tmp_path_factory) -> Iterator[RunningServer]:
+    """The shared server: web + one worker on the tiny debug model."""
+    s = start_server(tmp_path_factory.mktemp("server"), redis_url=redis_server.url, mongo_url=mongo_server.url)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    from plugin_protocol.client import DeviceClient
+
+    with DeviceClient(server.url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def mongo_db(mongo_server):
+    import pymongo
+
+    client = pymongo.MongoClient(mongo_server.url)
+    yield client["g4l"]
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server):
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield r
+    r.close()
