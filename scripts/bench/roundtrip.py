@@ -75,7 +75,7 @@ def run_once(c: DeviceClient, r: redis.Redis, server: common.Server, b64: str, e
         c.received.clear()
     t_result = next(t for t, n, d in stamps if n == events.MUSIC_CONTINUED) - mono0
     t_ack = next(t for t, n, d in stamps if n == events.CONTINUE_MUSIC_RECEIVED) - mono0
-    t_started = next((t for t, n, d in stamps if n == events.PROCESSING_STARTED), mono0) - mono0
+    t_started = next((t - mono0 for t, n, d in stamps if n == events.PROCESSING_STARTED), None)
     prog = [(t - mono0, d.get("progress")) for t, n, d in stamps if n == events.PROGRESS_UPDATE]
     t_p100 = next((t for t, p in prog if p == 100), t_result)
     wav = base64.b64decode(result["audio_data"])
@@ -109,8 +109,10 @@ def show(case: str, i: int, m: dict) -> None:
     print(f"      emit -> continue_music_received ack      {m['ack']:6.2f} s  (send + receive + base64/WAV decode + "
           f"prompt store + enqueue; job created at {m['created']:.2f}, 'job queued' logged at "
           f"{m['queued_log'] if m['queued_log'] is None else round(m['queued_log'], 2)})")
-    print(f"      ack -> worker started (job.started)      {m['started'] - m['ack']:6.2f} s  "
-          f"(processing_started event at {m['proc_started_evt']:.2f})")
+    evt = m["proc_started_evt"]
+    print(f"      job created -> worker started (queue)    {m['started'] - m['created']:6.2f} s  (job.started at "
+          f"{m['started']:.2f}; processing_started event "
+          + (f"at {evt:.2f})" if evt is not None else "never arrived: sent before the socket joined the room)"))
     print(f"      worker: prompt load + model setup        {pre:6.2f} s")
     print(f"      worker: model_seconds                    {m['model']:6.2f} s")
     print(f"      worker: post_seconds (input wait + decode + assemble + encode + GridFS put) {m['post']:6.2f} s")

@@ -1,0 +1,148 @@
+"""Bad input gets a clear error with a stable code, changes nothing, and the server stays up."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import make_wav
+from plugin_protocol import events
+from plugin_protocol.client import DeviceClient, ProtocolError
+
+GOOD = base64.b64encode(make_wav(4)).decode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _nan_wav() -> bytes:
+    x = np.zeros((48000, 2), dtype=np.float32)
+    x[100] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, x, 48000, subtype="FLOAT", format="WAV")
+    return buf.getvalue()
+
+
+def _two_hour_header() -> bytes:
+    """A WAV whose header declares 2 hours (the test never allocates them)."""
+    wav = bytearray(make_wav(0.5, rate=8000, channels=1))
+    declared = 2 * 3600 * 8000 * 2
+    data_at = wav.index(b"data")
+    struct.pack_into("<I", wav, data_at + 4, declared)
+    struct.pack_into("<I", wav, 4, declared + data_at)
+    return bytes(wav)
+
+
+def _zero_frames() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((0, 2), dtype=np.float32), 48000, format="WAV")
+    return buf.getvalue()
+
+
+def _bang(**overrides):
+    payload = {"audio_data": GOOD, "model_name": "debug", "prompt_duration": 6}
+    payload.update(overrides)
+    return {k: v for k, v in payload.items() if v is not ...}
+
+
+BANG_CASES = {
+    "payload is a list": ([1, 2, 3], "INVALID_REQUEST"),
+    "payload is not JSON": ("{not json", "INVALID_REQUEST"),
+    "payload is a number": (42, "INVALID_REQUEST"),
+    "missing audio": (_bang(audio_data=...), "INVALID_REQUEST"),
+    "audio is a number": (_bang(audio_data=123), "INVALID_REQUEST"),
+    "broken base64": (_bang(audio_data="@@@not base64@@@"), "INVALID_AUDIO"),
+    "not a WAV": (_bang(audio_data=_b64(b"ID3\x03\x00" + bytes(2000))), "INVALID_AUDIO"),
+    "empty file": (_bang(audio_data=_b64(b"")), "INVALID_REQUEST"),
+    "zero frames": (_bang(audio_data=_b64(_zero_frames())), "INVALID_AUDIO"),
+    "two-hour file": (_bang(audio_data=_b64(_two_hour_header())), "INVALID_AUDIO"),
+    "NaN samples": (_bang(audio_data=_b64(_nan_wav())), "INVALID_AUDIO"),
+    "unknown model": (_bang(model_name="facebook/musicgen-large"), "MODEL_NOT_ALLOWED"),
+    "prompt_duration 0": (_bang(prompt_duration=0), "INVALID_REQUEST"),
+    "prompt_duration 99": (_bang(prompt_duration=99), "INVALID_REQUEST"),
+    "prompt_duration is text": (_bang(prompt_duration="six"), "INVALID_REQUEST"),
+    "temperature NaN": (_bang(temperature=float("nan")), "INVALID_REQUEST"),
+    "temperature negative": (_bang(temperature=-1), "INVALID_REQUEST"),
+    "top_k huge": (_bang(top_k=10**9), "INVALID_REQUEST"),
+    "cfg_coef is a list": (_bang(cfg_coef=[1]), "INVALID_REQUEST"),
+}
+
+
+@pytest.mark.parametrize("payload,code", list(BANG_CASES.values()), ids=list(BANG_CASES))
+def test_bad_bang_gets_error_and_queues_nothing(client: DeviceClient, redis_client, payload, code) -> None:
+    sessions_before = len(list(redis_client.scan_iter("g4l:session:*")))
+    since = client.mark()
+    client.emit(events.PROCESS_AUDIO, payload)
+    with pytest.raises(ProtocolError) as err:
+        client.wait_for(events.PROCESS_AUDIO_RECEIVED, since, timeout=30)
+    assert err.value.code == code
+    assert err.value.payload["message"] and len(err.value.payload["message"]) < 400
+    assert len(list(redis_client.scan_iter("g4l:session:*"))) == sessions_before
+
+
+@pytest.fixture(scope="module")
+def idle_session(server):
+    with DeviceClient(server.url) as c:
+        bang = c.bang(make_wav(8), model_name="debug", prompt_duration=4)
+        c.continue_(bang.session_id, bang.audio)
+        yield bang.session_id
+
+
+SESSION_CASES = {
+    "continue broken base64": (events.CONTINUE_MUSIC, {"audio_data": "%%%"}, "INVALID_AUDIO"),
+    "continue non-WAV": (events.CONTINUE_MUSIC, {"audio_data": _b64(b"OggS" + bytes(500))}, "INVALID_AUDIO"),
+    "continue NaN": (events.CONTINUE_MUSIC, {"audio_data": _b64(_nan_wav())}, "INVALID_AUDIO"),
+    "continue unknown model": (events.CONTINUE_MUSIC, {"model_name": "nope/nope"}, "MODEL_NOT_ALLOWED"),
+    "continue top_p 2": (events.CONTINUE_MUSIC, {"top_p": 2}, "INVALID_REQUEST"),
+    "retry bad temperature": (events.RETRY_MUSIC, {"temperature": "hot"}, "INVALID_REQUEST"),
+    "crop two-hour": (events.UPDATE_CROPPED_AUDIO, {"audio_data": _b64(_two_hour_header())}, "INVALID_AUDIO"),
+    "crop zero frames": (events.UPDATE_CROPPED_AUDIO, {"audio_data": _b64(_zero_frames())}, "INVALID_AUDIO"),
+    "crop no audio": (events.UPDATE_CROPPED_AUDIO, {}, "INVALID_REQUEST"),
+}
+
+
+@pytest.mark.parametrize("event,fields,code", list(SESSION_CASES.values()), ids=list(SESSION_CASES))
+def test_bad_request_leaves_the_session_as_it_was(client: DeviceClient, redis_client, idle_session,
+                                                  event, fields, code) -> None:
+    before = redis_client.hgetall(f"g4l:session:{idle_session}")
+    since = client.mark()
+    client.emit(event, {"session_id": idle_session, **fields})
+    with pytest.raises(ProtocolError) as err:
+        client.wait_for({"never"}, since, timeout=30)
+    assert err.value.code == code
+    assert err.value.payload["session_id"] == idle_session
+    after = redis_client.hgetall(f"g4l:session:{idle_session}")
+    assert {k: v for k, v in after.items() if k != "updated"} == {k: v for k, v in before.items() if k != "updated"}
+
+
+@pytest.mark.parametrize("event", [events.CONTINUE_MUSIC, events.RETRY_MUSIC, events.UPDATE_CROPPED_AUDIO,
+                                   events.CLEANUP_SESSION])
+def test_unknown_session_is_session_not_found(client: DeviceClient, event) -> None:
+    since = client.mark()
+    client.emit(event, {"session_id": "2b1e4a8e-0000-4000-8000-123456789abc", "audio_data": GOOD})
+    with pytest.raises(ProtocolError) as err:
+        client.wait_for({"never"}, since, timeout=30)
+    assert err.value.code == "SESSION_NOT_FOUND"
+
+
+def test_session_id_with_path_characters_is_rejected(client: DeviceClient) -> None:
+    since = client.mark()
+    client.emit(events.VERIFY_SESSION, {"session_id": "../../etc/passwd"})
+    with pytest.raises(ProtocolError) as err:
+        client.wait_for(events.SESSION_STATUS, since, timeout=30)
+    assert err.value.code == "INVALID_REQUEST"
+
+
+def test_server_survives_the_bad_inputs_and_still_generates(server, client: DeviceClient) -> None:
+    for payload, _code in BANG_CASES.values():
+        client.emit(events.PROCESS_AUDIO, payload)
+    status, body = server.health()
+    assert status == 200 and body["status"] == "live"
+    with DeviceClient(server.url) as fresh:
+        assert fresh.bang(make_wav(3), model_name="debug", prompt_duration=2).audio
