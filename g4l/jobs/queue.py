@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from g4l import keys
+from g4l.errors import QueueFull
 from g4l.jobs.records import Job, JobStore
 
 PRIORITIES = ("interactive", "background")
@@ -59,8 +60,13 @@ class JobQueue:
         self._groups_ready = True
 
     # ------------------------------------------------------------ producer side
-    def enqueue(self, job: Job, *, front: bool = False) -> None:
-        """Save ``job`` and put it on its priority's stream."""
+    def enqueue(self, job: Job, *, front: bool = False, limit: int | None = None) -> None:
+        """Save ``job`` and put it on its priority's stream.
+
+        :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
+            place is taken first and given back when over, so racing producers can never
+            push the queue past the limit.
+        """
         self.ensure_groups()
         seq = self.r.incr(keys.SEQUENCE)
         score = float(seq) + (_BACKGROUND_OFFSET if job.priority == "background" else 0.0)
@@ -68,8 +74,14 @@ class JobQueue:
             score -= 1e12
         job.status = "queued"
         with self.r.pipeline() as p:
-            self.jobs.save(job, p)
             p.zadd(keys.WAITING, {job.id: score})
+            p.zcard(keys.WAITING)
+            _, waiting = p.execute()
+        if limit is not None and waiting > limit:
+            self.r.zrem(keys.WAITING, job.id)
+            raise QueueFull(f"the queue is full ({limit} jobs); try again shortly")
+        with self.r.pipeline() as p:
+            self.jobs.save(job, p)
             p.xadd(keys.stream(job.priority), {"job_id": job.id})
             p.execute()
 

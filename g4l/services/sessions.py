@@ -17,7 +17,7 @@ import gevent
 
 from g4l import audio, keys
 from g4l.context import Context
-from g4l.errors import (Busy, InvalidRequest, ModelNotAllowed, NothingToRetry, QueueFull, RateLimited,
+from g4l.errors import (Busy, Internal, InvalidRequest, ModelNotAllowed, NothingToRetry, QueueFull, RateLimited,
                         SessionNotFound, TooLarge)
 from g4l.jobs import lifecycle
 from g4l.jobs.queue import QueuePosition
@@ -311,9 +311,12 @@ class SessionService:
                                   subtype=m.get("subtype", "PCM_16"))
             job = Job(id=job_id, kind=kind, session_id=session_id, model=params["model_name"],
                       params=job_params, input_blob=input_blob, prompt_blob=prompt_blob)
-            self.ctx.queue.enqueue(job)
+            self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
-            self.ctx.sessions.update_if_job(session_id, job_id, status="idle", progress=0)
+            if kind == "bang":  # the session was made for this job alone
+                self.ctx.sessions.delete(session_id)
+            else:
+                self.ctx.sessions.update_if_job(session_id, job_id, status="idle", progress=0)
             raise
         if upload is not None:
             self.spawn(self._store_input, upload, session_id, job, input_blob)
@@ -335,7 +338,5 @@ class SessionService:
         except Exception as exc:
             log.exception("storing input failed", session_id=session_id, job_id=job.id)
             self.ctx.jobs.request_cancel(job.id)
-            from g4l.errors import Internal
-
             lifecycle.failed(self.ctx, job, Internal(f"could not store the input audio: {type(exc).__name__}",
                                                      session_id=session_id))

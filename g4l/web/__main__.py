@@ -26,6 +26,12 @@ def main() -> None:
         web.relay.stop()
         web.socketio.stop()
 
+    def dump() -> None:  # kill -USR1 <pid>: every greenlet's stack, for a stuck server
+        import gevent.util
+
+        log.warning("greenlet dump", greenlets="\n".join(gevent.util.format_run_info()))
+
+    gevent.signal_handler(signal.SIGUSR1, dump)
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
     log.info("web listening", host=settings.host, port=settings.port)

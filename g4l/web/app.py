@@ -9,11 +9,14 @@ from flask_cors import CORS
 from flask_socketio import SocketIO
 
 from g4l.context import Context
+from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
 from g4l.web import health, metrics, socket_events, transport
 from g4l.web.offload import offload
 from g4l.web.relay import Relay
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -28,8 +31,11 @@ class WebApp:
 def create_app(settings: Settings) -> WebApp:
     """Wire everything; call :meth:`Relay.start` (done by ``run``) to begin relaying."""
     ctx = Context.from_settings(settings)
-    ctx.queue.ensure_groups()
-    ctx.blobs.ensure_indexes()
+    try:
+        ctx.queue.ensure_groups()
+        ctx.blobs.ensure_indexes()
+    except Exception as exc:  # start anyway: /health reports the store that is down
+        log.warning("store not ready at start", error=str(exc)[:200])
     app = Flask("g4l")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1024 * 1024
     CORS(app, resources={r"/health*": {"origins": settings.cors_list}})

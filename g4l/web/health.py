@@ -37,13 +37,17 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
     else:
         pytorch = "down: no generation worker is alive"
     models = sorted({m for w in workers for m in w.get("models", [])})
-    ok = mongodb == "live" and redis_state == "live" and bool(workers)
+    ready = [w for w in workers if w.get("state") == "ready"]
+    if workers and not ready:
+        pytorch = "down: workers are still loading models"
+    ok = mongodb == "live" and redis_state == "live" and bool(ready)
     body = {
         "status": "live" if ok else "degraded",
         "mongodb": mongodb,
         "redis": redis_state,
         "pytorch": pytorch,
         "workers": len(workers),
+        "workers_ready": len(ready),
         "workers_busy": sum(1 for w in workers if w.get("job_id")),
         "queue_depth": queue_depth,
         "models_loaded": models,

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from g4l.context import Context
 
-REQUESTS = Counter("g4l_socket_events_total", "Socket.IO events received", ["event"])
+EVENTS = Counter("g4l_socket_events_total", "Socket.IO events received", ["event"])
 ERRORS = Counter("g4l_errors_total", "Errors sent to clients", ["code"])
 QUEUE_DEPTH = Gauge("g4l_queue_depth", "Jobs waiting in the queue")
 

@@ -15,6 +15,7 @@ from flask_socketio import SocketIO, emit, join_room, leave_room
 from g4l.errors import G4LError, Internal, InvalidRequest
 from g4l.log import get_logger
 from g4l.services.sessions import Accepted, SessionService
+from g4l.web import metrics
 from g4l.web.relay import Relay
 from plugin_protocol import events
 from plugin_protocol.normalize import PayloadError, as_object, parse_payload
@@ -42,17 +43,21 @@ def _adapter(event: str) -> Callable:
     def wrap(handler: Callable[[Any], None]) -> Callable[..., None]:
         @functools.wraps(handler)
         def run(raw: Any = None, *_extra: Any) -> Any:
+            metrics.EVENTS.labels(event).inc()
             try:
                 return handler(raw)
             except PayloadError as exc:
+                metrics.ERRORS.labels(InvalidRequest.code).inc()
                 emit(events.ERROR, InvalidRequest(exc.message, session_id=_session_hint(raw)).to_payload())
             except G4LError as exc:
+                metrics.ERRORS.labels(exc.code).inc()
                 if exc.session_id is None:
                     exc.session_id = _session_hint(raw)
                 emit(events.ERROR, exc.to_payload())
                 log.info("request refused", socket_event=event, code=exc.code, session_id=exc.session_id,
                          error=exc.message)
             except Exception:
+                metrics.ERRORS.labels(Internal.code).inc()
                 log.exception("handler crashed", socket_event=event, session_id=_session_hint(raw))
                 emit(events.ERROR, Internal("internal server error", session_id=_session_hint(raw)).to_payload())
         return run

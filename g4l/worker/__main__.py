@@ -37,11 +37,11 @@ def main() -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     cache = ModelCache(settings.models, settings.device)
-    current: dict[str, str | None] = {"job": None}
+    current: dict[str, str | None] = {"job": None, "state": "loading"}
     device = cache.device
 
     def describe() -> dict:
-        return {"job_id": current["job"], "models": cache.loaded(), "torch": torch.__version__,
+        return {"job_id": current["job"], "state": current["state"], "models": cache.loaded(), "torch": torch.__version__,
                 "device": device, "cuda": torch.cuda.is_available()}
 
     heartbeat = Heartbeat(ctx.redis, name, settings.worker_heartbeat_s, settings.worker_dead_after_s, describe)
@@ -58,6 +58,8 @@ def main() -> None:
         cache.get(settings.model_default)
     except Exception:
         log.exception("could not preload the default model", model=settings.model_default)
+    current["state"] = "ready"
+    heartbeat.beat()
     log.info("worker ready", worker=name, models=settings.models, device=device)
     last_maintenance = 0.0
     while not stopping["flag"]:

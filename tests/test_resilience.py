@@ -1,0 +1,175 @@
+"""Failures users must survive: a worker killed mid-generation, a flood of requests,
+a store going away, and a full restart of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import redis as redis_lib
+
+from conftest import ROOT, make_wav, start_server, wav_info
+from g4l import embedded
+from plugin_protocol import events
+from plugin_protocol.client import DeviceClient, ProtocolError
+
+
+def _kill_worker_mid_job(r: redis_lib.Redis, timeout: float = 60) -> int:
+    """SIGKILL the worker as soon as its heartbeat says it runs a job; returns its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for key in r.scan_iter("g4l:worker:*"):
+            raw = r.get(key)
+            if raw and json.loads(raw).get("job_id"):
+                pid = json.loads(raw)["pid"]
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("no worker ever took the job")
+
+
+@pytest.fixture
+def own_stores(tmp_path):
+    r = embedded.start_redis(None)
+    m = embedded.start_mongo(None)
+    yield r, m
+    r.stop()
+    m.stop()
+
+
+def test_worker_killed_mid_generation_job_is_recovered(own_stores, tmp_path) -> None:
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_JOB_MAX_ATTEMPTS="2")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        with DeviceClient(server.url, timeout=180) as c:
+            since = c.mark()
+            c.emit(events.PROCESS_AUDIO, {"audio_data": __import__("base64").b64encode(make_wav(6)).decode(),
+                                          "model_name": "debug", "prompt_duration": 6})
+            _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
+            _kill_worker_mid_job(r)
+            # The launcher restarts the worker; the dead worker's job gets a second attempt.
+            _, result = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
+            assert wav_info(__import__("base64").b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
+            job = r.hgetall(f"g4l:job:{ack['job_id']}")
+            assert job["status"] == "completed" and job["attempts"] == "2"
+    finally:
+        server.stop()
+
+
+def test_worker_killed_on_last_attempt_gives_a_clear_error(own_stores, tmp_path) -> None:
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_JOB_MAX_ATTEMPTS="1")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        with DeviceClient(server.url, timeout=180) as c:
+            bang = c.bang(make_wav(4), model_name="debug", prompt_duration=4)
+            since = c.mark()
+            c.emit(events.CONTINUE_MUSIC, {"session_id": bang.session_id})
+            c.wait_for(events.CONTINUE_MUSIC_RECEIVED, since)
+            _kill_worker_mid_job(r)
+            with pytest.raises(ProtocolError) as err:
+                c.wait_for(events.MUSIC_CONTINUED, since, session_id=bang.session_id)
+            assert err.value.code == "GENERATION_FAILED"
+            # Never left "in progress": the session is usable again, with its audio intact.
+            status = c.verify(bang.session_id)
+            assert status["generation_in_progress"] is False and status["version"] == 1
+            again = c.continue_(bang.session_id)
+            assert wav_info(again.audio).duration == pytest.approx(56, abs=0.05)
+    finally:
+        server.stop()
+
+
+def test_flood_of_requests_is_rate_limited_and_queue_stays_bounded(own_stores, tmp_path) -> None:
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url,
+                          G4L_RATE_LIMIT_PER_MINUTE="5", G4L_MAX_QUEUE="3")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        payload = {"audio_data": __import__("base64").b64encode(make_wav(2)).decode(), "model_name": "debug",
+                   "prompt_duration": 2}
+        with DeviceClient(server.url) as c:
+            since = c.mark()
+            for _ in range(40):
+                c.emit(events.PROCESS_AUDIO, payload)
+            deadline = time.monotonic() + 30
+            while len(c.events_since(since, events.ERROR)) + len(c.events_since(since, events.PROCESS_AUDIO_RECEIVED)) < 40:
+                assert time.monotonic() < deadline, "the server stopped answering"
+                time.sleep(0.1)
+            codes = {e["code"] for e in c.events_since(since, events.ERROR)}
+            accepted = c.events_since(since, events.PROCESS_AUDIO_RECEIVED)
+            assert len(accepted) <= 5
+            assert codes <= {"RATE_LIMITED", "QUEUE_FULL"} and "RATE_LIMITED" in codes
+            limited = next(e for e in c.events_since(since, events.ERROR) if e["code"] == "RATE_LIMITED")
+            assert 0 < limited["retry_after"] <= 61
+            assert r.zcard("g4l:queue:waiting") <= 3
+        status, body = server.health()
+        assert status == 200
+    finally:
+        server.stop()
+
+
+def test_health_reports_a_store_that_is_down(own_stores, tmp_path) -> None:
+    r_proc, _m = own_stores
+    port = embedded.free_port()
+    dead_mongo = f"mongodb://127.0.0.1:{embedded.free_port()}/"
+    env = {**os.environ, "REDIS_URL": r_proc.url, "MONGO_URL": dead_mongo, "G4L_PORT": str(port),
+           "G4L_MODELS": "debug"}
+    web = subprocess.Popen([sys.executable, "-m", "g4l.web"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        embedded.wait_for_port(port, web, 60, "web")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30)
+            raise AssertionError("expected a 500")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 500
+            body = json.load(exc)
+        assert body["status"] == "degraded" and body["mongodb"].startswith("down")
+        assert body["redis"] == "live"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        web.terminate()
+        web.wait(30)
+
+
+def test_health_shape_and_cors(server) -> None:
+    req = urllib.request.Request(server.url + "/health", headers={"Origin": "https://status.example"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.load(resp)
+        assert resp.headers["Access-Control-Allow-Origin"] in ("*", "https://status.example")
+    assert body["status"] == "live"
+    assert body["mongodb"] == "live" and body["redis"] == "live" and body["pytorch"].startswith("live")
+    assert body["workers"] >= 1 and body["queue_depth"] is not None and "debug" in body["models_loaded"]
+    status, ready = server.health("/health/ready")
+    assert status == 200 and ready["status"] == "ready"
+
+
+def test_serve_with_embedded_stores_survives_a_restart(tmp_path) -> None:
+    """What scripts/serve runs: embedded Redis + store, durable under G4L_DATA_DIR."""
+    data = tmp_path / "data"
+    data.mkdir()
+    first = start_server(data, redis_url=None, mongo_url=None)
+    try:
+        with DeviceClient(first.url) as c:
+            bang = c.bang(make_wav(4), model_name="debug", prompt_duration=4)
+    finally:
+        assert first.stop() == 0
+    # Every process it started is gone.
+    out = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+    second = start_server(data, redis_url=None, mongo_url=None)
+    try:
+        with DeviceClient(second.url) as c:
+            status = c.verify(bang.session_id)
+            assert status["exists"] and status["version"] == 1
+            again = c.continue_(bang.session_id)  # from the audio stored before the restart
+            assert wav_info(again.audio).duration == pytest.approx(56, abs=0.05)
+    finally:
+        second.stop()
