@@ -15,6 +15,7 @@ from g4l.jobs import lifecycle
 from g4l.log import get_logger
 from g4l.settings import get_settings
 from g4l.store import retention
+from g4l.worker import kinds  # noqa: F401  (registers the non-device job runners)
 from g4l.worker.heartbeat import Heartbeat
 from g4l.worker.runner import run_job
 

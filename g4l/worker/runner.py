@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from g4l import audio
 from g4l.context import Context
@@ -54,8 +55,37 @@ def _wait_for_blob(ctx: Context, blob_id: str) -> bytes:
             time.sleep(0.05)
 
 
+#: Job kinds other than the device's (bang/continue/retry) register a runner here:
+#: ``RUNNERS["generate"] = fn(ctx, cache, job)``; the module doing so is imported by
+#: :mod:`g4l.worker.kinds`. A runner must end the job through :mod:`g4l.jobs.lifecycle`
+#: (or :func:`complete`) in every outcome.
+RUNNERS: dict[str, Callable[[Context, ModelCache, Job], None]] = {}
+SESSION_KINDS = ("bang", "continue", "retry")
+
+
 def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
     """Execute ``job``; every outcome ends in a final state with a notice."""
+    if job.kind not in SESSION_KINDS:
+        runner = RUNNERS.get(job.kind)
+        if runner is None:
+            lifecycle.failed(ctx, job, GenerationFailed(f"this worker cannot run '{job.kind}' jobs",
+                                                        session_id=job.session_id))
+            return
+        try:
+            runner(ctx, cache, job)
+        except Cancelled:
+            lifecycle.canceled(ctx, job)
+        except G4LError as exc:
+            lifecycle.failed(ctx, job, exc)
+        except Exception as exc:
+            log.exception("job crashed", job_id=job.id, kind=job.kind)
+            lifecycle.failed(ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
+                                                        session_id=job.session_id))
+        return
+    _run_session_job(ctx, cache, job)
+
+
+def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
     bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
     settings = ctx.settings
     p = job.params
@@ -102,6 +132,17 @@ def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         bound.exception("job crashed")
         lifecycle.failed(ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
                                                     session_id=job.session_id))
+
+
+def complete_job_only(ctx: Context, job: Job, blob_id: str | None, **fields: object) -> None:
+    """Mark a non-session job completed (no session pointers) and notify."""
+    now = time.time()
+    job.status, job.output_blob, job.finished, job.progress = "completed", blob_id, now, 100
+    ctx.jobs.update(job.id, status="completed", output_blob=blob_id, finished=now, progress=100, **fields)
+    if job.started:
+        ctx.queue.record_duration(now - job.started)
+    notices.publish(ctx.redis, notices.COMPLETED, job_id=job.id, session_id=job.session_id, kind=job.kind,
+                    blob_id=blob_id)
 
 
 def _completed(ctx: Context, job: Job, blob_id: str, version: int, **timings: float) -> None:

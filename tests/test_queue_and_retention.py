@@ -1,0 +1,116 @@
+"""The job queue and retention on real Redis and a real MongoDB wire-protocol server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis as redis_lib
+
+from g4l import keys
+from g4l.context import Context
+from g4l.errors import Busy, QueueFull
+from g4l.jobs import lifecycle, notices
+from g4l.jobs.records import Job, new_job_id
+from g4l.settings import Settings
+from g4l.store import retention
+
+
+@pytest.fixture
+def ctx(redis_server, mongo_server):
+    r = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    assert db == 0
+    # Each test gets its own Redis database and Mongo database: no cross-talk with the
+    # shared server's state.
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    settings = Settings(REDIS_URL=url, MONGO_URL=mongo_server.url, mongo_db=f"g4l_unit_{time.time_ns()}",
+                        models=["debug"], worker_dead_after_s=0.2, job_max_attempts=2)
+    c = Context.from_settings(settings)
+    c.redis.flushdb()
+    yield c
+    c.redis.flushdb()
+    c.blobs.client.drop_database(settings.mongo_db)
+
+
+def _job(ctx: Context, priority: str = "interactive") -> Job:
+    session = ctx.sessions.create(status="queued")
+    job = Job(id=new_job_id(), kind="bang", session_id=session.id, model="debug", params={}, priority=priority)
+    ctx.sessions.update(session.id, job_id=job.id)
+    return job
+
+
+def test_interactive_jobs_go_before_background_and_positions_follow(ctx: Context) -> None:
+    station = _job(ctx, "background")
+    ctx.queue.enqueue(station)
+    first, second = _job(ctx), _job(ctx)
+    ctx.queue.enqueue(first)
+    ctx.queue.enqueue(second)
+    assert ctx.queue.position(first.id).position == 1
+    assert ctx.queue.position(second.id).position == 2
+    assert ctx.queue.position(station.id).position == 3
+    taken = [ctx.queue.claim("w1", block_ms=10) for _ in range(3)]
+    assert [t.job_id for t in taken] == [first.id, second.id, station.id]
+    assert ctx.queue.claim("w1", block_ms=10) is None
+
+
+def test_queue_limit_is_never_exceeded(ctx: Context) -> None:
+    for _ in range(3):
+        ctx.queue.enqueue(_job(ctx), limit=3)
+    with pytest.raises(QueueFull):
+        ctx.queue.enqueue(_job(ctx), limit=3)
+    assert ctx.queue.depth() == 3
+
+
+def test_busy_session_cannot_take_a_second_job(ctx: Context) -> None:
+    session = ctx.sessions.create()
+    ctx.sessions.begin_job(session.id, "job-a")
+    with pytest.raises(Busy):
+        ctx.sessions.begin_job(session.id, "job-b")
+    assert ctx.sessions.get(session.id)["job_id"] == "job-a"
+
+
+def test_dead_workers_job_is_requeued_then_failed_after_its_attempts(ctx: Context) -> None:
+    job = _job(ctx)
+    ctx.queue.enqueue(job)
+    pubsub = ctx.redis.pubsub()
+    pubsub.subscribe(keys.NOTICES)
+    for attempt in (1, 2):
+        claimed = ctx.queue.claim("ghost", block_ms=10)  # a worker with no heartbeat
+        assert claimed is not None and claimed.job_id == job.id
+        lifecycle.started(ctx, ctx.jobs.get(job.id), "ghost")
+        time.sleep(0.3)
+        assert lifecycle.recover_orphans(ctx) == 1
+        state = ctx.jobs.get(job.id)
+        if attempt == 1:
+            assert state.status == "queued" and ctx.queue.position(job.id).position == 1
+    assert state.status == "failed" and state.error_code == "GENERATION_FAILED"
+    session = ctx.sessions.get(job.session_id)
+    assert session.status == "idle" and session["error_code"] == "GENERATION_FAILED"
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and notices.FAILED not in seen:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg and msg["type"] == "message":
+            seen.append(notices.decode(msg["data"])["type"])
+    assert notices.FAILED in seen
+
+
+def test_live_workers_jobs_are_left_alone(ctx: Context) -> None:
+    job = _job(ctx)
+    ctx.queue.enqueue(job)
+    ctx.redis.set(keys.worker("alive"), "{}", ex=30)
+    ctx.redis.sadd(keys.WORKERS, "alive")
+    ctx.queue.claim("alive", block_ms=10)
+    time.sleep(0.3)
+    assert lifecycle.recover_orphans(ctx) == 0
+
+
+def test_retention_sweeps_audio_of_expired_sessions_only(ctx: Context) -> None:
+    live = ctx.sessions.create()
+    kept = ctx.blobs.put(b"RIFF-live", session_id=live.id, kind="input")
+    gone = ctx.blobs.put(b"RIFF-gone", session_id="expired-session", kind="input")
+    ctx.settings.retention_hours = 0.5 / 3600  # half a second
+    time.sleep(1.2)
+    assert retention.sweep(ctx) == 1
+    assert ctx.blobs.exists(kept) and not ctx.blobs.exists(gone)
