@@ -23,6 +23,8 @@ class Context:
     sessions: SessionStore
     jobs: JobStore
     queue: JobQueue
+    #: A client that returns bytes, for the few binary values (results in flight).
+    redis_bytes: redis.Redis
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
@@ -31,7 +33,7 @@ class Context:
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
                                  socket_connect_timeout=5)
         ttl = settings.retention_seconds
-        jobs = JobStore(r, ttl)
+        jobs = JobStore(r, ttl, max_per_owner=settings.jobs_per_owner)
         return cls(
             settings=settings,
             redis=r,
@@ -39,4 +41,5 @@ class Context:
             sessions=SessionStore(r, ttl),
             jobs=jobs,
             queue=JobQueue(r, jobs, default_job_seconds=20.0),
+            redis_bytes=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5),
         )

@@ -103,3 +103,31 @@ class Internal(G4LError):
 
     code = "INTERNAL"
     http_status = 500
+
+
+class Unauthorized(G4LError):
+    """No API key, or not one the operator configured (HTTP 401, Socket.IO connect refused)."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class NotFound(G4LError):
+    """No such job or route, or one that belongs to another API key (never says which)."""
+
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class NotReady(G4LError):
+    """The job has no result (yet, or ever: failed or canceled)."""
+
+    code = "NOT_READY"
+    http_status = 409
+
+
+class RangeNotSatisfiable(G4LError):
+    """A ``Range`` header outside the file."""
+
+    code = "RANGE_NOT_SATISFIABLE"
+    http_status = 416

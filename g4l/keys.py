@@ -41,6 +41,11 @@ def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 
 
+def result(job_id: str) -> str:
+    """A finished job's WAV, held briefly so web nodes can send it before GridFS has it."""
+    return f"{PREFIX}:result:{job_id}"
+
+
 def upload(session_id: str) -> str:
     """Chunks of a chunked upload (hash: index -> base64 fragment)."""
     return f"{PREFIX}:upload:{session_id}"
@@ -48,3 +53,39 @@ def upload(session_id: str) -> str:
 
 def rate(client: str, window: int) -> str:
     return f"{PREFIX}:rate:{client}:{window}"
+
+
+#: Set of listen tokens whose live HLS stream should be running (the packager runs them).
+STREAMS = f"{PREFIX}:streams"
+#: Set of station ids that are running (the packager resumes them after a restart).
+STATIONS = f"{PREFIX}:stations"
+
+
+def listen(token: str) -> str:
+    """A live stream, by its read-only listen token (hash: kind, ref, state, buffered_s...)."""
+    return f"{PREFIX}:listen:{token}"
+
+
+def listeners(token: str) -> str:
+    """Sorted set of who fetched a stream's playlist recently (member -> last fetch time)."""
+    return f"{PREFIX}:listen:{token}:listeners"
+
+
+def stream_owner(token: str) -> str:
+    """The lease of the packager process that encodes a stream (expires when it stops)."""
+    return f"{PREFIX}:listen:{token}:owner"
+
+
+def station(station_id: str) -> str:
+    """A station's state (hash: prompts, model, last blob, job in flight, rotations...)."""
+    return f"{PREFIX}:station:{station_id}"
+
+
+def rate_log(client: str) -> str:
+    """Sorted set of a client's recent generation requests (sliding-window rate limit)."""
+    return f"{PREFIX}:ratelog:{client}"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set of an owner's (API key hash or IP) recent job ids, by creation time."""
+    return f"{PREFIX}:owner:{owner}:jobs"

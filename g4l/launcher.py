@@ -59,12 +59,17 @@ def main() -> int:
             env["MONGO_URL"] = stores[-1].url
             log.info("embedded mongodb-compatible store started", url=stores[-1].url, pid=stores[-1].proc.pid)
 
+        modules: dict[str, str] = {}
+
         def spawn(name: str, module: str) -> None:
+            modules[name] = module
             children[name] = subprocess.Popen([sys.executable, "-m", module], env=env)
             log.info("process started", process=name, pid=children[name].pid)
 
         for i in range(settings.workers):
             spawn(f"worker-{i}", "g4l.worker")
+        if settings.hls_enabled:
+            spawn("hls", "g4l.hls")  # the HLS packager: live streams and stations
         spawn("web", "g4l.web")
 
         url = f"http://{settings.host}:{settings.port}"
@@ -76,9 +81,10 @@ def main() -> int:
                     if name == "web":
                         log.error("web process exited", code=proc.returncode)
                         return 1
-                    # A dead worker's job is recovered by the others (or by its successor).
-                    log.warning("worker exited; restarting it", process=name, code=proc.returncode)
-                    spawn(name, "g4l.worker")
+                    # A dead worker's job is recovered by the others (or by its successor);
+                    # a restarted packager takes its streams back (their leases expire).
+                    log.warning("process exited; restarting it", process=name, code=proc.returncode)
+                    spawn(name, modules[name])
             if not announced:
                 if _ready(f"{url}/health/ready"):
                     print(f"g4l ready on {url}", flush=True)

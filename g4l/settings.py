@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     default_model: str | None = None
     workers: int = 1
     torch_threads: int = 0  # 0: let torch decide
+    worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
     device: str = "auto"  # auto | cpu | cuda
 
     # Generation bounds.
@@ -62,13 +63,35 @@ class Settings(BaseSettings):
 
     cors_origins: str = "*"  # origins allowed to call /health and open sockets ("*" or a list)
 
+    # HTTP API and access control (docs/http-api.md).
+    api_keys: Annotated[list[str], NoDecode] = []  # comma-separated; empty: no key needed anywhere
+    docs_public: bool = False  # serve /api/v1/docs and /api/v1/openapi.json without a key
+    max_generate_seconds: float = 120.0  # longest ``duration`` POST /api/v1/generate accepts
+    max_json_kb: int = 64  # body limit of HTTP routes that carry no audio
+    jobs_per_owner: int = 500  # recent jobs remembered per key (or IP) for GET /api/v1/jobs
+
+    # Live listening over HLS and generative stations (docs/hls.md).
+    hls_enabled: bool = True  # the launcher starts the packager (python -m g4l.hls)
+    hls_dir: Path | None = None  # segments + playlists; default <data_dir>/hls
+    hls_segment_s: float = 2.0
+    hls_window_segments: int = 6  # playlist length (>= 3 target durations)
+    hls_bitrate_kbps: int = 128
+    hls_crossfade_ms: int = 50  # equal-power crossfade at every join
+    hls_idle_fill: str = "silence"  # silence | loop: what plays while nothing is buffered
+    hls_idle_timeout_s: float = 600.0  # a stream with no listener and no new audio this long stops
+    hls_session_preroll_s: float = 30.0  # a new session stream starts with this much current audio
+    station_buffer_s: float = 45.0  # audio a station keeps generated ahead of its listeners
+    station_low_buffer_s: float = 12.0  # below this a station reports buffer_health "low"
+    station_prompt_seconds: float = 6.0  # how much of its own audio a station continues from
+    max_stations: int = 4
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "api_keys", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
-        # G4L_MODELS is a comma-separated list, not JSON.
+        # G4L_MODELS and G4L_API_KEYS are comma-separated lists, not JSON.
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
@@ -88,6 +111,11 @@ class Settings(BaseSettings):
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
+
+    @property
+    def hls_path(self) -> Path:
+        """Where live streams are written (``hls_dir``, else ``<data_dir>/hls``), absolute."""
+        return Path(self.hls_dir or Path(self.data_dir) / "hls").resolve()
 
     @property
     def retention_seconds(self) -> int:

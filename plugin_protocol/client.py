@@ -18,7 +18,7 @@ from typing import Any
 
 import socketio
 
-from plugin_protocol import events
+from plugin_protocol import events, fastjson
 
 
 class ProtocolError(RuntimeError):
@@ -51,7 +51,8 @@ class DeviceClient:
         self.auth = auth
         # websocket-client validates UTF-8 in pure Python unless told not to; text frames
         # are decoded (and so validated) by Python's C UTF-8 codec anyway.
-        self.sio = socketio.Client(reconnection=True, websocket_extra_options={"skip_utf8_validation": True})
+        self.sio = socketio.Client(reconnection=True, json=fastjson,
+                                   websocket_extra_options={"skip_utf8_validation": True})
         self.received: list[tuple[float, str, Any]] = []
         self._cond = threading.Condition()
         self.sio.on("*", self._on_any)

@@ -10,6 +10,7 @@ VERIFY_SESSION = "verify_session"
 REQUEST_PROGRESS_STATUS = "request_progress_status"
 BEGIN_RESTORE_AUDIO = "begin_restore_audio"
 AUDIO_CHUNK = "audio_chunk"
+GET_LISTEN_URL = "get_listen_url"  # {session_id} -> listen_url (read-only HLS link)
 
 # Server -> client
 PROCESS_AUDIO_RECEIVED = "process_audio_received"
@@ -29,6 +30,7 @@ READY_FOR_CHUNKS = "ready_for_chunks"
 CHUNK_RECEIVED = "chunk_received"
 RESTORE_COMPLETE = "restore_complete"
 CHUNKS_MISSING = "chunks_missing"
+LISTEN_URL = "listen_url"  # {playlist_url, page_url, session_id}
 ERROR = "error"
 
 #: The result event for each generation kind.

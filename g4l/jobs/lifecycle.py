@@ -3,6 +3,7 @@ together, so a job is never "in progress" in one place and finished in another."
 
 from __future__ import annotations
 
+import json
 import time
 
 from g4l import keys
@@ -79,8 +80,24 @@ def recover_orphans(ctx: Context) -> int:
     return handled
 
 
+def _store_orphan_result(ctx: Context, job: Job) -> None:
+    """A worker died after handing its result to the web nodes but before GridFS had it:
+    store it from the Redis copy so the session's pointer is not left dangling."""
+    if not job.output_blob or ctx.blobs.exists(job.output_blob):
+        return
+    data = ctx.redis_bytes.get(keys.result(job.id))
+    meta = ctx.redis.hget(keys.job(job.id), "output_meta")
+    if data is None or not meta:
+        log.error("result lost with its worker", job_id=job.id, session_id=job.session_id)
+        return
+    ctx.blobs.put(data, blob_id=job.output_blob, **json.loads(meta))
+    log.warning("stored the result of a dead worker", job_id=job.id, session_id=job.session_id)
+
+
 def _recover_one(ctx: Context, claimed: Claimed, consumer: str) -> None:
     job = ctx.jobs.get(claimed.job_id)
+    if job is not None and job.status == "completed":
+        _store_orphan_result(ctx, job)
     if job is None or job.status in ("completed", "failed", "canceled"):
         ctx.queue.ack(claimed)
         return

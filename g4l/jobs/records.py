@@ -75,14 +75,29 @@ def new_job_id() -> str:
 class JobStore:
     """Read and write job records."""
 
-    def __init__(self, r: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, r: redis.Redis, ttl_seconds: int, max_per_owner: int = 500) -> None:
         self.r = r
         self.ttl = ttl_seconds
+        self.max_per_owner = max_per_owner
 
     def save(self, job: Job, pipe: Any = None) -> None:
         target = pipe if pipe is not None else self.r
         target.hset(keys.job(job.id), mapping=job.to_redis())
         target.expire(keys.job(job.id), self.ttl)
+        if job.owner:  # the owner's recent jobs, newest last (GET /api/v1/jobs)
+            index = keys.owner_jobs(job.owner)
+            target.zadd(index, {job.id: job.created})
+            target.zremrangebyrank(index, 0, -(self.max_per_owner + 1))
+            target.expire(index, self.ttl)
+
+    def owned(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[str], int]:
+        """An owner's job ids, newest first, and how many there are."""
+        index = keys.owner_jobs(owner)
+        with self.r.pipeline() as p:
+            p.zrevrange(index, offset, offset + limit - 1)
+            p.zcard(index)
+            ids, total = p.execute()
+        return list(ids), int(total)
 
     def get(self, job_id: str) -> Job | None:
         data = self.r.hgetall(keys.job(job_id))

@@ -23,8 +23,9 @@ from g4l.jobs import lifecycle
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, new_job_id
 from g4l.log import get_logger
+from g4l.services.ratelimit import RateLimiter
 from g4l.services.uploads import Offload, Upload, decode_upload
-from g4l.store.sessions import Session, new_session_id
+from g4l.store.sessions import Session, format_field, new_session_id, parse_format
 from g4l.worker.generation import model_prompt, prompt_window
 from plugin_protocol.payloads import (ContinueMusicRequest, GenerationParams, ProcessAudioRequest,
                                       RetryMusicRequest, UpdateCroppedAudio)
@@ -60,24 +61,34 @@ class SessionService:
         self.settings = ctx.settings
         self.offload = offload
         self.spawn = spawn
+        self._limiter = RateLimiter(ctx.redis)
 
     # ------------------------------------------------------------ checks
     def check_rate(self, client: str) -> None:
-        """At most ``rate_limit_per_minute`` generation requests per client and minute."""
+        """At most ``rate_limit_per_minute`` generation requests per client in any 60 s
+        (a sliding window: see :mod:`g4l.services.ratelimit`). ``client`` is the caller's
+        owner id (API key hash, or IP when keys are off)."""
         limit = self.settings.rate_limit_per_minute
         if limit <= 0:
             return
-        now = time.time()
-        window = int(now // 60)
-        key = keys.rate(client, window)
-        with self.ctx.redis.pipeline() as p:
-            p.incr(key)
-            p.expire(key, 120)
-            count = p.execute()[0]
-        if count > limit:
-            retry_after = int(60 - now % 60) + 1
+        decision = self._limiter.take(client, limit)
+        if not decision.allowed:
+            retry_after = decision.retry_after
             raise RateLimited(f"too many generation requests: {limit} a minute; retry in {retry_after} s",
                               retry_after=retry_after)
+
+    def check_owner(self, session: Session, owner: str | None) -> None:
+        """With API keys configured, a session is visible only to the key that created it:
+        to anyone else it does not exist. ``owner=None`` (internal callers) skips the check."""
+        if owner is None or not self.settings.api_keys:
+            return
+        if session.get("owner") != owner:
+            raise SessionNotFound(f"no session {session.id} (it ended or expired)", session_id=session.id)
+
+    def _require(self, session_id: str, owner: str | None) -> Session:
+        session = self.ctx.sessions.require(session_id)
+        self.check_owner(session, owner)
+        return session
 
     def _check_capacity(self) -> None:
         if self.ctx.queue.depth() >= self.settings.max_queue:
@@ -112,19 +123,24 @@ class SessionService:
         return decode_upload(text, self.settings, self.offload)
 
     # ------------------------------------------------------------ operations
-    def bang(self, req: ProcessAudioRequest, client: str) -> Accepted:
-        """New session continuing the FIRST ``prompt_duration`` seconds of the audio."""
+    def bang(self, req: ProcessAudioRequest, client: str, owner: str | None = None) -> Accepted:
+        """New session continuing the FIRST ``prompt_duration`` seconds of the audio.
+
+        :param owner: who the session belongs to (see :mod:`g4l.services.auth`); every
+            operation below takes it and, with API keys on, refuses other owners' sessions.
+        """
         params = self._resolve(req.given(), None)
         self._check_capacity()
         upload = self._upload(req.audio_data)
         self.check_rate(client)
         session_id, job_id = new_session_id(), new_job_id()
-        self.ctx.sessions.create(session_id, status="queued", job_id=job_id, **self._session_params(params))
-        return self._submit("bang", session_id, job_id, params, upload=upload)
+        self.ctx.sessions.create(session_id, status="queued", job_id=job_id, owner=owner or "",
+                                 **self._session_params(params))
+        return self._submit("bang", session_id, job_id, params, upload=upload, owner=owner)
 
-    def continue_(self, req: ContinueMusicRequest, client: str) -> Accepted:
+    def continue_(self, req: ContinueMusicRequest, client: str, owner: str | None = None) -> Accepted:
         """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio."""
-        session = self.ctx.sessions.require(req.session_id) if req.session_id else None
+        session = self._require(req.session_id, owner) if req.session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         params = self._resolve(req.given(), session)
@@ -137,18 +153,20 @@ class SessionService:
         job_id = new_job_id()
         if session is None:
             session_id = new_session_id()
-            self.ctx.sessions.create(session_id, status="queued", job_id=job_id, **self._session_params(params))
+            self.ctx.sessions.create(session_id, status="queued", job_id=job_id, owner=owner or "",
+                                     **self._session_params(params))
         else:
             session_id = session.id
             self.ctx.sessions.begin_job(session_id, job_id)
             self.ctx.sessions.update(session_id, **self._session_params(params))
         if upload is not None:
-            return self._submit("continue", session_id, job_id, params, upload=upload)
-        return self._submit("continue", session_id, job_id, params, input_blob=session["current_blob"])
+            return self._submit("continue", session_id, job_id, params, upload=upload, owner=owner)
+        return self._submit("continue", session_id, job_id, params, input_blob=session["current_blob"],
+                            owner=owner)
 
-    def retry(self, req: RetryMusicRequest, client: str) -> Accepted:
+    def retry(self, req: RetryMusicRequest, client: str, owner: str | None = None) -> Accepted:
         """Redo the last continue from the input it used."""
-        session = self.ctx.sessions.require(req.session_id)
+        session = self._require(req.session_id, owner)
         if session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         source = session.get("retry_input_blob")
@@ -160,20 +178,20 @@ class SessionService:
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)
         self.ctx.sessions.update(session.id, **self._session_params(params))
-        return self._submit("retry", session.id, job_id, params, input_blob=source)
+        return self._submit("retry", session.id, job_id, params, input_blob=source, owner=owner)
 
-    def crop(self, req: UpdateCroppedAudio) -> str:
+    def crop(self, req: UpdateCroppedAudio, owner: str | None = None) -> str:
         """The given audio becomes the session's current audio. Returns the session id."""
-        session = self.ctx.sessions.require(req.session_id) if req.session_id else None
+        session = self._require(req.session_id, owner) if req.session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         upload = self._upload(req.audio_data)
-        return self._set_current(session, upload, kind="crop")
+        return self._set_current(session, upload, kind="crop", owner=owner)
 
-    def cleanup(self, session_id: str) -> None:
+    def cleanup(self, session_id: str, owner: str | None = None) -> None:
         """Free the session: cancel its job, forget its state. Its audio stays in GridFS
         until the retention sweep, so an accidental cleanup loses nothing at once."""
-        session = self.ctx.sessions.require(session_id)
+        session = self._require(session_id, owner)
         job_id = session.get("job_id")
         if session.busy and job_id:
             self.cancel_job(job_id)
@@ -187,9 +205,12 @@ class SessionService:
         if job is not None and job.status == "queued" and self.ctx.queue.remove_waiting(job_id):
             lifecycle.canceled(self.ctx, job)
 
-    def status(self, session_id: str) -> dict[str, Any]:
+    def status(self, session_id: str, owner: str | None = None) -> dict[str, Any]:
         """What verify_session / request_progress_status / the poll route answer."""
         session = self.ctx.sessions.get(session_id)
+        if session is not None and owner is not None and self.settings.api_keys \
+                and session.get("owner") != owner:
+            session = None
         if session is None:
             return {"session_id": session_id, "exists": False, "status": "missing",
                     "generation_in_progress": False, "progress": 0, "queue_position": None,
@@ -217,20 +238,20 @@ class SessionService:
         return {"message": message, "position": pos.position, "total_queued": pos.total_queued,
                 "estimated_seconds": pos.estimated_seconds, "status": state, "session_id": session_id}
 
-    def current_audio(self, session_id: str) -> bytes:
-        session = self.ctx.sessions.require(session_id)
+    def current_audio(self, session_id: str, owner: str | None = None) -> bytes:
+        session = self._require(session_id, owner)
         blob = session.get("current_blob")
         if not blob:
             raise SessionNotFound("this session has no audio yet", session_id=session_id)
         return self.ctx.blobs.get(blob)
 
     # ------------------------------------------------------------ chunked restore
-    def begin_restore(self, params: GenerationParams) -> tuple[str, int]:
+    def begin_restore(self, params: GenerationParams, owner: str | None = None) -> tuple[str, int]:
         """Start a chunked upload into a new session. Returns (session id, chunk size)."""
         given = params.given()
         if "model_name" in given or "prompt_duration" in given:
             self._resolve(given, None)
-        session = self.ctx.sessions.create(**{k: v for k, v in given.items()})
+        session = self.ctx.sessions.create(owner=owner or "", **{k: v for k, v in given.items()})
         key = keys.upload(session.id)
         with self.ctx.redis.pipeline() as p:
             p.hset(key, "meta", json.dumps({"started": time.time()}))
@@ -238,9 +259,12 @@ class SessionService:
             p.execute()
         return session.id, self.settings.chunk_size
 
-    def add_chunk(self, session_id: str, index: int, total: int, chunk: str, is_last: bool
-                  ) -> tuple[int, list[int] | None, bool]:
+    def add_chunk(self, session_id: str, index: int, total: int, chunk: str, is_last: bool,
+                  owner: str | None = None) -> tuple[int, list[int] | None, bool]:
         """Store one fragment. Returns (received count, missing indexes or None, complete)."""
+        session = self.ctx.sessions.get(session_id)
+        if session is not None:
+            self.check_owner(session, owner)
         key = keys.upload(session_id)
         if not self.ctx.redis.exists(key):
             raise SessionNotFound("no chunked upload in progress for this session; send begin_restore_audio",
@@ -255,20 +279,25 @@ class SessionService:
         if lengths > self.settings.max_payload_bytes:
             self.ctx.redis.delete(key)
             raise TooLarge("the upload is over the size limit", session_id=session_id)
-        have = {int(k) for k in self.ctx.redis.hkeys(key) if k != "meta"}
+        have = {int(k) for k in self.ctx.redis.hkeys(key) if k.isdigit()}
         received = len(have & set(range(total)))
         if not is_last and received < total:
             return received, None, False
         missing = sorted(set(range(total)) - have)
         if missing:
             return received, missing, False
-        parts = self.ctx.redis.hmget(key, [str(i) for i in range(total)])
-        upload = self._upload("".join(parts))
-        session = self.ctx.sessions.require(session_id)
-        if session.busy:
-            raise Busy("Generation already in progress", session_id=session_id)
-        self._set_current(session, upload, kind="upload")
-        self.ctx.redis.delete(key)
+        # Chunk handlers run concurrently: exactly one of them assembles the upload.
+        if not self.ctx.redis.hsetnx(key, "assembling", "1"):
+            return received, None, False
+        try:
+            parts = self.ctx.redis.hmget(key, [str(i) for i in range(total)])
+            upload = self._upload("".join(parts))
+            session = self.ctx.sessions.require(session_id)
+            if session.busy:
+                raise Busy("Generation already in progress", session_id=session_id)
+            self._set_current(session, upload, kind="upload")
+        finally:
+            self.ctx.redis.delete(key)  # done, or refused: either way the upload is over
         return received, [], True
 
     # ------------------------------------------------------------ internals
@@ -276,20 +305,22 @@ class SessionService:
     def _session_params(params: dict[str, Any]) -> dict[str, Any]:
         return {k: params[k] for k in _PARAM_FIELDS}
 
-    def _set_current(self, session: Session | None, upload: Upload, kind: str) -> str:
+    def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None) -> str:
         session_id = session.id if session else new_session_id()
         if session is None:
-            self.ctx.sessions.create(session_id)
+            self.ctx.sessions.create(session_id, owner=owner or "")
         version = (session.version if session else 0) + 1
         a = upload.audio
         blob = self.ctx.blobs.put(upload.wav, session_id=session_id, kind=kind, version=version,
                                   sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype,
                                   duration=a.duration)
-        self.ctx.sessions.update(session_id, current_blob=blob, version=version, error="", error_code="")
+        self.ctx.sessions.update(session_id, current_blob=blob, version=version, error="", error_code="",
+                                 current_format=format_field(a.sample_rate, a.channels, a.subtype))
         return session_id
 
     def _submit(self, kind: str, session_id: str, job_id: str, params: dict[str, Any], *,
-                upload: Upload | None = None, input_blob: str | None = None) -> Accepted:
+                upload: Upload | None = None, input_blob: str | None = None, owner: str | None = None
+                ) -> Accepted:
         """Store what the job needs and queue it. With a fresh upload, only the small
         prompt window is stored before queueing; the full file is written while the
         model runs (the worker needs it only to assemble the result)."""
@@ -303,14 +334,9 @@ class SessionService:
                 prompt_blob = self.ctx.blobs.put(prompt_wav, session_id=session_id, kind="prompt", job_id=job_id)
                 input_blob = self.ctx.blobs.new_id()
             else:
-                info = self.ctx.blobs.info(input_blob or "")
-                if info is None:
-                    raise SessionNotFound("the session's stored audio is gone (retention)", session_id=session_id)
-                m = info.metadata
-                job_params.update(sample_rate=m["sample_rate"], channels=m["channels"],
-                                  subtype=m.get("subtype", "PCM_16"))
+                job_params.update(self._stored_format(session_id, input_blob or ""))
             job = Job(id=job_id, kind=kind, session_id=session_id, model=params["model_name"],
-                      params=job_params, input_blob=input_blob, prompt_blob=prompt_blob)
+                      params=job_params, input_blob=input_blob, prompt_blob=prompt_blob, owner=owner)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
             if kind == "bang":  # the session was made for this job alone
@@ -322,6 +348,19 @@ class SessionService:
             self.spawn(self._store_input, upload, session_id, job, input_blob)
         log.info("job queued", session_id=session_id, job_id=job_id, kind=kind, model=params["model_name"])
         return Accepted(session_id, job_id, kind, self.ctx.queue.position(job_id))
+
+    def _stored_format(self, session_id: str, blob_id: str) -> dict[str, Any]:
+        """Rate, channels and sample format of a stored version (a result may still be on
+        its way into GridFS, so the session's own record is asked first)."""
+        session = self.ctx.sessions.get(session_id)
+        fmt = parse_format(session.get("current_format")) if session else None
+        if fmt is not None and session.get("current_blob") == blob_id:
+            return {"sample_rate": fmt[0], "channels": fmt[1], "subtype": fmt[2]}
+        info = self.ctx.blobs.info(blob_id)
+        if info is None:
+            raise SessionNotFound("the session's stored audio is gone (retention)", session_id=session_id)
+        m = info.metadata
+        return {"sample_rate": m["sample_rate"], "channels": m["channels"], "subtype": m.get("subtype", "PCM_16")}
 
     @staticmethod
     def _prompt_wav(upload: Upload, kind: str, seconds: float) -> bytes:

@@ -65,6 +65,15 @@ class BlobStore:
         except (gridfs.errors.NoFile, InvalidId) as exc:
             raise KeyError(blob_id) from exc
 
+    def open(self, blob_id: str) -> gridfs.GridOut:
+        """A seekable reader of the blob, for streaming it in pieces.
+
+        :raises KeyError: when it does not exist."""
+        try:
+            return self.bucket.open_download_stream(ObjectId(blob_id))
+        except (gridfs.errors.NoFile, InvalidId) as exc:
+            raise KeyError(blob_id) from exc
+
     def info(self, blob_id: str) -> BlobInfo | None:
         try:
             doc = self.files.find_one({"_id": ObjectId(blob_id)})

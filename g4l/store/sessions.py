@@ -37,6 +37,18 @@ return 1
 """
 
 
+def format_field(sample_rate: int, channels: int, subtype: str) -> str:
+    """The ``current_format`` field: how the session's current audio is shaped."""
+    return f"{sample_rate},{channels},{subtype}"
+
+
+def parse_format(value: str | None) -> tuple[int, int, str] | None:
+    if not value:
+        return None
+    rate, channels, subtype = value.split(",", 2)
+    return int(rate), int(channels), subtype
+
+
 def new_session_id() -> str:
     """Session ids are unguessable capabilities."""
     return str(uuid.uuid4())

@@ -9,10 +9,13 @@ from flask_cors import CORS
 from flask_socketio import SocketIO
 
 from g4l.context import Context
+from plugin_protocol import fastjson
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
 from g4l.web import health, metrics, socket_events, transport
+from g4l.web.api.install import install as install_api
+from g4l.web import listen
 from g4l.web.offload import offload
 from g4l.web.relay import Relay
 
@@ -42,6 +45,7 @@ def create_app(settings: Settings) -> WebApp:
     socketio = SocketIO(
         app,
         async_mode="gevent",
+        json=fastjson,  # result packets are up to ~100 MB of JSON, encoded on the event loop
         cors_allowed_origins=settings.cors_list,
         max_http_buffer_size=settings.max_payload_bytes,
         ping_interval=settings.ping_interval,
@@ -56,4 +60,6 @@ def create_app(settings: Settings) -> WebApp:
     socket_events.register(socketio, service, relay)
     app.register_blueprint(health.blueprint(ctx))
     app.register_blueprint(metrics.blueprint(ctx))
+    install_api(app, socketio, ctx, service, relay)  # /api/v1: jobs, session twins, docs; API keys
+    listen.install(app, ctx)  # HLS files, listen page, listen links, stations
     return WebApp(app, socketio, ctx, service, relay)

@@ -7,7 +7,8 @@ acts on it. Results are read from GridFS by that node (audio never rides pub/sub
 from __future__ import annotations
 
 import base64
-from typing import Any
+import time
+from typing import Any, Callable
 
 import gevent
 import redis
@@ -32,6 +33,8 @@ class Relay:
         self.ctx = ctx
         self.service = service
         self._greenlet: gevent.Greenlet | None = None
+        #: Extra consumers of every notice (e.g. the job rooms of g4l.web.api.live).
+        self.hooks: list[Callable[[dict[str, Any]], None]] = []
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -70,6 +73,11 @@ class Relay:
                     pass
 
     def handle(self, notice: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            try:
+                hook(notice)
+            except Exception:
+                log.exception("a notice hook failed")
         kind = notice.get("type")
         session_id = notice.get("session_id") or ""
         local = bool(session_id) and self.has_local(session_id)
@@ -96,9 +104,10 @@ class Relay:
 
     def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
         """Send a finished result to the room: progress 100, then the audio."""
-        try:
-            wav = self.ctx.blobs.get(blob_id)
-        except KeyError:
+        wav = self.ctx.redis_bytes.get(keys.result(job_id))
+        if wav is None:  # expired from Redis: GridFS has it (or is about to)
+            wav = self._from_store(blob_id)
+        if wav is None:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
         audio_b64 = offload(lambda data: base64.b64encode(data).decode("ascii"), wav)
@@ -110,6 +119,16 @@ class Relay:
                   session_id)
         self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
         log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav))
+
+    def _from_store(self, blob_id: str, wait_s: float = 30.0) -> bytes | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.ctx.blobs.get(blob_id)
+            except KeyError:
+                if time.monotonic() > deadline:
+                    return None
+                gevent.sleep(0.1)
 
     def broadcast_queue(self) -> None:
         """Tell every locally connected waiting session its new position."""

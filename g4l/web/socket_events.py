@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from flask import request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from g4l.errors import G4LError, Internal, InvalidRequest
 from g4l.log import get_logger
 from g4l.services.sessions import Accepted, SessionService
 from g4l.web import metrics
+from g4l.web.api.access import socket_caller
 from g4l.web.relay import Relay
 from plugin_protocol import events
 from plugin_protocol.normalize import PayloadError, as_object, parse_payload
@@ -35,8 +35,9 @@ def _session_hint(raw: Any) -> str | None:
 
 
 def _client_key() -> str:
-    """Who a rate limit applies to: the remote address."""
-    return request.remote_addr or request.sid
+    """Who the socket is: its API key's owner id (the remote address when keys are off).
+    Rate limits count per client key; sessions record it as their owner."""
+    return socket_caller().owner
 
 
 def _adapter(event: str) -> Callable:
@@ -67,35 +68,48 @@ def _adapter(event: str) -> Callable:
 def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     """Attach every device event handler to ``socketio``."""
 
+    def _join_owned(session_id: str) -> None:
+        """Join a session's room early (to see its job even if this request is refused),
+        but never a session another API key owns."""
+        session = service.ctx.sessions.get(session_id)
+        if session is not None:
+            service.check_owner(session, _client_key())
+        join_room(session_id)
+
     def accepted(result: Accepted) -> None:
         join_room(result.session_id)
         emit(events.RECEIVED_EVENT[result.kind], {"session_id": result.session_id, "job_id": result.job_id})
-        emit(events.QUEUE_STATUS, service.queue_status(result.job_id, result.session_id))
+        status = service.queue_status(result.job_id, result.session_id)
+        emit(events.QUEUE_STATUS, status)
+        # An idle worker may take the job before this socket joined the room, in which
+        # case the relay found nobody to tell: say it here.
+        if status["status"] == "processing":
+            emit(events.PROCESSING_STARTED, {"session_id": result.session_id, "job_id": result.job_id})
 
     @socketio.on(events.PROCESS_AUDIO)
     @_adapter(events.PROCESS_AUDIO)
     def bang(raw: Any) -> None:
-        accepted(service.bang(parse_payload(raw, ProcessAudioRequest), _client_key()))
+        accepted(service.bang(parse_payload(raw, ProcessAudioRequest), _client_key(), owner=_client_key()))
 
     @socketio.on(events.CONTINUE_MUSIC)
     @_adapter(events.CONTINUE_MUSIC)
     def continue_music(raw: Any) -> None:
         req = parse_payload(raw, ContinueMusicRequest)
         if req.session_id:
-            join_room(req.session_id)
-        accepted(service.continue_(req, _client_key()))
+            _join_owned(req.session_id)
+        accepted(service.continue_(req, _client_key(), owner=_client_key()))
 
     @socketio.on(events.RETRY_MUSIC)
     @_adapter(events.RETRY_MUSIC)
     def retry_music(raw: Any) -> None:
         req = parse_payload(raw, RetryMusicRequest)
-        join_room(req.session_id)
-        accepted(service.retry(req, _client_key()))
+        _join_owned(req.session_id)
+        accepted(service.retry(req, _client_key(), owner=_client_key()))
 
     @socketio.on(events.UPDATE_CROPPED_AUDIO)
     @_adapter(events.UPDATE_CROPPED_AUDIO)
     def crop(raw: Any) -> None:
-        session_id = service.crop(parse_payload(raw, UpdateCroppedAudio))
+        session_id = service.crop(parse_payload(raw, UpdateCroppedAudio), owner=_client_key())
         join_room(session_id)
         emit(events.UPDATE_CROPPED_AUDIO_COMPLETE, {"message": "Cropped audio updated", "session_id": session_id})
 
@@ -103,7 +117,7 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     @_adapter(events.CLEANUP_SESSION)
     def cleanup(raw: Any) -> None:
         req = parse_payload(raw, SessionRef)
-        service.cleanup(req.session_id)
+        service.cleanup(req.session_id, owner=_client_key())
         leave_room(req.session_id)
         emit(events.CLEANUP_COMPLETE, {"message": "Session cleaned up", "session_id": req.session_id})
 
@@ -111,7 +125,7 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     @_adapter(events.VERIFY_SESSION)
     def verify(raw: Any) -> dict:
         req = parse_payload(raw, SessionRef)
-        status = service.status(req.session_id)
+        status = service.status(req.session_id, owner=_client_key())
         if status["exists"]:
             join_room(req.session_id)
         emit(events.SESSION_STATUS, status)
@@ -123,7 +137,7 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     @_adapter(events.REQUEST_PROGRESS_STATUS)
     def progress_status(raw: Any) -> None:
         req = parse_payload(raw, ProgressStatusRequest)
-        status = service.status(req.session_id)
+        status = service.status(req.session_id, owner=_client_key())
         if status["exists"]:
             join_room(req.session_id)
             emit(events.PROGRESS_UPDATE, {"progress": status["progress"], "session_id": req.session_id})
@@ -138,7 +152,7 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     @_adapter(events.BEGIN_RESTORE_AUDIO)
     def begin_restore(raw: Any) -> None:
         req = parse_payload(raw if raw is not None else {}, BeginRestoreAudio)
-        session_id, chunk_size = service.begin_restore(req)
+        session_id, chunk_size = service.begin_restore(req, owner=_client_key())
         join_room(session_id)
         emit(events.READY_FOR_CHUNKS, {"session_id": session_id, "chunk_size": chunk_size})
 
@@ -147,7 +161,7 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
     def audio_chunk(raw: Any) -> None:
         req = parse_payload(raw, AudioChunk)
         received, missing, complete = service.add_chunk(req.session_id, req.chunk_index, req.total_chunks,
-                                                        req.chunk, req.is_last)
+                                                        req.chunk, req.is_last, owner=_client_key())
         emit(events.CHUNK_RECEIVED, {"session_id": req.session_id, "chunk_index": req.chunk_index,
                                      "total_chunks": req.total_chunks, "received_chunks": received})
         if missing:
@@ -155,6 +169,16 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
         elif complete:
             join_room(req.session_id)
             emit(events.RESTORE_COMPLETE, {"message": "Audio restored successfully", "session_id": req.session_id})
+
+    @socketio.on(events.GET_LISTEN_URL)
+    @_adapter(events.GET_LISTEN_URL)
+    def get_listen_url(raw: Any) -> dict:
+        from g4l.services.listen import ListenService  # live listening over HLS (docs/hls.md)
+
+        req = parse_payload(raw, SessionRef)
+        link = ListenService(service.ctx).session_link(req.session_id)
+        emit(events.LISTEN_URL, link)
+        return link
 
     def _redeliver_missed(session_id: str) -> None:
         """A result that finished while the client was away is sent on its return."""

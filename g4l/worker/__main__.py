@@ -38,6 +38,10 @@ def main() -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     cache = ModelCache(settings.models, settings.device)
+    if cache.device == "cpu" and settings.worker_nice:
+        # On a CPU box the model competes with the web process for cores: let the web win,
+        # so sockets stay responsive while a generation runs.
+        os.nice(settings.worker_nice)
     current: dict[str, str | None] = {"job": None, "state": "loading"}
     device = cache.device
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
-from g4l import audio
+from g4l import audio, keys
 from g4l.context import Context
 from g4l.engine.base import Cancelled, GenerationParams
 from g4l.engine.cache import ModelCache
@@ -13,10 +14,13 @@ from g4l.errors import G4LError, GenerationFailed
 from g4l.jobs import lifecycle, notices
 from g4l.jobs.records import Job
 from g4l.log import get_logger
+from g4l.store.sessions import format_field
 from g4l.worker.generation import ClientFormat, assemble, generate, model_prompt, prompt_window
 
 log = get_logger(__name__)
 
+#: How long a finished result stays in Redis for the web nodes (GridFS keeps it for good).
+RESULT_TTL_S = 120
 #: How long a job waits for its input file, which the web node stores while the model runs.
 INPUT_WAIT_S = 120.0
 
@@ -114,14 +118,24 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         wav = audio.encode_wav(result, fmt.sample_rate, fmt.subtype)
         session = ctx.sessions.get(job.session_id)
         version = (session.version if session else 0) + 1
-        blob_id = ctx.blobs.put(wav, session_id=job.session_id, kind="output", job_id=job.id, version=version,
-                                sample_rate=fmt.sample_rate, channels=fmt.channels, subtype=fmt.subtype,
-                                duration=result.shape[-1] / fmt.sample_rate, source=job.input_blob)
+        blob_id = ctx.blobs.new_id()
+        meta = {"session_id": job.session_id, "kind": "output", "job_id": job.id, "version": version,
+                "sample_rate": fmt.sample_rate, "channels": fmt.channels, "subtype": fmt.subtype,
+                "duration": result.shape[-1] / fmt.sample_rate, "source": job.input_blob}
+        # The client gets the result from a short-lived Redis key while GridFS stores it
+        # (the slowest step for big files). The stream entry is acknowledged only after
+        # the GridFS write, so if this worker dies in between, recovery stores the key.
+        ctx.redis_bytes.set(keys.result(job.id), wav, ex=RESULT_TTL_S)
+        ctx.jobs.update(job.id, output_meta=json.dumps(meta))
         post_seconds = time.perf_counter() - started
-        _completed(ctx, job, blob_id, version, model_seconds=round(model_seconds, 3),
+        _completed(ctx, job, blob_id, version, fmt, model_seconds=round(model_seconds, 3),
                    post_seconds=round(post_seconds, 3))
+        stored = time.perf_counter()
+        ctx.blobs.put(wav, blob_id=blob_id, **meta)
+        store_seconds = time.perf_counter() - stored
+        ctx.jobs.update(job.id, store_seconds=round(store_seconds, 3))
         bound.info("job completed", model_seconds=round(model_seconds, 3),
-                   post_seconds=round(post_seconds, 3),
+                   post_seconds=round(post_seconds, 3), store_seconds=round(store_seconds, 3),
                    output_seconds=round(result.shape[-1] / fmt.sample_rate, 2))
     except Cancelled:
         lifecycle.canceled(ctx, job)
@@ -145,13 +159,15 @@ def complete_job_only(ctx: Context, job: Job, blob_id: str | None, **fields: obj
                     blob_id=blob_id)
 
 
-def _completed(ctx: Context, job: Job, blob_id: str, version: int, **timings: float) -> None:
+def _completed(ctx: Context, job: Job, blob_id: str, version: int, fmt: ClientFormat,
+               **timings: float) -> None:
     now = time.time()
     job.status, job.output_blob, job.finished, job.progress = "completed", blob_id, now, 100
     # Timings stay on the job record: benchmarks read where the time went.
     ctx.jobs.update(job.id, status="completed", output_blob=blob_id, finished=now, progress=100, **timings)
     fields = {"status": "idle", "progress": 100, "current_blob": blob_id, "last_output_blob": blob_id,
-              "version": version, "last_kind": job.kind, "error": "", "error_code": ""}
+              "version": version, "last_kind": job.kind, "error": "", "error_code": "",
+              "current_format": format_field(fmt.sample_rate, fmt.channels, fmt.subtype)}
     if job.kind == "continue":
         fields["retry_input_blob"] = job.input_blob
     ctx.sessions.update_if_job(job.session_id, job.id, **fields)

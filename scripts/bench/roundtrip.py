@@ -69,7 +69,17 @@ def run_once(c: DeviceClient, r: redis.Redis, server: common.Server, b64: str, e
     c.emit(events.CONTINUE_MUSIC, payload)
     _, ack = c.wait_for(events.CONTINUE_MUSIC_RECEIVED, 0)
     job_id, sid = ack["job_id"], ack["session_id"]
-    _, result = c.wait_for(events.MUSIC_CONTINUED, 0, session_id=sid)
+    try:
+        _, result = c.wait_for(events.MUSIC_CONTINUED, 0, session_id=sid)
+    except TimeoutError:
+        # Say what the server knows, so a lost result can be diagnosed.
+        print(f"  TIMEOUT: no result for job {job_id}; job record: {r.hgetall(keys.job(job_id))}")
+        print(f"  session record: {r.hgetall(keys.session(sid))}")
+        print(f"  events received: {[(round(t - mono0, 2), n) for t, n, _d in list(c.received)]}")
+        for line in server.log_path.read_text(errors='replace').splitlines():
+            if job_id in line or sid in line or '"error"' in line or 'exception' in line:
+                print("  log:", line[:400])
+        raise
     with c._cond:
         stamps = list(c.received)
         c.received.clear()
@@ -138,7 +148,7 @@ def main() -> int:
         server.start()
         print(f"server ready on {server.url} in {time.monotonic() - t:.1f} s", flush=True)
         r = redis.Redis.from_url(server.redis_url, decode_responses=True)
-        client = DeviceClient(server.url, timeout=600).connect()
+        client = DeviceClient(server.url, timeout=300).connect()
         t = time.monotonic()
         client.bang(common.make_wav(30.0, 48_000, 2, "PCM_16", seed=9), model_name="debug", prompt_duration=6)
         print(f"warm-up bang: {time.monotonic() - t:.1f} s", flush=True)
@@ -164,6 +174,10 @@ def main() -> int:
         for label, med in medians:
             print(f"overhead {label}: median {med:.2f} s")
         return 0
+    except BaseException:
+        server.keep_dir = True
+        print(f"failed; server log kept at {server.log_path}", flush=True)
+        raise
     finally:
         if client is not None:
             try:

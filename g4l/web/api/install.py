@@ -1,0 +1,35 @@
+"""Wires the HTTP API into the web app: access control, JSON errors, CORS, blueprints,
+the OpenAPI document and the Socket.IO ``connect`` / ``subscribe`` handlers."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_cors import CORS
+from flask_socketio import SocketIO
+
+from g4l.context import Context
+from g4l.services.auth import HEADER, ApiKeys
+from g4l.services.jobs import JobService
+from g4l.services.sessions import SessionService
+from g4l.web.api import access, jobs, live, openapi, prompts, routing, sessions
+from g4l.web.relay import Relay
+
+
+def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionService, relay: Relay) -> JobService:
+    """Add the API to ``app``; returns the job service it uses."""
+    settings = ctx.settings
+    keys = ApiKeys(settings)
+    app.config["G4L_SETTINGS"] = settings
+    access.install_http(app, keys)
+    routing.install_errors(app)
+    CORS(app, resources={r"/api/*": {"origins": settings.cors_list}},
+         allow_headers=["Content-Type", HEADER, "Range", "If-Range"],
+         expose_headers=["Retry-After", "Content-Range", "Content-Length", "Accept-Ranges", "ETag"],
+         methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
+    job_service = JobService(ctx, service)
+    app.register_blueprint(jobs.blueprint(job_service))
+    app.register_blueprint(sessions.blueprint(service, job_service))
+    app.register_blueprint(prompts.blueprint())
+    app.register_blueprint(openapi.blueprint(settings))
+    live.register(socketio, keys, service, job_service, relay)
+    return job_service

@@ -1,0 +1,91 @@
+"""``/api/v1/generate`` and ``/api/v1/jobs``: the job-style API of DAW clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+
+from g4l.jobs.records import Job
+from g4l.services.jobs import JobService, JobView, iso
+from g4l.web.api.access import http_caller
+from g4l.web.api.download import send_blob
+from g4l.web.api.models import (ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery,
+                                JobStatus)
+from g4l.web.api.openapi import PREFIX
+from g4l.web.api.routing import operation
+
+
+def links(job_id: str) -> JobLinks:
+    base = f"{PREFIX}/jobs/{job_id}"
+    return JobLinks(self=base, audio=f"{base}/audio", cancel=base)
+
+
+def job_status(view: JobView) -> JobStatus:
+    """The JSON form of a job (also what ``job_update`` events carry)."""
+    job: Job = view.job
+    error = ErrorBody(code=job.error_code or "GENERATION_FAILED", message=job.error or "") \
+        if job.status == "failed" else None
+    done = job.status == "completed" and bool(job.output_blob)
+    return JobStatus(
+        job_id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
+        progress=1.0 if job.status == "completed" else min(max(job.progress, 0), 100) / 100,
+        position=view.position, eta_seconds=view.eta_seconds, error=error,
+        audio_url=f"{PREFIX}/jobs/{job.id}/audio" if done else None, session_id=job.session_id or None,
+        model=job.model, created_at=iso(job.created) or "", started_at=iso(job.started),
+        finished_at=iso(job.finished), links=links(job.id),
+    )
+
+
+def blueprint(jobs: JobService) -> Blueprint:
+    bp = Blueprint("api_jobs", __name__, url_prefix=PREFIX)
+
+    @bp.post("/generate")
+    @operation("createGenerateJob", "Start a generation (text prompt and/or audio)", tags=["jobs"],
+               body=GenerateRequest, responses={202: JobAccepted}, errors=(429, 503), audio=True,
+               description="Queues a job and answers at once. Poll `links.self`, or subscribe to the job "
+                           "over Socket.IO; download `links.audio` when the status is `completed`.")
+    def generate(body: GenerateRequest) -> Any:
+        view = jobs.generate(http_caller(), duration=body.duration, prompt=body.prompt, audio_b64=body.audio,
+                             model=body.model, prompt_duration=body.prompt_duration,
+                             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                             cfg_coef=body.cfg_coef, seed=body.seed)
+        accepted = JobAccepted(job_id=view.job.id, status="queued", position=view.position or 0,
+                               estimated_seconds=view.eta_seconds or 0.0, created_at=iso(view.job.created) or "",
+                               links=links(view.job.id))
+        return accepted, 202
+
+    @bp.get("/jobs")
+    @operation("listJobs", "The caller's recent jobs, newest first", tags=["jobs"], query=JobListQuery,
+               responses={200: JobList})
+    def list_jobs(query: JobListQuery) -> Any:
+        views, total = jobs.list(http_caller(), query.offset, query.limit)
+        nxt = query.offset + len(views)
+        return JobList(jobs=[job_status(v) for v in views], total=total, offset=query.offset, limit=query.limit,
+                       next_offset=nxt if nxt < total else None)
+
+    @bp.get("/jobs/<job_id>")
+    @operation("getJob", "A job's status, progress, queue position and ETA", tags=["jobs"],
+               responses={200: JobStatus})
+    def get_job(job_id: str) -> Any:
+        return job_status(jobs.view(http_caller(), job_id))
+
+    @bp.delete("/jobs/<job_id>")
+    @operation("cancelJob", "Cancel a job (queued: dropped; running: stopped between model steps)",
+               tags=["jobs"], responses={200: JobStatus, 202: JobStatus},
+               description="Waits up to 2.5 s for a running job to stop: 200 with its final status, or 202 "
+                           "with `running` if the worker has not confirmed yet (poll until `canceled`). "
+                           "A finished job is left as it is (200).")
+    def cancel_job(job_id: str) -> Any:
+        status = job_status(jobs.cancel(http_caller(), job_id))
+        return status, 202 if status.status in ("queued", "running") else 200
+
+    @bp.get("/jobs/<job_id>/audio")
+    @operation("getJobAudio", "Download the result WAV (Range requests supported)", tags=["jobs"],
+               responses={200: ("audio/wav", "The WAV file"), 206: ("audio/wav", "The requested byte range")},
+               errors=(409, 416))
+    def job_audio(job_id: str) -> Response:
+        blob = jobs.result_blob(http_caller(), job_id)
+        return send_blob(jobs.ctx.blobs, blob, f"{job_id}.wav", in_flight=lambda: jobs.in_flight(job_id))
+
+    return bp

@@ -1,0 +1,136 @@
+"""Live progress for HTTP clients over Socket.IO, and the key check of every connection.
+
+* ``connect``: with API keys configured, a socket must present one (``auth: {"api_key":
+  ...}`` or the ``X-API-Key`` handshake header) or it is refused (``connect_error``
+  ``{message, code: "UNAUTHORIZED"}``).
+* ``subscribe {job_id}``: the socket joins the job's room and receives ``job_update``
+  (the job's JSON, as ``GET /api/v1/jobs/{id}``) on every change, then ``job_completed``
+  (the same, with ``audio_url``) when it is done. It gets the current state at once.
+* ``subscribe {session_id}``: the socket joins the session's room and receives exactly
+  the device's events (``progress_update``, ``queue_status``, results, ``error``).
+* ``unsubscribe`` takes the same payload.
+
+Only the owner's sockets may subscribe when keys are configured; to others the job or
+session does not exist (``error`` with ``NOT_FOUND`` / ``SESSION_NOT_FOUND``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_socketio import SocketIO, emit, join_room, leave_room
+
+from g4l.errors import InvalidRequest, SessionNotFound, Unauthorized
+from g4l.jobs import notices
+from g4l.log import get_logger
+from g4l.services.auth import ApiKeys
+from g4l.services.jobs import JobService
+from g4l.services.sessions import SessionService
+from g4l.web.api.access import connect_socket, socket_caller
+from g4l.web.api.jobs import job_status
+from g4l.web.relay import Relay
+from g4l.web.socket_events import _adapter
+from plugin_protocol import events
+from plugin_protocol.normalize import as_object
+
+log = get_logger(__name__)
+
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+SUBSCRIBED = "subscribed"
+JOB_UPDATE = "job_update"
+JOB_COMPLETED = "job_completed"
+_POSITION_CHANGES = (notices.STARTED, notices.COMPLETED, notices.FAILED, notices.CANCELED, notices.QUEUE_CHANGED)
+
+
+def job_room(job_id: str) -> str:
+    """The Socket.IO room of a job's subscribers (session rooms are bare session ids)."""
+    return f"job:{job_id}"
+
+
+class JobEvents:
+    """Turns job notices into ``job_update`` / ``job_completed`` for subscribed sockets."""
+
+    def __init__(self, relay: Relay, jobs: JobService) -> None:
+        self.relay = relay
+        self.jobs = jobs
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        kind = notice.get("type")
+        job_id = notice.get("job_id")
+        if job_id and self.relay.has_local(job_room(job_id)):
+            self.send(job_id)
+        if kind in _POSITION_CHANGES:  # everyone behind moved up
+            for waiting in self.jobs.ctx.queue.waiting_ids():
+                if waiting != job_id and self.relay.has_local(job_room(waiting)):
+                    self.send(waiting)
+
+    def send(self, job_id: str, to_sid: str | None = None) -> None:
+        view = self.jobs.peek(job_id)
+        if view is None:
+            return
+        payload = job_status(view).model_dump(mode="json")
+        target = to_sid or job_room(job_id)
+        self.relay.socketio.emit(JOB_UPDATE, payload, to=target)
+        if view.job.status == "completed":
+            self.relay.socketio.emit(JOB_COMPLETED, payload, to=target)
+
+
+def register(socketio: SocketIO, keys: ApiKeys, service: SessionService, jobs: JobService, relay: Relay) -> None:
+    """Attach ``connect``, ``subscribe`` and ``unsubscribe``, and the relay hook."""
+    job_events = JobEvents(relay, jobs)
+    relay.hooks.append(job_events.on_notice)
+
+    @socketio.on("connect")
+    def connect(auth: Any = None) -> None:
+        try:
+            connect_socket(keys, auth)
+        except Unauthorized as exc:
+            log.info("socket refused", code=exc.code)
+            raise ConnectionRefusedError({"message": exc.message, "code": exc.code}) from None
+
+    def _target(raw: Any) -> tuple[str | None, str | None]:
+        data = as_object(raw)
+        job_id, session_id = data.get("job_id"), data.get("session_id")
+        for name, value in (("job_id", job_id), ("session_id", session_id)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise InvalidRequest(f"{name} must be a non-empty string")
+        if not job_id and not session_id:
+            raise InvalidRequest("send job_id or session_id")
+        return (job_id.strip() if job_id else None), (session_id.strip() if session_id else None)
+
+    @socketio.on(SUBSCRIBE)
+    @_adapter(SUBSCRIBE)
+    def subscribe(raw: Any) -> dict:
+        from flask import request
+
+        job_id, session_id = _target(raw)
+        caller = socket_caller()
+        ack: dict[str, Any] = {}
+        if job_id:
+            jobs.get(caller, job_id)  # NotFound for unknown or foreign jobs
+            join_room(job_room(job_id))
+            ack["job_id"] = job_id
+        if session_id:
+            status = service.status(session_id, owner=caller.scope)
+            if not status["exists"]:
+                raise SessionNotFound(f"no session {session_id[:64]} (it ended or expired)",
+                                      session_id=session_id[:64])
+            join_room(session_id)
+            ack["session_id"] = session_id
+        emit(SUBSCRIBED, ack)
+        if job_id:
+            job_events.send(job_id, to_sid=request.sid)
+        if session_id:
+            emit(events.SESSION_STATUS, service.status(session_id, owner=caller.scope))
+        return ack
+
+    @socketio.on(UNSUBSCRIBE)
+    @_adapter(UNSUBSCRIBE)
+    def unsubscribe(raw: Any) -> dict:
+        job_id, session_id = _target(raw)
+        if job_id:
+            leave_room(job_room(job_id))
+        if session_id:
+            leave_room(session_id)
+        return {"job_id": job_id, "session_id": session_id}

@@ -1,0 +1,98 @@
+"""The packager's pure parts with real signals: joins without clicks, filler, playlists."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import m3u8
+import numpy as np
+
+from g4l.hls.buffer import RATE, PcmBuffer
+from g4l.hls.playlist import LivePlaylist, segment_name
+from g4l.hls.watch import check_playlist, max_step
+
+#: An equal-power crossfade of two unrelated signals briefly sums them (up to sqrt(2) in
+#: level), so the mix's steps may exceed either part's by that much; a click (a hard cut
+#: between two non-zero samples) is 10-50 times larger than the signals' own steps.
+MIX = 1.5
+
+
+def tone(seconds: float, freq: float, phase: float = 0.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = (amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+    return np.stack([x, x])
+
+
+def drain(buf: PcmBuffer, seconds: float, step: int = 960) -> np.ndarray:
+    return np.concatenate([buf.take(step) for _ in range(int(seconds * RATE) // step)], axis=1)
+
+
+def test_a_join_between_unrelated_generations_has_no_click() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    a, b = tone(1.0, 220.0), tone(1.0, 330.0, phase=2.0)  # b starts at a non-zero sample
+    buf.append(a)
+    buf.append(b)
+    out = drain(buf, 2.5)
+    own = max(max_step(a), max_step(b))
+    assert max_step(out) <= own * MIX
+    assert buf.underruns == 1  # ran dry after b, and faded out instead of clicking
+
+
+def test_a_continuation_overlapping_the_previous_end_keeps_time() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    x = tone(2.0, 440.0)
+    buf.append(x[:, :RATE])
+    start = buf.append(x[:, RATE - 2400:], overlap_frames=2400)  # re-states the last 50 ms
+    assert start == RATE - 2400
+    out = drain(buf, 1.9)
+    # The same signal on both sides of the join: the crossfade leaves it (nearly) intact.
+    assert np.abs(out[:, 2400:] - x[:, 2400 : out.shape[1]]).max() < 0.25  # after the opening fade-in
+    assert max_step(out) <= max_step(x) * MIX
+
+
+def test_audio_arriving_during_silence_fades_in_and_buffered_seconds_count() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    silence = drain(buf, 0.2)
+    assert not silence.any() and buf.buffered_seconds == 0
+    buf.append(tone(1.0, 220.0, phase=1.0))
+    assert abs(buf.buffered_seconds - 1.0) < 0.01
+    out = np.concatenate([silence, drain(buf, 0.5)], axis=1)
+    assert max_step(out) <= max_step(tone(1.0, 220.0)) * 1.05  # a fade-in only lowers steps
+
+
+def test_held_loop_fills_a_gap_and_hands_over_smoothly() -> None:
+    buf = PcmBuffer(crossfade_frames=2400, fill="loop", loop_frames=RATE)
+    a = tone(2.0, 220.0)
+    buf.append(a)
+    out = drain(buf, 4.0)  # 2 s of a, then the last second of it looped
+    assert np.abs(out[:, -RATE:]).max() > 0.3, "the loop plays, not silence"
+    buf.append(tone(1.0, 330.0, phase=0.5))
+    out = np.concatenate([out, drain(buf, 1.0)], axis=1)
+    assert max_step(out) <= max(max_step(a), max_step(tone(1.0, 330.0))) * MIX
+
+
+def test_playlist_slides_deletes_and_continues_after_a_restart(tmp_path: Path) -> None:
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    pl = LivePlaylist(tmp_path, segment_s=2.0, window=6)
+    for seq in range(12):
+        (tmp_path / segment_name(seq)).write_bytes(b"x")
+        pl.add(seq, 2.005333, start + dt.timedelta(seconds=2 * seq))
+    parsed = m3u8.load(str(pl.path))
+    assert check_playlist(parsed) == []
+    assert parsed.media_sequence == 6 and len(parsed.segments) == 6 and parsed.target_duration == 3
+    on_disk = sorted(p.name for p in tmp_path.glob("seg_*.ts"))
+    assert on_disk[0] == segment_name(3), "segments leave the disk a few segments after the window"
+
+    again = LivePlaylist(tmp_path, segment_s=2.0, window=6)  # a new packager process
+    (tmp_path / segment_name(12)).write_bytes(b"x")
+    again.add(12, 2.0, start + dt.timedelta(seconds=100))
+    parsed = m3u8.load(str(again.path))
+    assert parsed.media_sequence == 7
+    assert [s.discontinuity for s in parsed.segments] == [False] * 5 + [True]
+    for seq in range(13, 19):
+        (tmp_path / segment_name(seq)).write_bytes(b"x")
+        again.add(seq, 2.0, start + dt.timedelta(seconds=100 + 2 * (seq - 12)))
+    parsed = m3u8.load(str(again.path))
+    assert parsed.discontinuity_sequence == 1 and not any(s.discontinuity for s in parsed.segments)
+    assert check_playlist(parsed) == []
