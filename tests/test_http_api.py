@@ -311,6 +311,11 @@ def test_keys_are_required_and_jobs_are_private(api):
                      ("cleanupSession", None), ("getSessionAudio", None)):
         resp = stranger.call(op, body, session_id=sid)
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "SESSION_NOT_FOUND", op
+    # A listen link is the session's too: a stranger cannot get one.
+    link = requests.post(f"{api.url}/api/v1/sessions/{sid}/listen", headers={"X-API-Key": KEYS["story"]}, timeout=10)
+    assert link.status_code == 404 and link.json()["error"]["code"] == "SESSION_NOT_FOUND"
+    mine = requests.post(f"{api.url}/api/v1/sessions/{sid}/listen", headers={"X-API-Key": KEYS["other"]}, timeout=10)
+    assert mine.status_code == 200 and mine.json()["playlist_url"].startswith("/hls/")
     # The owner still has both.
     assert owner.call("getJob", job_id=job_id).status_code == 200
     assert owner.call("pollSession", session_id=sid).status_code == 200

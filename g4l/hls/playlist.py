@@ -118,7 +118,10 @@ class LivePlaylist:
         while len(self.entries) > self.window:
             if self.entries.pop(0).discontinuity:
                 self.discontinuity_sequence += 1
-        self.write()
+        # A live playlist must span three target durations; until the first segments of
+        # a new stream do, players get a 404 and retry rather than a too-short window.
+        if sum(e.duration for e in self.entries) >= 3 * self.target or len(self.entries) >= self.window:
+            self.write()
         self._delete_old()
 
     def render(self) -> str:

@@ -26,7 +26,9 @@ from g4l.context import Context
 from g4l.errors import G4LError, InvalidRequest
 from g4l.log import get_logger
 from g4l.services.listen import ListenService
+from g4l.services.sessions import SessionService
 from g4l.services.stations import StationService
+from g4l.web.api.access import http_caller
 from g4l.web.offload import offload
 
 log = get_logger(__name__)
@@ -116,6 +118,13 @@ def api_blueprint(ctx: Context) -> Blueprint:
     bp = Blueprint("listen_api", __name__)
     listen = ListenService(ctx)
     stations = StationService(ctx)
+    sessions = SessionService(ctx)
+
+    def _check_owner(session_id: str, owner: str) -> None:
+        # With API keys on, only the session's own key may hand out its listen link.
+        session = ctx.sessions.get(session_id)
+        if session is not None:
+            sessions.check_owner(session, owner)
 
     @bp.errorhandler(G4LError)
     def _g4l(exc: G4LError) -> Response:
@@ -133,6 +142,7 @@ def api_blueprint(ctx: Context) -> Blueprint:
 
     @bp.route("/api/v1/sessions/<session_id>/listen", methods=["POST"])
     def session_listen(session_id: str) -> Response:
+        _check_owner(session_id, http_caller().owner)
         return jsonify(listen.session_link(session_id))
 
     @bp.route("/api/v1/stations", methods=["POST"])

@@ -176,6 +176,9 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
         from g4l.services.listen import ListenService  # live listening over HLS (docs/hls.md)
 
         req = parse_payload(raw, SessionRef)
+        session = service.ctx.sessions.get(req.session_id)
+        if session is not None:
+            service.check_owner(session, _client_key())
         link = ListenService(service.ctx).session_link(req.session_id)
         emit(events.LISTEN_URL, link)
         return link
