@@ -3,6 +3,7 @@ a store going away, and a full restart of the server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -50,13 +51,13 @@ def test_worker_killed_mid_generation_job_is_recovered(own_stores, tmp_path) -> 
         r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
         with DeviceClient(server.url, timeout=180) as c:
             since = c.mark()
-            c.emit(events.PROCESS_AUDIO, {"audio_data": __import__("base64").b64encode(make_wav(6)).decode(),
+            c.emit(events.PROCESS_AUDIO, {"audio_data": base64.b64encode(make_wav(6)).decode(),
                                           "model_name": "debug", "prompt_duration": 6})
             _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
             _kill_worker_mid_job(r)
             # The launcher restarts the worker; the dead worker's job gets a second attempt.
             _, result = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
-            assert wav_info(__import__("base64").b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
+            assert wav_info(base64.b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
             job = r.hgetall(f"g4l:job:{ack['job_id']}")
             assert job["status"] == "completed" and job["attempts"] == "2"
     finally:
@@ -92,7 +93,7 @@ def test_flood_of_requests_is_rate_limited_and_queue_stays_bounded(own_stores, t
                           G4L_RATE_LIMIT_PER_MINUTE="5", G4L_MAX_QUEUE="3")
     try:
         r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        payload = {"audio_data": __import__("base64").b64encode(make_wav(2)).decode(), "model_name": "debug",
+        payload = {"audio_data": base64.b64encode(make_wav(2)).decode(), "model_name": "debug",
                    "prompt_duration": 2}
         with DeviceClient(server.url) as c:
             since = c.mark()
