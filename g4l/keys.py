@@ -46,6 +46,12 @@ def result(job_id: str) -> str:
     return f"{PREFIX}:result:{job_id}"
 
 
+def prompt(job_id: str) -> str:
+    """A queued job's prompt window (a small WAV at the model's rate), left by the web
+    node so the worker can start without waiting for the full input in GridFS."""
+    return f"{PREFIX}:prompt:{job_id}"
+
+
 def upload(session_id: str) -> str:
     """Chunks of a chunked upload (hash: index -> base64 fragment)."""
     return f"{PREFIX}:upload:{session_id}"

@@ -19,6 +19,8 @@ from typing import Any
 import socketio
 
 from plugin_protocol import events, fastjson
+from plugin_protocol.packets import FastPacket
+from plugin_protocol.wsclient import FastWebSocket
 
 
 class ProtocolError(RuntimeError):
@@ -51,8 +53,8 @@ class DeviceClient:
         self.auth = auth
         # websocket-client validates UTF-8 in pure Python unless told not to; text frames
         # are decoded (and so validated) by Python's C UTF-8 codec anyway.
-        self.sio = socketio.Client(reconnection=True, json=fastjson,
-                                   websocket_extra_options={"skip_utf8_validation": True})
+        self.sio = socketio.Client(reconnection=True, json=fastjson, serializer=FastPacket,
+                                   websocket_extra_options={"skip_utf8_validation": True, "class_": FastWebSocket})
         self.received: list[tuple[float, str, Any]] = []
         self._cond = threading.Condition()
         self.sio.on("*", self._on_any)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import gridfs
 import numpy as np
@@ -50,9 +51,15 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
     after_crop = client.continue_(sid)  # no audio_data: continue from the stored (cropped) audio
     assert wav_info(after_crop.audio).duration == pytest.approx(64.0, abs=0.05)
 
-    # Every version is a GridFS file with metadata.
-    files = list(mongo_db["audio.files"].find({"metadata.session_id": sid}))
-    kinds = [f["metadata"]["kind"] for f in files]
+    # Every version is a GridFS file with metadata. A result reaches the client before
+    # (or while) the worker writes it to GridFS, so the last one may take a moment.
+    deadline = time.monotonic() + 15
+    while True:
+        files = list(mongo_db["audio.files"].find({"metadata.session_id": sid}))
+        kinds = [f["metadata"]["kind"] for f in files]
+        if kinds.count("output") >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert kinds.count("output") == 5 and kinds.count("crop") == 1 and kinds.count("input") == 3
     for f in files:
         if f["metadata"]["kind"] in ("output", "crop"):

@@ -1,29 +1,230 @@
-"""The websocket transport fixes in g4l.web.transport."""
+"""The websocket layer (g4l.web.websocket) against real clients over real TCP sockets,
+the pre-encoded packets it sends, and the packet decoder both ends use."""
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
 
-import wsproto.frame_protocol
-from wsaccel.xormask import XorMaskerSimple as CMasker
+import pytest
+import websocket as wsclient
+from socketio import packet as sio_packet
 
-from g4l.web import transport  # noqa: F401  (imports the C masker it installs)
+from g4l.web import websocket as ws
+from plugin_protocol.packets import FastPacket
+from plugin_protocol.wsclient import FastWebSocket
+
+MAX_MESSAGE = 8 * 1024 * 1024
 
 
-def test_c_masker_matches_wsproto_across_fragments() -> None:
-    data = os.urandom(10_001)
-    key = b"\x11\x22\x33\x44"
-    reference = wsproto.frame_protocol.XorMaskerSimple(key)
-    fast = CMasker(key)
-    expected = b"".join(bytes(reference.process(bytearray(data[i:i + 997]))) for i in range(0, len(data), 997))
-    got = b"".join(bytes(fast.process(data[i:i + 997])) for i in range(0, len(data), 997))
-    assert got == expected
+class EchoServer:
+    """Accepts websocket connections (our handshake + :class:`ws.WebSocket`) in threads
+    and echoes every message back, recording what each connection ended with."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed: list[ws.WebSocket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        lines = head.decode("latin-1").split("\r\n")
+        method = lines[0].split(" ")[0]
+        environ = {"REQUEST_METHOD": method}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
+        try:
+            accept = ws.accept_key(environ)
+        except ws.HandshakeError as exc:
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(str(exc)), str(exc).encode()))
+            conn.close()
+            return
+        conn.sendall(ws.response_headers(accept))
+        peer = ws.WebSocket(conn, max_message_size=MAX_MESSAGE)
+        while True:
+            message = peer.receive()
+            if message is None:
+                break
+            peer.send(message)
+        self.closed.append(peer)
+
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.listener.close()
+
+
+def _connect(echo: EchoServer) -> wsclient.WebSocket:
+    return wsclient.create_connection(echo.url(), timeout=10)
+
+
+def test_text_and_binary_messages_of_every_length_class(echo) -> None:
+    c = _connect(echo)
+    try:
+        for n in (0, 1, 125, 126, 127, 65535, 65536, 3_000_001):
+            text = "é" + "x" * n  # non-ASCII: the server decodes UTF-8, not ASCII
+            c.send(text)
+            assert c.recv() == text
+            data = os.urandom(n)
+            c.send_binary(data)
+            assert c.recv() == data
+    finally:
+        c.close()
+
+
+def test_fragmented_message_with_a_ping_in_between(echo) -> None:
+    c = _connect(echo)
+    try:
+        c.send_frame(wsclient.ABNF.create_frame("hello ", wsclient.ABNF.OPCODE_TEXT, fin=0))
+        c.ping(b"are you there")
+        c.send_frame(wsclient.ABNF.create_frame("wor", wsclient.ABNF.OPCODE_CONT, fin=0))
+        c.send_frame(wsclient.ABNF.create_frame("ld", wsclient.ABNF.OPCODE_CONT, fin=1))
+        opcode, frame = c.recv_data_frame(control_frame=True)
+        assert opcode == wsclient.ABNF.OPCODE_PONG and frame.data == b"are you there"
+        assert c.recv() == "hello world"
+    finally:
+        c.close()
+
+
+def test_client_close_is_answered_with_the_same_code(echo) -> None:
+    c = _connect(echo)
+    c.send_close(status=4001, reason=b"bye")
+    opcode, frame = c.recv_data_frame(control_frame=True)
+    assert opcode == wsclient.ABNF.OPCODE_CLOSE
+    assert struct.unpack("!H", frame.data[:2])[0] == 4001
+    c.shutdown()
+
+
+def _raw_connection(echo: EchoServer) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", echo.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return s
+
+
+def _close_code(s: socket.socket) -> int:
+    """Read frames until the server's close frame; its status code."""
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        assert chunk, "connection ended without a close frame"
+        buf += chunk
+        if len(buf) >= 4 and buf[0] & 0x0F == ws.OP_CLOSE:
+            return struct.unpack("!H", buf[2:4])[0]
+
+
+@pytest.mark.parametrize("frame, code", [
+    (b"\x81\x05hello", ws.CLOSE_PROTOCOL_ERROR),  # unmasked client frame
+    (b"\xc1\x80" + b"\0" * 4, ws.CLOSE_PROTOCOL_ERROR),  # RSV1 without an extension
+    (b"\x83\x80" + b"\0" * 4, ws.CLOSE_PROTOCOL_ERROR),  # reserved opcode
+    (b"\x80\x80" + b"\0" * 4, ws.CLOSE_PROTOCOL_ERROR),  # continuation with no message
+    (b"\x09\x80" + b"\0" * 4, ws.CLOSE_PROTOCOL_ERROR),  # fragmented ping
+    (b"\x81\x82" + b"\0" * 4 + b"\xc3\x28", ws.CLOSE_INVALID_DATA),  # invalid UTF-8
+    (b"\x82\xff" + struct.pack("!Q", MAX_MESSAGE + 1) + b"\0" * 4, ws.CLOSE_TOO_BIG),  # refused from its header
+])
+def test_protocol_violations_close_with_the_rfc_code(echo, frame, code) -> None:
+    s = _raw_connection(echo)
+    try:
+        s.sendall(frame)
+        assert _close_code(s) == code
+    finally:
+        s.close()
+
+
+def test_bad_upgrade_requests_are_refused() -> None:
+    good = {"REQUEST_METHOD": "GET", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "keep-alive, Upgrade",
+            "HTTP_SEC_WEBSOCKET_VERSION": "13", "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="}
+    assert ws.accept_key(good) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's own example
+    for change in ({"REQUEST_METHOD": "POST"}, {"HTTP_UPGRADE": "h2c"}, {"HTTP_CONNECTION": "close"},
+                   {"HTTP_SEC_WEBSOCKET_VERSION": "8"}, {"HTTP_SEC_WEBSOCKET_KEY": "short"}):
+        with pytest.raises(ws.HandshakeError):
+            ws.accept_key({**good, **change})
+
+
+def test_unmask_matches_the_definition() -> None:
+    key = os.urandom(4)
+    for n in (0, 3, 63, 64, 65, 1001, 100_003):
+        data = os.urandom(n)
+        buf = bytearray(data)
+        ws.unmask(buf, key)
+        assert bytes(buf) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def test_frames_are_sent_as_one_message_without_joining(echo) -> None:
+    """A :class:`ws.Frames` message arrives as one text message, parts in order."""
+    a, b = socket.socketpair()
+    try:
+        server = ws.WebSocket(a, max_message_size=MAX_MESSAGE)
+        parts = (b'42["x",{"audio_data":"', base64.b64encode(os.urandom(300_000)), b'"}]')
+        threading.Thread(target=server.send, args=(ws.Frames(parts),), daemon=True).start()
+        reader = b.makefile("rb")
+        first, second = reader.read(2)
+        assert first == 0x81 and second & 0x7F == 127
+        (length,) = struct.unpack("!Q", reader.read(8))
+        assert reader.read(length) == b"".join(parts)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reference_client_big_frames_round_trip(echo) -> None:
+    """The reference client's own frame builder and reader (plugin_protocol.wsclient)."""
+    c = wsclient.create_connection(echo.url(), timeout=10, class_=FastWebSocket, skip_utf8_validation=True)
+    try:
+        text = base64.b64encode(os.urandom(5_000_001)).decode()
+        c.send(text)
+        assert c.recv() == text
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("encoded", [
+    '2["ev",{"a":1}]', "0", '0/chat,{"x":1}', '2/chat,["ev"]', '213["ev",1]', '2/chat?x=1,5["a"]', "3",
+    '51-["ev",{"_placeholder":true,"num":0}]', '2 ["a"] ', "2", '2[NaN]', "2/ns",
+])
+def test_fast_packet_decodes_like_the_library(encoded) -> None:
+    ours, theirs = FastPacket(encoded_packet=encoded), sio_packet.Packet(encoded_packet=encoded)
+    assert (ours.packet_type, ours.namespace, ours.id, ours.attachment_count) == \
+           (theirs.packet_type, theirs.namespace, theirs.id, theirs.attachment_count)
+    assert repr(ours.data) == repr(theirs.data)
+
+
+@pytest.mark.parametrize("encoded", ['2["a"]x', '2-["a"]', '212345678901-["a"]', '2{"a":'])
+def test_fast_packet_refuses_what_the_library_refuses(encoded) -> None:
+    with pytest.raises(ValueError):
+        sio_packet.Packet(encoded_packet=encoded)
+    with pytest.raises(ValueError):
+        FastPacket(encoded_packet=encoded)
 
 
 def test_server_does_not_offer_permessage_deflate(server) -> None:
-    import base64
-    import socket
-
     host, port = server.url.removeprefix("http://").split(":")
     key = base64.b64encode(os.urandom(16)).decode()
     request = (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -35,3 +236,13 @@ def test_server_does_not_offer_permessage_deflate(server) -> None:
         head = s.recv(4096).decode(errors="replace")
     assert head.startswith("HTTP/1.1 101")
     assert "permessage-deflate" not in head.lower()
+
+
+def test_server_refuses_a_broken_upgrade(server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    request = (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request.encode())
+        head = s.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 400")

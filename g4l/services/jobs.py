@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import pybase64
 
 from g4l import audio, keys
 from g4l.context import Context
@@ -244,6 +245,4 @@ def _prompt_wav(upload: Upload, seconds: float) -> bytes:
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode(data).decode("ascii")

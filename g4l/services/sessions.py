@@ -34,6 +34,9 @@ log = get_logger(__name__)
 
 #: The rate every MusicGen model works at; prompts are stored ready for it.
 MODEL_RATE = 32_000
+#: A queued job's prompt window waits this long in Redis; a job started later (a long
+#: queue, a requeue) cuts its prompt from the stored input instead.
+PROMPT_TTL_S = 3600
 _PARAM_FIELDS = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
 _DEFAULTS = {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0, "description": None}
 
@@ -238,13 +241,6 @@ class SessionService:
         return {"message": message, "position": pos.position, "total_queued": pos.total_queued,
                 "estimated_seconds": pos.estimated_seconds, "status": state, "session_id": session_id}
 
-    def current_audio(self, session_id: str, owner: str | None = None) -> bytes:
-        session = self._require(session_id, owner)
-        blob = session.get("current_blob")
-        if not blob:
-            raise SessionNotFound("this session has no audio yet", session_id=session_id)
-        return self.ctx.blobs.get(blob)
-
     # ------------------------------------------------------------ chunked restore
     def begin_restore(self, params: GenerationParams, owner: str | None = None) -> tuple[str, int]:
         """Start a chunked upload into a new session. Returns (session id, chunk size)."""
@@ -326,17 +322,17 @@ class SessionService:
         model runs (the worker needs it only to assemble the result)."""
         try:
             job_params: dict[str, Any] = {k: params[k] for k in _PARAM_FIELDS if k != "model_name"}
-            prompt_blob = None
             if upload is not None:
                 a = upload.audio
                 job_params.update(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype)
                 prompt_wav = self.offload(self._prompt_wav, upload, kind, float(params["prompt_duration"]))
-                prompt_blob = self.ctx.blobs.put(prompt_wav, session_id=session_id, kind="prompt", job_id=job_id)
+                # Redis, not GridFS: the worker reads it at once, and nothing keeps it after the job.
+                self.ctx.redis_bytes.set(keys.prompt(job_id), prompt_wav, ex=PROMPT_TTL_S)
                 input_blob = self.ctx.blobs.new_id()
             else:
                 job_params.update(self._stored_format(session_id, input_blob or ""))
             job = Job(id=job_id, kind=kind, session_id=session_id, model=params["model_name"],
-                      params=job_params, input_blob=input_blob, prompt_blob=prompt_blob, owner=owner)
+                      params=job_params, input_blob=input_blob, owner=owner)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
             if kind == "bang":  # the session was made for this job alone

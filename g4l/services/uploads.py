@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64
+
 from g4l import audio
 from g4l.errors import InvalidAudio, TooLarge
 from g4l.settings import Settings
@@ -30,16 +32,25 @@ def b64decode(text: str, max_bytes: int) -> bytes:
         raise TooLarge(f"audio_data is {len(text) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
     if text.startswith("data:"):
         text = text.partition(",")[2]
-    try:
-        data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        try:  # line-wrapped base64 from some encoders
-            data = binascii.a2b_base64("".join(text.split()).encode("ascii"), strict_mode=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-            raise InvalidAudio(f"audio_data is not valid base64 ({exc})") from None
+    try:  # SIMD decoder: ten times binascii's speed on tens of MB
+        data = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        data = _b64decode_slow(text)
     if not data:
         raise InvalidAudio("audio_data is empty")
     return data
+
+
+def _b64decode_slow(text: str) -> bytes:
+    """The strict decode again with the standard library: tolerates line-wrapped base64
+    and names what is wrong."""
+    try:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        try:  # line-wrapped base64 from some encoders
+            return binascii.a2b_base64("".join(text.split()).encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+            raise InvalidAudio(f"audio_data is not valid base64 ({exc})") from None
 
 
 def decode_upload(text: str, settings: Settings, offload: Offload) -> Upload:

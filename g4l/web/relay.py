@@ -6,11 +6,12 @@ acts on it. Results are read from GridFS by that node (audio never rides pub/sub
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any, Callable
 
 import gevent
+import orjson
+import pybase64
 import redis
 from flask_socketio import SocketIO
 
@@ -19,7 +20,9 @@ from g4l.context import Context
 from g4l.jobs import notices
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
+from g4l.web import transport
 from g4l.web.offload import offload
+from g4l.web.websocket import Frames
 from plugin_protocol import events
 
 log = get_logger(__name__)
@@ -50,6 +53,20 @@ class Relay:
 
     def emit(self, event: str, payload: dict[str, Any], room: str) -> None:
         self.socketio.emit(event, payload, to=room)
+
+    def emit_frames(self, frames: Frames, room: str) -> None:
+        """Send a pre-encoded Socket.IO event (:func:`audio_event_frames`) to ``room``:
+        as it is to websocket clients, re-encoded the ordinary way for a polling one."""
+        server = self.socketio.server
+        for _sid, eio_sid in list(server.manager.get_participants("/", room)):
+            try:
+                eio_socket = server.eio._get_socket(eio_sid)
+            except KeyError:
+                continue  # disconnected meanwhile
+            if eio_socket.upgraded:
+                server.eio.send_packet(eio_sid, transport.preencoded_packet(frames))
+            else:
+                server.eio.send(eio_sid, b"".join(frames.parts).decode("utf-8"))
 
     # ------------------------------------------------------------ loop
     def _run(self) -> None:
@@ -110,10 +127,10 @@ class Relay:
         if wav is None:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
-        audio_b64 = offload(lambda data: base64.b64encode(data).decode("ascii"), wav)
-        self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)
         event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
-        self.emit(event, {"audio_data": audio_b64, "session_id": session_id}, session_id)
+        frames = offload(audio_event_frames, event, wav, session_id)
+        self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)
+        self.emit_frames(frames, session_id)
         self.emit(events.QUEUE_STATUS, {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(),
                                         "estimated_seconds": 0, "status": "ready", "session_id": session_id},
                   session_id)
@@ -140,3 +157,12 @@ class Relay:
             self.emit(events.QUEUE_STATUS, status, job.session_id)
             self.emit(events.QUEUE_UPDATE, {k: status[k] for k in ("message", "position", "total_queued",
                                                                   "estimated_seconds")}, job.session_id)
+
+
+def audio_event_frames(event: str, wav: bytes, session_id: str) -> Frames:
+    """The Socket.IO text packet ``2["<event>",{"audio_data":"<base64>","session_id":...}]``
+    in three parts, so the tens of MB of base64 are never copied into one string (the
+    base64 alphabet needs no JSON escaping). Runs in the thread pool."""
+    head = b'2["' + event.encode("ascii") + b'",{"audio_data":"'
+    tail = b'","session_id":' + orjson.dumps(session_id) + b"}]"
+    return Frames((head, pybase64.b64encode(wav), tail), text=True)

@@ -1,57 +1,87 @@
-"""A faster, safer websocket transport for python-engineio on gevent.
+"""python-engineio's websocket transport on gevent, backed by :mod:`g4l.web.websocket`.
 
-engineio on gevent (without gevent-websocket) uses simple-websocket, which:
-  * sends a frame with one ``socket.send`` call: on gevent's non-blocking sockets a large
-    frame is cut short and the client waits forever for the rest (we use ``sendall``);
-  * reads 4 kB at a time (we read 1 MB: a 60 MB message is 60 reads, not 15,000);
-  * negotiates permessage-deflate: compressing a 70 MB reply on the event loop would
-    stall every other client for seconds, and base64 audio barely compresses, so we do
-    not offer it.
-  * unmasks client frames with wsproto's pure-Python XOR (0.3 s per 60 MB on the event
-    loop); wsaccel's C masker does it in about 0.1 s.
-Measured with scripts/bench_roundtrip: gevent-websocket's pure-Python UTF-8 check and
-masking moved about 2-3 MB/s; this path moves tens of MB/s.
+engineio asks its async driver for a ``websocket`` class: built with ``(handler, server)``,
+called as a WSGI app for the upgrade request, then driven with ``wait()`` (the reader
+greenlet), ``send()`` (the writer greenlet) and ``close()``. This one:
+  * answers the upgrade itself and never offers permessage-deflate;
+  * moves big messages with few copies (see :mod:`g4l.web.websocket`);
+  * sends pre-encoded packets (:func:`preencoded_packet`) as they are, so a 70 MB result
+    is never joined into one string on the event loop;
+  * ends the connection cleanly, so gevent's WSGI server does not read the websocket's
+    last bytes as a new HTTP request (it used to log "Invalid HTTP method").
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import simple_websocket
-import wsproto.frame_protocol
-from wsaccel.xormask import XorMaskerSimple as _CXorMasker
-from engineio.async_drivers.gevent import WebSocketWSGI as _GeventWebSocketWSGI
-from wsproto.events import BytesMessage, TextMessage
+from engineio import packet as eio_packet
 
-RECEIVE_BYTES = 1024 * 1024
+from g4l.log import get_logger
+from g4l.web import websocket
 
-
-class _Server(simple_websocket.Server):
-    def send(self, data: Any) -> None:
-        if not self.connected:
-            raise simple_websocket.ConnectionClosed(self.close_reason, self.close_message)
-        event = BytesMessage(data=data) if isinstance(data, bytes) else TextMessage(data=str(data))
-        self.sock.sendall(self.ws.send(event))
+log = get_logger(__name__)
 
 
-class FastWebSocketWSGI(_GeventWebSocketWSGI):
-    """engineio's gevent websocket wrapper, with the fixes above."""
+def _client_socket(environ: dict) -> Any:
+    """The connection's socket from gevent's WSGI environment."""
+    wsgi_input = environ["wsgi.input"]
+    if not hasattr(wsgi_input, "raw") and hasattr(wsgi_input, "rfile"):
+        wsgi_input = wsgi_input.rfile
+    return wsgi_input.raw._sock
+
+
+class FastWebSocketWSGI:
+    """The engineio ``websocket`` async class (see the module docstring)."""
 
     def __init__(self, handler: Any, server: Any) -> None:
-        super().__init__(handler, server)
-        self.server_args["receive_bytes"] = RECEIVE_BYTES
-        # Refuse an oversized message while it streams in, not after buffering it all.
-        self.server_args["max_message_size"] = int(server.max_http_buffer_size) + 1024
+        self.app = handler
+        # Refuse an oversized message from its frame header, before reading it.
+        self.max_message_size = int(server.max_http_buffer_size) + 1024
+        self.ws: websocket.WebSocket | None = None
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
-        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)  # no permessage-deflate
-        self.ws = _Server(environ, **self.server_args)
-        return self.app(self)
+        try:
+            accept = websocket.accept_key(environ)
+        except websocket.HandshakeError as exc:
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [str(exc).encode()]
+        sock = _client_socket(environ)
+        sock.sendall(websocket.response_headers(accept))
+        self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size)
+        try:
+            return self.app(self)
+        finally:
+            self.ws.close()
+            self.ws._abort()  # gevent's server then reads EOF and ends the connection quietly
+
+    def send(self, message: Any) -> None:
+        assert self.ws is not None
+        try:
+            self.ws.send(message)
+        except websocket.ConnectionClosed:
+            raise OSError("websocket closed") from None
+
+    def wait(self) -> Any:
+        assert self.ws is not None
+        return self.ws.receive()
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+
+
+def preencoded_packet(socketio_text: websocket.Frames) -> eio_packet.Packet:
+    """An engine.io MESSAGE packet whose encoding is ``socketio_text`` as given: engineio
+    queues it like any packet (so it keeps its order on the socket) and the writer hands
+    the :class:`~g4l.web.websocket.Frames` to :meth:`FastWebSocketWSGI.send`.
+    Only for websocket clients (a long-polling payload cannot carry it)."""
+    pkt = eio_packet.Packet(eio_packet.MESSAGE)
+    pkt.encode_cache = websocket.Frames((b"4", *socketio_text.parts), text=True)
+    return pkt
 
 
 def install(socketio_server: Any) -> None:
-    """Make a python-socketio server's engine use :class:`FastWebSocketWSGI` (and wsproto
-    use the C masker: same interface, same rolling-key semantics, checked by a test)."""
-    wsproto.frame_protocol.XorMaskerSimple = _CXorMasker
+    """Make a python-socketio server's engine use :class:`FastWebSocketWSGI`."""
     eio = socketio_server.eio
     eio._async = dict(eio._async, websocket=FastWebSocketWSGI)

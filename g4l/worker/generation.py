@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from g4l import audio
+from g4l import audio, wav_splice
 from g4l.engine.base import Engine, GenerationParams, ProgressCallback
 
 
@@ -46,10 +46,24 @@ def generate(engine: Engine, prompt: np.ndarray, params: GenerationParams,
     return output, time.perf_counter() - started
 
 
-def assemble(kind: str, output: np.ndarray, engine_rate: int, fmt: ClientFormat,
-             source: np.ndarray | None, prompt_seconds: float) -> np.ndarray:
-    """The file the client gets back, at its own rate and channel count."""
-    out = audio.to_channels(audio.resample(output, engine_rate, fmt.sample_rate), fmt.channels)
-    if kind == "bang" or source is None:
-        return out
-    return audio.concat(audio.drop_tail(source, fmt.sample_rate, prompt_seconds), out)
+def result_wav(kind: str, output: np.ndarray, engine_rate: int, fmt: ClientFormat,
+               source_wav: bytes | None, prompt_seconds: float) -> tuple[bytes, int]:
+    """The file the client gets back, at its own rate, channel count and sample format,
+    and its length in frames. For a continue/retry the kept part of the source is copied
+    byte for byte when its format allows (:mod:`g4l.wav_splice`), else decoded and joined."""
+    new = audio.to_channels(audio.resample(output, engine_rate, fmt.sample_rate), fmt.channels)
+    subtype = audio.wav_subtype(fmt.subtype)
+    if kind == "bang" or source_wav is None:
+        return audio.encode_wav(new, fmt.sample_rate, subtype), new.shape[1]
+    drop = int(round(prompt_seconds * fmt.sample_rate))
+    kept = None
+    if subtype == fmt.subtype:
+        kept = wav_splice.without_tail(source_wav, channels=fmt.channels, subtype=subtype, drop_frames=drop)
+    if kept is not None:
+        block = wav_splice.SAMPLE_BYTES[subtype] * fmt.channels
+        wav = wav_splice.splice(kept, audio.encode_wav(new, fmt.sample_rate, subtype),
+                                sample_rate=fmt.sample_rate, channels=fmt.channels, subtype=subtype)
+        return wav, len(kept) // block + new.shape[1]
+    source = audio.decode_wav(source_wav, max_seconds=1e9).samples
+    joined = audio.concat(audio.drop_tail(source, fmt.sample_rate, prompt_seconds), new)
+    return audio.encode_wav(joined, fmt.sample_rate, subtype), joined.shape[1]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
+
+import numpy as np
 
 from g4l import audio, keys
 from g4l.context import Context
@@ -15,7 +18,7 @@ from g4l.jobs import lifecycle, notices
 from g4l.jobs.records import Job
 from g4l.log import get_logger
 from g4l.store.sessions import format_field
-from g4l.worker.generation import ClientFormat, assemble, generate, model_prompt, prompt_window
+from g4l.worker.generation import ClientFormat, generate, model_prompt, prompt_window, result_wav
 
 log = get_logger(__name__)
 
@@ -48,15 +51,46 @@ class ProgressReporter:
             lifecycle.progressed(self.ctx, self.job, percent)
 
 
-def _wait_for_blob(ctx: Context, blob_id: str) -> bytes:
+def _wait_for_blob(ctx: Context, blob_id: str, stop: threading.Event | None = None) -> bytes:
     deadline = time.monotonic() + INPUT_WAIT_S
     while True:
         try:
             return ctx.blobs.get(blob_id)
         except KeyError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 raise GenerationFailed("the input audio never arrived in storage") from None
             time.sleep(0.05)
+
+
+class InputPrefetch:
+    """Reads a job's input file in a thread while the model runs: the web node stores it
+    meanwhile, and the worker needs it only after the model, to assemble the result."""
+
+    def __init__(self, ctx: Context, blob_id: str) -> None:
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._data: bytes | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(ctx, blob_id), name="input-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, ctx: Context, blob_id: str) -> None:
+        try:
+            self._data = _wait_for_blob(ctx, blob_id, self._stop)
+        except BaseException as exc:  # handed to the job's thread by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> bytes:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+    def cancel(self) -> None:
+        self._stop.set()
 
 
 #: Job kinds other than the device's (bang/continue/retry) register a runner here:
@@ -89,22 +123,32 @@ def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
     _run_session_job(ctx, cache, job)
 
 
+def _load_prompt(ctx: Context, job: Job, fmt: ClientFormat, prompt_seconds: float, engine_rate: int,
+                 prefetch: InputPrefetch | None) -> np.ndarray:
+    """The model's prompt: the window the web node left in Redis, else (expired, or a
+    job requeued after a long wait) cut from the stored input."""
+    prompt_wav = ctx.redis_bytes.get(keys.prompt(job.id))
+    if prompt_wav is None and job.prompt_blob:
+        prompt_wav = ctx.blobs.get(job.prompt_blob)
+    if prompt_wav is not None:
+        prompt_audio = audio.decode_wav(prompt_wav, max_seconds=3600)
+        return model_prompt(prompt_audio.samples, prompt_audio.sample_rate, engine_rate)
+    source_wav = prefetch.result() if prefetch is not None else _wait_for_blob(ctx, job.input_blob)
+    source = audio.decode_wav(source_wav, max_seconds=1e9).samples
+    return model_prompt(prompt_window(source, fmt.sample_rate, job.kind, prompt_seconds), fmt.sample_rate,
+                        engine_rate)
+
+
 def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
     bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
     settings = ctx.settings
     p = job.params
     prompt_seconds = float(p.get("prompt_duration") or settings.default_prompt_seconds)
     fmt = ClientFormat(int(p["sample_rate"]), int(p["channels"]), str(p.get("subtype") or "PCM_16"))
+    prefetch = InputPrefetch(ctx, job.input_blob) if job.input_blob and job.kind != "bang" else None
     try:
         engine = cache.get(job.model)
-        source = None
-        if job.prompt_blob:
-            prompt_audio = audio.decode_wav(ctx.blobs.get(job.prompt_blob), max_seconds=3600)
-            prompt = model_prompt(prompt_audio.samples, prompt_audio.sample_rate, engine.sample_rate)
-        else:
-            source = audio.decode_wav(_wait_for_blob(ctx, job.input_blob), max_seconds=1e9).samples
-            window = prompt_window(source, fmt.sample_rate, job.kind, prompt_seconds)
-            prompt = model_prompt(window, fmt.sample_rate, engine.sample_rate)
+        prompt = _load_prompt(ctx, job, fmt, prompt_seconds, engine.sample_rate, prefetch)
         gen = GenerationParams(
             top_k=int(p.get("top_k", 250)), top_p=float(p.get("top_p", 0.0)),
             temperature=float(p.get("temperature", 1.0)), cfg_coef=float(p.get("cfg_coef", 3.0)),
@@ -112,16 +156,14 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         )
         output, model_seconds = generate(engine, prompt, gen, ProgressReporter(ctx, job))
         started = time.perf_counter()
-        if job.kind != "bang" and source is None:
-            source = audio.decode_wav(_wait_for_blob(ctx, job.input_blob), max_seconds=1e9).samples
-        result = assemble(job.kind, output, engine.sample_rate, fmt, source, prompt_seconds)
-        wav = audio.encode_wav(result, fmt.sample_rate, fmt.subtype)
+        source_wav = prefetch.result() if prefetch is not None and job.kind != "bang" else None
+        wav, frames = result_wav(job.kind, output, engine.sample_rate, fmt, source_wav, prompt_seconds)
         session = ctx.sessions.get(job.session_id)
         version = (session.version if session else 0) + 1
         blob_id = ctx.blobs.new_id()
         meta = {"session_id": job.session_id, "kind": "output", "job_id": job.id, "version": version,
-                "sample_rate": fmt.sample_rate, "channels": fmt.channels, "subtype": fmt.subtype,
-                "duration": result.shape[-1] / fmt.sample_rate, "source": job.input_blob}
+                "sample_rate": fmt.sample_rate, "channels": fmt.channels, "subtype": audio.wav_subtype(fmt.subtype),
+                "duration": frames / fmt.sample_rate, "source": job.input_blob}
         # The client gets the result from a short-lived Redis key while GridFS stores it
         # (the slowest step for big files). The stream entry is acknowledged only after
         # the GridFS write, so if this worker dies in between, recovery stores the key.
@@ -136,7 +178,7 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         ctx.jobs.update(job.id, store_seconds=round(store_seconds, 3))
         bound.info("job completed", model_seconds=round(model_seconds, 3),
                    post_seconds=round(post_seconds, 3), store_seconds=round(store_seconds, 3),
-                   output_seconds=round(result.shape[-1] / fmt.sample_rate, 2))
+                   output_seconds=round(frames / fmt.sample_rate, 2))
     except Cancelled:
         lifecycle.canceled(ctx, job)
     except G4LError as exc:
@@ -146,6 +188,10 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         bound.exception("job crashed")
         lifecycle.failed(ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
                                                     session_id=job.session_id))
+    finally:
+        if prefetch is not None:
+            prefetch.cancel()
+        ctx.redis.delete(keys.prompt(job.id))
 
 
 def complete_job_only(ctx: Context, job: Job, blob_id: str | None, **fields: object) -> None:
@@ -167,7 +213,7 @@ def _completed(ctx: Context, job: Job, blob_id: str, version: int, fmt: ClientFo
     ctx.jobs.update(job.id, status="completed", output_blob=blob_id, finished=now, progress=100, **timings)
     fields = {"status": "idle", "progress": 100, "current_blob": blob_id, "last_output_blob": blob_id,
               "version": version, "last_kind": job.kind, "error": "", "error_code": "",
-              "current_format": format_field(fmt.sample_rate, fmt.channels, fmt.subtype)}
+              "current_format": format_field(fmt.sample_rate, fmt.channels, audio.wav_subtype(fmt.subtype))}
     if job.kind == "continue":
         fields["retry_input_blob"] = job.input_blob
     ctx.sessions.update_if_job(job.session_id, job.id, **fields)
