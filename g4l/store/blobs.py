@@ -2,13 +2,15 @@
 
 Kinds: ``input`` (what a client sent for a generation), ``output`` (a generation's result
 as the client receives it), ``crop`` (a client's trimmed audio), ``upload`` (a chunked
-restore) and ``prompt`` (the model-ready prompt window, kept so a job can start before
-its full input is stored).
+restore) and ``prompt`` (the model-ready prompt window of an HTTP ``generate`` job;
+device jobs pass theirs through Redis).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +19,15 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 
+from g4l.log import get_logger
+
+log = get_logger(__name__)
+
 #: Bigger chunks than GridFS's 255 kB default: fewer documents per 50 MB file.
 CHUNK_BYTES = 1024 * 1024
+#: Pauses between attempts of a write that failed on the server's side (a transient
+#: error, a failover): audio is never dropped for one bad moment of the store.
+PUT_RETRY_PAUSES_S = (0.3, 0.7, 1.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,39 @@ class BlobStore:
         """Store ``data``; returns its id. ``blob_id`` lets a caller reserve the id first."""
         meta = {"session_id": session_id, "kind": kind, "created": dt.datetime.now(dt.timezone.utc), **metadata}
         file_id = ObjectId(blob_id) if blob_id else ObjectId()
-        self.bucket.upload_from_stream_with_id(file_id, f"{session_id}/{kind}", data, metadata=meta)
-        return str(file_id)
+        for attempt, pause in enumerate(PUT_RETRY_PAUSES_S + (None,), start=1):
+            try:
+                self.bucket.upload_from_stream_with_id(file_id, f"{session_id}/{kind}", data, metadata=meta)
+                return str(file_id)
+            except gridfs.errors.FileExists:
+                # An earlier attempt did land (its error came after the write): done if whole.
+                info = self.info(str(file_id))
+                if info is not None and info.length == len(data):
+                    return str(file_id)
+                self._discard(file_id)
+                if pause is None:
+                    raise
+            except (pymongo.errors.OperationFailure, pymongo.errors.AutoReconnect) as exc:
+                # A failed write can leave chunks behind: clear them so the retry (same id)
+                # does not collide with its own half.
+                self._discard(file_id)
+                if pause is None:
+                    raise
+                log.warning("GridFS write failed; retrying", blob_id=str(file_id), session_id=session_id, kind=kind,
+                            attempt=attempt, error=str(exc)[:200])
+            # Jitter: two writers that failed together must not retry together.
+            time.sleep(pause + random.uniform(0, pause))
+        raise AssertionError("unreachable")
+
+    def _discard(self, file_id: ObjectId) -> None:
+        """Remove whatever a failed write left of ``file_id`` (best effort)."""
+        for _ in range(3):
+            try:
+                self.db["audio.chunks"].delete_many({"files_id": file_id})
+                self.files.delete_one({"_id": file_id})
+                return
+            except pymongo.errors.PyMongoError:
+                time.sleep(0.2)
 
     @staticmethod
     def new_id() -> str:

@@ -1,7 +1,8 @@
 """Relays job notices from Redis to the Socket.IO rooms this web node holds.
 
 Every web node receives every notice; only a node with a socket in the session's room
-acts on it. Results are read from GridFS by that node (audio never rides pub/sub).
+acts on it. That node reads the result from its short-lived Redis key (GridFS when the key
+is gone) and sends it as one pre-encoded packet; audio never rides pub/sub.
 """
 
 from __future__ import annotations

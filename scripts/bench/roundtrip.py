@@ -125,11 +125,11 @@ def show(case: str, i: int, m: dict) -> None:
           + (f"at {evt:.2f})" if evt is not None else "never arrived: sent before the socket joined the room)"))
     print(f"      worker: prompt load + model setup        {pre:6.2f} s")
     print(f"      worker: model_seconds                    {m['model']:6.2f} s")
-    print(f"      worker: post_seconds (input wait + decode + assemble + encode + GridFS put) {m['post']:6.2f} s")
+    print(f"      worker: post_seconds (input wait + encode new part + splice + Redis hand-off) {m['post']:6.2f} s")
     print(f"      job.finished -> result event received    {m['total'] - m['finished']:6.2f} s  "
           f"(progress 100 event at +{m['p100_evt'] - m['finished']:.2f}"
           + (f", 'result delivered' logged at +{deliv - m['finished']:.2f}" if deliv is not None else "")
-          + "; = notice + GridFS read + base64 + emit + transfer + client JSON decode)")
+          + "; = notice + Redis read + base64 + send + transfer + client JSON decode)")
 
 
 def main() -> int:
