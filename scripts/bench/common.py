@@ -1,6 +1,6 @@
 """Shared helpers for the g4l benchmarks: start/stop a whole server, make WAVs, stats.
 
-Every benchmark starts its own stores (embedded Redis + secantusd-py, in memory) and its
+Every benchmark starts its own stores (embedded Redis + secantusd-py, data under a temp dir) and its
 own launcher on free loopback ports, and stops all of it on exit, even on error.
 """
 
@@ -83,7 +83,9 @@ class Server:
         try:
             self.stores.append(embedded.start_redis(None))
             self.redis_url = self.stores[-1].url
-            self.stores.append(embedded.start_mongo(None))
+            # On disk under the run's temp dir: secantusd-py's ':memory:' mode refuses writes
+            # after about 0.5 GB, and a 5-run roundtrip benchmark stores over 1 GB of audio.
+            self.stores.append(embedded.start_mongo(self.tmp / "mongo"))
             self.mongo_url = self.stores[-1].url
             self.port = embedded.free_port()
             env = dict(os.environ)
