@@ -114,3 +114,40 @@ def test_retention_sweeps_audio_of_expired_sessions_only(ctx: Context) -> None:
     time.sleep(1.2)
     assert retention.sweep(ctx) == 1
     assert ctx.blobs.exists(kept) and not ctx.blobs.exists(gone)
+
+
+def test_result_write_waits_for_delivery_then_stores_and_acknowledges(ctx: Context) -> None:
+    from g4l.worker.result_writer import PendingWrite, ResultWriter
+
+    writer = ResultWriter(ctx, defer_max_s=5.0)
+    try:
+        job = _job(ctx)
+        ctx.queue.enqueue(job)
+        claimed = ctx.queue.claim("w1", block_ms=10)
+        blob_id = ctx.blobs.new_id()
+        writer.submit(PendingWrite(job, claimed, blob_id, b"RIFF-result", {"session_id": job.session_id,
+                                                                           "kind": "output"}))
+        time.sleep(0.5)  # not delivered yet: nothing written, the entry still pending
+        assert ctx.blobs.info(blob_id) is None
+        assert ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] == 1
+        ctx.sessions.update(job.session_id, delivered=job.id)
+        deadline = time.monotonic() + 5
+        while ctx.blobs.info(blob_id) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ctx.blobs.get(blob_id) == b"RIFF-result"
+        deadline = time.monotonic() + 5
+        while ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] == 0
+
+        # Nobody to deliver to: written anyway once the wait runs out.
+        other = _job(ctx)
+        ctx.queue.enqueue(other)
+        claimed = ctx.queue.claim("w1", block_ms=10)
+        blob_id = ctx.blobs.new_id()
+        writer.defer_max_s = 0.3
+        writer.submit(PendingWrite(other, claimed, blob_id, b"RIFF-2", {"session_id": other.session_id, "kind": "output"}))
+    finally:
+        writer.close()
+    assert ctx.blobs.get(blob_id) == b"RIFF-2"

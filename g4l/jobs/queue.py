@@ -136,6 +136,10 @@ class JobQueue:
             p.sadd(keys.RUNNING, claimed.job_id)
             p.execute()
 
+    def release(self, job_id: str) -> None:
+        """The job is no longer running (its entry may stay pending a little longer)."""
+        self.r.srem(keys.RUNNING, job_id)
+
     def ack(self, claimed: Claimed) -> None:
         """The job is finished (whatever its outcome): drop it from the stream."""
         with self.r.pipeline() as p:

@@ -7,6 +7,7 @@ is gone) and sends it as one pre-encoded packet; audio never rides pub/sub.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -55,19 +56,25 @@ class Relay:
     def emit(self, event: str, payload: dict[str, Any], room: str) -> None:
         self.socketio.emit(event, payload, to=room)
 
-    def emit_frames(self, frames: Frames, room: str) -> None:
+    def emit_frames(self, frames: Frames, room: str) -> int:
         """Send a pre-encoded Socket.IO event (:func:`audio_event_frames`) to ``room``:
-        as it is to websocket clients, re-encoded the ordinary way for a polling one."""
+        as it is to websocket clients, re-encoded the ordinary way for a polling one
+        (``frames.on_sent`` is then called at once). Returns how many sockets it went to."""
         server = self.socketio.server
+        count = 0
         for _sid, eio_sid in list(server.manager.get_participants("/", room)):
             try:
                 eio_socket = server.eio._get_socket(eio_sid)
             except KeyError:
                 continue  # disconnected meanwhile
+            count += 1
             if eio_socket.upgraded:
                 server.eio.send_packet(eio_sid, transport.preencoded_packet(frames))
             else:
                 server.eio.send(eio_sid, b"".join(frames.parts).decode("utf-8"))
+                if frames.on_sent is not None:
+                    frames.on_sent()
+        return count
 
     # ------------------------------------------------------------ loop
     def _run(self) -> None:
@@ -130,13 +137,26 @@ class Relay:
             return
         event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
         frames = offload(audio_event_frames, event, wav, session_id)
+        marked: list[bool] = []
+
+        def mark_delivered() -> None:
+            # Once a socket has the whole result: the worker's GridFS write waits for
+            # this, and a client that missed it gets it again on verify_session.
+            if marked:
+                return
+            marked.append(True)
+            try:
+                self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
+            except Exception:  # runs in a socket's writer: never let it end the connection
+                log.exception("marking a result delivered failed", session_id=session_id, job_id=job_id)
+            log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav))
+
+        frames = dataclasses.replace(frames, on_sent=mark_delivered)
         self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)
         self.emit_frames(frames, session_id)
         self.emit(events.QUEUE_STATUS, {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(),
                                         "estimated_seconds": 0, "status": "ready", "session_id": session_id},
                   session_id)
-        self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
-        log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav))
 
     def _from_store(self, blob_id: str, wait_s: float = 30.0) -> bytes | None:
         deadline = time.monotonic() + wait_s

@@ -77,7 +77,7 @@ def preencoded_packet(socketio_text: websocket.Frames) -> eio_packet.Packet:
     the :class:`~g4l.web.websocket.Frames` to :meth:`FastWebSocketWSGI.send`.
     Only for websocket clients (a long-polling payload cannot carry it)."""
     pkt = eio_packet.Packet(eio_packet.MESSAGE)
-    pkt.encode_cache = websocket.Frames((b"4", *socketio_text.parts), text=True)
+    pkt.encode_cache = websocket.Frames((b"4", *socketio_text.parts), text=True, on_sent=socketio_text.on_sent)
     return pkt
 
 

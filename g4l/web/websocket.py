@@ -21,7 +21,8 @@ import hashlib
 import socket
 import struct
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
@@ -64,10 +65,12 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Frames:
     """A message already encoded, in parts sent back to back without joining them.
-    ``parts`` are bytes-like (bytes, memoryview, bytearray)."""
+    ``parts`` are bytes-like (bytes, memoryview, bytearray); ``on_sent`` (if any) is called
+    once the whole message is written to the socket."""
 
     parts: tuple[Union[bytes, bytearray, memoryview], ...]
     text: bool = True
+    on_sent: Callable[[], None] | None = field(default=None, compare=False)
 
     @property
     def length(self) -> int:
@@ -256,6 +259,8 @@ class WebSocket:
         """Send one message: ``str`` as text, bytes as binary, :class:`Frames` as given."""
         if isinstance(data, Frames):
             self._send_frame(OP_TEXT if data.text else OP_BINARY, data.parts)
+            if data.on_sent is not None:
+                data.on_sent()
         elif isinstance(data, str):
             self._send_frame(OP_TEXT, (data.encode("utf-8"),))
         else:

@@ -17,6 +17,7 @@ from g4l.settings import get_settings
 from g4l.store import retention
 from g4l.worker import kinds  # noqa: F401  (registers the non-device job runners)
 from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.result_writer import ResultWriter
 from g4l.worker.runner import run_job
 
 MAINTENANCE_EVERY_S = 5.0
@@ -58,6 +59,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     heartbeat.start()
+    writer = ResultWriter(ctx)
     # Warm the default model so the first bang does not pay for loading it.
     try:
         cache.get(settings.model_default)
@@ -87,11 +89,14 @@ def main() -> None:
         current["job"] = job.id
         ctx.queue.mark_running(claimed)
         lifecycle.started(ctx, job, name)
+        deferred = False
         try:
-            run_job(ctx, cache, job)
+            deferred = run_job(ctx, cache, job, writer=writer, claimed=claimed)
         finally:
-            ctx.queue.ack(claimed)
+            if not deferred:
+                ctx.queue.ack(claimed)
             current["job"] = None
+    writer.close()  # pending GridFS writes finish while the heartbeat still says we live
     heartbeat.stop()
     log.info("worker stopped", worker=name)
 

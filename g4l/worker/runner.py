@@ -15,10 +15,12 @@ from g4l.engine.base import Cancelled, GenerationParams
 from g4l.engine.cache import ModelCache
 from g4l.errors import G4LError, GenerationFailed
 from g4l.jobs import lifecycle, notices
+from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job
 from g4l.log import get_logger
 from g4l.store.sessions import format_field
 from g4l.worker.generation import ClientFormat, generate, model_prompt, prompt_window, result_wav
+from g4l.worker.result_writer import PendingWrite, ResultWriter
 
 log = get_logger(__name__)
 
@@ -101,8 +103,11 @@ RUNNERS: dict[str, Callable[[Context, ModelCache, Job], None]] = {}
 SESSION_KINDS = ("bang", "continue", "retry")
 
 
-def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
-    """Execute ``job``; every outcome ends in a final state with a notice."""
+def run_job(ctx: Context, cache: ModelCache, job: Job, *, writer: ResultWriter | None = None,
+            claimed: Claimed | None = None) -> bool:
+    """Execute ``job``; every outcome ends in a final state with a notice. Returns True
+    when ``writer`` took over the result's GridFS write and the acknowledgement of
+    ``claimed`` (the caller acknowledges otherwise)."""
     if job.kind not in SESSION_KINDS:
         runner = RUNNERS.get(job.kind)
         if runner is None:
@@ -119,8 +124,8 @@ def run_job(ctx: Context, cache: ModelCache, job: Job) -> None:
             log.exception("job crashed", job_id=job.id, kind=job.kind)
             lifecycle.failed(ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
                                                         session_id=job.session_id))
-        return
-    _run_session_job(ctx, cache, job)
+        return False
+    return _run_session_job(ctx, cache, job, writer, claimed)
 
 
 def _load_prompt(ctx: Context, job: Job, fmt: ClientFormat, prompt_seconds: float, engine_rate: int,
@@ -139,7 +144,8 @@ def _load_prompt(ctx: Context, job: Job, fmt: ClientFormat, prompt_seconds: floa
                         engine_rate)
 
 
-def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
+def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWriter | None,
+                     claimed: Claimed | None) -> bool:
     bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
     settings = ctx.settings
     p = job.params
@@ -172,13 +178,16 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         post_seconds = time.perf_counter() - started
         _completed(ctx, job, blob_id, version, fmt, model_seconds=round(model_seconds, 3),
                    post_seconds=round(post_seconds, 3))
+        bound.info("job completed", model_seconds=round(model_seconds, 3), post_seconds=round(post_seconds, 3),
+                   output_seconds=round(frames / fmt.sample_rate, 2))
+        if writer is not None and claimed is not None:
+            ctx.queue.release(job.id)  # no longer running; the entry stays until the write
+            writer.submit(PendingWrite(job, claimed, blob_id, wav, meta))
+            return True
         stored = time.perf_counter()
         ctx.blobs.put(wav, blob_id=blob_id, **meta)
         store_seconds = time.perf_counter() - stored
         ctx.jobs.update(job.id, store_seconds=round(store_seconds, 3))
-        bound.info("job completed", model_seconds=round(model_seconds, 3),
-                   post_seconds=round(post_seconds, 3), store_seconds=round(store_seconds, 3),
-                   output_seconds=round(frames / fmt.sample_rate, 2))
     except Cancelled:
         lifecycle.canceled(ctx, job)
     except G4LError as exc:
@@ -192,6 +201,7 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job) -> None:
         if prefetch is not None:
             prefetch.cancel()
         ctx.redis.delete(keys.prompt(job.id))
+    return False
 
 
 def complete_job_only(ctx: Context, job: Job, blob_id: str | None, **fields: object) -> None:
