@@ -21,18 +21,21 @@ from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
 
 
-def _kill_worker_mid_job(r: redis_lib.Redis, timeout: float = 60) -> int:
-    """SIGKILL the worker as soon as its heartbeat says it runs a job; returns its pid."""
+def _kill_worker_mid_job(r: redis_lib.Redis, job_id: str, timeout: float = 60) -> int:
+    """SIGKILL the worker as soon as its heartbeat says it runs ``job_id``; returns its pid.
+
+    Matching the id (not just "some job") matters: right after a previous job the
+    heartbeat may still name that one for an instant."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for key in r.scan_iter("g4l:worker:*"):
             raw = r.get(key)
-            if raw and json.loads(raw).get("job_id"):
+            if raw and json.loads(raw).get("job_id") == job_id:
                 pid = json.loads(raw)["pid"]
                 os.kill(pid, signal.SIGKILL)
                 return pid
-        time.sleep(0.05)
-    raise AssertionError("no worker ever took the job")
+        time.sleep(0.02)
+    raise AssertionError(f"no worker ever took job {job_id}")
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def test_worker_killed_mid_generation_job_is_recovered(own_stores, tmp_path) -> 
             c.emit(events.PROCESS_AUDIO, {"audio_data": base64.b64encode(make_wav(6)).decode(),
                                           "model_name": "debug", "prompt_duration": 6})
             _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
-            _kill_worker_mid_job(r)
+            _kill_worker_mid_job(r, ack["job_id"])
             # The launcher restarts the worker; the dead worker's job gets a second attempt.
             _, result = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
             assert wav_info(base64.b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
@@ -73,8 +76,8 @@ def test_worker_killed_on_last_attempt_gives_a_clear_error(own_stores, tmp_path)
             bang = c.bang(make_wav(4), model_name="debug", prompt_duration=4)
             since = c.mark()
             c.emit(events.CONTINUE_MUSIC, {"session_id": bang.session_id})
-            c.wait_for(events.CONTINUE_MUSIC_RECEIVED, since)
-            _kill_worker_mid_job(r)
+            _, ack = c.wait_for(events.CONTINUE_MUSIC_RECEIVED, since)
+            _kill_worker_mid_job(r, ack["job_id"])
             with pytest.raises(ProtocolError) as err:
                 c.wait_for(events.MUSIC_CONTINUED, since, session_id=bang.session_id)
             assert err.value.code == "GENERATION_FAILED"

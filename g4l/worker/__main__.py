@@ -87,6 +87,7 @@ def main() -> None:
             ctx.queue.ack(claimed)
             continue
         current["job"] = job.id
+        heartbeat.refresh()  # health and recovery see the job now, not at the next tick
         ctx.queue.mark_running(claimed)
         lifecycle.started(ctx, job, name)
         deferred = False
@@ -96,6 +97,7 @@ def main() -> None:
             if not deferred:
                 ctx.queue.ack(claimed)
             current["job"] = None
+            heartbeat.refresh()
     writer.close()  # pending GridFS writes finish while the heartbeat still says we live
     heartbeat.stop()
     log.info("worker stopped", worker=name)

@@ -38,16 +38,21 @@ class Heartbeat:
             p.sadd(keys.WORKERS, self.name)
             p.execute()
 
+    def refresh(self) -> None:
+        """Beat now because what ``describe`` returns changed; a Redis error is left to
+        the next regular beat rather than failing the caller."""
+        try:
+            self.beat()
+        except redis.RedisError:
+            pass
+
     def start(self) -> None:
         self.beat()
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except redis.RedisError:
-                pass  # the next beat retries; recovery tolerates a missed one
+            self.refresh()  # a missed beat is retried next tick; recovery tolerates one
 
     def stop(self) -> None:
         self._stop.set()
