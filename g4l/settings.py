@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     worker_dead_after_s: float = 10.0
     progress_interval_s: float = 1.0
     max_queue: int = 100
+    held_inputs_mb: int = 512  # continue uploads a web node keeps until their result is sent (0: off)
     rate_limit_per_minute: int = 30  # generation requests per client (0: off)
 
     # Chunked uploads.

@@ -42,6 +42,7 @@ class Result:
     progress: list[int] = field(default_factory=list)
     queue: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    job_id: str = ""  # from the *_received acknowledgement
 
 
 class DeviceClient:
@@ -128,7 +129,7 @@ class DeviceClient:
                     if d.get("session_id") == sid]
         queue = [d for d in self.events_since(since, events.QUEUE_STATUS) if d.get("session_id") == sid]
         return Result(sid, base64.b64decode(data["audio_data"]), events.RESULT_EVENT[kind], progress, queue,
-                      time.monotonic() - started)
+                      time.monotonic() - started, str(ack.get("job_id") or ""))
 
     def bang(self, wav: bytes, *, model_name: str, prompt_duration: int, **params: Any) -> Result:
         payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,

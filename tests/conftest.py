@@ -154,3 +154,26 @@ def redis_client(redis_server):
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield r
     r.close()
+
+
+@pytest.fixture
+def ctx(redis_server, mongo_server):
+    """A Context on its own Redis database and Mongo database of the shared servers."""
+    import redis as redis_lib
+
+    from g4l.context import Context
+    from g4l.settings import Settings
+
+    r = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    assert db == 0
+    # Each test gets its own Redis database and Mongo database: no cross-talk with the
+    # shared server's state.
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    settings = Settings(REDIS_URL=url, MONGO_URL=mongo_server.url, mongo_db=f"g4l_unit_{time.time_ns()}",
+                        models=["debug"], worker_dead_after_s=0.2, job_max_attempts=2)
+    c = Context.from_settings(settings)
+    c.redis.flushdb()
+    yield c
+    c.redis.flushdb()
+    c.blobs.client.drop_database(settings.mongo_db)

@@ -9,14 +9,16 @@ import time
 import gridfs
 import numpy as np
 import pytest
+import redis as redis_lib
 from bson import ObjectId
 
 from conftest import make_wav, read_wav, wav_info
+from g4l.jobs import handoff
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
 
 
-def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, mongo_db) -> None:
+def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, mongo_db, redis_server) -> None:
     bang = client.bang(make_wav(30), model_name="debug", prompt_duration=6)
     info = wav_info(bang.audio)
     assert (info.samplerate, info.channels, info.subtype) == (48000, 2, "PCM_16")
@@ -65,6 +67,16 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
         if f["metadata"]["kind"] in ("output", "crop"):
             assert f["metadata"]["sample_rate"] == 48000 and f["metadata"]["channels"] == 2
     bucket = gridfs.GridFSBucket(mongo_db, bucket_name="audio")
+    # What each client received is, byte for byte, what GridFS keeps: also for the
+    # continues with an upload, whose new audio alone went through Redis and was joined
+    # to the upload by the web node (g4l.jobs.handoff).
+    by_version = {f["metadata"]["version"]: f for f in files if f["metadata"]["kind"] == "output"}
+    for version, sent in ((1, bang), (2, first), (3, second), (4, retry), (6, after_crop)):
+        assert bucket.open_download_stream(by_version[version]["_id"]).read() == sent.audio, version
+    raw = redis_lib.Redis.from_url(redis_server.url)
+    spliced = [raw.get(f"g4l:result:{r.job_id}")[:len(handoff.MAGIC)] == handoff.MAGIC
+               for r in (first, second, retry, after_crop)]
+    assert spliced == [True, True, False, False]
     latest = max((f for f in files if f["metadata"]["kind"] == "output"), key=lambda f: f["metadata"]["version"])
     assert bucket.open_download_stream(latest["_id"]).read() == after_crop.audio
 

@@ -120,7 +120,9 @@ def test_a_listen_link_streams_each_new_generation_and_controls_nothing(hls: Hls
 
         watcher = PlaylistWatcher(hls.url + link["playlist_url"]).start()
         try:
-            client.continue_(sid)  # arrives while the preroll (the bang's result) still plays
+            # Arrives while the preroll (the bang's result) still plays. With the audio sent
+            # along, only the new audio is handed off through Redis: the packager streams it.
+            client.continue_(sid, bang.audio)
             joins = wait_until(lambda: json.loads(stream_info(hls, token).get("joins") or "[]")[1:], 20,
                                "the continuation to be queued")
             join_s = joins[0]

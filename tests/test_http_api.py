@@ -21,6 +21,7 @@ import requests
 import soundfile as sf
 
 from conftest import make_wav, start_server
+from g4l import wav_splice
 
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
         "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7"}
@@ -218,6 +219,16 @@ def test_session_twins_bang_continue_retry_crop_cleanup(api):
     assert again.status_code == 409 and again.json()["error"]["code"] == "BUSY"
     state = _poll_session(c, sid)
     assert abs(_wav_seconds(base64.b64decode(state["audio_data"]))[0] - 56.0) < 0.01
+    # Continue with the audio sent along: read back at once (GridFS may not have it yet),
+    # the kept part is the sent file's own bytes.
+    sent = make_wav(10.0, rate=48000)
+    assert c.call("continueSession", {"audio_data": _b64(sent)}, session_id=sid).status_code == 202
+    state = _poll_session(c, sid)
+    grown = base64.b64decode(state["audio_data"])
+    assert abs(_wav_seconds(grown)[0] - 36.0) < 0.01
+    kept = (10 - 4) * 48000 * 2 * 2
+    (sent_at, _), (grown_at, _) = wav_splice.data_span(sent), wav_splice.data_span(grown)
+    assert grown[grown_at:grown_at + kept] == sent[sent_at:sent_at + kept]
     # Crop: the given audio becomes current; download it back as a file.
     cropped = make_wav(8.0, rate=48000)
     assert c.call("cropSession", {"audio_data": _b64(cropped)}, session_id=sid).status_code == 200

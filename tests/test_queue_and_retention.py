@@ -5,32 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis as redis_lib
 
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import Busy, QueueFull
 from g4l.jobs import lifecycle, notices
 from g4l.jobs.records import Job, new_job_id
-from g4l.settings import Settings
 from g4l.store import retention
-
-
-@pytest.fixture
-def ctx(redis_server, mongo_server):
-    r = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
-    db = r.connection_pool.connection_kwargs.get("db", 0)
-    assert db == 0
-    # Each test gets its own Redis database and Mongo database: no cross-talk with the
-    # shared server's state.
-    url = redis_server.url.rsplit("/", 1)[0] + "/5"
-    settings = Settings(REDIS_URL=url, MONGO_URL=mongo_server.url, mongo_db=f"g4l_unit_{time.time_ns()}",
-                        models=["debug"], worker_dead_after_s=0.2, job_max_attempts=2)
-    c = Context.from_settings(settings)
-    c.redis.flushdb()
-    yield c
-    c.redis.flushdb()
-    c.blobs.client.drop_database(settings.mongo_db)
 
 
 def _job(ctx: Context, priority: str = "interactive") -> Job:
@@ -125,8 +106,8 @@ def test_result_write_waits_for_delivery_then_stores_and_acknowledges(ctx: Conte
         ctx.queue.enqueue(job)
         claimed = ctx.queue.claim("w1", block_ms=10)
         blob_id = ctx.blobs.new_id()
-        writer.submit(PendingWrite(job, claimed, blob_id, b"RIFF-result", {"session_id": job.session_id,
-                                                                           "kind": "output"}))
+        writer.submit(PendingWrite(job, claimed, blob_id, lambda: b"RIFF-result",
+                                   {"session_id": job.session_id, "kind": "output"}))
         time.sleep(0.5)  # not delivered yet: nothing written, the entry still pending
         assert ctx.blobs.info(blob_id) is None
         assert ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] == 1
@@ -147,7 +128,8 @@ def test_result_write_waits_for_delivery_then_stores_and_acknowledges(ctx: Conte
         claimed = ctx.queue.claim("w1", block_ms=10)
         blob_id = ctx.blobs.new_id()
         writer.defer_max_s = 0.3
-        writer.submit(PendingWrite(other, claimed, blob_id, b"RIFF-2", {"session_id": other.session_id, "kind": "output"}))
+        writer.submit(PendingWrite(other, claimed, blob_id, lambda: b"RIFF-2",
+                                   {"session_id": other.session_id, "kind": "output"}))
     finally:
         writer.close()
     assert ctx.blobs.get(blob_id) == b"RIFF-2"

@@ -30,7 +30,7 @@ from g4l.context import Context
 from g4l.hls.buffer import RATE
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
-from g4l.jobs import notices
+from g4l.jobs import handoff, notices
 from g4l.log import get_logger
 from g4l.services.listen import SESSION, STATION, ListenService, buffer_health
 
@@ -42,6 +42,8 @@ CLEANUP_EVERY_S = 10.0
 SESSION_KINDS = ("bang", "continue", "retry")
 #: How long to wait for a session result to show up in storage.
 RESULT_WAIT_S = 30.0
+#: A continue's new audio may be a few frames short of the model's nominal length.
+TAIL_SLACK_S = 0.01
 
 
 class Packager:
@@ -202,16 +204,18 @@ class Packager:
             log.exception("stream audio task failed", task=getattr(fn, "__name__", "?"))
 
     # ------------------------------------------------------------ session audio
-    def _result_wav(self, job_id: str, blob_id: str) -> bytes:
-        """A session result: the short-lived Redis copy if still there, else GridFS."""
+    def _result_wav(self, job_id: str, blob_id: str, tail_s: float) -> bytes:
+        """A session result, or a file ending with its last ``tail_s`` seconds: the
+        short-lived Redis hand-off if still there (a continue's new audio alone when that
+        covers ``tail_s``), else GridFS."""
         deadline = time.monotonic() + RESULT_WAIT_S
-        held = getattr(keys, "result", None)
-        bytes_client = getattr(self.ctx, "redis_bytes", None)
         while True:
-            if held is not None and bytes_client is not None:
-                data = bytes_client.get(held(job_id))
-                if data:
-                    return bytes(data)
+            held = handoff.read(self.ctx.redis_bytes, job_id)
+            if held is not None:
+                new_s = held.data_seconds()
+                if new_s is None or new_s + TAIL_SLACK_S >= tail_s:
+                    return bytes(held.data)
+                return held.assemble(handoff.stored_input(self.ctx, held.splice.input_blob))
             try:
                 return self.ctx.blobs.get(blob_id)
             except KeyError:
@@ -224,7 +228,8 @@ class Packager:
         (or retry's) model output after its prompt, crossfaded over the end of what was
         streamed (or, when the stream had run dry, with the prompt for context)."""
         job_id, blob_id, kind = notice["job_id"], notice.get("blob_id") or "", notice.get("kind")
-        decoded = audio.decode_wav(self._result_wav(job_id, blob_id), max_seconds=1e9)
+        whole = 1e9 if kind == "bang" else self.settings.output_seconds  # what is used below, at most
+        decoded = audio.decode_wav(self._result_wav(job_id, blob_id, whole), max_seconds=1e9)
         x, rate = decoded.samples, decoded.sample_rate
         overlap = 0.0
         if kind != "bang":
@@ -251,7 +256,7 @@ class Packager:
             return
         job_id = session.get("job_id") or ""
         try:
-            wav = self._result_wav(job_id, blob_id) if job_id else self.ctx.blobs.get(blob_id)
+            wav = self._result_wav(job_id, blob_id, seconds) if job_id else self.ctx.blobs.get(blob_id)
         except KeyError:
             return
         decoded = audio.decode_wav(wav, max_seconds=1e9)

@@ -9,7 +9,7 @@ import time
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import G4LError, GenerationFailed
-from g4l.jobs import notices
+from g4l.jobs import handoff, notices
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job
 from g4l.log import get_logger
@@ -85,7 +85,10 @@ def _store_orphan_result(ctx: Context, job: Job) -> None:
     store it from the Redis copy so the session's pointer is not left dangling."""
     if not job.output_blob or ctx.blobs.exists(job.output_blob):
         return
-    data = ctx.redis_bytes.get(keys.result(job.id))
+    try:
+        data = handoff.read_wav(ctx, job.id)
+    except KeyError:  # a spliced hand-off whose input never reached GridFS
+        data = None
     meta = ctx.redis.hget(keys.job(job.id), "output_meta")
     if data is None or not meta:
         log.error("result lost with its worker", job_id=job.id, session_id=job.session_id)

@@ -14,9 +14,10 @@ from typing import Any
 import gevent
 import pybase64
 
-from g4l import audio, keys
+from g4l import audio
 from g4l.context import Context
 from g4l.errors import InvalidRequest, ModelNotAllowed, NotFound, NotReady, QueueFull, SessionNotFound
+from g4l.jobs import handoff
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import FINAL_STATES, Job, new_job_id
 from g4l.log import get_logger
@@ -166,7 +167,12 @@ class JobService:
 
     def in_flight(self, job_id: str | None) -> bytes | None:
         """A finished job's WAV while the worker is still writing it to GridFS."""
-        return self.ctx.redis_bytes.get(keys.result(job_id)) if job_id else None
+        if not job_id:
+            return None
+        try:
+            return handoff.read_wav(self.ctx, job_id, held=self.sessions.held.get, offload=self.sessions.offload)
+        except (KeyError, ValueError):
+            return None  # GridFS has (or will have) the file
 
     def read_audio(self, blob_id: str, job_id: str | None) -> bytes | None:
         try:

@@ -23,6 +23,7 @@ from g4l.jobs import lifecycle
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, new_job_id
 from g4l.log import get_logger
+from g4l.services.held_inputs import HeldInputs
 from g4l.services.ratelimit import RateLimiter
 from g4l.services.uploads import Offload, Upload, decode_upload
 from g4l.store.sessions import Session, format_field, new_session_id, parse_format
@@ -65,6 +66,8 @@ class SessionService:
         self.offload = offload
         self.spawn = spawn
         self._limiter = RateLimiter(ctx.redis)
+        #: Continue uploads kept until their result is sent (see :mod:`g4l.jobs.handoff`).
+        self.held = HeldInputs(self.settings.held_inputs_mb * 1024 * 1024)
 
     # ------------------------------------------------------------ checks
     def check_rate(self, client: str) -> None:
@@ -329,12 +332,16 @@ class SessionService:
                 # Redis, not GridFS: the worker reads it at once, and nothing keeps it after the job.
                 self.ctx.redis_bytes.set(keys.prompt(job_id), prompt_wav, ex=PROMPT_TTL_S)
                 input_blob = self.ctx.blobs.new_id()
+                # Holding the upload here lets the worker send back only the new audio.
+                if kind != "bang" and self.held.put(job_id, upload.wav):
+                    job_params["splice_handoff"] = True
             else:
                 job_params.update(self._stored_format(session_id, input_blob or ""))
             job = Job(id=job_id, kind=kind, session_id=session_id, model=params["model_name"],
                       params=job_params, input_blob=input_blob, owner=owner)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
+            self.held.discard(job_id)
             if kind == "bang":  # the session was made for this job alone
                 self.ctx.sessions.delete(session_id)
             else:

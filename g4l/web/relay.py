@@ -1,8 +1,9 @@
 """Relays job notices from Redis to the Socket.IO rooms this web node holds.
 
 Every web node receives every notice; only a node with a socket in the session's room
-acts on it. That node reads the result from its short-lived Redis key (GridFS when the key
-is gone) and sends it as one pre-encoded packet; audio never rides pub/sub.
+acts on it. That node reads the result from its short-lived Redis hand-off (joining a
+continue's new audio to the upload it holds, :mod:`g4l.jobs.handoff`; GridFS when the
+hand-off is gone) and sends it as one pre-encoded packet; audio never rides pub/sub.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flask_socketio import SocketIO
 
 from g4l import keys
 from g4l.context import Context
-from g4l.jobs import notices
+from g4l.jobs import handoff, notices
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.web import transport
@@ -118,18 +119,30 @@ class Relay:
         elif kind == notices.COMPLETED:
             if local:
                 gevent.spawn(self.deliver, session_id, notice["job_id"], notice["kind"], notice["blob_id"])
+            else:  # another node delivers it
+                self.service.held.discard(notice.get("job_id") or "")
             self.broadcast_queue()
         elif kind == notices.FAILED:
+            self.service.held.discard(notice.get("job_id") or "")
             if local:
                 self.emit(events.ERROR, {"message": notice["message"], "code": notice["code"],
                                          "session_id": session_id}, session_id)
             self.broadcast_queue()
         elif kind in (notices.CANCELED, notices.QUEUE_CHANGED):
+            if kind == notices.CANCELED:
+                self.service.held.discard(notice.get("job_id") or "")
             self.broadcast_queue()
 
     def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
         """Send a finished result to the room: progress 100, then the audio."""
-        wav = self.ctx.redis_bytes.get(keys.result(job_id))
+        try:
+            wav = handoff.read_wav(self.ctx, job_id, held=self.service.held.pop, offload=offload)
+        except (KeyError, ValueError):
+            log.exception("joining the result to its input failed; reading the stored file",
+                          session_id=session_id, job_id=job_id)
+            wav = None
+        finally:
+            self.service.held.discard(job_id)
         if wav is None:  # expired from Redis: GridFS has it (or is about to)
             wav = self._from_store(blob_id)
         if wav is None:

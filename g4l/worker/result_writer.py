@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from g4l.context import Context
 from g4l.jobs.queue import Claimed
@@ -37,7 +37,8 @@ class PendingWrite:
     job: Job
     claimed: Claimed
     blob_id: str
-    wav: bytes
+    #: Builds the file (a continue's splice runs here, in the writer's thread).
+    wav: Callable[[], bytes]
     meta: dict[str, Any]
 
 
@@ -81,9 +82,10 @@ class ResultWriter:
     def _write(self, w: PendingWrite) -> None:
         self._wait_for_delivery(w.job)
         started = time.perf_counter()
+        wav = w.wav()
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                self.ctx.blobs.put(w.wav, blob_id=w.blob_id, **w.meta)
+                self.ctx.blobs.put(wav, blob_id=w.blob_id, **w.meta)
                 break
             except Exception as exc:
                 log.warning("storing a result failed", job_id=w.job.id, session_id=w.job.session_id,
@@ -95,4 +97,4 @@ class ResultWriter:
         self.ctx.jobs.update(w.job.id, store_seconds=store_seconds)
         self.ctx.queue.ack(w.claimed)
         log.info("result stored", job_id=w.job.id, session_id=w.job.session_id, blob_id=w.blob_id,
-                 store_seconds=store_seconds, bytes=len(w.wav))
+                 store_seconds=store_seconds, bytes=len(wav))

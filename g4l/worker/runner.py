@@ -14,18 +14,16 @@ from g4l.context import Context
 from g4l.engine.base import Cancelled, GenerationParams
 from g4l.engine.cache import ModelCache
 from g4l.errors import G4LError, GenerationFailed
-from g4l.jobs import lifecycle, notices
+from g4l.jobs import handoff, lifecycle, notices
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job
 from g4l.log import get_logger
 from g4l.store.sessions import format_field
-from g4l.worker.generation import ClientFormat, generate, model_prompt, prompt_window, result_wav
+from g4l.worker.generation import ClientFormat, build_result, generate, model_prompt, prompt_window
 from g4l.worker.result_writer import PendingWrite, ResultWriter
 
 log = get_logger(__name__)
 
-#: How long a finished result stays in Redis for the web nodes (GridFS keeps it for good).
-RESULT_TTL_S = 120
 #: How long a job waits for its input file, which the web node stores while the model runs.
 INPUT_WAIT_S = 120.0
 
@@ -163,7 +161,8 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWr
         output, model_seconds = generate(engine, prompt, gen, ProgressReporter(ctx, job))
         started = time.perf_counter()
         source_wav = prefetch.result() if prefetch is not None and job.kind != "bang" else None
-        wav, frames = result_wav(job.kind, output, engine.sample_rate, fmt, source_wav, prompt_seconds)
+        result = build_result(job.kind, output, engine.sample_rate, fmt, source_wav, prompt_seconds)
+        frames = result.frames
         session = ctx.sessions.get(job.session_id)
         version = (session.version if session else 0) + 1
         blob_id = ctx.blobs.new_id()
@@ -173,7 +172,12 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWr
         # The client gets the result from a short-lived Redis key while GridFS stores it
         # (the slowest step for big files). The stream entry is acknowledged only after
         # the GridFS write, so if this worker dies in between, recovery stores the key.
-        ctx.redis_bytes.set(keys.result(job.id), wav, ex=RESULT_TTL_S)
+        if result.kept is not None and p.get("splice_handoff") and job.input_blob:
+            # The web node holds this input: only the new audio travels.
+            handoff.put_spliced(ctx.redis_bytes, job.id, result.new_wav, handoff.Splice(
+                job.input_blob, result.drop_frames, fmt.sample_rate, fmt.channels, audio.wav_subtype(fmt.subtype)))
+        else:
+            handoff.put_whole(ctx.redis_bytes, job.id, result.wav())
         ctx.jobs.update(job.id, output_meta=json.dumps(meta))
         post_seconds = time.perf_counter() - started
         _completed(ctx, job, blob_id, version, fmt, model_seconds=round(model_seconds, 3),
@@ -182,10 +186,10 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWr
                    output_seconds=round(frames / fmt.sample_rate, 2))
         if writer is not None and claimed is not None:
             ctx.queue.release(job.id)  # no longer running; the entry stays until the write
-            writer.submit(PendingWrite(job, claimed, blob_id, wav, meta))
+            writer.submit(PendingWrite(job, claimed, blob_id, result.wav, meta))
             return True
         stored = time.perf_counter()
-        ctx.blobs.put(wav, blob_id=blob_id, **meta)
+        ctx.blobs.put(result.wav(), blob_id=blob_id, **meta)
         store_seconds = time.perf_counter() - stored
         ctx.jobs.update(job.id, store_seconds=round(store_seconds, 3))
     except Cancelled:

@@ -1,0 +1,136 @@
+"""A finished session result's way from the worker to the web nodes: a short-lived Redis
+key (:func:`g4l.keys.result`), read before GridFS has the file.
+
+The value is usually the whole WAV. For a continue whose input a web node still holds in
+memory (:class:`g4l.services.held_inputs.HeldInputs`), the worker leaves only the new
+audio and the recipe to join it: the kept part of the result is, byte for byte, the
+client's own file minus its tail (:mod:`g4l.wav_splice`). On a 120 s take that is a fifth
+of the bytes through Redis, a few tenths of a second less between model and client.
+
+Every reader gets the same file: the web node joins the new audio to the input it holds,
+any other reader to the input's GridFS copy.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import redis
+
+from g4l import keys, wav_splice
+from g4l.context import Context
+
+#: How long the hand-off outlives the job: delivery takes seconds, the GridFS write too.
+RESULT_TTL_S = 120
+#: Marks a spliced hand-off; a whole one is a WAV and starts with b"RIFF".
+MAGIC = b"G4L-SPLICE/1\n"
+#: How long a reader waits for the input's GridFS copy (the web node writes it while the
+#: model runs, so it is normally there long before the result).
+INPUT_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Splice:
+    """How to rebuild the result from the job's input: drop its last ``drop_frames``
+    frames, append the new audio. Format fields are the input's (and the result's)."""
+
+    input_blob: str
+    drop_frames: int
+    sample_rate: int
+    channels: int
+    subtype: str
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """What a worker left: ``data`` is the whole WAV, or with ``splice`` the new audio
+    (a WAV of the result's format)."""
+
+    data: bytes | memoryview
+    splice: Splice | None = None
+
+    def data_seconds(self) -> float | None:
+        """Length of the new audio of a spliced hand-off (None for a whole one)."""
+        if self.splice is None:
+            return None
+        span = wav_splice.data_span(self.data)
+        if span is None:
+            return 0.0
+        block = wav_splice.SAMPLE_BYTES[self.splice.subtype] * self.splice.channels
+        return span[1] // block / self.splice.sample_rate
+
+    def assemble(self, input_wav: bytes) -> bytes:
+        """The whole result WAV. :raises ValueError: ``input_wav`` cannot be the input
+        this hand-off was made from (not a plain WAV of the recorded format)."""
+        if self.splice is None:
+            return bytes(self.data)
+        s = self.splice
+        kept = wav_splice.without_tail(input_wav, channels=s.channels, subtype=s.subtype, drop_frames=s.drop_frames)
+        if kept is None:
+            raise ValueError("the held input is not a plain WAV; it cannot be spliced")
+        return wav_splice.splice(kept, self.data, sample_rate=s.sample_rate, channels=s.channels,
+                                 subtype=s.subtype)
+
+
+def put_whole(r: redis.Redis, job_id: str, wav: bytes) -> None:
+    """Leave the whole result WAV for the web nodes."""
+    r.set(keys.result(job_id), wav, ex=RESULT_TTL_S)
+
+
+def put_spliced(r: redis.Redis, job_id: str, new_wav: bytes, splice: Splice) -> None:
+    """Leave only the new audio and the recipe that joins it to the job's input."""
+    recipe = json.dumps(asdict(splice)).encode()
+    r.set(keys.result(job_id), b"".join((MAGIC, struct.pack("<I", len(recipe)), recipe, new_wav)),
+          ex=RESULT_TTL_S)
+
+
+def read(r: redis.Redis, job_id: str) -> HandOff | None:
+    """The hand-off of ``job_id``, or None once it expired (GridFS has the file then)."""
+    raw = r.get(keys.result(job_id))
+    if raw is None:
+        return None
+    if not raw.startswith(MAGIC):
+        return HandOff(raw)
+    at = len(MAGIC)
+    (size,) = struct.unpack_from("<I", raw, at)
+    recipe = json.loads(raw[at + 4 : at + 4 + size])
+    return HandOff(memoryview(raw)[at + 4 + size :], Splice(**recipe))
+
+
+def stored_input(ctx: Context, blob_id: str, wait_s: float | None = None) -> bytes:
+    """The input's GridFS copy, waiting up to ``wait_s`` (default :data:`INPUT_WAIT_S`)
+    if it is still being written. :raises KeyError: it never arrived."""
+    deadline = time.monotonic() + (INPUT_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            return ctx.blobs.get(blob_id)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | None = None,
+             offload: Callable[..., Any] = _inline) -> bytes | None:
+    """The whole result WAV of ``job_id`` from its hand-off, or None when there is none.
+    A spliced one is joined to ``held(job_id)`` (the input in this process's memory) when
+    that has it, else to the input's GridFS copy (waited for, briefly). The join (a copy
+    of tens of MB) runs through ``offload``; the store reads run in the caller.
+    :raises KeyError: a spliced hand-off whose input is in neither place."""
+    handoff = read(ctx.redis_bytes, job_id)
+    if handoff is None:
+        return None
+    if handoff.splice is None:
+        return bytes(handoff.data) if isinstance(handoff.data, memoryview) else handoff.data
+    input_wav = held(job_id) if held is not None else None
+    if input_wav is None:
+        input_wav = stored_input(ctx, handoff.splice.input_blob)
+    return offload(handoff.assemble, input_wav)
