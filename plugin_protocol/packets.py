@@ -3,21 +3,21 @@
 python-socketio's ``Packet.decode`` slices the packet text once per header field it
 strips (``ep = ep[1:]`` copies all 60 MB of an upload) and searches the whole text for
 the attachment dash. This subclass reads the same header fields by index and hands the
-JSON to the decoder at an offset (``raw_decode``), so the only pass over the payload is
-the JSON parse itself. Same results, same errors; encoding is unchanged.
+JSON to the decoder at an offset, so the only pass over the payload is the JSON parse
+itself, which lifts the long base64 string out first (:mod:`plugin_protocol.bigjson`).
+Same results, same errors; encoding is unchanged.
 Used by the server (``serializer=``) and by the reference client.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from socketio import packet
 
-_DECODER = json.JSONDecoder()
-_WHITESPACE = json.decoder.WHITESPACE  # type: ignore[attr-defined]
+from plugin_protocol import bigjson
+
 _DIGITS = re.compile(r"[0-9]*")
 
 
@@ -63,9 +63,5 @@ class FastPacket(packet.Packet):
             if i < end and ep[i].isdigit():
                 raise ValueError("id field is too long")
         if i < end:
-            start = _WHITESPACE.match(ep, i).end()
-            self.data, stop = _DECODER.raw_decode(ep, start)
-            stop = _WHITESPACE.match(ep, stop).end()
-            if stop != end:
-                raise json.JSONDecodeError("Extra data", ep, stop)
+            self.data = bigjson.loads_at(ep, i)
         return attachment_count
