@@ -3,10 +3,13 @@
 
 20 idle DeviceClients (websocket) each call ``verify_session`` (with ack) about every
 100 ms; a thread GETs /health/live a few times a second. Phase 1: nothing else runs
-(~10 s). Phase 2: one more client (in its own process, so its base64/JSON work does not
+(20 s). Phase 2: one more client (in its own process, so its base64/JSON work does not
 stall the measuring process) bangs a 30 s WAV (model debug, prompt 6 s) and continues
-twice. Prints p50/p99/max per phase; the last line is
-``p99 idle X ms, p99 during generation Y ms, ratio Z``.
+three times. Prints p50/p99/max per phase, the slowest round trips next to the
+generation's marks, and the CPU time the hypervisor took from this machine (steal) in
+each phase: one 100 ms stall of the whole box delays all 20 clients at once, which alone
+is a p99 of a 10 s phase, so phases are long and a noisy neighbour is named. The last
+line is ``p99 idle X ms, p99 during generation Y ms, ratio Z``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (re-execs under the venv)
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -30,8 +34,8 @@ from plugin_protocol.client import DeviceClient  # noqa: E402
 CALL_TIMEOUT = 30.0
 
 
-def generator_main(url: str) -> int:
-    """Child process: bang then continue twice; prints JSON lines with wall-clock marks."""
+def generator_main(url: str, continues: int) -> int:
+    """Child process: bang then continue; prints JSON lines with wall-clock marks."""
     wav = common.make_wav(30.0, 48_000, 2, "PCM_16", seed=1)
 
     def say(**kw: object) -> None:
@@ -41,7 +45,7 @@ def generator_main(url: str) -> int:
         say(mark="start", t=time.time())
         r = c.bang(wav, model_name="debug", prompt_duration=6)
         say(mark="bang", t=time.time(), seconds=round(r.seconds, 3), bytes=len(r.audio))
-        for i in range(2):
+        for i in range(continues):
             r = c.continue_(r.session_id)
             say(mark=f"continue{i + 1}", t=time.time(), seconds=round(r.seconds, 3), bytes=len(r.audio))
         say(mark="end", t=time.time())
@@ -90,6 +94,21 @@ def http_prober(url: str, stop: threading.Event, samples: list, lock: threading.
         stop.wait(max(0.0, 0.25 - rtt / 1000))
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def stats(samples: list, lo: float, hi: float) -> dict:
     vals = [rtt for t, rtt, _ok in samples if lo <= t < hi]
     bad = sum(1 for t, _rtt, ok in samples if lo <= t < hi and not ok)
@@ -105,11 +124,12 @@ def fmt(name: str, s: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--continues", type=int, default=3)
     ap.add_argument("--generator", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generator:
-        return generator_main(args.generator)
+        return generator_main(args.generator, args.continues)
 
     common.install_term_handler()
     common.install_alarm(420)
@@ -136,12 +156,17 @@ def main() -> int:
         for th in threads:
             th.start()
         time.sleep(1.0)  # settle
-        idle_lo = time.time()
+        # The measuring process's own garbage collector would stall all its clients at
+        # once and be counted as server latency: keep what exists out of its passes.
+        gc.collect()
+        gc.freeze()
+        idle_lo, idle_steal = time.time(), steal_ticks()
         time.sleep(args.idle_seconds)
-        idle_hi = time.time()
+        idle_hi, idle_steal = time.time(), steal_percent(idle_steal, steal_ticks())
 
-        gen = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url],
-                               stdout=subprocess.PIPE, text=True)
+        gen_steal = steal_ticks()
+        gen = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url,
+                                "--continues", str(args.continues)], stdout=subprocess.PIPE, text=True)
         marks: dict[str, dict] = {}
         assert gen.stdout is not None
         for line in gen.stdout:
@@ -151,6 +176,7 @@ def main() -> int:
                 continue
             marks[rec["mark"]] = rec
         rc = gen.wait(60)
+        gen_steal = steal_percent(gen_steal, steal_ticks())
         if rc != 0 or "end" not in marks:
             raise RuntimeError(f"generation client failed (exit {rc}); marks: {sorted(marks)}")
         gen_lo, gen_hi = marks["start"]["t"], marks["end"]["t"]
@@ -159,17 +185,23 @@ def main() -> int:
         for th in threads:
             th.join(CALL_TIMEOUT + 5)
 
-        print(f"generation client: bang {marks['bang']['seconds']} s, continue {marks['continue1']['seconds']} s, "
-              f"continue {marks['continue2']['seconds']} s (phase 2 lasted {gen_hi - gen_lo:.1f} s; "
-              f"result sizes {marks['bang']['bytes']}, {marks['continue1']['bytes']}, {marks['continue2']['bytes']} B)")
+        steps = ["bang"] + [f"continue{i + 1}" for i in range(args.continues)]
+        print("generation client: " + ", ".join(f"{k} {marks[k]['seconds']} s ({marks[k]['bytes']} B)" for k in steps)
+              + f"; phase 2 lasted {gen_hi - gen_lo:.1f} s")
         idle_sio, gen_sio = stats(sio_samples, idle_lo, idle_hi), stats(sio_samples, gen_lo, gen_hi)
         idle_http, gen_http = stats(http_samples, idle_lo, idle_hi), stats(http_samples, gen_lo, gen_hi)
-        print(f"phase 1: idle ({idle_hi - idle_lo:.1f} s)")
+        print(f"phase 1: idle ({idle_hi - idle_lo:.1f} s, cpu steal {idle_steal:.1f}%)")
         print(fmt("socket.io verify_session", idle_sio))
         print(fmt("http GET /health/live", idle_http))
-        print(f"phase 2: during bang + 2 continues ({gen_hi - gen_lo:.1f} s)")
+        print(f"phase 2: during bang + {args.continues} continues ({gen_hi - gen_lo:.1f} s, "
+              f"cpu steal {gen_steal:.1f}%)")
         print(fmt("socket.io verify_session", gen_sio))
         print(fmt("http GET /health/live", gen_http))
+        # Where the slow ones fell, next to the generation client's marks: a diagnosis aid.
+        slow = sorted((rtt, t - gen_lo) for t, rtt, _ok in sio_samples if gen_lo <= t < gen_hi)[-8:]
+        print("  slowest round trips (s after start: ms): "
+              + ", ".join(f"{at:.2f}: {rtt:.0f}" for rtt, at in sorted(slow, key=lambda x: x[1])))
+        print("  generation results (s after start): " + ", ".join(f"{k} {marks[k]['t'] - gen_lo:.2f}" for k in steps))
         ratio = gen_sio["p99"] / idle_sio["p99"] if idle_sio["p99"] > 0 else float("inf")
         print(f"p99 idle {idle_sio['p99']:.1f} ms, p99 during generation {gen_sio['p99']:.1f} ms, ratio {ratio:.2f}",
               flush=True)
