@@ -44,6 +44,8 @@ def test_spliced_handoff_gives_the_workers_file_from_held_or_stored_input(ctx: C
 
     assert handoff.read_wav(ctx, "job-1", held=held) == whole
     assert asked == ["job-1"]
+    # The web node's variant: the same bytes, as an array numpy copied without the GIL.
+    assert handoff.read_wav(ctx, "job-1", held=held, as_array=True).tobytes() == whole
     # No held copy (another web node, a worker's recovery): the GridFS copy of the input.
     assert handoff.read_wav(ctx, "job-1", held=lambda _j: None) == whole
     assert handoff.read_wav(ctx, "job-1") == whole

@@ -13,12 +13,14 @@ any other reader to the input's GridFS copy.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import numpy as np
 import redis
 
 from g4l import keys, wav_splice
@@ -63,17 +65,19 @@ class HandOff:
         block = wav_splice.SAMPLE_BYTES[self.splice.subtype] * self.splice.channels
         return span[1] // block / self.splice.sample_rate
 
-    def assemble(self, input_wav: bytes) -> bytes:
-        """The whole result WAV. :raises ValueError: ``input_wav`` cannot be the input
-        this hand-off was made from (not a plain WAV of the recorded format)."""
+    def assemble(self, input_wav: bytes, *, as_array: bool = False) -> bytes | np.ndarray:
+        """The whole result WAV; with ``as_array`` a ``uint8`` array built without holding
+        the GIL (:func:`g4l.wav_splice.splice_array`), for a web node's event loop.
+        :raises ValueError: ``input_wav`` cannot be the input this hand-off was made from
+        (not a plain WAV of the recorded format)."""
         if self.splice is None:
             return bytes(self.data)
         s = self.splice
         kept = wav_splice.without_tail(input_wav, channels=s.channels, subtype=s.subtype, drop_frames=s.drop_frames)
         if kept is None:
             raise ValueError("the held input is not a plain WAV; it cannot be spliced")
-        return wav_splice.splice(kept, self.data, sample_rate=s.sample_rate, channels=s.channels,
-                                 subtype=s.subtype)
+        join = wav_splice.splice_array if as_array else wav_splice.splice
+        return join(kept, self.data, sample_rate=s.sample_rate, channels=s.channels, subtype=s.subtype)
 
 
 def put_whole(r: redis.Redis, job_id: str, wav: bytes) -> None:
@@ -119,11 +123,12 @@ def _inline(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | None = None,
-             offload: Callable[..., Any] = _inline) -> bytes | None:
+             offload: Callable[..., Any] = _inline, as_array: bool = False) -> bytes | np.ndarray | None:
     """The whole result WAV of ``job_id`` from its hand-off, or None when there is none.
     A spliced one is joined to ``held(job_id)`` (the input in this process's memory) when
     that has it, else to the input's GridFS copy (waited for, briefly). The join (a copy
-    of tens of MB) runs through ``offload``; the store reads run in the caller.
+    of tens of MB) runs through ``offload``, as a ``uint8`` array with ``as_array``; the
+    store reads run in the caller.
     :raises KeyError: a spliced hand-off whose input is in neither place."""
     handoff = read(ctx.redis_bytes, job_id)
     if handoff is None:
@@ -133,4 +138,4 @@ def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | No
     input_wav = held(job_id) if held is not None else None
     if input_wav is None:
         input_wav = stored_input(ctx, handoff.splice.input_blob)
-    return offload(handoff.assemble, input_wav)
+    return offload(functools.partial(handoff.assemble, as_array=as_array), input_wav)

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 import gevent
+import numpy as np
 import orjson
 import pybase64
 import redis
@@ -136,7 +137,7 @@ class Relay:
     def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
         """Send a finished result to the room: progress 100, then the audio."""
         try:
-            wav = handoff.read_wav(self.ctx, job_id, held=self.service.held.pop, offload=offload)
+            wav = handoff.read_wav(self.ctx, job_id, held=self.service.held.pop, offload=offload, as_array=True)
         except (KeyError, ValueError):
             log.exception("joining the result to its input failed; reading the stored file",
                           session_id=session_id, job_id=job_id)
@@ -193,7 +194,7 @@ class Relay:
                                                                   "estimated_seconds")}, job.session_id)
 
 
-def audio_event_frames(event: str, wav: bytes, session_id: str) -> Frames:
+def audio_event_frames(event: str, wav: bytes | np.ndarray, session_id: str) -> Frames:
     """The Socket.IO text packet ``2["<event>",{"audio_data":"<base64>","session_id":...}]``
     in three parts, so the tens of MB of base64 are never copied into one string (the
     base64 alphabet needs no JSON escaping). Runs in the thread pool."""
