@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import gridfs
 import numpy as np
@@ -18,7 +19,8 @@ from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
 
 
-def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, mongo_db, redis_server) -> None:
+def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, mongo_db, redis_server,
+                                                        server) -> None:
     bang = client.bang(make_wav(30), model_name="debug", prompt_duration=6)
     info = wav_info(bang.audio)
     assert (info.samplerate, info.channels, info.subtype) == (48000, 2, "PCM_16")
@@ -28,11 +30,20 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
     assert bang.progress == sorted(bang.progress)
     assert bang.queue and bang.queue[0]["status"] in ("queued", "processing")
 
+    raw = redis_lib.Redis.from_url(redis_server.url)
+    spliced: list[bool] = []
+
+    def handed_off_spliced(result) -> None:
+        """Whether the worker handed back only the new audio (read before the key expires)."""
+        spliced.append(raw.get(f"g4l:result:{result.job_id}")[:len(handoff.MAGIC)] == handoff.MAGIC)
+
     sid = bang.session_id
     first = client.continue_(sid, bang.audio)
+    handed_off_spliced(first)
     assert first.session_id == sid
     assert wav_info(first.audio).duration == pytest.approx(54.0, abs=0.05)  # grows by 30 - 6
     second = client.continue_(sid, first.audio)
+    handed_off_spliced(second)
     assert wav_info(second.audio).duration == pytest.approx(78.0, abs=0.05)
     assert len(second.progress) >= 2 and second.progress[-1] == 100
 
@@ -43,6 +54,7 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
     np.testing.assert_allclose(out[:keep], head[:keep], atol=1e-4)
 
     retry = client.retry(sid)
+    handed_off_spliced(retry)
     # The retry used the second continue's INPUT (first.audio), not its output.
     assert wav_info(retry.audio).duration == pytest.approx(78.0, abs=0.05)
     redo, _ = read_wav(retry.audio)
@@ -51,6 +63,7 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
     crop = client.crop(sid, make_wav(40))
     assert crop["session_id"] == sid
     after_crop = client.continue_(sid)  # no audio_data: continue from the stored (cropped) audio
+    handed_off_spliced(after_crop)
     assert wav_info(after_crop.audio).duration == pytest.approx(64.0, abs=0.05)
 
     # Every version is a GridFS file with metadata. A result reaches the client before
@@ -73,10 +86,14 @@ def test_bang_continue_twice_retry_crop_continue_cleanup(client: DeviceClient, m
     by_version = {f["metadata"]["version"]: f for f in files if f["metadata"]["kind"] == "output"}
     for version, sent in ((1, bang), (2, first), (3, second), (4, retry), (6, after_crop)):
         assert bucket.open_download_stream(by_version[version]["_id"]).read() == sent.audio, version
-    raw = redis_lib.Redis.from_url(redis_server.url)
-    spliced = [raw.get(f"g4l:result:{r.job_id}")[:len(handoff.MAGIC)] == handoff.MAGIC
-               for r in (first, second, retry, after_crop)]
     assert spliced == [True, True, False, False]
+    # The spliced ones were joined to the upload the web node held, not read back from GridFS.
+    joined = {}
+    for line in (Path(server.env["G4L_DATA_DIR"]) / "server.log").read_text(errors="replace").splitlines():
+        if '"result delivered"' in line:
+            rec = json.loads(line)
+            joined[rec.get("job_id")] = rec.get("input")
+    assert [joined.get(r.job_id) for r in (first, second, retry)] == ["held", "held", None]
     latest = max((f for f in files if f["metadata"]["kind"] == "output"), key=lambda f: f["metadata"]["version"])
     assert bucket.open_download_stream(latest["_id"]).read() == after_crop.audio
 

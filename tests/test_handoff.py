@@ -75,11 +75,14 @@ def test_spliced_handoff_without_any_input_is_an_error_not_a_wrong_file(ctx: Con
 def test_held_inputs_stay_within_their_budget_and_age() -> None:
     held = HeldInputs(max_bytes=100, max_age_s=60)
     assert held.put("a", b"x" * 60) and held.put("b", b"y" * 30)
-    assert held.put("c", b"z" * 50)  # over budget: the oldest goes
-    assert held.get("a") is None and held.get("b") == b"y" * 30 and held.held_bytes == 80
+    # No room: not held (the held ones belong to jobs already told to splice).
+    assert held.put("c", b"z" * 50) is False and held.get("c") is None
+    assert held.get("a") == b"x" * 60 and held.get("b") == b"y" * 30 and held.held_bytes == 90
     assert held.put("huge", b"h" * 101) is False and held.get("huge") is None
-    assert held.pop("b") == b"y" * 30 and held.get("b") is None and held.held_bytes == 50
+    assert held.pop("a") == b"x" * 60 and held.get("a") is None and held.held_bytes == 30
+    assert held.put("c", b"z" * 50) and held.held_bytes == 80
     held.discard("c")
+    held.discard("b")
     assert held.held_bytes == 0
     assert HeldInputs(max_bytes=0).put("any", b"1") is False  # G4L_HELD_INPUTS_MB=0: off
 
@@ -88,3 +91,36 @@ def test_held_inputs_stay_within_their_budget_and_age() -> None:
     time.sleep(0.3)
     young.put("new", b"2")
     assert young.get("old") is None and young.get("new") == b"2" and young.held_bytes == 1
+
+
+def _finished_by_a_dead_worker(ctx: Context, blob_id: str, meta: dict):
+    """A job whose worker completed it, handed the result off, and died before the GridFS
+    write (its stream entry still pending, no heartbeat)."""
+    import json
+
+    from g4l.jobs.records import Job, new_job_id
+
+    session = ctx.sessions.create(status="queued")
+    job = Job(id=new_job_id(), kind="continue", session_id=session.id, model="debug", params={})
+    ctx.queue.enqueue(job)
+    claimed = ctx.queue.claim("ghost", block_ms=10)
+    assert claimed is not None and claimed.job_id == job.id
+    ctx.jobs.update(job.id, status="completed", output_blob=blob_id, output_meta=json.dumps(meta))
+    return job
+
+
+def test_recovery_stores_a_dead_workers_spliced_result_and_skips_a_broken_one(ctx: Context) -> None:
+    from g4l.jobs import lifecycle
+
+    source, result = _continue_result("PCM_16", 30.0)
+    input_blob = ctx.blobs.put(source, session_id="s", kind="input")
+    broken_blob, good_blob = ctx.blobs.new_id(), ctx.blobs.new_id()
+    broken = _finished_by_a_dead_worker(ctx, broken_blob, {"session_id": "s", "kind": "output"})
+    ctx.redis_bytes.set(keys.result(broken.id), handoff.MAGIC + b"\xff\xff\xff\x7fnot json")
+    good = _finished_by_a_dead_worker(ctx, good_blob, {"session_id": "s", "kind": "output"})
+    handoff.put_spliced(ctx.redis_bytes, good.id, result.new_wav,
+                        handoff.Splice(input_blob, result.drop_frames, 48_000, 2, "PCM_16"))
+    time.sleep(0.3)  # past worker_dead_after_s of the test settings
+    assert lifecycle.recover_orphans(ctx) == 2
+    assert ctx.blobs.get(good_blob) == result.wav()  # joined to the input's GridFS copy
+    assert not ctx.blobs.exists(broken_blob)  # logged as lost, and it did not stop the other

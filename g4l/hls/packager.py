@@ -209,13 +209,18 @@ class Packager:
         short-lived Redis hand-off if still there (a continue's new audio alone when that
         covers ``tail_s``), else GridFS."""
         deadline = time.monotonic() + RESULT_WAIT_S
+        usable = True
         while True:
-            held = handoff.read(self.ctx.redis_bytes, job_id)
-            if held is not None:
-                new_s = held.data_seconds()
-                if new_s is None or new_s + TAIL_SLACK_S >= tail_s:
-                    return bytes(held.data)
-                return held.assemble(handoff.stored_input(self.ctx, held.splice.input_blob))
+            try:
+                held = handoff.read(self.ctx.redis_bytes, job_id) if usable else None
+                if held is not None:
+                    new_s = held.data_seconds()
+                    if new_s is None or new_s + TAIL_SLACK_S >= tail_s:
+                        return bytes(held.data)
+                    return held.assemble(handoff.stored_input(self.ctx, held.splice.input_blob))
+            except (KeyError, ValueError):  # unreadable, or its input gone: the stored file
+                log.warning("result hand-off unusable; waiting for the stored file", job_id=job_id)
+                usable = False
             try:
                 return self.ctx.blobs.get(blob_id)
             except KeyError:

@@ -93,16 +93,20 @@ def put_spliced(r: redis.Redis, job_id: str, new_wav: bytes, splice: Splice) -> 
 
 
 def read(r: redis.Redis, job_id: str) -> HandOff | None:
-    """The hand-off of ``job_id``, or None once it expired (GridFS has the file then)."""
+    """The hand-off of ``job_id``, or None once it expired (GridFS has the file then).
+    :raises ValueError: a spliced hand-off that cannot be parsed."""
     raw = r.get(keys.result(job_id))
     if raw is None:
         return None
     if not raw.startswith(MAGIC):
         return HandOff(raw)
     at = len(MAGIC)
-    (size,) = struct.unpack_from("<I", raw, at)
-    recipe = json.loads(raw[at + 4 : at + 4 + size])
-    return HandOff(memoryview(raw)[at + 4 + size :], Splice(**recipe))
+    try:
+        (size,) = struct.unpack_from("<I", raw, at)
+        splice = Splice(**json.loads(raw[at + 4 : at + 4 + size]))
+    except (struct.error, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed result hand-off: {exc}") from None
+    return HandOff(memoryview(raw)[at + 4 + size :], splice)
 
 
 def stored_input(ctx: Context, blob_id: str, wait_s: float | None = None) -> bytes:
@@ -123,13 +127,16 @@ def _inline(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | None = None,
-             offload: Callable[..., Any] = _inline, as_array: bool = False) -> bytes | np.ndarray | None:
+             offload: Callable[..., Any] = _inline, as_array: bool = False,
+             input_wait_s: float | None = None) -> bytes | np.ndarray | None:
     """The whole result WAV of ``job_id`` from its hand-off, or None when there is none.
     A spliced one is joined to ``held(job_id)`` (the input in this process's memory) when
     that has it, else to the input's GridFS copy (waited for, briefly). The join (a copy
     of tens of MB) runs through ``offload``, as a ``uint8`` array with ``as_array``; the
     store reads run in the caller.
-    :raises KeyError: a spliced hand-off whose input is in neither place."""
+    :raises KeyError: a spliced hand-off whose input is in neither place (after
+        ``input_wait_s``, default :data:`INPUT_WAIT_S`).
+    :raises ValueError: a malformed hand-off, or an input it cannot be joined to."""
     handoff = read(ctx.redis_bytes, job_id)
     if handoff is None:
         return None
@@ -137,5 +144,5 @@ def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | No
         return bytes(handoff.data) if isinstance(handoff.data, memoryview) else handoff.data
     input_wav = held(job_id) if held is not None else None
     if input_wav is None:
-        input_wav = stored_input(ctx, handoff.splice.input_blob)
+        input_wav = stored_input(ctx, handoff.splice.input_blob, input_wait_s)
     return offload(functools.partial(handoff.assemble, as_array=as_array), input_wav)

@@ -16,6 +16,10 @@ from g4l.log import get_logger
 
 log = get_logger(__name__)
 
+#: How long recovery waits for a spliced result's input in GridFS (it runs in a worker's
+#: job loop; the input is normally stored long before).
+ORPHAN_INPUT_WAIT_S = 2.0
+
 
 def started(ctx: Context, job: Job, worker: str) -> None:
     """The worker took the job."""
@@ -76,7 +80,10 @@ def recover_orphans(ctx: Context) -> int:
     handled = 0
     for claimed, consumer in ctx.queue.orphans(alive, min_idle_ms):
         handled += 1
-        _recover_one(ctx, claimed, consumer)
+        try:
+            _recover_one(ctx, claimed, consumer)
+        except Exception:  # left pending for the next pass; the other orphans go on
+            log.exception("recovering a job failed", job_id=claimed.job_id, dead_worker=consumer)
     return handled
 
 
@@ -86,8 +93,9 @@ def _store_orphan_result(ctx: Context, job: Job) -> None:
     if not job.output_blob or ctx.blobs.exists(job.output_blob):
         return
     try:
-        data = handoff.read_wav(ctx, job.id)
-    except KeyError:  # a spliced hand-off whose input never reached GridFS
+        data = handoff.read_wav(ctx, job.id, input_wait_s=ORPHAN_INPUT_WAIT_S)
+    except Exception:  # unreadable, or spliced with its input gone: logged as lost below
+        log.exception("reading a dead worker's result failed", job_id=job.id, session_id=job.session_id)
         data = None
     meta = ctx.redis.hget(keys.job(job.id), "output_meta")
     if data is None or not meta:

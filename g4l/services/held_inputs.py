@@ -2,8 +2,10 @@
 
 With the input at hand, the worker needs to send back only the new audio
 (:mod:`g4l.jobs.handoff`); the node joins it to the client's own bytes. Memory is bounded
-by a byte budget and an age limit: an input that does not fit, or was dropped, is read
-from GridFS instead, so this is a speed-up and never the only copy.
+by a byte budget and an age limit. An input that does not fit is not held (its job's
+result then comes back whole): evicting an older one instead would make its job, already
+told to send only new audio, read the input back from GridFS. One that was dropped anyway
+(age, a restart) is read from GridFS, so this is a speed-up and never the only copy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import OrderedDict
 
 
 class HeldInputs:
-    """Job id -> input WAV bytes, oldest dropped first once ``max_bytes`` is reached."""
+    """Job id -> input WAV bytes, at most ``max_bytes`` of them, each at most ``max_age_s``."""
 
     def __init__(self, max_bytes: int, max_age_s: float = 3600.0) -> None:
         self.max_bytes = max_bytes
@@ -28,14 +30,12 @@ class HeldInputs:
         return self._bytes
 
     def put(self, job_id: str, wav: bytes) -> bool:
-        """Hold ``wav`` for ``job_id``; False (nothing held) when it is over the budget."""
-        if len(wav) > self.max_bytes:
-            return False
+        """Hold ``wav`` for ``job_id``; False (nothing held) when the budget has no room."""
         with self._lock:
             self._drop(job_id)
             self._expire(time.monotonic())
-            while self._items and self._bytes + len(wav) > self.max_bytes:
-                self._drop(next(iter(self._items)))
+            if self._bytes + len(wav) > self.max_bytes:
+                return False
             self._items[job_id] = (time.monotonic(), wav)
             self._bytes += len(wav)
         return True

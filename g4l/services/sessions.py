@@ -144,8 +144,13 @@ class SessionService:
                                  **self._session_params(params))
         return self._submit("bang", session_id, job_id, params, upload=upload, owner=owner)
 
-    def continue_(self, req: ContinueMusicRequest, client: str, owner: str | None = None) -> Accepted:
-        """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio."""
+    def continue_(self, req: ContinueMusicRequest, client: str, owner: str | None = None, *,
+                  hold_input: bool = False) -> Accepted:
+        """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio.
+
+        :param hold_input: keep the upload in this process until the result is sent, so
+            only the new audio comes back through Redis: for a caller whose result this
+            node delivers (a socket here), not for one that polls for it."""
         session = self._require(req.session_id, owner) if req.session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
@@ -166,7 +171,8 @@ class SessionService:
             self.ctx.sessions.begin_job(session_id, job_id)
             self.ctx.sessions.update(session_id, **self._session_params(params))
         if upload is not None:
-            return self._submit("continue", session_id, job_id, params, upload=upload, owner=owner)
+            return self._submit("continue", session_id, job_id, params, upload=upload, owner=owner,
+                                hold=hold_input)
         return self._submit("continue", session_id, job_id, params, input_blob=session["current_blob"],
                             owner=owner)
 
@@ -318,8 +324,8 @@ class SessionService:
         return session_id
 
     def _submit(self, kind: str, session_id: str, job_id: str, params: dict[str, Any], *,
-                upload: Upload | None = None, input_blob: str | None = None, owner: str | None = None
-                ) -> Accepted:
+                upload: Upload | None = None, input_blob: str | None = None, owner: str | None = None,
+                hold: bool = False) -> Accepted:
         """Store what the job needs and queue it. With a fresh upload, only the small
         prompt window is stored before queueing; the full file is written while the
         model runs (the worker needs it only to assemble the result)."""
@@ -333,7 +339,7 @@ class SessionService:
                 self.ctx.redis_bytes.set(keys.prompt(job_id), prompt_wav, ex=PROMPT_TTL_S)
                 input_blob = self.ctx.blobs.new_id()
                 # Holding the upload here lets the worker send back only the new audio.
-                if kind != "bang" and self.held.put(job_id, upload.wav):
+                if hold and kind != "bang" and self.held.put(job_id, upload.wav):
                     job_params["splice_handoff"] = True
             else:
                 job_params.update(self._stored_format(session_id, input_blob or ""))

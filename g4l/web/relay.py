@@ -136,8 +136,15 @@ class Relay:
 
     def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
         """Send a finished result to the room: progress 100, then the audio."""
+        joined: list[str] = []  # where a spliced result's input came from (for the log)
+
+        def held_input(held_job: str) -> bytes | None:
+            wav = self.service.held.pop(held_job)
+            joined.append("held" if wav is not None else "stored")
+            return wav
+
         try:
-            wav = handoff.read_wav(self.ctx, job_id, held=self.service.held.pop, offload=offload, as_array=True)
+            wav = handoff.read_wav(self.ctx, job_id, held=held_input, offload=offload, as_array=True)
         except (KeyError, ValueError):
             log.exception("joining the result to its input failed; reading the stored file",
                           session_id=session_id, job_id=job_id)
@@ -163,7 +170,8 @@ class Relay:
                 self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
             except Exception:  # runs in a socket's writer: never let it end the connection
                 log.exception("marking a result delivered failed", session_id=session_id, job_id=job_id)
-            log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav))
+            log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav),
+                     input=joined[0] if joined else None)
 
         frames = dataclasses.replace(frames, on_sent=mark_delivered)
         self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)

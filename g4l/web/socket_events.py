@@ -97,7 +97,8 @@ def register(socketio: SocketIO, service: SessionService, relay: Relay) -> None:
         req = parse_payload(raw, ContinueMusicRequest)
         if req.session_id:
             _join_owned(req.session_id)
-        accepted(service.continue_(req, _client_key(), owner=_client_key()))
+        # The result comes back through this node's socket: it holds the upload meanwhile.
+        accepted(service.continue_(req, _client_key(), owner=_client_key(), hold_input=True))
 
     @socketio.on(events.RETRY_MUSIC)
     @_adapter(events.RETRY_MUSIC)

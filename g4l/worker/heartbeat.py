@@ -28,15 +28,21 @@ class Heartbeat:
         self.describe = describe
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        # describe() and the write happen together: a tick that read the old state can
+        # not land after a refresh() that wrote the new one.
+        self._write_lock = threading.Lock()
         self.started = time.time()
 
     def beat(self) -> None:
-        info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "started": self.started, "at": time.time(), **self.describe()}
-        with self.r.pipeline() as p:
-            p.set(keys.worker(self.name), json.dumps(info), px=int(self.ttl * 1000))
-            p.sadd(keys.WORKERS, self.name)
-            p.execute()
+        with self._write_lock:
+            if self._stop.is_set():
+                return  # stopped: the key is gone for good
+            info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                    "started": self.started, "at": time.time(), **self.describe()}
+            with self.r.pipeline() as p:
+                p.set(keys.worker(self.name), json.dumps(info), px=int(self.ttl * 1000))
+                p.sadd(keys.WORKERS, self.name)
+                p.execute()
 
     def refresh(self) -> None:
         """Beat now because what ``describe`` returns changed; a Redis error is left to
@@ -55,11 +61,12 @@ class Heartbeat:
             self.refresh()  # a missed beat is retried next tick; recovery tolerates one
 
     def stop(self) -> None:
-        self._stop.set()
-        try:
-            with self.r.pipeline() as p:
-                p.delete(keys.worker(self.name))
-                p.srem(keys.WORKERS, self.name)
-                p.execute()
-        except redis.RedisError:
-            pass
+        with self._write_lock:
+            self._stop.set()
+            try:
+                with self.r.pipeline() as p:
+                    p.delete(keys.worker(self.name))
+                    p.srem(keys.WORKERS, self.name)
+                    p.execute()
+            except redis.RedisError:
+                pass

@@ -172,12 +172,15 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWr
         # The client gets the result from a short-lived Redis key while GridFS stores it
         # (the slowest step for big files). The stream entry is acknowledged only after
         # the GridFS write, so if this worker dies in between, recovery stores the key.
+        build_wav: Callable[[], bytes] = result.wav  # the splice runs in the writer's thread
         if result.kept is not None and p.get("splice_handoff") and job.input_blob:
             # The web node holds this input: only the new audio travels.
             handoff.put_spliced(ctx.redis_bytes, job.id, result.new_wav, handoff.Splice(
                 job.input_blob, result.drop_frames, fmt.sample_rate, fmt.channels, audio.wav_subtype(fmt.subtype)))
         else:
-            handoff.put_whole(ctx.redis_bytes, job.id, result.wav())
+            whole = result.wav()
+            handoff.put_whole(ctx.redis_bytes, job.id, whole)
+            build_wav = lambda: whole  # noqa: E731  (built once)
         ctx.jobs.update(job.id, output_meta=json.dumps(meta))
         post_seconds = time.perf_counter() - started
         _completed(ctx, job, blob_id, version, fmt, model_seconds=round(model_seconds, 3),
@@ -186,10 +189,10 @@ def _run_session_job(ctx: Context, cache: ModelCache, job: Job, writer: ResultWr
                    output_seconds=round(frames / fmt.sample_rate, 2))
         if writer is not None and claimed is not None:
             ctx.queue.release(job.id)  # no longer running; the entry stays until the write
-            writer.submit(PendingWrite(job, claimed, blob_id, result.wav, meta))
+            writer.submit(PendingWrite(job, claimed, blob_id, build_wav, meta))
             return True
         stored = time.perf_counter()
-        ctx.blobs.put(result.wav(), blob_id=blob_id, **meta)
+        ctx.blobs.put(build_wav(), blob_id=blob_id, **meta)
         store_seconds = time.perf_counter() - stored
         ctx.jobs.update(job.id, store_seconds=round(store_seconds, 3))
     except Cancelled:
