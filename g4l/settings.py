@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = ["thepatch/vanya_ai_dnb_0.1"]
     default_model: str | None = None
     workers: int = 1
-    torch_threads: int = 0  # 0: let torch decide
+    torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
     device: str = "auto"  # auto | cpu | cuda
 

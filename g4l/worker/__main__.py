@@ -36,9 +36,15 @@ def main() -> None:
     from g4l.engine.musicgen import disable_mkldnn
 
     disable_mkldnn()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     cache = ModelCache(settings.models, settings.device)
+    threads = settings.torch_threads
+    if not threads and cache.device == "cpu":
+        # A CPU worker shares the machine with the web process and the stores: leaving
+        # them a core keeps sockets answering, and on a busy 2-core box the model even
+        # finishes sooner than with two threads fighting everything else.
+        threads = max(1, (os.cpu_count() or 1) - 1)
+    if threads:
+        torch.set_num_threads(threads)
     if cache.device == "cpu" and settings.worker_nice:
         # On a CPU box the model competes with the web process for cores: let the web win,
         # so sockets stay responsive while a generation runs.
