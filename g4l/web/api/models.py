@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from plugin_protocol import payloads
 from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN
 
 #: A hard ceiling of the schema; the operator's ``G4L_MAX_GENERATE_SECONDS`` is applied on
@@ -178,13 +179,10 @@ class AudioBody(_Request):
     audio_data: str = Field(min_length=1, description="base64 WAV", json_schema_extra=_AUDIO)
 
 
-class QueueStatus(_Response):
-    message: str
-    position: int
-    total_queued: int
-    estimated_seconds: float
-    status: Literal["queued", "warming", "processing", "ready"]
-    session_id: str
+class QueueStatus(payloads.QueueStatus):
+    """The device protocol's ``queue_status`` payload, as the HTTP twins return it."""
+
+    model_config = _Response.model_config
 
 
 class SessionLinks(_Response):
