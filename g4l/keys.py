@@ -92,6 +92,11 @@ def rate_log(client: str) -> str:
     return f"{PREFIX}:ratelog:{client}"
 
 
+def owner_stations(owner: str) -> str:
+    """Set of the station ids an owner started (its per-key quota counts the running ones)."""
+    return f"{PREFIX}:owner:{owner}:stations"
+
+
 def owner_jobs(owner: str) -> str:
     """Sorted set of an owner's (API key hash or IP) recent job ids, by creation time."""
     return f"{PREFIX}:owner:{owner}:jobs"

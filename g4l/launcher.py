@@ -18,7 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from g4l import embedded, log as logging_setup
+from g4l import embedded
+from g4l import log as logging_setup
 from g4l.log import get_logger
 from g4l.settings import get_settings
 
@@ -96,9 +97,9 @@ def main() -> int:
         return 0
     finally:
         for name in ["web", *[n for n in children if n != "web"]]:
-            proc = children.get(name)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            child = children.get(name)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
         for name, proc in children.items():
             try:
                 proc.wait(60 if name.startswith("worker") else 15)

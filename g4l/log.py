@@ -15,7 +15,7 @@ def configure(level: str = "INFO", fmt: str = "json", process: str = "g4l") -> N
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

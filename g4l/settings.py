@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
-from pydantic import Field, field_validator
 from typing import Annotated
 
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -66,6 +65,7 @@ class Settings(BaseSettings):
 
     # HTTP API and access control (docs/http-api.md).
     api_keys: Annotated[list[str], NoDecode] = []  # comma-separated; empty: no key needed anywhere
+    operator_keys: Annotated[list[str], NoDecode] = []  # keys that may also run operator actions
     docs_public: bool = False  # serve /api/v1/docs and /api/v1/openapi.json without a key
     max_generate_seconds: float = 120.0  # longest ``duration`` POST /api/v1/generate accepts
     max_json_kb: int = 64  # body limit of HTTP routes that carry no audio
@@ -85,11 +85,12 @@ class Settings(BaseSettings):
     station_low_buffer_s: float = 12.0  # below this a station reports buffer_health "low"
     station_prompt_seconds: float = 6.0  # how much of its own audio a station continues from
     max_stations: int = 4
+    stations_per_key: int = 2  # stations one API key may run at once (keys on)
 
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 
-    @field_validator("models", "api_keys", mode="before")
+    @field_validator("models", "api_keys", "operator_keys", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         # G4L_MODELS and G4L_API_KEYS are comma-separated lists, not JSON.
@@ -101,6 +102,11 @@ class Settings(BaseSettings):
     def model_default(self) -> str:
         """The model used when a request names none."""
         return self.default_model or self.models[0]
+
+    @property
+    def keys_enabled(self) -> bool:
+        """Whether API keys are configured (then every route but /health* needs one)."""
+        return bool(self.api_keys or self.operator_keys)
 
     @property
     def cors_list(self) -> str | list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 _DECODER = json.JSONDecoder()
@@ -68,6 +69,7 @@ def _put_back(value: Any, originals: dict[str, tuple[int, int]], text: str) -> i
     stack = [value]
     while stack:
         node = stack.pop()
+        items: Iterable[tuple[Any, Any]]
         if isinstance(node, dict):
             items = node.items()
         elif isinstance(node, list):

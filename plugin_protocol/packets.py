@@ -37,7 +37,9 @@ class FastPacket(packet.Packet):
         end = len(ep)
         i = 1
         attachment_count = 0
-        digits_end = _DIGITS.match(ep, i).end()
+        digits = _DIGITS.match(ep, i)
+        assert digits is not None  # the pattern matches the empty string
+        digits_end = digits.end()
         if digits_end > i and ep[digits_end:digits_end + 1] == "-":
             if digits_end - i > 10:
                 raise ValueError("too many attachments")

@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 PROMPT_SECONDS_MIN = 1
 PROMPT_SECONDS_MAX = 15
 
+#: The generation parameters of bang, continue and retry (a session remembers them).
+PARAM_FIELDS = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
+#: Those of them that set the sampler.
+SAMPLING_FIELDS = ("top_k", "top_p", "temperature", "cfg_coef")
+
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -69,8 +74,7 @@ class GenerationParams(_Payload):
 
     def given(self) -> dict[str, object]:
         """Only the parameters the client actually sent (the rest fall back to the session's)."""
-        fields = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
-        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in PARAM_FIELDS if getattr(self, k) is not None}
 
 
 class ProcessAudioRequest(GenerationParams):

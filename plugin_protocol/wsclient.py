@@ -10,7 +10,6 @@ frames, locking) is websocket-client's own.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
@@ -56,7 +55,7 @@ class FastWebSocket(websocket.WebSocket):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.frame_buffer.recv_strict = self._recv_strict  # type: ignore[method-assign]
+        self.frame_buffer.recv_strict = self._recv_strict  # type: ignore[method-assign,assignment]
 
     def send_frame(self, frame: websocket.ABNF) -> int:
         if self.get_mask_key:
@@ -66,7 +65,7 @@ class FastWebSocket(websocket.WebSocket):
         view = memoryview(data)
         with self.lock:
             while view:
-                sent = self._send(view)
+                sent = self._send(view)  # type: ignore[arg-type]  # a buffer is all a socket needs
                 view = view[sent:]
         return len(data)
 
@@ -87,7 +86,7 @@ class FastWebSocket(websocket.WebSocket):
         while got < size:
             try:
                 n = self.sock.recv_into(view[got:], min(size - got, RECV_CHUNK))
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise websocket.WebSocketTimeoutException(str(exc)) from None
             if n == 0:
                 raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")

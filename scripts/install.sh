@@ -20,6 +20,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_pkgs=(redis-server ffmpeg)
 [ "$mode" = test ] && apt_pkgs+=(chromium)
+# The device harness (tests/device) is Node's socket.io-client, as the Max4Live device uses.
+[ "$mode" = test ] && ! command -v node >/dev/null && apt_pkgs+=(nodejs npm)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,4 +45,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" install -c scripts/constraints.txt -e ".[$extras]"
   "${pip[@]}" install -c scripts/constraints.txt --no-deps audiocraft==1.3.0
   echo "$want" > "$stamp"
+fi
+
+if [ "$mode" = test ] && [ ! -d tests/device/node_modules/socket.io-client ]; then
+  (cd tests/device && npm ci --no-audit --no-fund --loglevel=error)
 fi

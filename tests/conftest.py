@@ -177,3 +177,15 @@ def ctx(redis_server, mongo_server):
     yield c
     c.redis.flushdb()
     c.blobs.client.drop_database(settings.mongo_db)
+
+
+# ---------------------------------------------------------------- lanes
+#: Fixtures that start the whole server (launcher, worker, packager): tests that use one
+#: are the slow lane. ``scripts/test -m "not slow"`` runs the rest in about a minute.
+SERVER_FIXTURES = {"server", "client", "api", "hls", "own_stores"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -3,6 +3,7 @@ input a web node holds or to its GridFS copy, gives exactly the worker's file.""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,15 +12,23 @@ import pytest
 from conftest import make_wav
 from g4l import keys
 from g4l.context import Context
-from g4l.jobs import handoff
+from g4l.jobs import delivery, handoff
+from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt
 from g4l.services.held_inputs import HeldInputs
-from g4l.worker.generation import ClientFormat, build_result
+from g4l.worker.assembly import build_result
+
+
+def continue_spec(subtype: str, prompt_s: float = 6.0) -> GenerationSpec:
+    """A continue's spec: 48 kHz stereo in ``subtype``, spliced after ``prompt_s``."""
+    return GenerationSpec(model="debug", prompt=Prompt(seconds=prompt_s, end="tail"), output_seconds=30.0,
+                          output=AudioFormat(sample_rate=48_000, channels=2, subtype=subtype),
+                          assembly=Assembly.SPLICE)
 
 
 def _continue_result(subtype: str = "FLOAT", seconds: float = 40.0):
     source = make_wav(seconds, subtype=subtype)
     output = np.random.default_rng(7).uniform(-0.5, 0.5, (1, 32_000 * 10)).astype(np.float32)
-    result = build_result("continue", output, 32_000, ClientFormat(48_000, 2, subtype), source, 6.0)
+    result = build_result(continue_spec(subtype), output, 32_000, source)
     assert result.kept is not None  # a plain WAV of a spliceable format
     return source, result
 
@@ -42,34 +51,42 @@ def test_spliced_handoff_gives_the_workers_file_from_held_or_stored_input(ctx: C
         asked.append(job_id)
         return source
 
-    assert handoff.read_wav(ctx, "job-1", held=held) == whole
+    assert delivery.read_result(ctx, "job-1", None, held=held) == whole
     assert asked == ["job-1"]
     # The web node's variant: the same bytes, as an array numpy copied without the GIL.
-    assert handoff.read_wav(ctx, "job-1", held=held, as_array=True).tobytes() == whole
+    assert delivery.read_result(ctx, "job-1", None, held=held, as_array=True).tobytes() == whole
     # No held copy (another web node, a worker's recovery): the GridFS copy of the input.
-    assert handoff.read_wav(ctx, "job-1", held=lambda _j: None) == whole
-    assert handoff.read_wav(ctx, "job-1") == whole
+    assert delivery.read_result(ctx, "job-1", None, held=lambda _j: None) == whole
+    assert delivery.read_result(ctx, "job-1", None) == whole
+    # A reader that needs only the tail (the HLS packager) gets the new audio alone.
+    assert delivery.read_result(ctx, "job-1", None, tail_s=10.0) == result.new_wav
+    assert delivery.read_result(ctx, "job-1", None, tail_s=20.0) == whole
 
 
 def test_whole_handoff_and_expired_handoff(ctx: Context) -> None:
     _source, result = _continue_result("PCM_24", 20.0)
     handoff.put_whole(ctx.redis_bytes, "job-2", result.wav())
     assert handoff.read(ctx.redis_bytes, "job-2").data_seconds() is None
-    assert handoff.read_wav(ctx, "job-2", held=lambda _j: pytest.fail("a whole hand-off needs no input")) \
-        == result.wav()
-    assert handoff.read_wav(ctx, "no-such-job") is None
+    assert delivery.read_result(ctx, "job-2", None,
+                                held=lambda _j: pytest.fail("a whole hand-off needs no input")) == result.wav()
+    assert delivery.read_result(ctx, "no-such-job", None) is None
+    # Gone from Redis: the stored file, waited for while its writer is still at it.
+    blob_id = ctx.blobs.new_id()
+    threading.Timer(0.3, lambda: ctx.blobs.put(b"RIFF-stored", session_id="s", kind="output",
+                                               blob_id=blob_id)).start()
+    assert delivery.read_result(ctx, "no-such-job", blob_id, stored_wait_s=5.0) == b"RIFF-stored"
+    assert delivery.read_result(ctx, "no-such-job", ctx.blobs.new_id(), stored_wait_s=0.2) is None
 
 
-def test_spliced_handoff_without_any_input_is_an_error_not_a_wrong_file(ctx: Context, monkeypatch) -> None:
+def test_spliced_handoff_without_any_input_falls_back_to_the_stored_file_never_a_wrong_one(ctx: Context) -> None:
     _source, result = _continue_result()
     handoff.put_spliced(ctx.redis_bytes, "job-3", result.new_wav,
                         handoff.Splice(ctx.blobs.new_id(), result.drop_frames, 48_000, 2, "FLOAT"))
-    monkeypatch.setattr(handoff, "INPUT_WAIT_S", 0.3)
-    with pytest.raises(KeyError):
-        handoff.read_wav(ctx, "job-3")
-    # A held "input" that is not a WAV is refused too.
-    with pytest.raises(ValueError):
-        handoff.read_wav(ctx, "job-3", held=lambda _j: b"not a wav at all")
+    # No input anywhere and no stored result: nothing, rather than the new audio alone.
+    assert delivery.read_result(ctx, "job-3", ctx.blobs.new_id(), input_wait_s=0.3, stored_wait_s=0.1) is None
+    # A held "input" that is not a WAV is refused too: the stored result is read instead.
+    stored = ctx.blobs.put(result.wav(), session_id="s", kind="output")
+    assert delivery.read_result(ctx, "job-3", stored, held=lambda _j: b"not a wav at all") == result.wav()
 
 
 def test_held_inputs_stay_within_their_budget_and_age() -> None:
@@ -98,19 +115,19 @@ def _finished_by_a_dead_worker(ctx: Context, blob_id: str, meta: dict):
     write (its stream entry still pending, no heartbeat)."""
     import json
 
-    from g4l.jobs.records import Job, new_job_id
+    from g4l.jobs.records import Job, JobStatus, new_job_id
 
     session = ctx.sessions.create(status="queued")
-    job = Job(id=new_job_id(), kind="continue", session_id=session.id, model="debug", params={})
+    job = Job(id=new_job_id(), kind="continue", session_id=session.id, spec=continue_spec("PCM_16"))
     ctx.queue.enqueue(job)
     claimed = ctx.queue.claim("ghost", block_ms=10)
     assert claimed is not None and claimed.job_id == job.id
-    ctx.jobs.update(job.id, status="completed", output_blob=blob_id, output_meta=json.dumps(meta))
+    ctx.jobs.update(job.id, status=JobStatus.COMPLETED, output_blob=blob_id, output_meta=json.dumps(meta))
     return job
 
 
 def test_recovery_stores_a_dead_workers_spliced_result_and_skips_a_broken_one(ctx: Context) -> None:
-    from g4l.jobs import lifecycle
+    from g4l.jobs import recovery
 
     source, result = _continue_result("PCM_16", 30.0)
     input_blob = ctx.blobs.put(source, session_id="s", kind="input")
@@ -121,6 +138,6 @@ def test_recovery_stores_a_dead_workers_spliced_result_and_skips_a_broken_one(ct
     handoff.put_spliced(ctx.redis_bytes, good.id, result.new_wav,
                         handoff.Splice(input_blob, result.drop_frames, 48_000, 2, "PCM_16"))
     time.sleep(0.3)  # past worker_dead_after_s of the test settings
-    assert lifecycle.recover_orphans(ctx) == 2
+    assert recovery.recover_orphans(ctx) == 2
     assert ctx.blobs.get(good_blob) == result.wav()  # joined to the input's GridFS copy
     assert not ctx.blobs.exists(broken_blob)  # logged as lost, and it did not stop the other

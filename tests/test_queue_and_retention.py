@@ -9,20 +9,22 @@ import pytest
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import Busy, QueueFull
-from g4l.jobs import lifecycle, notices
-from g4l.jobs.records import Job, new_job_id
+from g4l.jobs import lifecycle, notices, recovery
+from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
+from g4l.jobs.spec import GenerationSpec
 from g4l.store import retention
 
 
-def _job(ctx: Context, priority: str = "interactive") -> Job:
+def _job(ctx: Context, priority: Priority = Priority.INTERACTIVE) -> Job:
     session = ctx.sessions.create(status="queued")
-    job = Job(id=new_job_id(), kind="bang", session_id=session.id, model="debug", params={}, priority=priority)
+    job = Job(id=new_job_id(), kind="bang", session_id=session.id, spec=GenerationSpec(model="debug", output_seconds=30),
+              priority=priority)
     ctx.sessions.update(session.id, job_id=job.id)
     return job
 
 
 def test_interactive_jobs_go_before_background_and_positions_follow(ctx: Context) -> None:
-    station = _job(ctx, "background")
+    station = _job(ctx, Priority.BACKGROUND)
     ctx.queue.enqueue(station)
     first, second = _job(ctx), _job(ctx)
     ctx.queue.enqueue(first)
@@ -31,6 +33,7 @@ def test_interactive_jobs_go_before_background_and_positions_follow(ctx: Context
     assert ctx.queue.position(second.id).position == 2
     assert ctx.queue.position(station.id).position == 3
     taken = [ctx.queue.claim("w1", block_ms=10) for _ in range(3)]
+    assert ctx.queue.interactive_waiting() == 2
     assert [t.job_id for t in taken] == [first.id, second.id, station.id]
     assert ctx.queue.claim("w1", block_ms=10) is None
 
@@ -59,13 +62,16 @@ def test_dead_workers_job_is_requeued_then_failed_after_its_attempts(ctx: Contex
     for attempt in (1, 2):
         claimed = ctx.queue.claim("ghost", block_ms=10)  # a worker with no heartbeat
         assert claimed is not None and claimed.job_id == job.id
-        lifecycle.started(ctx, ctx.jobs.get(job.id), "ghost")
+        lifecycle.start(ctx, ctx.jobs.get(job.id), "ghost", claimed)
+        assert ctx.sessions.get(job.session_id).status == "running" and ctx.queue.running() == 1
         time.sleep(0.3)
-        assert lifecycle.recover_orphans(ctx) == 1
+        assert recovery.recover_orphans(ctx) == 1
         state = ctx.jobs.get(job.id)
         if attempt == 1:
-            assert state.status == "queued" and ctx.queue.position(job.id).position == 1
-    assert state.status == "failed" and state.error_code == "GENERATION_FAILED"
+            assert state.status is JobStatus.QUEUED and ctx.queue.position(job.id).position == 1
+            assert ctx.sessions.get(job.session_id).status == "queued"
+    assert state.status is JobStatus.FAILED and state.error_code == "GENERATION_FAILED"
+    assert ctx.queue.running() == 0 and ctx.queue.depth() == 0
     session = ctx.sessions.get(job.session_id)
     assert session.status == "idle" and session["error_code"] == "GENERATION_FAILED"
     seen = []
@@ -84,7 +90,7 @@ def test_live_workers_jobs_are_left_alone(ctx: Context) -> None:
     ctx.redis.sadd(keys.WORKERS, "alive")
     ctx.queue.claim("alive", block_ms=10)
     time.sleep(0.3)
-    assert lifecycle.recover_orphans(ctx) == 0
+    assert recovery.recover_orphans(ctx) == 0
 
 
 def test_retention_sweeps_audio_of_expired_sessions_only(ctx: Context) -> None:
@@ -93,7 +99,7 @@ def test_retention_sweeps_audio_of_expired_sessions_only(ctx: Context) -> None:
     gone = ctx.blobs.put(b"RIFF-gone", session_id="expired-session", kind="input")
     ctx.settings.retention_hours = 0.5 / 3600  # half a second
     time.sleep(1.2)
-    assert retention.sweep(ctx) == 1
+    assert retention.sweep(ctx.blobs, ctx.sessions, ctx.settings.retention_seconds) == 1
     assert ctx.blobs.exists(kept) and not ctx.blobs.exists(gone)
 
 

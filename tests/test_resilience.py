@@ -155,6 +155,7 @@ def test_health_shape_and_cors(server) -> None:
     assert status == 200 and ready["status"] == "ready"
 
 
+@pytest.mark.slow
 def test_serve_with_embedded_stores_survives_a_restart(tmp_path) -> None:
     """What scripts/serve runs: embedded Redis + store, durable under G4L_DATA_DIR."""
     data = tmp_path / "data"

@@ -10,9 +10,20 @@ import soundfile as sf
 from conftest import make_wav, read_wav, wav_info
 
 from g4l import audio, wav_splice
-from g4l.worker.generation import ClientFormat, result_wav
+from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt
+from g4l.worker.assembly import build_result
 
 SUBTYPES = sorted(wav_splice.SAMPLE_BYTES)
+
+
+def result_wav(output: np.ndarray, engine_rate: int, rate: int, channels: int, subtype: str, source: bytes,
+               prompt_s: float) -> tuple[bytes, int]:
+    """A continue's result file and its length in frames."""
+    spec = GenerationSpec(model="debug", prompt=Prompt(seconds=prompt_s), output_seconds=30.0,
+                          output=AudioFormat(sample_rate=rate, channels=channels, subtype=subtype),
+                          assembly=Assembly.SPLICE)
+    result = build_result(spec, output, engine_rate, source)
+    return result.wav(), result.frames
 
 
 def _noise(frames: int, channels: int, seed: int = 1) -> np.ndarray:
@@ -75,10 +86,9 @@ def test_continue_result_matches_the_decoded_join(subtype) -> None:
     """result_wav's byte path gives what decoding, joining and encoding gives (and keeps
     the kept part exact where the decode/encode round trip could not)."""
     rate, engine_rate, prompt_s = 44_100, 32_000, 1.5
-    fmt = ClientFormat(rate, 2, subtype)
     source = make_wav(3.0, rate, 2, subtype)
     output = _noise(int(2.0 * engine_rate), 1)
-    wav, frames = result_wav("continue", output, engine_rate, fmt, source, prompt_s)
+    wav, frames = result_wav(output, engine_rate, rate, 2, subtype, source, prompt_s)
     src = audio.decode_wav(source, max_seconds=60).samples
     new = audio.to_channels(audio.resample(output, engine_rate, rate), 2)
     expected = audio.concat(audio.drop_tail(src, rate, prompt_s), new)
@@ -99,7 +109,7 @@ def test_continue_result_of_a_file_that_cannot_be_spliced() -> None:
     buf = io.BytesIO()
     sf.write(buf, _noise(3 * rate, 1).T, rate, subtype="PCM_16", format="RF64")
     for source, subtype in ((buf.getvalue(), "PCM_16"), (make_wav(3.0, rate, 1, "ULAW"), "ULAW")):
-        wav, frames = result_wav("continue", _noise(32_000, 1), 32_000, ClientFormat(rate, 1, subtype), source, 1.0)
+        wav, frames = result_wav(_noise(32_000, 1), 32_000, rate, 1, subtype, source, 1.0)
         info = wav_info(wav)
         assert info.frames == frames == 3 * rate - rate + rate
         assert info.subtype == audio.wav_subtype(subtype)

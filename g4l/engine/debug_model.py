@@ -154,7 +154,7 @@ def _build_parts(seed: int, device: str) -> tuple[Any, Any, Any]:
         torch.manual_seed(seed)
         compression_model = builders.get_compression_model(cfg).eval()
         lm = builders.get_lm_model(cfg).eval()
-    lm.cfg = cfg  # what loaders.load_lm_model sets; MusicGen reads max_duration from it
+    lm.cfg = cfg  # type: ignore[assignment]  # what loaders.load_lm_model sets; MusicGen reads max_duration
     return cfg, compression_model, lm
 
 

@@ -30,7 +30,7 @@ def disable_mkldnn() -> None:
     toggle would race between engines in different threads). CUDA is not affected.
     """
     with _mkldnn_lock:
-        torch.backends.mkldnn.enabled = False
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag
 
 
 class MusicGenEngine(Engine):
@@ -97,7 +97,7 @@ class MusicGenEngine(Engine):
                 [params.text], progress=progress))  # type: ignore[list-item]  # None: unconditional
 
     def _run(self, params: GenerationParams, on_progress: ProgressCallback | None,
-             call: Callable[[bool], torch.Tensor]) -> np.ndarray:
+             call: Callable[[bool], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
         """Apply params, wire progress, run ``call`` and return its audio as numpy."""
         model = self._model
         model.set_generation_params(
@@ -116,6 +116,8 @@ class MusicGenEngine(Engine):
                 out = call(on_progress is not None)
         finally:
             model.set_custom_progress_callback(None)
+        if isinstance(out, tuple):  # (audio, tokens) when tokens are asked for; never here
+            out = out[0]
         # [B=1, C, T] -> (C, T) float32, detached from torch's memory.
         return np.ascontiguousarray(out[0].detach().to("cpu", torch.float32).numpy())
 

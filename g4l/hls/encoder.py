@@ -69,7 +69,7 @@ class SegmentEncoder:
         self._proc: subprocess.Popen | None = None
         self._feeder: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._wall0 = dt.datetime.now(dt.timezone.utc)
+        self._wall0 = dt.datetime.now(dt.UTC)
         self.restarts = 0
         #: Silence encoded at once when a stream starts from nothing, back-dated, so that
         #: its first playlist already spans three target durations (no waiting for a full
@@ -146,7 +146,7 @@ class SegmentEncoder:
     def _feed(self, proc: subprocess.Popen) -> None:
         prefill = self.prefill_frames if self.restarts == 0 else 0
         t0 = time.monotonic() - prefill / RATE
-        self._wall0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=prefill / RATE)
+        self._wall0 = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=prefill / RATE)
         lead = int(LEAD_S * RATE)
         stdin = proc.stdin
         assert stdin is not None

@@ -5,9 +5,9 @@
   that dies loses its leases and another one (or its restarted self) takes the streams
   over, continuing their playlists after an ``EXT-X-DISCONTINUITY``.
 - New audio arrives by the ``g4l:notices`` channel: a COMPLETED notice of a session that
-  has a listen stream appends that generation's new audio; a station's COMPLETED notice
-  wakes its :class:`StationDriver`. Audio is read from Redis (the short-lived result
-  key) or GridFS, never from the notice itself.
+  has a listen stream appends that generation's new audio; a station's notice wakes its
+  :class:`StationDriver`. Audio is read through :mod:`g4l.jobs.delivery` (the short-lived
+  Redis hand-off, or GridFS), never from the notice itself.
 - Each tick publishes every stream's status (buffered seconds, health, prompt playing)
   into its Redis hash and stops streams that were stopped or idled out.
 
@@ -30,8 +30,10 @@ from g4l.context import Context
 from g4l.hls.buffer import RATE
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
-from g4l.jobs import handoff, notices
+from g4l.jobs import delivery, notices
+from g4l.jobs.spec import Assembly
 from g4l.log import get_logger
+from g4l.services import idle_streams
 from g4l.services.listen import SESSION, STATION, ListenService, buffer_health
 
 log = get_logger(__name__)
@@ -39,11 +41,8 @@ log = get_logger(__name__)
 TICK_S = 0.5
 LEASE_S = 10
 CLEANUP_EVERY_S = 10.0
-SESSION_KINDS = ("bang", "continue", "retry")
 #: How long to wait for a session result to show up in storage.
 RESULT_WAIT_S = 30.0
-#: A continue's new audio may be a few frames short of the model's nominal length.
-TAIL_SLACK_S = 0.01
 
 
 class Packager:
@@ -113,7 +112,7 @@ class Packager:
             self._publish(token, stream)
         if time.monotonic() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.monotonic()
-            self.listen.cleanup()
+            idle_streams.stop_idle(self.ctx)
 
     def _try_open(self, token: str) -> None:
         r = self.ctx.redis
@@ -158,38 +157,18 @@ class Packager:
 
     # ------------------------------------------------------------ notices
     def _notice_loop(self) -> None:
-        while not self._stop.is_set():
-            pubsub = self.ctx.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(keys.NOTICES)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        try:
-                            self.on_notice(notices.decode(message["data"]))
-                        except Exception:
-                            log.exception("handling a notice failed")
-            except redis.RedisError as exc:
-                log.warning("notice subscription lost; resubscribing", error=str(exc)[:200])
-                time.sleep(1.0)
-            finally:
-                try:
-                    pubsub.close()
-                except Exception:
-                    pass
+        notices.listen(self.ctx.redis, self.on_notice, self._stop.is_set)
 
     def on_notice(self, notice: dict[str, Any]) -> None:
-        """React to a job notice: new audio for a session stream, or a station's job done."""
-        if notice.get("type") not in (notices.COMPLETED, notices.FAILED, notices.CANCELED):
+        """React to a job's end: a station's driver consumes it; a session with a running
+        stream gets that generation's new audio."""
+        if notice.get("type") not in notices.FINAL:
             return
         ref = notice.get("session_id") or ""
-        kind = notice.get("kind") or ""
-        if kind == "station":
-            for token, driver in list(self.drivers.items()):
-                if driver.station_id == ref:
-                    self.pool.submit(self._guard, driver.tick)
-            return
-        if kind not in SESSION_KINDS or notice.get("type") != notices.COMPLETED:
+        drivers = [d for d in list(self.drivers.values()) if d.station_id == ref]
+        for driver in drivers:
+            self.pool.submit(self._guard, driver.tick)
+        if drivers or not ref or notice.get("type") != notices.COMPLETED:
             return
         token = self.ctx.redis.hget(keys.session(ref), "listen_token") or ""
         stream = self.streams.get(token)
@@ -204,51 +183,37 @@ class Packager:
             log.exception("stream audio task failed", task=getattr(fn, "__name__", "?"))
 
     # ------------------------------------------------------------ session audio
-    def _result_wav(self, job_id: str, blob_id: str, tail_s: float) -> bytes:
-        """A session result, or a file ending with its last ``tail_s`` seconds: the
-        short-lived Redis hand-off if still there (a continue's new audio alone when that
-        covers ``tail_s``), else GridFS."""
-        deadline = time.monotonic() + RESULT_WAIT_S
-        usable = True
-        while True:
-            try:
-                held = handoff.read(self.ctx.redis_bytes, job_id) if usable else None
-                if held is not None:
-                    new_s = held.data_seconds()
-                    if new_s is None or new_s + TAIL_SLACK_S >= tail_s:
-                        return bytes(held.data)
-                    return held.assemble(handoff.stored_input(self.ctx, held.splice.input_blob))
-            except (KeyError, ValueError):  # unreadable, or its input gone: the stored file
-                log.warning("result hand-off unusable; waiting for the stored file", job_id=job_id)
-                usable = False
-            try:
-                return self.ctx.blobs.get(blob_id)
-            except KeyError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    def _result_wav(self, job_id: str, blob_id: str, tail_s: float | None) -> bytes:
+        """A session result, or a file ending with at least its last ``tail_s`` seconds.
+        :raises KeyError: it is in neither Redis nor GridFS (after a wait)."""
+        wav = delivery.read_result(self.ctx, job_id, blob_id, tail_s=tail_s, stored_wait_s=RESULT_WAIT_S)
+        if wav is None:
+            raise KeyError(blob_id)
+        return bytes(wav)
 
     def _append_session_result(self, stream: LiveStream, notice: dict[str, Any]) -> None:
-        """Append what a session generation added: a bang's whole result; a continue's
-        (or retry's) model output after its prompt, crossfaded over the end of what was
-        streamed (or, when the stream had run dry, with the prompt for context)."""
-        job_id, blob_id, kind = notice["job_id"], notice.get("blob_id") or "", notice.get("kind")
-        whole = 1e9 if kind == "bang" else self.settings.output_seconds  # what is used below, at most
-        decoded = audio.decode_wav(self._result_wav(job_id, blob_id, whole), max_seconds=1e9)
+        """Append what a session generation added: the model's whole output (a bang); for
+        a result spliced onto its input (continue, retry) the model's output after its
+        prompt, crossfaded over the end of what was streamed (or, when the stream had run
+        dry, with the prompt for context)."""
+        job_id, blob_id = notice["job_id"], notice.get("blob_id") or ""
+        job = self.ctx.jobs.get(job_id)
+        if job is None:
+            return
+        spec = job.spec
+        spliced = spec.assembly is Assembly.SPLICE
+        decoded = audio.decode_wav(self._result_wav(job_id, blob_id, spec.output_seconds if spliced else None),
+                                   max_seconds=1e9)
         x, rate = decoded.samples, decoded.sample_rate
         overlap = 0.0
-        if kind != "bang":
-            job = self.ctx.jobs.get(job_id)
-            prompt_s = float((job.params if job else {}).get("prompt_duration")
-                             or self.settings.default_prompt_seconds)
-            output_s = self.settings.output_seconds
+        if spliced:
             crossfade_s = stream.crossfade_frames / RATE
             if stream.buffer.buffered_frames > stream.crossfade_frames:
-                x, overlap = audio.tail(x, rate, output_s - prompt_s + crossfade_s), crossfade_s
+                x, overlap = audio.tail(x, rate, spec.new_seconds + crossfade_s), crossfade_s
             else:
-                x = audio.tail(x, rate, output_s)
-        stream.append(x, rate, overlap_s=overlap, meta={"job_id": job_id, "kind": kind})
-        stream.log.info("session generation streamed", job_id=job_id, generation=kind)
+                x = audio.tail(x, rate, spec.output_seconds)
+        stream.append(x, rate, overlap_s=overlap, meta={"job_id": job_id, "kind": job.kind})
+        stream.log.info("session generation streamed", job_id=job_id, generation=job.kind)
 
     def _preroll(self, stream: LiveStream) -> None:
         """A new session stream starts with the end of the session's current audio."""
@@ -259,9 +224,8 @@ class Packager:
         blob_id = session.get("current_blob") or ""
         if not blob_id:
             return
-        job_id = session.get("job_id") or ""
         try:
-            wav = self._result_wav(job_id, blob_id, seconds) if job_id else self.ctx.blobs.get(blob_id)
+            wav = self._result_wav(session.get("job_id") or "", blob_id, seconds)
         except KeyError:
             return
         decoded = audio.decode_wav(wav, max_seconds=1e9)

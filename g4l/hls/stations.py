@@ -19,9 +19,9 @@ from typing import Any
 from g4l import audio, keys
 from g4l.context import Context
 from g4l.hls.stream import LiveStream
-from g4l.jobs.records import Job, new_job_id
+from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
-from g4l.services.stations import prompt_for
+from g4l.services.stations import StationService, prompt_for
 
 log = get_logger(__name__)
 
@@ -47,6 +47,7 @@ class StationDriver:
         self.station_id = station_id
         self.stream = stream
         self.key = keys.station(station_id)
+        self.stations = StationService(ctx)
         self.log = log.bind(station_id=station_id, stream=stream.token[:8])
         self._lock = threading.Lock()
         self._backoff_until = 0.0
@@ -80,11 +81,11 @@ class StationDriver:
                 job = self.ctx.jobs.get(job_id)
                 if job is None:
                     self._clear_job(job_id)
-                elif job.status == "completed":
+                elif job.status is JobStatus.COMPLETED:
                     self._consume(st, job)
                     self._failures = 0
-                elif job.status in ("failed", "canceled"):
-                    if self._clear_job(job_id) and job.status == "failed":
+                elif job.status.final:
+                    if self._clear_job(job_id) and job.status is JobStatus.FAILED:
                         self._record_error(st, job.error or "generation failed", job.error_code or "")
                 else:
                     return  # queued or running
@@ -97,7 +98,7 @@ class StationDriver:
                 self._enqueue(st)
 
     def _clear_job(self, job_id: str) -> bool:
-        """Forget ``job_id`` unless it was replaced meanwhile (a preempted job re-queued)."""
+        """Forget ``job_id`` unless another job replaced it meanwhile."""
         if self.ctx.redis.hget(self.key, "job_id") != job_id:
             return False
         self.ctx.redis.hset(self.key, "job_id", "")
@@ -142,17 +143,8 @@ class StationDriver:
 
     def _enqueue(self, st: dict[str, str]) -> None:
         index, prompt, audio_s, new_s = self._plan(st)
-        p = self.settings
-        job = Job(id=new_job_id(), kind="station", session_id=self.station_id, model=st.get("model") or "",
-                  params={"description": prompt, "temperature": float(st.get("temperature") or 1.0),
-                          "top_k": int(float(st.get("top_k") or 250)), "top_p": 0.0,
-                          "cfg_coef": float(st.get("cfg_coef") or 3.0), "prompt_seconds": p.station_prompt_seconds,
-                          "new_seconds": round(new_s, 3), "lead_in_s": p.hls_crossfade_ms / 1000.0,
-                          "prompt_index": index, "audio_start_s": round(audio_s, 3)},
-                  input_blob=st.get("last_blob") or None, priority="background")
-        self.ctx.queue.enqueue(job)
-        self.ctx.redis.hset(self.key, mapping={"job_id": job.id, "generating_prompt": prompt,
-                                               "generating_index": index})
+        job = self.stations.queue_stretch(self.station_id, st, index=index, prompt=prompt, audio_start_s=audio_s,
+                                          new_seconds=new_s)
         self.log.info("station generation queued", job_id=job.id, prompt_index=index, new_seconds=round(new_s, 2),
                       audio_start_s=round(audio_s, 2), buffered_s=round(self.stream.buffer.buffered_seconds, 2))
 

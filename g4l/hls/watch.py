@@ -8,6 +8,7 @@ the way a player does. :func:`check_playlist` states the rules a live playlist m
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import subprocess
 import threading
 import time
@@ -60,7 +61,7 @@ def check_playlist(pl: m3u8.M3U8, *, min_window_targets: float = 3.0) -> list[st
     if pl.segments and total < min_window_targets * target:
         problems.append(f"window {total:.2f} s is under {min_window_targets:g} target durations ({target} s)")
     times = [s.program_date_time for s in pl.segments if s.program_date_time is not None]
-    if any(b <= a for a, b in zip(times, times[1:])):
+    if any(b <= a for a, b in itertools.pairwise(times)):
         problems.append("EXT-X-PROGRAM-DATE-TIME is not increasing")
     return problems
 

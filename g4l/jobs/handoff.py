@@ -7,32 +7,25 @@ audio and the recipe to join it: the kept part of the result is, byte for byte, 
 client's own file minus its tail (:mod:`g4l.wav_splice`). On a 120 s take that is a fifth
 of the bytes through Redis, a few tenths of a second less between model and client.
 
-Every reader gets the same file: the web node joins the new audio to the input it holds,
-any other reader to the input's GridFS copy.
+Every reader gets the same file (:mod:`g4l.jobs.delivery`): the web node joins the new
+audio to the input it holds, any other reader to the input's GridFS copy.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
-import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
 
 import numpy as np
 import redis
 
 from g4l import keys, wav_splice
-from g4l.context import Context
 
 #: How long the hand-off outlives the job: delivery takes seconds, the GridFS write too.
 RESULT_TTL_S = 120
 #: Marks a spliced hand-off; a whole one is a WAV and starts with b"RIFF".
 MAGIC = b"G4L-SPLICE/1\n"
-#: How long a reader waits for the input's GridFS copy (the web node writes it while the
-#: model runs, so it is normally there long before the result).
-INPUT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,42 +100,3 @@ def read(r: redis.Redis, job_id: str) -> HandOff | None:
     except (struct.error, TypeError, ValueError) as exc:
         raise ValueError(f"malformed result hand-off: {exc}") from None
     return HandOff(memoryview(raw)[at + 4 + size :], splice)
-
-
-def stored_input(ctx: Context, blob_id: str, wait_s: float | None = None) -> bytes:
-    """The input's GridFS copy, waiting up to ``wait_s`` (default :data:`INPUT_WAIT_S`)
-    if it is still being written. :raises KeyError: it never arrived."""
-    deadline = time.monotonic() + (INPUT_WAIT_S if wait_s is None else wait_s)
-    while True:
-        try:
-            return ctx.blobs.get(blob_id)
-        except KeyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def _inline(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
-
-
-def read_wav(ctx: Context, job_id: str, held: Callable[[str], bytes | None] | None = None,
-             offload: Callable[..., Any] = _inline, as_array: bool = False,
-             input_wait_s: float | None = None) -> bytes | np.ndarray | None:
-    """The whole result WAV of ``job_id`` from its hand-off, or None when there is none.
-    A spliced one is joined to ``held(job_id)`` (the input in this process's memory) when
-    that has it, else to the input's GridFS copy (waited for, briefly). The join (a copy
-    of tens of MB) runs through ``offload``, as a ``uint8`` array with ``as_array``; the
-    store reads run in the caller.
-    :raises KeyError: a spliced hand-off whose input is in neither place (after
-        ``input_wait_s``, default :data:`INPUT_WAIT_S`).
-    :raises ValueError: a malformed hand-off, or an input it cannot be joined to."""
-    handoff = read(ctx.redis_bytes, job_id)
-    if handoff is None:
-        return None
-    if handoff.splice is None:
-        return bytes(handoff.data) if isinstance(handoff.data, memoryview) else handoff.data
-    input_wav = held(job_id) if held is not None else None
-    if input_wav is None:
-        input_wav = stored_input(ctx, handoff.splice.input_blob, input_wait_s)
-    return offload(functools.partial(handoff.assemble, as_array=as_array), input_wav)

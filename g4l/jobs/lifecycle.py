@@ -1,129 +1,166 @@
-"""Job state transitions, each applied to the job record, its session and the notices
-together, so a job is never "in progress" in one place and finished in another."""
+"""The life of a job: the only module that changes a job's status.
+
+Each transition writes the job record, the session's view of it (only while the session's
+current job is still this one) and the notice together, and acknowledges the job's stream
+entry when it ends, so a job is never "in progress" in one place and finished in another:
+
+    queued --start--> running --complete--> completed
+       ^                 |  \\--fail------> failed
+       |                 |   \\-cancel----> canceled
+       +----requeue------+   (a dead worker's job, a background job giving way)
+
+A queued job can be canceled or failed directly (:func:`request_cancel`, recovery).
+"""
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from g4l import keys
 from g4l.context import Context
-from g4l.errors import G4LError, GenerationFailed
-from g4l.jobs import handoff, notices
+from g4l.errors import G4LError
+from g4l.jobs import notices
 from g4l.jobs.queue import Claimed
-from g4l.jobs.records import Job
+from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
 
 log = get_logger(__name__)
 
-#: How long recovery waits for a spliced result's input in GridFS (it runs in a worker's
-#: job loop; the input is normally stored long before).
-ORPHAN_INPUT_WAIT_S = 2.0
+
+@dataclass
+class Completion:
+    """What a finished job produced.
+
+    :param blob_id: its result's GridFS id (stored already, or about to be).
+    :param session: the fields its session learns (kind-specific: see the job kinds).
+    :param record: extra fields for the job record (timings, the result's metadata).
+    :param notice: extra fields of the COMPLETED notice.
+    """
+
+    blob_id: str
+    session: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    notice: dict[str, Any] = field(default_factory=dict)
 
 
-def started(ctx: Context, job: Job, worker: str) -> None:
-    """The worker took the job."""
-    job.status, job.worker, job.started = "running", worker, time.time()
+def start(ctx: Context, job: Job, worker: str, claimed: Claimed) -> None:
+    """A worker took the job."""
+    ctx.queue.mark_running(claimed)
+    job.status, job.worker, job.started, job.progress = JobStatus.RUNNING, worker, time.time(), 0
     job.attempts += 1
-    ctx.jobs.update(job.id, status="running", worker=worker, started=job.started, attempts=job.attempts,
+    ctx.jobs.update(job.id, status=job.status, worker=worker, started=job.started, attempts=job.attempts,
                     progress=0)
-    ctx.sessions.update_if_job(job.session_id, job.id, status="running", progress=0)
+    _session(ctx, job, status=JobStatus.RUNNING, progress=0)
     notices.publish(ctx.redis, notices.STARTED, job_id=job.id, session_id=job.session_id, kind=job.kind)
 
 
-def progressed(ctx: Context, job: Job, percent: int) -> None:
-    """Throttled by the caller (about once a second)."""
+def progress(ctx: Context, job: Job, percent: int) -> None:
+    """The model advanced (the caller throttles: about once a second)."""
     job.progress = percent
     with ctx.redis.pipeline() as p:
-        p.hset(keys.job(job.id), "progress", percent)
+        ctx.jobs.update(job.id, pipe=p, progress=percent)
         notices.publish(p, notices.PROGRESS, job_id=job.id, session_id=job.session_id, progress=percent)
         p.execute()
-    ctx.sessions.update_if_job(job.session_id, job.id, progress=percent)
+    _session(ctx, job, progress=percent)
 
 
-def failed(ctx: Context, job: Job, error: G4LError) -> None:
+def complete(ctx: Context, job: Job, done: Completion, claimed: Claimed | None) -> None:
+    """The job has a result. ``claimed=None`` leaves the stream entry pending: the
+    caller acknowledges it with :func:`acknowledge` once the result is stored (so a
+    worker that dies before that has its result stored by recovery)."""
+    if _ended_elsewhere(ctx, job, claimed):
+        return
+    now = time.time()
+    job.status, job.output_blob, job.finished, job.progress = JobStatus.COMPLETED, done.blob_id, now, 100
+    ctx.jobs.update(job.id, status=job.status, output_blob=done.blob_id, finished=now, progress=100, **done.record)
+    _session(ctx, job, status="idle", progress=100, error="", error_code="", **done.session)
+    if job.started:
+        ctx.queue.record_duration(now - job.started)
+    if claimed is not None:
+        ctx.queue.ack(claimed)
+    else:
+        ctx.queue.release(job.id)  # no longer running; the entry stays until acknowledge()
+    notices.publish(ctx.redis, notices.COMPLETED, job_id=job.id, session_id=job.session_id, kind=job.kind,
+                    blob_id=done.blob_id, **done.notice)
+
+
+def acknowledge(ctx: Context, claimed: Claimed) -> None:
+    """A completed job's result is stored: its stream entry can go."""
+    ctx.queue.ack(claimed)
+
+
+def fail(ctx: Context, job: Job, error: G4LError, claimed: Claimed | None = None) -> None:
     """The job ended without a result; the session keeps what it had."""
-    job.status, job.finished = "failed", time.time()
+    if _ended_elsewhere(ctx, job, claimed):
+        return
+    job.status, job.finished = JobStatus.FAILED, time.time()
     job.error, job.error_code = error.message, error.code
-    ctx.jobs.update(job.id, status="failed", finished=job.finished, error=error.message, error_code=error.code)
-    ctx.sessions.update_if_job(job.session_id, job.id, status="idle", progress=0, error=error.message,
-                               error_code=error.code)
+    ctx.jobs.update(job.id, status=job.status, finished=job.finished, error=error.message, error_code=error.code)
+    _session(ctx, job, status="idle", progress=0, error=error.message, error_code=error.code)
+    _end(ctx, job, claimed)
     notices.publish(ctx.redis, notices.FAILED, job_id=job.id, session_id=job.session_id, kind=job.kind,
                     message=error.message, code=error.code)
     log.warning("job failed", job_id=job.id, session_id=job.session_id, code=error.code, error=error.message)
 
 
-def canceled(ctx: Context, job: Job) -> None:
-    job.status, job.finished = "canceled", time.time()
-    ctx.jobs.update(job.id, status="canceled", finished=job.finished)
-    ctx.sessions.update_if_job(job.session_id, job.id, status="idle", progress=0)
+def cancel(ctx: Context, job: Job, claimed: Claimed | None = None) -> None:
+    """The job stopped on request (or was dropped before it ran)."""
+    if _ended_elsewhere(ctx, job, claimed):
+        return
+    job.status, job.finished = JobStatus.CANCELED, time.time()
+    ctx.jobs.update(job.id, status=job.status, finished=job.finished)
+    _session(ctx, job, status="idle", progress=0)
+    _end(ctx, job, claimed)
     notices.publish(ctx.redis, notices.CANCELED, job_id=job.id, session_id=job.session_id, kind=job.kind)
     log.info("job canceled", job_id=job.id, session_id=job.session_id)
 
 
-def alive_workers(ctx: Context) -> dict[str, str]:
-    """Name -> heartbeat JSON of every worker whose heartbeat has not expired."""
-    names = sorted(ctx.redis.smembers(keys.WORKERS))
-    if not names:
-        return {}
-    beats = ctx.redis.mget([keys.worker(n) for n in names])
-    dead = [n for n, b in zip(names, beats) if b is None]
-    if dead:
-        ctx.redis.srem(keys.WORKERS, *dead)
-    return {n: b for n, b in zip(names, beats) if b is not None}
+def request_cancel(ctx: Context, job_id: str) -> Job | None:
+    """Stop a job: dropped at once if still queued, stopped between model steps if
+    running (its worker sees the flag). Returns the job as it is now."""
+    ctx.jobs.flag_cancel(job_id)
+    job = ctx.jobs.get(job_id)
+    if job is not None and job.status is JobStatus.QUEUED and ctx.queue.remove_waiting(job_id):
+        cancel(ctx, job)
+    return job
 
 
-def recover_orphans(ctx: Context) -> int:
-    """Give the jobs of dead workers another attempt, or fail them clearly. Returns how many."""
-    alive = set(alive_workers(ctx))
-    min_idle_ms = int(ctx.settings.worker_dead_after_s * 1000)
-    handled = 0
-    for claimed, consumer in ctx.queue.orphans(alive, min_idle_ms):
-        handled += 1
-        try:
-            _recover_one(ctx, claimed, consumer)
-        except Exception:  # left pending for the next pass; the other orphans go on
-            log.exception("recovering a job failed", job_id=claimed.job_id, dead_worker=consumer)
-    return handled
+def requeue(ctx: Context, job: Job, claimed: Claimed, *, attempt_used: bool = True) -> None:
+    """Put a started job back at the front of its queue.
 
-
-def _store_orphan_result(ctx: Context, job: Job) -> None:
-    """A worker died after handing its result to the web nodes but before GridFS had it:
-    store it from the Redis copy so the session's pointer is not left dangling."""
-    if not job.output_blob or ctx.blobs.exists(job.output_blob):
-        return
-    try:
-        data = handoff.read_wav(ctx, job.id, input_wait_s=ORPHAN_INPUT_WAIT_S)
-    except Exception:  # unreadable, or spliced with its input gone: logged as lost below
-        log.exception("reading a dead worker's result failed", job_id=job.id, session_id=job.session_id)
-        data = None
-    meta = ctx.redis.hget(keys.job(job.id), "output_meta")
-    if data is None or not meta:
-        log.error("result lost with its worker", job_id=job.id, session_id=job.session_id)
-        return
-    ctx.blobs.put(data, blob_id=job.output_blob, **json.loads(meta))
-    log.warning("stored the result of a dead worker", job_id=job.id, session_id=job.session_id)
-
-
-def _recover_one(ctx: Context, claimed: Claimed, consumer: str) -> None:
-    job = ctx.jobs.get(claimed.job_id)
-    if job is not None and job.status == "completed":
-        _store_orphan_result(ctx, job)
-    if job is None or job.status in ("completed", "failed", "canceled"):
-        ctx.queue.ack(claimed)
-        return
-    if ctx.jobs.cancel_requested(job.id):
-        ctx.queue.ack(claimed)
-        canceled(ctx, job)
-        return
-    bound = log.bind(job_id=job.id, session_id=job.session_id, dead_worker=consumer)
-    if job.attempts >= ctx.settings.job_max_attempts:
-        ctx.queue.ack(claimed)
-        failed(ctx, job, GenerationFailed(
-            f"the worker running this generation stopped ({job.attempts} attempt(s)); please try again",
-            session_id=job.session_id))
-        return
-    bound.warning("recovering job of a dead worker", attempts=job.attempts)
-    ctx.sessions.update_if_job(job.session_id, job.id, status="queued", progress=0)
-    ctx.queue.requeue(claimed, job)
+    :param attempt_used: False for a job that gave way (a background job preempted by an
+        interactive one): its attempt does not count against ``G4L_JOB_MAX_ATTEMPTS``.
+    """
+    ctx.queue.ack(claimed)
+    job.status, job.worker, job.started, job.progress = JobStatus.QUEUED, None, None, 0
+    if not attempt_used:
+        job.attempts = max(0, job.attempts - 1)
+    _session(ctx, job, status=JobStatus.QUEUED, progress=0)
+    ctx.queue.enqueue(job, front=True)
     notices.publish(ctx.redis, notices.QUEUE_CHANGED, job_id=job.id, session_id=job.session_id)
+
+
+def _ended_elsewhere(ctx: Context, job: Job, claimed: Claimed | None) -> bool:
+    """Whether another process already ended the job (a failed input upload, say): it
+    keeps that outcome, and this one only lets go of the stream entry."""
+    current = ctx.jobs.get(job.id)
+    if current is None or not current.status.final:
+        return False
+    if claimed is not None:
+        ctx.queue.ack(claimed)
+    return True
+
+
+def _end(ctx: Context, job: Job, claimed: Claimed | None) -> None:
+    if claimed is not None:
+        ctx.queue.ack(claimed)
+    else:
+        ctx.queue.release(job.id)
+        ctx.queue.remove_waiting(job.id)
+
+
+def _session(ctx: Context, job: Job, **fields: Any) -> None:
+    """The session's view of its current job (a stale job never overwrites a newer one)."""
+    if job.session_id:
+        ctx.sessions.update_if_job(job.session_id, job.id, **fields)

@@ -15,11 +15,12 @@ import redis
 
 from g4l import keys
 from g4l.errors import QueueFull
-from g4l.jobs.records import Job, JobStore
+from g4l.jobs.records import Job, JobStore, Priority
 
-PRIORITIES = ("interactive", "background")
-# Background jobs sort after every interactive one in the waiting set.
+# Background jobs sort after every interactive one in the waiting set; a job put back at
+# the front of its class sorts before the others of that class.
 _BACKGROUND_OFFSET = 1e15
+_FRONT_OFFSET = 1e12
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class JobQueue:
         """Create the streams and the consumer group (idempotent)."""
         if self._groups_ready:
             return
-        for priority in PRIORITIES:
+        for priority in Priority:
             try:
                 self.r.xgroup_create(keys.stream(priority), keys.WORKER_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
@@ -61,18 +62,19 @@ class JobQueue:
 
     # ------------------------------------------------------------ producer side
     def enqueue(self, job: Job, *, front: bool = False, limit: int | None = None) -> None:
-        """Save ``job`` and put it on its priority's stream.
+        """Save ``job`` and put it on its priority's stream (a new job, or one
+        :func:`g4l.jobs.lifecycle.requeue` put back).
 
+        :param front: ahead of the other waiting jobs of its priority.
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
         """
         self.ensure_groups()
         seq = self.r.incr(keys.SEQUENCE)
-        score = float(seq) + (_BACKGROUND_OFFSET if job.priority == "background" else 0.0)
+        score = float(seq) + (_BACKGROUND_OFFSET if job.priority is Priority.BACKGROUND else 0.0)
         if front:
-            score -= 1e12
-        job.status = "queued"
+            score -= _FRONT_OFFSET
         with self.r.pipeline() as p:
             p.zadd(keys.WAITING, {job.id: score})
             p.zcard(keys.WAITING)
@@ -88,6 +90,10 @@ class JobQueue:
     def depth(self) -> int:
         """Jobs waiting (not yet running)."""
         return int(self.r.zcard(keys.WAITING))
+
+    def interactive_waiting(self) -> int:
+        """How many interactive jobs wait for a worker (background jobs give way to them)."""
+        return int(self.r.zcount(keys.WAITING, "-inf", _BACKGROUND_OFFSET - _FRONT_OFFSET))
 
     def running(self) -> int:
         return int(self.r.scard(keys.RUNNING))
@@ -120,7 +126,7 @@ class JobQueue:
     def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
         """Take the next job: interactive first, background only when none waits."""
         self.ensure_groups()
-        order = [("interactive", block_ms), ("background", None)]
+        order = [(Priority.INTERACTIVE, block_ms), (Priority.BACKGROUND, None)]
         for priority, block in order:
             name = keys.stream(priority)
             got = self.r.xreadgroup(keys.WORKER_GROUP, consumer, {name: ">"}, count=1, block=block)
@@ -162,7 +168,7 @@ class JobQueue:
         """
         self.ensure_groups()
         found: list[tuple[Claimed, str]] = []
-        for priority in PRIORITIES:
+        for priority in Priority:
             name = keys.stream(priority)
             for entry in self.r.xpending_range(name, keys.WORKER_GROUP, min="-", max="+", count=100):
                 consumer = entry["consumer"]
@@ -174,11 +180,3 @@ class JobQueue:
                     if fields:
                         found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
         return found
-
-    def requeue(self, claimed: Claimed, job: Job) -> None:
-        """Put a recovered job back at the front of the queue for another attempt."""
-        self.ack(claimed)
-        job.worker = None
-        job.started = None
-        job.progress = 0
-        self.enqueue(job, front=True)

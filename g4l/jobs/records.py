@@ -1,38 +1,68 @@
-"""Job records in Redis: one hash a job, with an explicit life cycle.
+"""Job records in Redis: one hash a job, with an explicit status.
 
 queued -> running -> completed | failed | canceled (running -> queued again when a dead
-worker's job is recovered).
+worker's job is recovered, or a background job gives way). Only
+:mod:`g4l.jobs.lifecycle` changes a job's status.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Any
 
 import redis
 
 from g4l import keys
+from g4l.jobs.spec import GenerationSpec
 
-STATES = ("queued", "running", "completed", "failed", "canceled")
-FINAL_STATES = ("completed", "failed", "canceled")
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def final(self) -> bool:
+        """Whether the job has ended (nothing will change it again)."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+
+    @property
+    def pending(self) -> bool:
+        """Queued or running: a result may still come."""
+        return not self.final
+
+
+class Priority(StrEnum):
+    """Interactive jobs (a person waits) always go before background ones (stations)."""
+
+    INTERACTIVE = "interactive"
+    BACKGROUND = "background"
 
 
 @dataclass
 class Job:
-    """One generation request, as the worker needs it."""
+    """One generation request, as the worker needs it.
+
+    :param kind: a registered job kind (:mod:`g4l.worker.kinds`).
+    :param session_id: the device session (or station) it belongs to; ``""`` for none.
+    :param spec: what to generate, resolved by the service layer.
+    :param hold_input: the web node that queued it keeps the input in memory, so the
+        result may come back as new audio only (:mod:`g4l.jobs.handoff`).
+    """
 
     id: str
-    kind: str  # bang | continue | retry | generate | station
+    kind: str
     session_id: str
-    model: str
-    params: dict[str, Any]
-    input_blob: str | None = None
-    prompt_blob: str | None = None
-    priority: str = "interactive"
-    status: str = "queued"
+    spec: GenerationSpec
+    priority: Priority = Priority.INTERACTIVE
+    status: JobStatus = JobStatus.QUEUED
     progress: int = 0
     attempts: int = 0
     created: float = field(default_factory=time.time)
@@ -43,10 +73,21 @@ class Job:
     error_code: str | None = None
     worker: str | None = None
     owner: str | None = None
+    hold_input: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
 
     def to_redis(self) -> dict[str, str]:
-        data = asdict(self)
-        data["params"] = json.dumps(self.params)
+        data: dict[str, Any] = {
+            "id": self.id, "kind": self.kind, "session_id": self.session_id, "spec": self.spec.model_dump_json(),
+            "model": self.spec.model, "priority": self.priority.value, "status": self.status.value,
+            "progress": self.progress, "attempts": self.attempts, "created": self.created, "started": self.started,
+            "finished": self.finished, "output_blob": self.output_blob, "error": self.error,
+            "error_code": self.error_code, "worker": self.worker, "owner": self.owner,
+            "hold_input": "1" if self.hold_input else "",
+        }
         return {k: "" if v is None else str(v) for k, v in data.items()}
 
     @classmethod
@@ -58,13 +99,14 @@ class Job:
             return float(data[key]) if data.get(key) else None
 
         return cls(
-            id=data["id"], kind=data["kind"], session_id=data["session_id"], model=data["model"],
-            params=json.loads(data.get("params") or "{}"), input_blob=opt("input_blob"),
-            prompt_blob=opt("prompt_blob"), priority=data.get("priority") or "interactive",
-            status=data.get("status") or "queued", progress=int(float(data.get("progress") or 0)),
-            attempts=int(data.get("attempts") or 0), created=float(data.get("created") or 0),
-            started=optf("started"), finished=optf("finished"), output_blob=opt("output_blob"),
-            error=opt("error"), error_code=opt("error_code"), worker=opt("worker"), owner=opt("owner"),
+            id=data["id"], kind=data["kind"], session_id=data["session_id"],
+            spec=GenerationSpec.model_validate_json(data["spec"]),
+            priority=Priority(data.get("priority") or Priority.INTERACTIVE.value),
+            status=JobStatus(data.get("status") or JobStatus.QUEUED.value),
+            progress=int(float(data.get("progress") or 0)), attempts=int(data.get("attempts") or 0),
+            created=float(data.get("created") or 0), started=optf("started"), finished=optf("finished"),
+            output_blob=opt("output_blob"), error=opt("error"), error_code=opt("error_code"),
+            worker=opt("worker"), owner=opt("owner"), hold_input=bool(data.get("hold_input")),
         )
 
 
@@ -73,7 +115,7 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    """Read and write job records."""
+    """Read and write job records (their status only through :mod:`g4l.jobs.lifecycle`)."""
 
     def __init__(self, r: redis.Redis, ttl_seconds: int, max_per_owner: int = 500) -> None:
         self.r = r
@@ -103,12 +145,13 @@ class JobStore:
         data = self.r.hgetall(keys.job(job_id))
         return Job.from_redis(data) if data else None
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        mapping = {k: "" if v is None else str(v) for k, v in fields.items()}
-        self.r.hset(keys.job(job_id), mapping=mapping)
+    def update(self, job_id: str, pipe: Any = None, **fields: Any) -> None:
+        """Write record fields (timings, metadata; a status is a :class:`JobStatus`)."""
+        mapping = {k: "" if v is None else str(v.value if isinstance(v, Enum) else v) for k, v in fields.items()}
+        (pipe if pipe is not None else self.r).hset(keys.job(job_id), mapping=mapping)
 
-    def request_cancel(self, job_id: str) -> None:
-        """Ask whoever runs the job to stop between model steps."""
+    def flag_cancel(self, job_id: str) -> None:
+        """Ask whoever runs the job to stop between model steps (see lifecycle.request_cancel)."""
         self.r.set(keys.cancel(job_id), "1", ex=self.ttl)
 
     def cancel_requested(self, job_id: str) -> bool:

@@ -37,22 +37,31 @@ class Caller:
 
     :param owner: the id recorded on what the caller creates (key hash or ``ip:...``).
     :param keyed: whether access control is on; only then do owners hide records.
+    :param operator: may run operator actions (stopping everyone's idle streams): an
+        operator key, or anyone when keys are off.
     """
 
     owner: str
     keyed: bool
+    operator: bool = False
 
-    @property
-    def scope(self) -> str | None:
-        """The owner to enforce, or ``None`` when anyone holding an id may use it."""
-        return self.owner if self.keyed else None
+    def can_see(self, owner: str | None) -> bool:
+        """The one ownership rule: with keys on, a record (session, job, station) exists
+        only for the key that created it; with keys off, an id is its own capability."""
+        return not self.keyed or owner == self.owner
+
+    @classmethod
+    def internal(cls) -> Caller:
+        """The server itself (a packager, a worker): sees everything."""
+        return cls("internal", keyed=False, operator=True)
 
 
 class ApiKeys:
     """The operator's keys. Checks compare hashes in constant time."""
 
     def __init__(self, settings: Settings) -> None:
-        self._owners = [key_owner(k) for k in settings.api_keys if k]
+        self._operators = [key_owner(k) for k in settings.operator_keys if k]
+        self._owners = [key_owner(k) for k in settings.api_keys if k] + self._operators
 
     @property
     def enabled(self) -> bool:
@@ -64,10 +73,11 @@ class ApiKeys:
         :raises Unauthorized: keys are configured and ``key`` is missing or unknown.
         """
         if not self._owners:
-            return Caller(ip_owner(address), keyed=False)
+            return Caller(ip_owner(address), keyed=False, operator=True)
         if not isinstance(key, str) or not key.strip():
             raise Unauthorized(f"an API key is required: send it in the {HEADER} header")
         owner = key_owner(key.strip())
         if not any(hmac.compare_digest(owner, known) for known in self._owners):
             raise Unauthorized("unknown API key")
-        return Caller(owner, keyed=True)
+        operator = any(hmac.compare_digest(owner, known) for known in self._operators)
+        return Caller(owner, keyed=True, operator=operator)

@@ -14,17 +14,17 @@ from typing import Any
 import gevent
 import pybase64
 
-from g4l import audio
 from g4l.context import Context
-from g4l.errors import InvalidRequest, ModelNotAllowed, NotFound, NotReady, QueueFull, SessionNotFound
-from g4l.jobs import handoff
+from g4l.errors import NotFound, NotReady
+from g4l.jobs import delivery, lifecycle
 from g4l.jobs.queue import QueuePosition
-from g4l.jobs.records import FINAL_STATES, Job, new_job_id
+from g4l.jobs.records import Job, JobStatus, new_job_id
+from g4l.jobs.spec import AudioFormat, prompt_wav
 from g4l.log import get_logger
 from g4l.services.auth import Caller
-from g4l.services.sessions import MODEL_RATE, SessionService
-from g4l.services.uploads import Upload, decode_upload
-from g4l.worker.generation import model_prompt
+from g4l.services.sessions import SessionService
+from g4l.services.specs import PARAM_FIELDS
+from g4l.services.uploads import decode_upload
 
 log = get_logger(__name__)
 
@@ -37,7 +37,7 @@ def iso(ts: float | None) -> str | None:
     """A Unix time as an RFC 3339 UTC timestamp."""
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -62,53 +62,41 @@ class JobService:
 
     # ------------------------------------------------------------ generate
     def generate(self, caller: Caller, *, duration: float, prompt: str | None = None, audio_b64: str | None = None,
-                 model: str | None = None, prompt_duration: int | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, cfg_coef: float | None = None,
-                 seed: int | None = None) -> JobView:
+                 model: str | None = None, prompt_duration: int | None = None, seed: int | None = None,
+                 sampling: dict[str, Any] | None = None) -> JobView:
         """Queue a generation of ``duration`` seconds from a text prompt, audio, or both.
 
         With audio, the model continues its last ``prompt_duration`` seconds and the result
         (which begins with them) keeps the audio's rate, channels and sample format.
+
+        :param sampling: ``top_k`` / ``top_p`` / ``temperature`` / ``cfg_coef`` given.
         """
-        s = self.settings
-        if not 0 < duration <= s.max_generate_seconds:
-            raise InvalidRequest(f"duration must be more than 0 and at most {s.max_generate_seconds:g} seconds")
-        model = (model or "").strip() or s.model_default
-        if model not in s.models:
-            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: " + ", ".join(s.models))
-        prompt_seconds = prompt_duration or s.default_prompt_seconds
-        if not s.min_prompt_seconds <= prompt_seconds <= s.max_prompt_seconds:
-            raise InvalidRequest(f"prompt_duration must be {s.min_prompt_seconds}-{s.max_prompt_seconds} seconds")
-        if self.ctx.queue.depth() >= s.max_queue:
-            raise QueueFull(f"the queue is full ({s.max_queue} jobs); try again shortly")
-        upload = decode_upload(audio_b64, s, self.sessions.offload) if audio_b64 else None
-        window = min(float(prompt_seconds), upload.audio.duration) if upload else 0.0
-        if upload is not None and duration <= window:
-            raise InvalidRequest(f"duration ({duration:g} s) must be longer than the audio prompt ({window:.2f} s)")
-        self.sessions.check_rate(caller.owner)
-        job_id = new_job_id()
-        params: dict[str, Any] = {
-            "description": (prompt or "").strip() or None, "duration": float(duration),
-            "top_k": 250 if top_k is None else top_k, "top_p": 0.0 if top_p is None else top_p,
-            "temperature": 1.0 if temperature is None else temperature,
-            "cfg_coef": 3.0 if cfg_coef is None else cfg_coef, "seed": seed,
-        }
-        prompt_blob = None
+        resolver = self.sessions.specs
+        spec = resolver.generate_spec(duration=duration, description=prompt, model=model, given=sampling or {},
+                                      seed=seed, prompt_seconds=prompt_duration, fmt=None)
+        self.sessions.check_capacity()
+        upload = decode_upload(audio_b64, self.settings, self.sessions.offload) if audio_b64 else None
         if upload is not None:
             a = upload.audio
-            params.update(prompt_duration=prompt_seconds, sample_rate=a.sample_rate, channels=a.channels,
-                          subtype=a.subtype)
-            wav = self.sessions.offload(_prompt_wav, upload, float(prompt_seconds))
-            prompt_blob = self.ctx.blobs.put(wav, session_id="", kind="prompt", job_id=job_id)
-        job = Job(id=job_id, kind="generate", session_id="", model=model, params=params, prompt_blob=prompt_blob,
-                  owner=caller.owner)
+            spec = resolver.generate_spec(
+                duration=duration, description=prompt, model=model, given=sampling or {}, seed=seed,
+                prompt_seconds=prompt_duration,
+                fmt=AudioFormat(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype),
+                audio_seconds=a.duration)
+        self.sessions.check_rate(caller)
+        job_id = new_job_id()
+        if upload is not None:
+            window = self.sessions.offload(prompt_wav, spec, upload.audio.samples, upload.audio.sample_rate)
+            spec = spec.model_copy(update={"prompt_blob": self.ctx.blobs.put(window, session_id="", kind="prompt",
+                                                                             job_id=job_id)})
+        job = Job(id=job_id, kind="generate", session_id="", spec=spec, owner=caller.owner)
         try:
-            self.ctx.queue.enqueue(job, limit=s.max_queue)
+            self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
-            if prompt_blob:
-                self.ctx.blobs.delete(prompt_blob)
+            if spec.prompt_blob:
+                self.ctx.blobs.delete(spec.prompt_blob)
             raise
-        log.info("job queued", job_id=job_id, kind="generate", model=model, seconds=duration,
+        log.info("job queued", job_id=job_id, kind="generate", model=spec.model, seconds=duration,
                  audio=upload is not None)
         return self._view(job, self.ctx.queue.position(job_id))
 
@@ -116,20 +104,18 @@ class JobService:
     def get(self, caller: Caller, job_id: str) -> Job:
         """The caller's job. :raises NotFound: unknown, expired, or another key's job."""
         job = self.ctx.jobs.get(job_id) if isinstance(job_id, str) and _ID.match(job_id) else None
-        if job is None or (caller.keyed and job.owner != caller.owner):
+        if job is None or not caller.can_see(job.owner):
             raise NotFound(f"no job {job_id[:64]}")
         return job
 
     def view(self, caller: Caller, job_id: str) -> JobView:
         job = self.get(caller, job_id)
-        return self._view(job, self.ctx.queue.position(job.id) if job.status == "queued" else None)
+        return self._view(job)
 
     def peek(self, job_id: str) -> JobView | None:
         """Any job's view, without an owner check (for events to already-checked subscribers)."""
         job = self.ctx.jobs.get(job_id)
-        if job is None:
-            return None
-        return self._view(job, self.ctx.queue.position(job.id) if job.status == "queued" else None)
+        return self._view(job) if job is not None else None
 
     def list(self, caller: Caller, offset: int = 0, limit: int = 20) -> tuple[list[JobView], int]:
         """The caller's recent jobs, newest first, and how many it has."""
@@ -138,7 +124,7 @@ class JobService:
         for job_id in ids:
             job = self.ctx.jobs.get(job_id)
             if job is not None:
-                views.append(self._view(job, self.ctx.queue.position(job.id) if job.status == "queued" else None))
+                views.append(self._view(job))
         return views, total
 
     def cancel(self, caller: Caller, job_id: str, wait_s: float = CANCEL_WAIT_S) -> JobView:
@@ -146,12 +132,12 @@ class JobService:
         steps. Waits up to ``wait_s`` for the worker to confirm, then answers what it sees.
         A finished job is left as it is."""
         job = self.get(caller, job_id)
-        if job.status not in FINAL_STATES:
-            self.sessions.cancel_job(job.id)
+        if not job.status.final:
+            lifecycle.request_cancel(self.ctx, job.id)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 current = self.ctx.jobs.get(job.id)
-                if current is None or current.status in FINAL_STATES:
+                if current is None or current.status.final:
                     break
                 gevent.sleep(0.05)
         return self.view(caller, job_id)
@@ -159,40 +145,32 @@ class JobService:
     def result_blob(self, caller: Caller, job_id: str) -> str:
         """The blob id of the job's WAV. :raises NotReady: no result (yet, or ever)."""
         job = self.get(caller, job_id)
-        if job.status != "completed" or not job.output_blob:
-            if job.status in FINAL_STATES:
+        if job.status is not JobStatus.COMPLETED or not job.output_blob:
+            if job.status.final:
                 raise NotReady(f"job {job.id} ended {job.status}: it has no audio")
             raise NotReady(f"job {job.id} is {job.status}; poll it until it is completed")
         return job.output_blob
 
     def in_flight(self, job_id: str | None) -> bytes | None:
         """A finished job's WAV while the worker is still writing it to GridFS."""
-        if not job_id:
-            return None
-        try:
-            return handoff.read_wav(self.ctx, job_id, held=self.sessions.held.get, offload=self.sessions.offload)
-        except (KeyError, ValueError):
-            return None  # GridFS has (or will have) the file
+        data = delivery.read_result(self.ctx, job_id, None, held=self.sessions.held.get,
+                                    offload=self.sessions.offload)
+        return bytes(data) if data is not None else None
 
-    def read_audio(self, blob_id: str, job_id: str | None) -> bytes | None:
-        try:
-            return self.ctx.blobs.get(blob_id)
-        except KeyError:
-            return self.in_flight(job_id)
-
-    def _view(self, job: Job, position: QueuePosition | None) -> JobView:
+    def _view(self, job: Job, position: QueuePosition | None = None) -> JobView:
         eta = None
         pos = None
-        if job.status == "queued" and position is not None:
+        if job.status is JobStatus.QUEUED:
+            position = position or self.ctx.queue.position(job.id)
             pos = position.position or None
             eta = position.estimated_seconds
-        elif job.status == "running":
+        elif job.status is JobStatus.RUNNING:
             avg = self.ctx.queue.average_job_seconds()
             elapsed = max(0.0, time.time() - (job.started or time.time()))
             done = job.progress / 100
             eta = elapsed * (1 - done) / done if done >= 0.05 else max(avg - elapsed, 1.0)
             eta = round(eta, 1)
-        elif job.status in FINAL_STATES:
+        elif job.status.final:
             eta = 0.0
         return JobView(job, pos, eta)
 
@@ -201,10 +179,8 @@ class JobService:
         """The upstream poll route's answer: ``session_id, generation_in_progress, progress,
         status, error, audio_data`` (``None`` until done), ``queue_status``, plus the
         session's model and parameters."""
-        status = self.sessions.status(session_id, owner=caller.scope)
-        if not status["exists"]:
-            raise SessionNotFound(f"no session {session_id} (it ended or expired)", session_id=session_id)
-        session = self.ctx.sessions.get(session_id) or {}
+        session = self.sessions.require(session_id, caller)
+        status = self.sessions.status(session_id, caller)
         job_id = session.get("job_id") or None
         queue_status = None
         if job_id and status["generation_in_progress"]:
@@ -212,42 +188,27 @@ class JobService:
         blob = session.get("current_blob") or None
         audio_data = None
         if include_audio and blob and not status["generation_in_progress"]:
-            data = self.read_audio(blob, job_id)
+            data = delivery.read_result(self.ctx, job_id, blob, held=self.sessions.held.get,
+                                        offload=self.sessions.offload, stored_wait_s=0.0)
             audio_data = self.sessions.offload(_b64, data) if data is not None else None
-        params = {}
-        for name in ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description"):
-            raw = session.get(name)
-            if raw in (None, ""):
-                params[name] = None
-            elif name in ("prompt_duration", "top_k"):
-                params[name] = int(float(raw))
-            elif name in ("top_p", "temperature", "cfg_coef"):
-                params[name] = float(raw)
-            else:
-                params[name] = raw
+        params = self.sessions.params(session)
+        fields = params.as_fields() if params else dict.fromkeys(PARAM_FIELDS)
         return {
             "session_id": session_id, "generation_in_progress": status["generation_in_progress"],
             "progress": status["progress"], "status": status["status"], "error": status["error"],
             "error_code": session.get("error_code") or None, "audio_data": audio_data,
             "has_audio": bool(blob), "queue_status": queue_status, "queue_position": status["queue_position"],
-            "job_id": job_id, "model_name": status["model_name"], "parameters": params,
+            "job_id": job_id, "model_name": status["model_name"], "parameters": fields,
             "version": status["version"],
         }
 
     def session_audio_blob(self, caller: Caller, session_id: str) -> tuple[str, str | None]:
         """The blob id of the session's current audio, and the job that made it (if any)."""
-        session = self.ctx.sessions.require(session_id)
-        self.sessions.check_owner(session, caller.scope)
+        session = self.sessions.require(session_id, caller)
         blob = session.get("current_blob")
         if not blob:
             raise NotReady("this session has no audio yet", session_id=session_id)
         return blob, session.get("job_id") or None
-
-
-def _prompt_wav(upload: Upload, seconds: float) -> bytes:
-    a = upload.audio
-    window = audio.tail(a.samples, a.sample_rate, seconds)
-    return audio.encode_wav(model_prompt(window, a.sample_rate, MODEL_RATE), MODEL_RATE, "FLOAT")
 
 
 def _b64(data: bytes) -> str:

@@ -6,7 +6,8 @@ holds it can listen but never continue, crop or clean up the session. The stream
 lives in one Redis hash per token (:func:`g4l.keys.listen`); the token set
 :data:`g4l.keys.STREAMS` tells the packager process which streams to run.
 
-Used by the web process (links, serving, status) and the packager (cleanup).
+Used by the web process (links, serving, status) and the packager; stopping idle streams
+is :mod:`g4l.services.idle_streams`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 from g4l import keys
 from g4l.context import Context
+from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
+from g4l.store.sessions import Session
 
 log = get_logger(__name__)
 
@@ -62,12 +65,10 @@ class ListenService:
         self.r = ctx.redis
 
     # ------------------------------------------------------------ links
-    def session_link(self, session_id: str) -> dict[str, str]:
+    def session_link(self, session: Session) -> dict[str, str]:
         """The listen link of a session (the same one every time), starting its stream.
-
-        :raises SessionNotFound: no such session.
-        """
-        session = self.ctx.sessions.require(session_id)
+        The caller has checked the session is the asker's (``SessionService.require``)."""
+        session_id = session.id
         token = session.get("listen_token") or ""
         if not valid_token(token):
             token = new_token()
@@ -138,8 +139,8 @@ class ListenService:
             job_id = station.get("job_id") or ""
             job = self.ctx.jobs.get(job_id) if job_id else None
             out["station_state"] = station.get("status") or "stopped"
-            out["generating"] = bool(job and job.status in ("queued", "running"))
-            out["progress"] = job.progress if job and job.status == "running" else 0
+            out["generating"] = bool(job and job.status.pending)
+            out["progress"] = job.progress if job and job.status is JobStatus.RUNNING else 0
             out["current_prompt"] = out["current_prompt"] or station.get("generating_prompt") or None
         return out
 
@@ -161,28 +162,3 @@ class ListenService:
         fields = ["created", "last_access"] + (["last_audio"] if info.get("kind") == SESSION else [])
         last = max(float(info.get(k) or 0) for k in fields)
         return time.time() - last
-
-    def cleanup(self, max_idle_s: float | None = None) -> list[str]:
-        """Stop every stream with no listener and no new audio for ``max_idle_s``
-        (default: the ``hls_idle_timeout_s`` setting). Stations stopped this way stop
-        generating too. Returns the tokens stopped (their segments are deleted by the
-        packager within a second)."""
-        limit = self.ctx.settings.hls_idle_timeout_s if max_idle_s is None else max(0.0, float(max_idle_s))
-        stopped: list[str] = []
-        for token in sorted(self.r.smembers(keys.STREAMS)):
-            info = self.r.hgetall(keys.listen(token))
-            if not info:
-                self.r.srem(keys.STREAMS, token)
-                continue
-            if self.listeners(token) > 0 or self.idle_seconds(token, info) < limit:
-                continue
-            if info.get("kind") == STATION:
-                from g4l.services.stations import StationService
-
-                StationService(self.ctx).stop(info.get("ref", ""), reason="idle")
-            else:
-                self.stop(token, "idle")
-            stopped.append(token)
-        if stopped:
-            log.info("idle streams stopped", count=len(stopped), max_idle_s=limit)
-        return stopped

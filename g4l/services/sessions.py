@@ -2,7 +2,9 @@
 operations, whatever protocol they arrive by.
 
 Every operation validates everything first (payload, audio, model, session state) and
-only then writes, so a bad request changes nothing.
+only then writes, so a bad request changes nothing. Every one takes the
+:class:`~g4l.services.auth.Caller`: its owner is recorded on what it creates, rate
+limits count per owner, and with API keys on another key's session does not exist.
 """
 
 from __future__ import annotations
@@ -15,31 +17,33 @@ from typing import Any
 
 import gevent
 
-from g4l import audio, keys
+from g4l import keys
 from g4l.context import Context
-from g4l.errors import (Busy, Internal, InvalidRequest, ModelNotAllowed, NothingToRetry, QueueFull, RateLimited,
-                        SessionNotFound, TooLarge)
+from g4l.errors import Busy, Internal, InvalidRequest, NothingToRetry, QueueFull, RateLimited, SessionNotFound, TooLarge
 from g4l.jobs import lifecycle
 from g4l.jobs.queue import QueuePosition
-from g4l.jobs.records import Job, new_job_id
+from g4l.jobs.records import Job, JobStatus, new_job_id
+from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, prompt_wav
 from g4l.log import get_logger
+from g4l.services.auth import Caller
 from g4l.services.held_inputs import HeldInputs
 from g4l.services.ratelimit import RateLimiter
+from g4l.services.specs import SessionParams, SpecResolver
 from g4l.services.uploads import Offload, Upload, decode_upload
 from g4l.store.sessions import Session, format_field, new_session_id, parse_format
-from g4l.worker.generation import model_prompt, prompt_window
-from plugin_protocol.payloads import (ContinueMusicRequest, GenerationParams, ProcessAudioRequest,
-                                      RetryMusicRequest, UpdateCroppedAudio)
+from plugin_protocol.payloads import (
+    ContinueMusicRequest,
+    GenerationParams,
+    ProcessAudioRequest,
+    RetryMusicRequest,
+    UpdateCroppedAudio,
+)
 
 log = get_logger(__name__)
 
-#: The rate every MusicGen model works at; prompts are stored ready for it.
-MODEL_RATE = 32_000
 #: A queued job's prompt window waits this long in Redis; a job started later (a long
 #: queue, a requeue) cuts its prompt from the stored input instead.
 PROMPT_TTL_S = 3600
-_PARAM_FIELDS = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
-_DEFAULTS = {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0, "description": None}
 
 
 @dataclass(frozen=True)
@@ -65,198 +69,191 @@ class SessionService:
         self.settings = ctx.settings
         self.offload = offload
         self.spawn = spawn
+        self.specs = SpecResolver(ctx.settings)
         self._limiter = RateLimiter(ctx.redis)
         #: Continue uploads kept until their result is sent (see :mod:`g4l.jobs.handoff`).
         self.held = HeldInputs(self.settings.held_inputs_mb * 1024 * 1024)
 
-    # ------------------------------------------------------------ checks
-    def check_rate(self, client: str) -> None:
-        """At most ``rate_limit_per_minute`` generation requests per client in any 60 s
-        (a sliding window: see :mod:`g4l.services.ratelimit`). ``client`` is the caller's
-        owner id (API key hash, or IP when keys are off)."""
+    # ------------------------------------------------------------ access and limits
+    def find(self, session_id: str, caller: Caller) -> Session | None:
+        """The session, or None when there is none the caller may see."""
+        session = self.ctx.sessions.get(session_id)
+        if session is None or not caller.can_see(session.get("owner")):
+            return None
+        return session
+
+    def require(self, session_id: str, caller: Caller) -> Session:
+        """The session. :raises SessionNotFound: none, or another key's."""
+        session = self.find(session_id, caller)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id[:64]} (it ended or expired)", session_id=session_id[:64])
+        return session
+
+    def check_rate(self, caller: Caller) -> None:
+        """At most ``rate_limit_per_minute`` generation requests per caller (its owner
+        id) in any 60 s, Socket.IO and HTTP alike (:mod:`g4l.services.ratelimit`)."""
         limit = self.settings.rate_limit_per_minute
         if limit <= 0:
             return
-        decision = self._limiter.take(client, limit)
+        decision = self._limiter.take(caller.owner, limit)
         if not decision.allowed:
             retry_after = decision.retry_after
             raise RateLimited(f"too many generation requests: {limit} a minute; retry in {retry_after} s",
                               retry_after=retry_after)
 
-    def check_owner(self, session: Session, owner: str | None) -> None:
-        """With API keys configured, a session is visible only to the key that created it:
-        to anyone else it does not exist. ``owner=None`` (internal callers) skips the check."""
-        if owner is None or not self.settings.api_keys:
-            return
-        if session.get("owner") != owner:
-            raise SessionNotFound(f"no session {session.id} (it ended or expired)", session_id=session.id)
-
-    def _require(self, session_id: str, owner: str | None) -> Session:
-        session = self.ctx.sessions.require(session_id)
-        self.check_owner(session, owner)
-        return session
-
-    def _check_capacity(self) -> None:
+    def check_capacity(self) -> None:
         if self.ctx.queue.depth() >= self.settings.max_queue:
             raise QueueFull(f"the queue is full ({self.settings.max_queue} jobs); try again shortly")
 
-    def _resolve(self, given: dict[str, Any], session: Session | None) -> dict[str, Any]:
-        """The effective parameters: what the client sent, else the session's, else defaults."""
-        params: dict[str, Any] = {}
-        for name in _PARAM_FIELDS:
-            if name in given:
-                params[name] = given[name]
-            elif session is not None and session.get(name) not in (None, ""):
-                raw = session[name]
-                params[name] = int(float(raw)) if name in ("prompt_duration", "top_k") else (
-                    float(raw) if name in ("top_p", "temperature", "cfg_coef") else raw)
-            elif name == "model_name":
-                params[name] = self.settings.model_default
-            elif name == "prompt_duration":
-                params[name] = self.settings.default_prompt_seconds
-            else:
-                params[name] = _DEFAULTS[name]
-        model = params["model_name"]
-        if model not in self.settings.models:
-            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: "
-                                  + ", ".join(self.settings.models))
-        lo, hi = self.settings.min_prompt_seconds, self.settings.max_prompt_seconds
-        if not lo <= params["prompt_duration"] <= hi:
-            raise InvalidRequest(f"prompt_duration must be {lo}-{hi} seconds")
-        return params
+    @staticmethod
+    def params(session: Session | None) -> SessionParams | None:
+        """The parameters a session remembers (None before its first request named any)."""
+        raw = session.get("params") if session is not None else None
+        return SessionParams.model_validate_json(raw) if raw else None
 
     def _upload(self, text: str) -> Upload:
         return decode_upload(text, self.settings, self.offload)
 
     # ------------------------------------------------------------ operations
-    def bang(self, req: ProcessAudioRequest, client: str, owner: str | None = None) -> Accepted:
-        """New session continuing the FIRST ``prompt_duration`` seconds of the audio.
-
-        :param owner: who the session belongs to (see :mod:`g4l.services.auth`); every
-            operation below takes it and, with API keys on, refuses other owners' sessions.
-        """
-        params = self._resolve(req.given(), None)
-        self._check_capacity()
+    def bang(self, req: ProcessAudioRequest, caller: Caller) -> Accepted:
+        """New session continuing the FIRST ``prompt_duration`` seconds of the audio."""
+        params = self.specs.session_params(req.given(), None)
+        self.check_capacity()
         upload = self._upload(req.audio_data)
-        self.check_rate(client)
+        self.check_rate(caller)
         session_id, job_id = new_session_id(), new_job_id()
-        self.ctx.sessions.create(session_id, status="queued", job_id=job_id, owner=owner or "",
-                                 **self._session_params(params))
-        return self._submit("bang", session_id, job_id, params, upload=upload, owner=owner)
+        self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
+                                 params=params.model_dump_json())
+        return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True)
 
-    def continue_(self, req: ContinueMusicRequest, client: str, owner: str | None = None, *,
-                  hold_input: bool = False) -> Accepted:
+    def continue_(self, req: ContinueMusicRequest, caller: Caller, *, hold_input: bool = False) -> Accepted:
         """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio.
 
         :param hold_input: keep the upload in this process until the result is sent, so
             only the new audio comes back through Redis: for a caller whose result this
             node delivers (a socket here), not for one that polls for it."""
-        session = self._require(req.session_id, owner) if req.session_id else None
+        session = self.require(req.session_id, caller) if req.session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
-        params = self._resolve(req.given(), session)
+        params = self.specs.session_params(req.given(), self.params(session))
         if req.audio_data is None and (session is None or not session.get("current_blob")):
             raise InvalidRequest("no audio: send audio_data (this session has none stored yet)",
                                  session_id=req.session_id)
-        self._check_capacity()
+        self.check_capacity()
         upload = self._upload(req.audio_data) if req.audio_data is not None else None
-        self.check_rate(client)
+        self.check_rate(caller)
         job_id = new_job_id()
         if session is None:
             session_id = new_session_id()
-            self.ctx.sessions.create(session_id, status="queued", job_id=job_id, owner=owner or "",
-                                     **self._session_params(params))
+            self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
+                                     params=params.model_dump_json())
         else:
             session_id = session.id
             self.ctx.sessions.begin_job(session_id, job_id)
-            self.ctx.sessions.update(session_id, **self._session_params(params))
+            self.ctx.sessions.update(session_id, params=params.model_dump_json())
         if upload is not None:
-            return self._submit("continue", session_id, job_id, params, upload=upload, owner=owner,
-                                hold=hold_input)
-        return self._submit("continue", session_id, job_id, params, input_blob=session["current_blob"],
-                            owner=owner)
+            return self._submit("continue", session_id, job_id, params, caller, upload=upload, hold=hold_input,
+                                new_session=session is None)
+        assert session is not None
+        return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"])
 
-    def retry(self, req: RetryMusicRequest, client: str, owner: str | None = None) -> Accepted:
+    def retry(self, req: RetryMusicRequest, caller: Caller) -> Accepted:
         """Redo the last continue from the input it used."""
-        session = self._require(req.session_id, owner)
+        session = self.require(req.session_id, caller)
         if session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         source = session.get("retry_input_blob")
         if not source:
             raise NothingToRetry("nothing to retry: this session has had no continue yet", session_id=session.id)
-        params = self._resolve(req.given(), session)
-        self._check_capacity()
-        self.check_rate(client)
+        params = self.specs.session_params(req.given(), self.params(session))
+        self.check_capacity()
+        self.check_rate(caller)
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)
-        self.ctx.sessions.update(session.id, **self._session_params(params))
-        return self._submit("retry", session.id, job_id, params, input_blob=source, owner=owner)
+        self.ctx.sessions.update(session.id, params=params.model_dump_json())
+        return self._submit("retry", session.id, job_id, params, caller, input_blob=source)
 
-    def crop(self, req: UpdateCroppedAudio, owner: str | None = None) -> str:
+    def crop(self, req: UpdateCroppedAudio, caller: Caller) -> str:
         """The given audio becomes the session's current audio. Returns the session id."""
-        session = self._require(req.session_id, owner) if req.session_id else None
+        session = self.require(req.session_id, caller) if req.session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         upload = self._upload(req.audio_data)
-        return self._set_current(session, upload, kind="crop", owner=owner)
+        return self._set_current(session, upload, kind="crop", owner=caller.owner)
 
-    def cleanup(self, session_id: str, owner: str | None = None) -> None:
+    def cleanup(self, session_id: str, caller: Caller) -> None:
         """Free the session: cancel its job, forget its state. Its audio stays in GridFS
         until the retention sweep, so an accidental cleanup loses nothing at once."""
-        session = self._require(session_id, owner)
+        session = self.require(session_id, caller)
         job_id = session.get("job_id")
         if session.busy and job_id:
-            self.cancel_job(job_id)
+            lifecycle.request_cancel(self.ctx, job_id)
         self.ctx.redis.delete(keys.upload(session_id))
         self.ctx.sessions.delete(session_id)
 
-    def cancel_job(self, job_id: str) -> None:
-        """Stop a job: dropped if still queued, stopped between model steps if running."""
-        self.ctx.jobs.request_cancel(job_id)
-        job = self.ctx.jobs.get(job_id)
-        if job is not None and job.status == "queued" and self.ctx.queue.remove_waiting(job_id):
-            lifecycle.canceled(self.ctx, job)
-
-    def status(self, session_id: str, owner: str | None = None) -> dict[str, Any]:
+    # ------------------------------------------------------------ status
+    def status(self, session_id: str, caller: Caller) -> dict[str, Any]:
         """What verify_session / request_progress_status / the poll route answer."""
-        session = self.ctx.sessions.get(session_id)
-        if session is not None and owner is not None and self.settings.api_keys \
-                and session.get("owner") != owner:
-            session = None
+        session = self.find(session_id, caller)
         if session is None:
             return {"session_id": session_id, "exists": False, "status": "missing",
                     "generation_in_progress": False, "progress": 0, "queue_position": None,
                     "error": None, "model_name": None, "version": 0}
         position = None
         job_id = session.get("job_id")
-        if session.status == "queued" and job_id:
+        if session.status == JobStatus.QUEUED and job_id:
             position = self.ctx.queue.position(job_id).position
+        params = self.params(session)
         return {"session_id": session_id, "exists": True, "status": session.status,
                 "generation_in_progress": session.busy, "progress": session.progress,
                 "queue_position": position, "error": session.text("error"),
-                "model_name": session.text("model_name"), "version": session.version}
+                "model_name": params.model if params else None, "version": session.version}
 
     def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
         """The ``queue_status`` payload for a job."""
         job = self.ctx.jobs.get(job_id)
         pos = self.ctx.queue.position(job_id)
-        state = {"queued": "queued", "running": "processing"}.get(job.status if job else "", "ready")
-        if state == "queued":
+        if job is not None and job.status is JobStatus.QUEUED:
+            state = "queued"
             message = f"Position {pos.position} in queue" if pos.position > 1 else "Next in queue"
-        elif state == "processing":
-            message = "Generating"
+        elif job is not None and job.status is JobStatus.RUNNING:
+            state, message = "processing", "Generating"
         else:
-            message = "Ready"
+            state, message = "ready", "Ready"
         return {"message": message, "position": pos.position, "total_queued": pos.total_queued,
                 "estimated_seconds": pos.estimated_seconds, "status": state, "session_id": session_id}
 
+    def ready_status(self, session_id: str) -> dict[str, Any]:
+        """``queue_status`` once a result has been sent."""
+        return {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(), "estimated_seconds": 0,
+                "status": "ready", "session_id": session_id}
+
+    def missed_result(self, session_id: str) -> Job | None:
+        """The session's finished job whose result no socket has received yet (the client
+        was away when it finished), or None: a returning client gets it again."""
+        session = self.ctx.sessions.get(session_id)
+        if session is None or session.busy:
+            return None
+        job_id = session.get("job_id")
+        if not job_id or not session.get("last_output_blob") or session.get("delivered") == job_id:
+            return None
+        job = self.ctx.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.COMPLETED or not job.output_blob:
+            return None
+        return job
+
+    def mark_delivered(self, session_id: str, job_id: str) -> None:
+        """A socket has the whole result (the worker's GridFS write waits for this)."""
+        self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
+
     # ------------------------------------------------------------ chunked restore
-    def begin_restore(self, params: GenerationParams, owner: str | None = None) -> tuple[str, int]:
+    def begin_restore(self, params: GenerationParams, caller: Caller) -> tuple[str, int]:
         """Start a chunked upload into a new session. Returns (session id, chunk size)."""
         given = params.given()
-        if "model_name" in given or "prompt_duration" in given:
-            self._resolve(given, None)
-        session = self.ctx.sessions.create(owner=owner or "", **{k: v for k, v in given.items()})
+        fields: dict[str, Any] = {"owner": caller.owner}
+        if given:
+            fields["params"] = self.specs.session_params(given, None).model_dump_json()
+        session = self.ctx.sessions.create(**fields)
         key = keys.upload(session.id)
         with self.ctx.redis.pipeline() as p:
             p.hset(key, "meta", json.dumps({"started": time.time()}))
@@ -265,11 +262,10 @@ class SessionService:
         return session.id, self.settings.chunk_size
 
     def add_chunk(self, session_id: str, index: int, total: int, chunk: str, is_last: bool,
-                  owner: str | None = None) -> tuple[int, list[int] | None, bool]:
+                  caller: Caller) -> tuple[int, list[int] | None, bool]:
         """Store one fragment. Returns (received count, missing indexes or None, complete)."""
-        session = self.ctx.sessions.get(session_id)
-        if session is not None:
-            self.check_owner(session, owner)
+        if self.ctx.sessions.get(session_id) is not None:
+            self.require(session_id, caller)
         key = keys.upload(session_id)
         if not self.ctx.redis.exists(key):
             raise SessionNotFound("no chunked upload in progress for this session; send begin_restore_audio",
@@ -306,10 +302,6 @@ class SessionService:
         return received, [], True
 
     # ------------------------------------------------------------ internals
-    @staticmethod
-    def _session_params(params: dict[str, Any]) -> dict[str, Any]:
-        return {k: params[k] for k in _PARAM_FIELDS}
-
     def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None) -> str:
         session_id = session.id if session else new_session_id()
         if session is None:
@@ -323,68 +315,65 @@ class SessionService:
                                  current_format=format_field(a.sample_rate, a.channels, a.subtype))
         return session_id
 
-    def _submit(self, kind: str, session_id: str, job_id: str, params: dict[str, Any], *,
-                upload: Upload | None = None, input_blob: str | None = None, owner: str | None = None,
-                hold: bool = False) -> Accepted:
+    def _submit(self, kind: str, session_id: str, job_id: str, params: SessionParams, caller: Caller, *,
+                upload: Upload | None = None, input_blob: str | None = None, hold: bool = False,
+                new_session: bool = False) -> Accepted:
         """Store what the job needs and queue it. With a fresh upload, only the small
         prompt window is stored before queueing; the full file is written while the
         model runs (the worker needs it only to assemble the result)."""
+        held = False
         try:
-            job_params: dict[str, Any] = {k: params[k] for k in _PARAM_FIELDS if k != "model_name"}
             if upload is not None:
                 a = upload.audio
-                job_params.update(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype)
-                prompt_wav = self.offload(self._prompt_wav, upload, kind, float(params["prompt_duration"]))
-                # Redis, not GridFS: the worker reads it at once, and nothing keeps it after the job.
-                self.ctx.redis_bytes.set(keys.prompt(job_id), prompt_wav, ex=PROMPT_TTL_S)
+                fmt = AudioFormat(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype)
                 input_blob = self.ctx.blobs.new_id()
+                spec = self.specs.session_spec(kind, params, fmt, input_blob)
+                window = self.offload(prompt_wav, spec, a.samples, a.sample_rate)
+                # Redis, not GridFS: the worker reads it at once, and nothing keeps it after the job.
+                self.ctx.redis_bytes.set(keys.prompt(job_id), window, ex=PROMPT_TTL_S)
                 # Holding the upload here lets the worker send back only the new audio.
-                if hold and kind != "bang" and self.held.put(job_id, upload.wav):
-                    job_params["splice_handoff"] = True
+                held = hold and spec.assembly is Assembly.SPLICE and self.held.put(job_id, upload.wav)
             else:
-                job_params.update(self._stored_format(session_id, input_blob or ""))
-            job = Job(id=job_id, kind=kind, session_id=session_id, model=params["model_name"],
-                      params=job_params, input_blob=input_blob, owner=owner)
+                assert input_blob is not None
+                spec = self.specs.session_spec(kind, params, self._stored_format(session_id, input_blob),
+                                               input_blob)
+            job = Job(id=job_id, kind=kind, session_id=session_id, spec=spec, owner=caller.owner, hold_input=held)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
             self.held.discard(job_id)
-            if kind == "bang":  # the session was made for this job alone
+            if new_session:  # the session was made for this job alone
                 self.ctx.sessions.delete(session_id)
             else:
                 self.ctx.sessions.update_if_job(session_id, job_id, status="idle", progress=0)
             raise
         if upload is not None:
-            self.spawn(self._store_input, upload, session_id, job, input_blob)
-        log.info("job queued", session_id=session_id, job_id=job_id, kind=kind, model=params["model_name"])
+            self.spawn(self._store_input, upload, job)
+        log.info("job queued", session_id=session_id, job_id=job_id, kind=kind, model=spec.model)
         return Accepted(session_id, job_id, kind, self.ctx.queue.position(job_id))
 
-    def _stored_format(self, session_id: str, blob_id: str) -> dict[str, Any]:
+    def _stored_format(self, session_id: str, blob_id: str) -> AudioFormat:
         """Rate, channels and sample format of a stored version (a result may still be on
         its way into GridFS, so the session's own record is asked first)."""
         session = self.ctx.sessions.get(session_id)
         fmt = parse_format(session.get("current_format")) if session else None
-        if fmt is not None and session.get("current_blob") == blob_id:
-            return {"sample_rate": fmt[0], "channels": fmt[1], "subtype": fmt[2]}
+        if fmt is not None and session is not None and session.get("current_blob") == blob_id:
+            return AudioFormat(sample_rate=fmt[0], channels=fmt[1], subtype=fmt[2])
         info = self.ctx.blobs.info(blob_id)
         if info is None:
             raise SessionNotFound("the session's stored audio is gone (retention)", session_id=session_id)
         m = info.metadata
-        return {"sample_rate": m["sample_rate"], "channels": m["channels"], "subtype": m.get("subtype", "PCM_16")}
+        return AudioFormat(sample_rate=m["sample_rate"], channels=m["channels"], subtype=m.get("subtype", "PCM_16"))
 
-    @staticmethod
-    def _prompt_wav(upload: Upload, kind: str, seconds: float) -> bytes:
+    def _store_input(self, upload: Upload, job: Job) -> None:
         a = upload.audio
-        window = prompt_window(a.samples, a.sample_rate, kind, seconds)
-        return audio.encode_wav(model_prompt(window, a.sample_rate, MODEL_RATE), MODEL_RATE, "FLOAT")
-
-    def _store_input(self, upload: Upload, session_id: str, job: Job, blob_id: str) -> None:
-        a = upload.audio
+        spec: GenerationSpec = job.spec
+        assert spec.input_blob is not None
         try:
-            self.ctx.blobs.put(upload.wav, session_id=session_id, kind="input", blob_id=blob_id, job_id=job.id,
-                               sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype,
+            self.ctx.blobs.put(upload.wav, session_id=job.session_id, kind="input", blob_id=spec.input_blob,
+                               job_id=job.id, sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype,
                                duration=a.duration)
         except Exception as exc:
-            log.exception("storing input failed", session_id=session_id, job_id=job.id)
-            self.ctx.jobs.request_cancel(job.id)
-            lifecycle.failed(self.ctx, job, Internal(f"could not store the input audio: {type(exc).__name__}",
-                                                     session_id=session_id))
+            log.exception("storing input failed", session_id=job.session_id, job_id=job.id)
+            self.ctx.jobs.flag_cancel(job.id)
+            lifecycle.fail(self.ctx, job, Internal(f"could not store the input audio: {type(exc).__name__}",
+                                                   session_id=job.session_id))

@@ -1,58 +1,49 @@
 """Generative stations: endless music from a prompt (or a rotation of prompts).
 
 A station is a Redis hash (:func:`g4l.keys.station`) plus a live stream with its own listen
-token. This service creates, describes and stops stations; the packager process drives
-running ones (:mod:`g4l.hls.stations`): it enqueues ``station`` jobs at background
-priority whenever the buffer ahead of the listeners drops below its target, and a worker
-runs them (:mod:`g4l.worker.station_job`). Everything a station needs to resume after a
+token. This service creates, describes and stops stations and queues their generations;
+the packager process drives running ones (:mod:`g4l.hls.stations`): it asks for the next
+stretch whenever the buffer ahead of the listeners drops below its target, and a worker
+runs it (:mod:`g4l.worker.kinds.station`). Everything a station needs to resume after a
 restart is in Redis (state) and GridFS (its last generated audio).
+
+With API keys on, a station belongs to the key that started it (another key gets 404),
+and one key runs at most ``G4L_STATIONS_PER_KEY`` stations at once.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from typing import Any
 
 from g4l import keys
 from g4l.context import Context
-from g4l.errors import G4LError, InvalidRequest, ModelNotAllowed, QueueFull
+from g4l.errors import InvalidRequest, StationNotFound, StationsFull
+from g4l.jobs import lifecycle
+from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
+from g4l.jobs.spec import Sampling
 from g4l.log import get_logger
+from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, buffer_health, links, new_token
+from g4l.services.specs import SpecResolver
 
 log = get_logger(__name__)
 
-MAX_PROMPT_CHARS = 500
-MAX_PROMPTS = 32
 MIN_ROTATE_S = 10.0
 
-
-class StationNotFound(G4LError):
-    """No station with that id (never created, or stopped long ago)."""
-
-    code = "STATION_NOT_FOUND"
-    http_status = 404
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"{name} must be a non-empty string")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"{name} is over {MAX_PROMPT_CHARS} characters")
-    return value.strip()
-
-
-def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(name, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"{name} must be a number")
-    if not lo <= float(value) <= hi:
-        raise InvalidRequest(f"{name} must be between {lo:g} and {hi:g}")
-    return float(value)
+# KEYS[1]=running stations, KEYS[2]=the owner's stations; ARGV: id, max total, max per owner (0: none)
+# -> OK | FULL | QUOTA. Checked and taken in one step, so racing creates cannot overshoot.
+_TAKE_SLOT = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 'FULL' end
+if tonumber(ARGV[3]) > 0 and #redis.call('SINTER', KEYS[1], KEYS[2]) >= tonumber(ARGV[3]) then
+  return 'QUOTA'
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 'OK'
+"""
 
 
 def prompt_for(prompts: list[str], rotate_every_s: float, audio_s: float) -> tuple[int, str]:
@@ -66,74 +57,65 @@ def prompt_for(prompts: list[str], rotate_every_s: float, audio_s: float) -> tup
 
 
 class StationService:
-    """Create, describe and stop stations."""
+    """Create, describe, stop and feed stations."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.r = ctx.redis
         self.listen = ListenService(ctx)
+        self.specs = SpecResolver(ctx.settings)
+        self._take_slot = ctx.redis.register_script(_TAKE_SLOT)
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Start a station from ``{prompt | genre, temperature?, model?, prompts?,
-        rotate_every_s?, top_k?, cfg_coef?}``.
+    def create(self, caller: Caller, *, prompts: list[str], model: str | None = None, temperature: float | None = None,
+               top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0
+               ) -> dict[str, Any]:
+        """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
+        music when there are several).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
-        :raises InvalidRequest: a field of the wrong type or range.
+        :raises InvalidRequest: no prompt, or a rotation under :data:`MIN_ROTATE_S`.
         :raises ModelNotAllowed: a model outside the allowlist.
-        :raises QueueFull: ``max_stations`` stations already run.
+        :raises StationsFull: ``max_stations`` stations already run, or this key's quota.
         """
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        settings = self.ctx.settings
-        prompts: list[str] = []
-        if body.get("prompts") is not None:
-            raw = body["prompts"]
-            if not isinstance(raw, list) or not raw or len(raw) > MAX_PROMPTS:
-                raise InvalidRequest(f"prompts must be a list of 1-{MAX_PROMPTS} strings")
-            prompts = [_text(p, "each prompt") for p in raw]
-        for name in ("prompt", "genre"):
-            if body.get(name) is not None:
-                prompts.insert(0, _text(body[name], name))
-                break
+        prompts = [p.strip() for p in prompts if p and p.strip()]
         if not prompts:
             raise InvalidRequest("send a prompt (or a genre, or a list of prompts)")
-        temperature = _number(body, "temperature", 1.0, 0.05, 5.0)
-        rotate = _number(body, "rotate_every_s", 0.0, 0.0, 86_400.0)
-        if 0 < rotate < MIN_ROTATE_S:
+        if 0 < rotate_every_s < MIN_ROTATE_S:
             raise InvalidRequest(f"rotate_every_s must be 0 (never) or at least {MIN_ROTATE_S:g}")
-        top_k = int(_number(body, "top_k", 250, 0, 10_000))
-        cfg_coef = _number(body, "cfg_coef", 3.0, 0.0, 20.0)
-        model = body.get("model") or settings.model_default
-        if model not in settings.models:
-            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: "
-                                  + ", ".join(settings.models))
-        if self.r.scard(keys.STATIONS) >= settings.max_stations:
-            raise QueueFull(f"{settings.max_stations} stations are already running; stop one first")
+        settings = self.ctx.settings
+        model = self.specs.model(model)
+        sampling = self.specs.sampling({"temperature": temperature, "top_k": top_k, "cfg_coef": cfg_coef})
         station_id = str(uuid.uuid4())
+        quota = settings.stations_per_key if caller.keyed else 0
+        taken = self._take_slot(keys=[keys.STATIONS, keys.owner_stations(caller.owner)],
+                                args=[station_id, settings.max_stations, quota])
+        if taken == "FULL":
+            raise StationsFull(f"{settings.max_stations} stations are already running; stop one first")
+        if taken == "QUOTA":
+            raise StationsFull(f"this key already runs {quota} station(s), its most; stop one first")
         token = new_token()
-        now = time.time()
-        index, first = prompt_for(prompts, rotate, 0.0)
+        index, first = prompt_for(prompts, rotate_every_s, 0.0)
         self.r.hset(keys.station(station_id), mapping={
-            "id": station_id, "token": token, "status": "running", "model": model,
-            "prompts": json.dumps(prompts), "rotate_every_s": rotate, "temperature": temperature,
-            "top_k": top_k, "cfg_coef": cfg_coef, "created": now, "audio_s": 0, "generations": 0,
-            "last_blob": "", "job_id": "", "generating_prompt": first, "errors": "[]", "rotations": "[]",
+            "id": station_id, "token": token, "status": "running", "model": model, "owner": caller.owner,
+            "prompts": json.dumps(prompts), "rotate_every_s": rotate_every_s, "sampling": sampling.model_dump_json(),
+            "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
+            "generating_prompt": first, "errors": "[]", "rotations": "[]",
         })
-        self.r.sadd(keys.STATIONS, station_id)
+        self.r.expire(keys.owner_stations(caller.owner), settings.retention_seconds)
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
-                 rotate_every_s=rotate)
+                 rotate_every_s=rotate_every_s)
         return {"station_id": station_id, **links(token), "status": "starting"}
 
-    def _require(self, station_id: str) -> dict[str, str]:
+    def _require(self, station_id: str, caller: Caller) -> dict[str, str]:
         info = self.r.hgetall(keys.station(station_id)) if station_id else {}
-        if not info:
-            raise StationNotFound(f"no station {station_id}")
+        if not info or not caller.can_see(info.get("owner")):
+            raise StationNotFound(f"no station {station_id[:64]}")
         return info
 
-    def get(self, station_id: str) -> dict[str, Any]:
+    def get(self, station_id: str, caller: Caller) -> dict[str, Any]:
         """Status: buffer (seconds, health), current prompt, listeners, rotations, errors."""
-        st = self._require(station_id)
+        st = self._require(station_id, caller)
         token = st.get("token", "")
         stream = self.r.hgetall(keys.listen(token)) if token else {}
         buffered = float(stream.get("buffered_s") or 0)
@@ -146,7 +128,7 @@ class StationService:
         return {
             "station_id": station_id, **links(token), "status": st.get("status"),
             "stopped_reason": st.get("stopped_reason") or None,
-            "model": st.get("model"), "temperature": float(st.get("temperature") or 1.0),
+            "model": st.get("model"), "temperature": self.sampling(st).temperature,
             "prompts": json.loads(st.get("prompts") or "[]"),
             "rotate_every_s": float(st.get("rotate_every_s") or 0),
             "current_prompt": stream.get("playing_prompt") or st.get("generating_prompt") or None,
@@ -159,31 +141,59 @@ class StationService:
             "played_seconds": float(stream.get("position_s") or 0),
             "generated_seconds": float(st.get("audio_s") or 0),
             "generations": int(st.get("generations") or 0),
-            "generating": bool(job and job.status in ("queued", "running")),
-            "progress": job.progress if job and job.status == "running" else 0,
+            "generating": bool(job and job.status.pending),
+            "progress": job.progress if job and job.status is JobStatus.RUNNING else 0,
             "listeners": self.listen.listeners(token) if token else 0,
             "rotations": json.loads(st.get("rotations") or "[]"),
             "errors": json.loads(st.get("errors") or "[]"),
             "created": float(st.get("created") or 0),
         }
 
-    def stop(self, station_id: str, reason: str = "stopped") -> dict[str, Any]:
+    def list(self, caller: Caller) -> list[dict[str, Any]]:
+        """The running stations the caller may see, oldest first."""
+        found = []
+        for station_id in sorted(self.r.smembers(keys.STATIONS)):
+            try:
+                found.append(self.get(station_id, caller))
+            except StationNotFound:
+                continue
+        return sorted(found, key=lambda st: st["created"])
+
+    def stop(self, station_id: str, caller: Caller, reason: str = "stopped") -> dict[str, Any]:
         """Stop generating and streaming; the stream's segments are deleted."""
-        st = self._require(station_id)
+        st = self._require(station_id, caller)
         with self.r.pipeline() as p:
             p.hset(keys.station(station_id), mapping={"status": "stopped", "stopped_reason": reason})
             p.srem(keys.STATIONS, station_id)
+            p.srem(keys.owner_stations(st.get("owner") or ""), station_id)
             p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
             p.execute()
         job_id = st.get("job_id") or ""
         if job_id:
-            self.ctx.jobs.request_cancel(job_id)
-            job = self.ctx.jobs.get(job_id)
-            if job is not None and job.status == "queued" and self.ctx.queue.remove_waiting(job_id):
-                from g4l.jobs import lifecycle
-
-                lifecycle.canceled(self.ctx, job)
+            lifecycle.request_cancel(self.ctx, job_id)
         if st.get("token"):
             self.listen.stop(st["token"], reason)
         log.info("station stopped", station_id=station_id, reason=reason)
         return {"station_id": station_id, "status": "stopped"}
+
+    # ------------------------------------------------------------ generations
+    @staticmethod
+    def sampling(st: dict[str, str]) -> Sampling:
+        """A station's sampling parameters."""
+        raw = st.get("sampling")
+        return Sampling.model_validate_json(raw) if raw else Sampling()
+
+    def queue_stretch(self, station_id: str, st: dict[str, str], *, index: int, prompt: str, audio_start_s: float,
+                      new_seconds: float) -> Job:
+        """Queue the station's next stretch: ``new_seconds`` of music continuing its last
+        one with ``prompt`` (number ``index`` of its rotation) at ``audio_start_s`` on its
+        own timeline; background priority (interactive jobs go first)."""
+        spec = self.specs.station_spec(model=st.get("model") or "", sampling=self.sampling(st), description=prompt,
+                                       previous_blob=st.get("last_blob") or None, new_seconds=round(new_seconds, 3),
+                                       labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3)})
+        job = Job(id=new_job_id(), kind="station", session_id=station_id, spec=spec, priority=Priority.BACKGROUND,
+                  owner=st.get("owner") or None)
+        self.ctx.queue.enqueue(job)
+        self.r.hset(keys.station(station_id), mapping={"job_id": job.id, "generating_prompt": prompt,
+                                                       "generating_index": index})
+        return job

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,7 @@ class BlobStore:
     def put(self, data: bytes, *, session_id: str, kind: str, blob_id: str | None = None,
             **metadata: Any) -> str:
         """Store ``data``; returns its id. ``blob_id`` lets a caller reserve the id first."""
-        meta = {"session_id": session_id, "kind": kind, "created": dt.datetime.now(dt.timezone.utc), **metadata}
+        meta = {"session_id": session_id, "kind": kind, "created": dt.datetime.now(dt.UTC), **metadata}
         file_id = ObjectId(blob_id) if blob_id else ObjectId()
         for attempt, pause in enumerate(PUT_RETRY_PAUSES_S + (None,), start=1):
             try:
@@ -104,6 +105,23 @@ class BlobStore:
             return self.bucket.open_download_stream(ObjectId(blob_id)).read()
         except (gridfs.errors.NoFile, InvalidId) as exc:
             raise KeyError(blob_id) from exc
+
+    def wait(self, blob_id: str, timeout_s: float, *, stop: Callable[[], bool] | None = None,
+             poll_s: float = 0.05) -> bytes:
+        """The blob, waiting up to ``timeout_s`` for it to be written (another process
+        stores it meanwhile). The one wait-for-a-blob loop; ``time.sleep`` yields to
+        other greenlets in a gevent-patched process.
+
+        :param stop: give up early once it returns True.
+        :raises KeyError: it did not arrive in time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.get(blob_id)
+            except KeyError:
+                if time.monotonic() >= deadline or (stop is not None and stop()):
+                    raise
+                time.sleep(poll_s)
 
     def open(self, blob_id: str) -> gridfs.GridOut:
         """A seekable reader of the blob, for streaming it in pieces.

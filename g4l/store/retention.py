@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import datetime as dt
 
+import redis
+
 from g4l import keys
-from g4l.context import Context
 from g4l.log import get_logger
+from g4l.store.blobs import BlobStore
+from g4l.store.sessions import SessionStore
 
 log = get_logger(__name__)
 
 SWEEP_EVERY_S = 600
 
 
-def sweep(ctx: Context) -> int:
-    """Delete every blob older than the retention whose session is gone. Returns how many."""
-    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=ctx.settings.retention_seconds)
-    deleted = ctx.blobs.delete_older_than(cutoff, keep_sessions=ctx.sessions.live_ids())
+def sweep(blobs: BlobStore, sessions: SessionStore, retention_s: float) -> int:
+    """Delete every blob older than ``retention_s`` whose session is gone. Returns how many."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention_s)
+    deleted = blobs.delete_older_than(cutoff, keep_sessions=sessions.live_ids())
     if deleted:
         log.info("retention sweep", deleted_blobs=deleted)
     return deleted
 
 
-def sweep_if_due(ctx: Context) -> int:
+def sweep_if_due(r: redis.Redis, blobs: BlobStore, sessions: SessionStore, retention_s: float) -> int:
     """Run :func:`sweep` at most once per ``SWEEP_EVERY_S`` across all processes."""
-    if not ctx.redis.set(f"{keys.MAINTENANCE_LOCK}:retention", "1", nx=True, ex=SWEEP_EVERY_S):
+    if not r.set(f"{keys.MAINTENANCE_LOCK}:retention", "1", nx=True, ex=SWEEP_EVERY_S):
         return 0
-    return sweep(ctx)
+    return sweep(blobs, sessions, retention_s)

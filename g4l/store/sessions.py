@@ -15,6 +15,9 @@ import redis
 from g4l import keys
 from g4l.errors import Busy, SessionNotFound
 
+#: A session's status mirrors its current job's while it has one (the Lua below checks
+#: the same two words); "idle" otherwise. The store sits below the job layer, so the
+#: words are written here rather than imported from ``JobStatus``.
 BUSY_STATES = ("queued", "running")
 
 # KEYS[1]=session; ARGV: job_id, now, ttl -> OK | NOT_FOUND | BUSY

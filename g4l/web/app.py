@@ -9,16 +9,15 @@ from flask_cors import CORS
 from flask_socketio import SocketIO
 
 from g4l.context import Context
-from plugin_protocol import fastjson
-from plugin_protocol.packets import FastPacket
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
-from g4l.web import health, metrics, socket_events, transport
+from g4l.web import health, listen, metrics, transport
 from g4l.web.api.install import install as install_api
-from g4l.web import listen
 from g4l.web.offload import offload
 from g4l.web.relay import Relay
+from plugin_protocol import fastjson
+from plugin_protocol.packets import FastPacket
 
 log = get_logger(__name__)
 
@@ -59,9 +58,8 @@ def create_app(settings: Settings) -> WebApp:
     transport.install(socketio.server)
     service = SessionService(ctx, offload=offload)
     relay = Relay(socketio, ctx, service)
-    socket_events.register(socketio, service, relay)
     app.register_blueprint(health.blueprint(ctx))
     app.register_blueprint(metrics.blueprint(ctx))
-    install_api(app, socketio, ctx, service, relay)  # /api/v1: jobs, session twins, docs; API keys
-    listen.install(app, ctx)  # HLS files, listen page, listen links, stations
+    install_api(app, socketio, ctx, service, relay)  # Socket.IO events; /api/v1; docs; API keys
+    listen.install(app, ctx)  # HLS files and the listen page (public, token-guarded)
     return WebApp(app, socketio, ctx, service, relay)

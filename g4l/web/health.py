@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from g4l.context import Context
-from g4l.jobs import lifecycle
+from g4l.jobs import recovery
 
 
 def _check(fn: Any) -> str:
@@ -27,7 +27,7 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
     queue_depth = None
     if redis_state == "live":
         try:
-            workers = [json.loads(v) for v in lifecycle.alive_workers(ctx).values()]
+            workers = [json.loads(v) for v in recovery.alive_workers(ctx).values()]
             queue_depth = ctx.queue.depth()
         except Exception as exc:
             redis_state = f"down: {exc}"[:200]

@@ -1,14 +1,8 @@
-"""HTTP routes of live listening: the HLS files, the listen page, listen links, stations.
-
-Two blueprints:
-
-- ``hls`` (public, guarded by the listen token): ``/hls/<token>/index.m3u8`` and its
-  segments, ``/listen/<token>`` (the hls.js page), ``/listen/<token>/status``. Read-only:
-  nothing here can change a session or a station. Unknown tokens and any file name other
-  than the playlist or a segment answer 404 (so ``..`` and friends never reach the disk).
-- ``listen_api`` (behind the API key when keys are configured):
-  ``POST /api/v1/sessions/<id>/listen``, ``POST /api/v1/stations``,
-  ``GET|DELETE /api/v1/stations/<id>`` and ``POST /api/v1/listen/cleanup``.
+"""The public, token-guarded routes of live listening: ``/hls/<token>/index.m3u8`` and its
+segments, ``/listen/<token>`` (the hls.js page), ``/listen/<token>/status``. Read-only:
+nothing here can change a session or a station. Unknown tokens and any file name other
+than the playlist or a segment answer 404 (so ``..`` and friends never reach the disk).
+Listen links and stations are :mod:`g4l.web.api.streams`.
 
 In production nginx can serve ``/hls/`` straight from ``G4L_HLS_DIR`` (docs/hls.md).
 """
@@ -23,12 +17,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from g4l.context import Context
-from g4l.errors import G4LError, InvalidRequest
 from g4l.log import get_logger
 from g4l.services.listen import ListenService
-from g4l.services.sessions import SessionService
-from g4l.services.stations import StationService
-from g4l.web.api.access import http_caller
+from g4l.web.api import access
 from g4l.web.offload import offload
 
 log = get_logger(__name__)
@@ -39,12 +30,6 @@ SEGMENT_TYPE = "video/mp2t"
 _FILE_RE = re.compile(r"^(index\.m3u8|seg_\d{6,9}\.ts)$")
 _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
          "Access-Control-Allow-Headers": "Range, Content-Type", "Access-Control-Expose-Headers": "Content-Length"}
-
-
-def _error(exc: G4LError) -> Response:
-    resp = jsonify({"error": {"code": exc.code, "message": exc.message}})
-    resp.status_code = exc.http_status
-    return resp
 
 
 def _not_found() -> Response:
@@ -113,67 +98,7 @@ def hls_blueprint(ctx: Context) -> Blueprint:
     return bp
 
 
-def api_blueprint(ctx: Context) -> Blueprint:
-    """Listen links and stations under ``/api/v1``."""
-    bp = Blueprint("listen_api", __name__)
-    listen = ListenService(ctx)
-    stations = StationService(ctx)
-    sessions = SessionService(ctx)
-
-    def _check_owner(session_id: str, owner: str) -> None:
-        # With API keys on, only the session's own key may hand out its listen link.
-        session = ctx.sessions.get(session_id)
-        if session is not None:
-            sessions.check_owner(session, owner)
-
-    @bp.errorhandler(G4LError)
-    def _g4l(exc: G4LError) -> Response:
-        return _error(exc)
-
-    def body() -> dict[str, Any]:
-        data = request.get_json(silent=True)
-        if data is None:
-            if request.get_data():
-                raise InvalidRequest("the body must be JSON")
-            return {}
-        if not isinstance(data, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        return data
-
-    @bp.route("/api/v1/sessions/<session_id>/listen", methods=["POST"])
-    def session_listen(session_id: str) -> Response:
-        _check_owner(session_id, http_caller().owner)
-        return jsonify(listen.session_link(session_id))
-
-    @bp.route("/api/v1/stations", methods=["POST"])
-    def create_station() -> tuple[Response, int]:
-        return jsonify(stations.create(body())), 201
-
-    @bp.route("/api/v1/stations/<station_id>", methods=["GET"])
-    def get_station(station_id: str) -> Response:
-        return jsonify(stations.get(station_id))
-
-    @bp.route("/api/v1/stations/<station_id>", methods=["DELETE"])
-    def delete_station(station_id: str) -> Response:
-        return jsonify(stations.stop(station_id))
-
-    @bp.route("/api/v1/listen/cleanup", methods=["POST"])
-    def cleanup() -> Response:
-        max_idle = body().get("max_idle_s")
-        if max_idle is not None and (isinstance(max_idle, bool) or not isinstance(max_idle, (int, float))):
-            raise InvalidRequest("max_idle_s must be a number of seconds")
-        return jsonify({"stopped": listen.cleanup(max_idle)})
-
-    return bp
-
-
 def install(app: Any, ctx: Context) -> None:
-    """Register both blueprints; the ``hls`` one needs no API key (the token guards it)."""
-    try:
-        from g4l.web.api import access
-
-        access.PUBLIC_BLUEPRINTS.add("hls")
-    except ImportError:  # no API-key layer in this build
-        pass
+    """Register the ``hls`` blueprint; it needs no API key (the token guards it)."""
+    access.PUBLIC_BLUEPRINTS.add("hls")
     app.register_blueprint(hls_blueprint(ctx))
-    app.register_blueprint(api_blueprint(ctx))

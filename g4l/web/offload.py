@@ -3,7 +3,8 @@ gevent hub keeps serving every other socket meanwhile."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import soundfile

@@ -1,27 +1,25 @@
 """Relays job notices from Redis to the Socket.IO rooms this web node holds.
 
 Every web node receives every notice; only a node with a socket in the session's room
-acts on it. That node reads the result from its short-lived Redis hand-off (joining a
-continue's new audio to the upload it holds, :mod:`g4l.jobs.handoff`; GridFS when the
+acts on it. That node reads the result through :mod:`g4l.jobs.delivery` (the short-lived
+Redis hand-off, a continue's new audio joined to the upload it holds; GridFS when the
 hand-off is gone) and sends it as one pre-encoded packet; audio never rides pub/sub.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import numpy as np
 import orjson
 import pybase64
-import redis
 from flask_socketio import SocketIO
 
-from g4l import keys
 from g4l.context import Context
-from g4l.jobs import handoff, notices
+from g4l.jobs import delivery, notices
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.web import transport
@@ -80,24 +78,7 @@ class Relay:
 
     # ------------------------------------------------------------ loop
     def _run(self) -> None:
-        while True:
-            pubsub = self.ctx.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(keys.NOTICES)
-                for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        try:
-                            self.handle(notices.decode(message["data"]))
-                        except Exception:
-                            log.exception("relaying a notice failed")
-            except redis.RedisError as exc:
-                log.warning("notice subscription lost; resubscribing", error=str(exc))
-                gevent.sleep(1.0)
-            finally:
-                try:
-                    pubsub.close()
-                except Exception:
-                    pass
+        notices.listen(self.ctx.redis, self.handle, lambda: False, sleep=gevent.sleep)
 
     def handle(self, notice: dict[str, Any]) -> None:
         for hook in self.hooks:
@@ -144,15 +125,9 @@ class Relay:
             return wav
 
         try:
-            wav = handoff.read_wav(self.ctx, job_id, held=held_input, offload=offload, as_array=True)
-        except (KeyError, ValueError):
-            log.exception("joining the result to its input failed; reading the stored file",
-                          session_id=session_id, job_id=job_id)
-            wav = None
+            wav = delivery.read_result(self.ctx, job_id, blob_id, held=held_input, offload=offload, as_array=True)
         finally:
             self.service.held.discard(job_id)
-        if wav is None:  # expired from Redis: GridFS has it (or is about to)
-            wav = self._from_store(blob_id)
         if wav is None:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
@@ -167,7 +142,7 @@ class Relay:
                 return
             marked.append(True)
             try:
-                self.ctx.sessions.update_if_job(session_id, job_id, delivered=job_id)
+                self.service.mark_delivered(session_id, job_id)
             except Exception:  # runs in a socket's writer: never let it end the connection
                 log.exception("marking a result delivered failed", session_id=session_id, job_id=job_id)
             log.info("result delivered", session_id=session_id, job_id=job_id, bytes=len(wav),
@@ -176,19 +151,7 @@ class Relay:
         frames = dataclasses.replace(frames, on_sent=mark_delivered)
         self.emit(events.PROGRESS_UPDATE, {"progress": 100, "session_id": session_id}, session_id)
         self.emit_frames(frames, session_id)
-        self.emit(events.QUEUE_STATUS, {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(),
-                                        "estimated_seconds": 0, "status": "ready", "session_id": session_id},
-                  session_id)
-
-    def _from_store(self, blob_id: str, wait_s: float = 30.0) -> bytes | None:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return self.ctx.blobs.get(blob_id)
-            except KeyError:
-                if time.monotonic() > deadline:
-                    return None
-                gevent.sleep(0.1)
+        self.emit(events.QUEUE_STATUS, self.service.ready_status(session_id), session_id)
 
     def broadcast_queue(self) -> None:
         """Tell every locally connected waiting session its new position."""
@@ -208,4 +171,5 @@ def audio_event_frames(event: str, wav: bytes | np.ndarray, session_id: str) -> 
     base64 alphabet needs no JSON escaping). Runs in the thread pool."""
     head = b'2["' + event.encode("ascii") + b'",{"audio_data":"'
     tail = b'","session_id":' + orjson.dumps(session_id) + b"}]"
-    return Frames((head, pybase64.b64encode(wav), tail), text=True)
+    data = wav.data if isinstance(wav, np.ndarray) else wav
+    return Frames((head, pybase64.b64encode(data), tail), text=True)

@@ -23,7 +23,6 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -68,7 +67,7 @@ class Frames:
     ``parts`` are bytes-like (bytes, memoryview, bytearray); ``on_sent`` (if any) is called
     once the whole message is written to the socket."""
 
-    parts: tuple[Union[bytes, bytearray, memoryview], ...]
+    parts: tuple[bytes | bytearray | memoryview, ...]
     text: bool = True
     on_sent: Callable[[], None] | None = field(default=None, compare=False)
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 import uuid
+from typing import Any
 
 from g4l import log as logging_setup
 from g4l.context import Context
 from g4l.engine.cache import ModelCache
-from g4l.jobs import lifecycle
 from g4l.log import get_logger
 from g4l.settings import get_settings
-from g4l.store import retention
-from g4l.worker import kinds  # noqa: F401  (registers the non-device job runners)
 from g4l.worker.heartbeat import Heartbeat
 from g4l.worker.result_writer import ResultWriter
-from g4l.worker.runner import run_job
-
-MAINTENANCE_EVERY_S = 5.0
+from g4l.worker.worker import Worker
 
 
 def main() -> None:
@@ -49,63 +44,34 @@ def main() -> None:
         # On a CPU box the model competes with the web process for cores: let the web win,
         # so sockets stay responsive while a generation runs.
         os.nice(settings.worker_nice)
-    current: dict[str, str | None] = {"job": None, "state": "loading"}
-    device = cache.device
+    state = {"state": "loading"}
+    worker = Worker(ctx, cache, name)
 
-    def describe() -> dict:
-        return {"job_id": current["job"], "state": current["state"], "models": cache.loaded(), "torch": torch.__version__,
-                "device": device, "cuda": torch.cuda.is_available()}
+    def describe() -> dict[str, Any]:
+        return {"job_id": worker.current, "state": state["state"], "models": cache.loaded(),
+                "torch": torch.__version__, "device": cache.device, "cuda": torch.cuda.is_available()}
 
-    heartbeat = Heartbeat(ctx.redis, name, settings.worker_heartbeat_s, settings.worker_dead_after_s, describe)
-    stopping = {"flag": False}
+    worker.heartbeat = Heartbeat(ctx.redis, name, settings.worker_heartbeat_s, settings.worker_dead_after_s,
+                                 describe)
+    worker.writer = ResultWriter(ctx)
 
-    def on_term(signum, frame):  # finish the job in hand, then leave
-        stopping["flag"] = True
+    def on_term(signum: int, frame: object) -> None:  # finish the job in hand, then leave
+        worker.stop()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    heartbeat.start()
-    writer = ResultWriter(ctx)
+    worker.heartbeat.start()
     # Warm the default model so the first bang does not pay for loading it.
     try:
         cache.get(settings.model_default)
     except Exception:
         log.exception("could not preload the default model", model=settings.model_default)
-    current["state"] = "ready"
-    heartbeat.beat()
-    log.info("worker ready", worker=name, models=settings.models, device=device)
-    last_maintenance = 0.0
-    while not stopping["flag"]:
-        if time.monotonic() - last_maintenance > MAINTENANCE_EVERY_S:
-            last_maintenance = time.monotonic()
-            try:
-                lifecycle.recover_orphans(ctx)
-                retention.sweep_if_due(ctx)
-            except Exception:
-                log.exception("maintenance failed")
-        claimed = ctx.queue.claim(name, block_ms=1000)
-        if claimed is None:
-            continue
-        job = ctx.jobs.get(claimed.job_id)
-        if job is None or job.status in ("completed", "failed", "canceled") or ctx.jobs.cancel_requested(job.id):
-            if job is not None and job.status == "queued":
-                lifecycle.canceled(ctx, job)
-            ctx.queue.ack(claimed)
-            continue
-        current["job"] = job.id
-        heartbeat.refresh()  # health and recovery see the job now, not at the next tick
-        ctx.queue.mark_running(claimed)
-        lifecycle.started(ctx, job, name)
-        deferred = False
-        try:
-            deferred = run_job(ctx, cache, job, writer=writer, claimed=claimed)
-        finally:
-            if not deferred:
-                ctx.queue.ack(claimed)
-            current["job"] = None
-            heartbeat.refresh()
-    writer.close()  # pending GridFS writes finish while the heartbeat still says we live
-    heartbeat.stop()
+    state["state"] = "ready"
+    worker.heartbeat.beat()
+    log.info("worker ready", worker=name, models=settings.models, device=cache.device)
+    worker.run_forever()
+    worker.writer.close()  # pending GridFS writes finish while the heartbeat still says we live
+    worker.heartbeat.stop()
     log.info("worker stopped", worker=name)
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from g4l.context import Context
+from g4l.jobs import lifecycle
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job
 from g4l.log import get_logger
@@ -71,30 +73,37 @@ class ResultWriter:
             except Exception:  # never let one write stop the thread
                 log.exception("result write failed", job_id=item.job.id, session_id=item.job.session_id)
 
-    def _wait_for_delivery(self, job: Job) -> None:
-        deadline = time.monotonic() + self.defer_max_s
-        while time.monotonic() < deadline:
-            session = self.ctx.sessions.get(job.session_id)
-            if session is None or session.get("delivered") == job.id or session.get("job_id") != job.id:
-                return
-            time.sleep(0.02)
-
     def _write(self, w: PendingWrite) -> None:
-        self._wait_for_delivery(w.job)
-        started = time.perf_counter()
-        wav = w.wav()
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                self.ctx.blobs.put(wav, blob_id=w.blob_id, **w.meta)
-                break
-            except Exception as exc:
-                log.warning("storing a result failed", job_id=w.job.id, session_id=w.job.session_id,
-                            attempt=attempt, error=str(exc)[:200])
-                if attempt == _ATTEMPTS:
-                    return  # left unacknowledged: recovery stores it from the Redis key
-                time.sleep(1.0)
-        store_seconds = round(time.perf_counter() - started, 3)
-        self.ctx.jobs.update(w.job.id, store_seconds=store_seconds)
-        self.ctx.queue.ack(w.claimed)
-        log.info("result stored", job_id=w.job.id, session_id=w.job.session_id, blob_id=w.blob_id,
-                 store_seconds=store_seconds, bytes=len(wav))
+        _wait_for_delivery(self.ctx, w.job, self.defer_max_s)
+        store_result(self.ctx, w)
+
+
+def _wait_for_delivery(ctx: Context, job: Job, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        session = ctx.sessions.get(job.session_id)
+        if session is None or session.get("delivered") == job.id or session.get("job_id") != job.id:
+            return
+        time.sleep(0.02)
+
+
+def store_result(ctx: Context, w: PendingWrite) -> None:
+    """Write a delivered result to GridFS (retrying), then acknowledge its job. After the
+    last failed attempt the job stays pending: recovery stores it from the Redis key."""
+    started = time.perf_counter()
+    wav = w.wav()
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            ctx.blobs.put(wav, blob_id=w.blob_id, **w.meta)
+            break
+        except Exception as exc:
+            log.warning("storing a result failed", job_id=w.job.id, session_id=w.job.session_id,
+                        attempt=attempt, error=str(exc)[:200])
+            if attempt == _ATTEMPTS:
+                return
+            time.sleep(1.0)
+    store_seconds = round(time.perf_counter() - started, 3)
+    ctx.jobs.update(w.job.id, store_seconds=store_seconds)
+    lifecycle.acknowledge(ctx, w.claimed)
+    log.info("result stored", job_id=w.job.id, session_id=w.job.session_id, blob_id=w.blob_id,
+             store_seconds=store_seconds, bytes=len(wav))

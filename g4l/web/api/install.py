@@ -1,5 +1,5 @@
 """Wires the HTTP API into the web app: access control, JSON errors, CORS, blueprints,
-the OpenAPI document and the Socket.IO ``connect`` / ``subscribe`` handlers."""
+the OpenAPI document and the Socket.IO namespace (device events, ``subscribe``, ``connect``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from g4l.context import Context
 from g4l.services.auth import HEADER, ApiKeys
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
-from g4l.web.api import access, jobs, live, openapi, prompts, routing, sessions
+from g4l.web.api import access, jobs, openapi, prompts, routing, sessions, streams
 from g4l.web.relay import Relay
+from g4l.web.socket_namespace import SocketNamespace
 
 
 def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionService, relay: Relay) -> JobService:
@@ -29,7 +30,8 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     job_service = JobService(ctx, service)
     app.register_blueprint(jobs.blueprint(job_service))
     app.register_blueprint(sessions.blueprint(service, job_service))
+    app.register_blueprint(streams.blueprint(service))
     app.register_blueprint(prompts.blueprint())
     app.register_blueprint(openapi.blueprint(settings))
-    live.register(socketio, keys, service, job_service, relay)
+    socketio.on_namespace(SocketNamespace(service, job_service, relay, keys))
     return job_service

@@ -6,12 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from g4l.jobs.records import Job
+from g4l.jobs.records import Job, JobStatus
 from g4l.services.jobs import JobService, JobView, iso
+from g4l.services.specs import SAMPLING_FIELDS
 from g4l.web.api.access import http_caller
 from g4l.web.api.download import send_blob
-from g4l.web.api.models import (ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery,
-                                JobStatus)
+from g4l.web.api.models import ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery
+from g4l.web.api.models import JobStatus as JobStatusBody
 from g4l.web.api.openapi import PREFIX
 from g4l.web.api.routing import operation
 
@@ -21,15 +22,15 @@ def links(job_id: str) -> JobLinks:
     return JobLinks(self=base, audio=f"{base}/audio", cancel=base)
 
 
-def job_status(view: JobView) -> JobStatus:
+def job_status(view: JobView) -> JobStatusBody:
     """The JSON form of a job (also what ``job_update`` events carry)."""
     job: Job = view.job
     error = ErrorBody(code=job.error_code or "GENERATION_FAILED", message=job.error or "") \
-        if job.status == "failed" else None
-    done = job.status == "completed" and bool(job.output_blob)
-    return JobStatus(
-        job_id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
-        progress=1.0 if job.status == "completed" else min(max(job.progress, 0), 100) / 100,
+        if job.status is JobStatus.FAILED else None
+    done = job.status is JobStatus.COMPLETED and bool(job.output_blob)
+    return JobStatusBody(
+        job_id=job.id, kind=job.kind, status=job.status,
+        progress=1.0 if job.status is JobStatus.COMPLETED else min(max(job.progress, 0), 100) / 100,
         position=view.position, eta_seconds=view.eta_seconds, error=error,
         audio_url=f"{PREFIX}/jobs/{job.id}/audio" if done else None, session_id=job.session_id or None,
         model=job.model, created_at=iso(job.created) or "", started_at=iso(job.started),
@@ -47,10 +48,9 @@ def blueprint(jobs: JobService) -> Blueprint:
                            "over Socket.IO; download `links.audio` when the status is `completed`.")
     def generate(body: GenerateRequest) -> Any:
         view = jobs.generate(http_caller(), duration=body.duration, prompt=body.prompt, audio_b64=body.audio,
-                             model=body.model, prompt_duration=body.prompt_duration,
-                             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                             cfg_coef=body.cfg_coef, seed=body.seed)
-        accepted = JobAccepted(job_id=view.job.id, status="queued", position=view.position or 0,
+                             model=body.model, prompt_duration=body.prompt_duration, seed=body.seed,
+                             sampling=body.model_dump(include=set(SAMPLING_FIELDS)))
+        accepted = JobAccepted(job_id=view.job.id, status=JobStatus.QUEUED, position=view.position or 0,
                                estimated_seconds=view.eta_seconds or 0.0, created_at=iso(view.job.created) or "",
                                links=links(view.job.id))
         return accepted, 202
@@ -66,19 +66,19 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/jobs/<job_id>")
     @operation("getJob", "A job's status, progress, queue position and ETA", tags=["jobs"],
-               responses={200: JobStatus})
+               responses={200: JobStatusBody})
     def get_job(job_id: str) -> Any:
         return job_status(jobs.view(http_caller(), job_id))
 
     @bp.delete("/jobs/<job_id>")
     @operation("cancelJob", "Cancel a job (queued: dropped; running: stopped between model steps)",
-               tags=["jobs"], responses={200: JobStatus, 202: JobStatus},
+               tags=["jobs"], responses={200: JobStatusBody, 202: JobStatusBody},
                description="Waits up to 2.5 s for a running job to stop: 200 with its final status, or 202 "
                            "with `running` if the worker has not confirmed yet (poll until `canceled`). "
                            "A finished job is left as it is (200).")
     def cancel_job(job_id: str) -> Any:
         status = job_status(jobs.cancel(http_caller(), job_id))
-        return status, 202 if status.status in ("queued", "running") else 200
+        return status, 202 if JobStatus(status.status).pending else 200
 
     @bp.get("/jobs/<job_id>/audio")
     @operation("getJobAudio", "Download the result WAV (Range requests supported)", tags=["jobs"],

@@ -1,8 +1,5 @@
-"""Live progress for HTTP clients over Socket.IO, and the key check of every connection.
+"""Live progress for HTTP clients over Socket.IO.
 
-* ``connect``: with API keys configured, a socket must present one (``auth: {"api_key":
-  ...}`` or the ``X-API-Key`` handshake header) or it is refused (``connect_error``
-  ``{message, code: "UNAUTHORIZED"}``).
 * ``subscribe {job_id}``: the socket joins the job's room and receives ``job_update``
   (the job's JSON, as ``GET /api/v1/jobs/{id}``) on every change, then ``job_completed``
   (the same, with ``audio_url``) when it is done. It gets the current state at once.
@@ -18,18 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_socketio import SocketIO, emit, join_room, leave_room
+from flask import request
+from flask_socketio import emit, join_room, leave_room
 
-from g4l.errors import InvalidRequest, SessionNotFound, Unauthorized
+from g4l.errors import InvalidRequest
 from g4l.jobs import notices
+from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
-from g4l.services.auth import ApiKeys
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
-from g4l.web.api.access import connect_socket, socket_caller
+from g4l.web.api.access import socket_caller
 from g4l.web.api.jobs import job_status
 from g4l.web.relay import Relay
-from g4l.web.socket_events import _adapter
 from plugin_protocol import events
 from plugin_protocol.normalize import as_object
 
@@ -72,65 +69,52 @@ class JobEvents:
         payload = job_status(view).model_dump(mode="json")
         target = to_sid or job_room(job_id)
         self.relay.socketio.emit(JOB_UPDATE, payload, to=target)
-        if view.job.status == "completed":
+        if view.job.status is JobStatus.COMPLETED:
             self.relay.socketio.emit(JOB_COMPLETED, payload, to=target)
 
 
-def register(socketio: SocketIO, keys: ApiKeys, service: SessionService, jobs: JobService, relay: Relay) -> None:
-    """Attach ``connect``, ``subscribe`` and ``unsubscribe``, and the relay hook."""
-    job_events = JobEvents(relay, jobs)
-    relay.hooks.append(job_events.on_notice)
+class LiveEvents:
+    """``subscribe`` / ``unsubscribe`` (a mixin of the namespace; see the module docstring)."""
 
-    @socketio.on("connect")
-    def connect(auth: Any = None) -> None:
-        try:
-            connect_socket(keys, auth)
-        except Unauthorized as exc:
-            log.info("socket refused", code=exc.code)
-            raise ConnectionRefusedError({"message": exc.message, "code": exc.code}) from None
+    service: SessionService
+    jobs: JobService
+    job_events: JobEvents
 
-    def _target(raw: Any) -> tuple[str | None, str | None]:
-        data = as_object(raw)
-        job_id, session_id = data.get("job_id"), data.get("session_id")
-        for name, value in (("job_id", job_id), ("session_id", session_id)):
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise InvalidRequest(f"{name} must be a non-empty string")
-        if not job_id and not session_id:
-            raise InvalidRequest("send job_id or session_id")
-        return (job_id.strip() if job_id else None), (session_id.strip() if session_id else None)
-
-    @socketio.on(SUBSCRIBE)
-    @_adapter(SUBSCRIBE)
-    def subscribe(raw: Any) -> dict:
-        from flask import request
-
+    def on_subscribe(self, raw: Any = None, *_: Any) -> dict[str, Any]:
         job_id, session_id = _target(raw)
         caller = socket_caller()
         ack: dict[str, Any] = {}
         if job_id:
-            jobs.get(caller, job_id)  # NotFound for unknown or foreign jobs
+            self.jobs.get(caller, job_id)  # NotFound for unknown or foreign jobs
             join_room(job_room(job_id))
             ack["job_id"] = job_id
         if session_id:
-            status = service.status(session_id, owner=caller.scope)
-            if not status["exists"]:
-                raise SessionNotFound(f"no session {session_id[:64]} (it ended or expired)",
-                                      session_id=session_id[:64])
+            self.service.require(session_id, caller)
             join_room(session_id)
             ack["session_id"] = session_id
         emit(SUBSCRIBED, ack)
         if job_id:
-            job_events.send(job_id, to_sid=request.sid)
+            # Flask-SocketIO sets request.sid for every event.
+            self.job_events.send(job_id, to_sid=request.sid)  # type: ignore[attr-defined]
         if session_id:
-            emit(events.SESSION_STATUS, service.status(session_id, owner=caller.scope))
+            emit(events.SESSION_STATUS, self.service.status(session_id, caller))
         return ack
 
-    @socketio.on(UNSUBSCRIBE)
-    @_adapter(UNSUBSCRIBE)
-    def unsubscribe(raw: Any) -> dict:
+    def on_unsubscribe(self, raw: Any = None, *_: Any) -> dict[str, Any]:
         job_id, session_id = _target(raw)
         if job_id:
             leave_room(job_room(job_id))
         if session_id:
             leave_room(session_id)
         return {"job_id": job_id, "session_id": session_id}
+
+
+def _target(raw: Any) -> tuple[str | None, str | None]:
+    data = as_object(raw)
+    job_id, session_id = data.get("job_id"), data.get("session_id")
+    for name, value in (("job_id", job_id), ("session_id", session_id)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InvalidRequest(f"{name} must be a non-empty string")
+    if not job_id and not session_id:
+        raise InvalidRequest("send job_id or session_id")
+    return (job_id.strip()[:64] if job_id else None), (session_id.strip()[:64] if session_id else None)

@@ -9,10 +9,12 @@ ignore unknown fields.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import JsonDict
 
+from g4l.jobs.records import JobStatus as JobStatusValue
 from plugin_protocol import payloads
 from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN
 
@@ -20,7 +22,6 @@ from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN
 #: top (and written into the served document).
 DURATION_CEILING = 3600.0
 
-JobState = Literal["queued", "running", "completed", "failed", "canceled"]
 
 
 class _Request(BaseModel):
@@ -32,14 +33,15 @@ class _Response(BaseModel):
 
 
 # ---------------------------------------------------------------- shared pieces
-_AUDIO = {"contentEncoding": "base64", "contentMediaType": "audio/wav"}
+_AUDIO: JsonDict = {"contentEncoding": "base64", "contentMediaType": "audio/wav"}
 
 
 class SamplingParams(_Request):
     """Sampling parameters (MusicGen's defaults apply to what is left out)."""
 
     temperature: float | None = Field(default=None, gt=0.0, le=10.0, description="Softmax temperature (default 1.0)")
-    top_k: int | None = Field(default=None, ge=0, le=10_000, description="Sample among the k likeliest tokens (default 250)")
+    top_k: int | None = Field(default=None, ge=0, le=10_000,
+                              description="Sample among the k likeliest tokens (default 250)")
     top_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Nucleus sampling; 0 uses top_k (default 0)")
     cfg_coef: float | None = Field(default=None, ge=0.0, le=30.0, description="Classifier-free guidance (default 3.0)")
 
@@ -84,7 +86,7 @@ class JobAccepted(_Response):
     """A queued job (202)."""
 
     job_id: str
-    status: Literal["queued"]
+    status: Literal[JobStatusValue.QUEUED]
     position: int = Field(ge=0, description="1-based place among waiting jobs; 0: a worker already took it")
     estimated_seconds: float = Field(description="Rough seconds until the result")
     created_at: str = Field(description="RFC 3339 UTC")
@@ -94,7 +96,7 @@ class JobAccepted(_Response):
 class JobStatus(_Response):
     job_id: str
     kind: str = Field(description="generate, or bang|continue|retry for session jobs")
-    status: JobState
+    status: JobStatusValue
     progress: float = Field(ge=0.0, le=1.0)
     position: int | None = Field(description="Place in the queue while queued")
     eta_seconds: float | None = Field(description="Rough seconds until done")
@@ -197,7 +199,7 @@ class SessionAccepted(_Response):
     session_id: str
     job_id: str
     kind: Literal["bang", "continue", "retry"]
-    status: Literal["queued"]
+    status: Literal[JobStatusValue.QUEUED]
     queue_status: QueueStatus
     links: SessionLinks
 
@@ -244,3 +246,89 @@ class SessionPoll(_Response):
 class SessionPollQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_audio: bool = Field(default=True, description="false: leave audio_data null (download audio_url)")
+
+
+# ---------------------------------------------------------------- listening and stations
+_PROMPT = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class ListenLink(_Response):
+    """A read-only listen link: the HLS playlist for any player, the page for browsers."""
+
+    playlist_url: str = Field(description="Relative URL of the live HLS playlist")
+    page_url: str = Field(description="Relative URL of the listen page (hls.js)")
+    session_id: str
+
+
+class StationRequest(_Request):
+    """Start an endless generative station (send `prompt`, `genre` or `prompts`)."""
+
+    prompt: _PROMPT | None = Field(default=None, description="What to play")
+    genre: _PROMPT | None = Field(default=None, description="Same as prompt (a genre name is a fine prompt)")
+    prompts: list[_PROMPT] | None = Field(default=None, min_length=1, max_length=32,
+                                          description="A rotation of prompts (after `prompt`/`genre`, if any)")
+    rotate_every_s: float | None = Field(default=None, ge=0.0, le=86_400.0,
+                                         description="Seconds of music per prompt (0: never rotate; else >= 10)")
+    temperature: float | None = Field(default=None, ge=0.05, le=5.0)
+    top_k: int | None = Field(default=None, ge=0, le=10_000)
+    cfg_coef: float | None = Field(default=None, ge=0.0, le=20.0)
+    model: str | None = Field(default=None, max_length=300, description="Model id from the allowlist")
+
+
+class StationCreated(_Response):
+    """A station that is starting (201)."""
+
+    station_id: str
+    playlist_url: str
+    page_url: str
+    status: Literal["starting"]
+
+
+class StationStatus(_Response):
+    """A station: what it plays, its buffer ahead of the listeners, its history."""
+
+    station_id: str
+    playlist_url: str
+    page_url: str
+    status: str = Field(description="running | stopped")
+    stopped_reason: str | None
+    model: str | None
+    temperature: float
+    prompts: list[str]
+    rotate_every_s: float
+    current_prompt: str | None
+    generating_prompt: str | None
+    buffered_seconds: float
+    target_buffer_seconds: float
+    buffer_health: str = Field(description="starting | ok | low | empty | stopped")
+    buffer_low: bool
+    underruns: int
+    played_seconds: float
+    generated_seconds: float
+    generations: int
+    generating: bool
+    progress: int
+    listeners: int
+    rotations: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    created: float
+
+
+class StationList(_Response):
+    stations: list[StationStatus] = Field(description="The running stations this key started")
+
+
+class StationStopped(_Response):
+    station_id: str
+    status: Literal["stopped"]
+
+
+class CleanupRequest(_Request):
+    """Stop every stream idle (no listener, no new audio) this long."""
+
+    max_idle_s: float | None = Field(default=None, ge=0.0, le=10_000_000.0,
+                                     description="Seconds (default G4L_HLS_IDLE_TIMEOUT_S)")
+
+
+class CleanupResponse(_Response):
+    stopped: list[str] = Field(description="Listen tokens of the streams stopped")

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_from_directory
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from g4l.services.auth import HEADER
 from g4l.settings import Settings
@@ -29,8 +29,10 @@ DOCS_DIR = Path(__file__).resolve().parents[1] / "static" / "docs"
 _FLASK_PARAM = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _ERROR_TEXT = {400: "Malformed request (INVALID_REQUEST, INVALID_AUDIO, MODEL_NOT_ALLOWED)",
                401: "Missing or unknown API key (UNAUTHORIZED)",
-               404: "Unknown id, or one that belongs to another key (NOT_FOUND, SESSION_NOT_FOUND)",
-               409: "Not possible in the current state (BUSY, NOTHING_TO_RETRY, NOT_READY)",
+               403: "The key may not do this: an operator action (FORBIDDEN)",
+               404: "Unknown id, or one that belongs to another key (NOT_FOUND, SESSION_NOT_FOUND, "
+                    "STATION_NOT_FOUND)",
+               409: "Not possible in the current state (BUSY, NOTHING_TO_RETRY, NOT_READY, STATIONS_FULL)",
                413: "Body over the size limit (TOO_LARGE)",
                416: "Range outside the file (RANGE_NOT_SATISFIABLE)",
                429: "Too many generation requests (RATE_LIMITED); wait Retry-After seconds",
@@ -90,7 +92,7 @@ def _restrict(schema: dict[str, Any], prop: str, **constraints: Any) -> None:
 def build(app: Flask, settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``."""
     ops = operations(app)
-    models: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     for _, _, op in ops:
         if op.body is not None:
             models.append((op.body, "validation"))
@@ -107,6 +109,8 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
     for name in ("BangRequest", "ContinueRequest", "RetryRequest"):
         if name in schemas:
             _restrict(schemas[name], "model_name", enum=list(settings.models))
+    if "StationRequest" in schemas:
+        _restrict(schemas["StationRequest"], "model", enum=list(settings.models))
 
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
         return refs[(model, mode)]  # type: ignore[index]
@@ -131,7 +135,7 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
         if params:
             doc["parameters"] = params
         if op.body is not None:
-            doc["requestBody"] = {"required": True,
+            doc["requestBody"] = {"required": not op.optional_body,
                                   "content": {"application/json": {"schema": ref(op.body, "validation")}}}
         responses: dict[str, Any] = {}
         for status, resp in sorted(op.responses.items()):
@@ -174,7 +178,9 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
         },
         "tags": [{"name": "jobs", "description": "Generation jobs for DAW clients"},
                  {"name": "sessions", "description": "HTTP twins of the device protocol"},
-                 {"name": "prompts", "description": "Prompt builder"}],
+                 {"name": "prompts", "description": "Prompt builder"},
+                 {"name": "listen", "description": "Live listening over HLS"},
+                 {"name": "stations", "description": "Endless generative stations"}],
     }
     if settings.api_keys:
         document["security"] = [{"ApiKeyAuth": []}]
@@ -211,8 +217,9 @@ def blueprint(settings: Settings) -> Blueprint:
     def docs_asset(name: str) -> Response:
         return send_from_directory(DOCS_DIR, name, max_age=3600)
 
-    for view in (openapi_json, docs_redirect, docs_page, docs_asset):
+    views: tuple[Any, ...] = (openapi_json, docs_redirect, docs_page, docs_asset)
+    for view in views:
         _docs_public_if_configured(view)
         if settings.docs_public:
-            view.g4l_public = True  # type: ignore[attr-defined]
+            view.g4l_public = True
     return bp

@@ -42,11 +42,12 @@ class Operation:
     errors: tuple[int, ...] = ()
     audio: bool = False  # the body may carry base64 audio (bigger size limit)
     description: str = ""
+    optional_body: bool = False  # an empty body means the body model's defaults
 
 
 def operation(operation_id: str, summary: str, *, tags: list[str], body: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, responses: dict[int, Any], errors: tuple[int, ...] = (),
-              audio: bool = False, description: str = "") -> Callable:
+              audio: bool = False, description: str = "", optional_body: bool = False) -> Callable:
     """Declare and implement an operation.
 
     The view is called with its path arguments plus ``body=`` (a validated ``body`` model)
@@ -57,8 +58,9 @@ def operation(operation_id: str, summary: str, *, tags: list[str], body: type[Ba
     :param errors: the 4xx/5xx statuses it may answer (401 and the body errors are added).
     :param audio: the body carries base64 audio: allow ``G4L_MAX_PAYLOAD_MB`` instead of
         ``G4L_MAX_JSON_KB`` and parse it off the event loop.
+    :param optional_body: a request without a body gets the body model's defaults.
     """
-    op = Operation(operation_id, summary, tags, body, query, responses, errors, audio, description)
+    op = Operation(operation_id, summary, tags, body, query, responses, errors, audio, description, optional_body)
 
     def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -66,7 +68,7 @@ def operation(operation_id: str, summary: str, *, tags: list[str], body: type[Ba
             settings = current_app.config["G4L_SETTINGS"]
             if op.body is not None:
                 limit = settings.max_payload_bytes + 64 * 1024 if op.audio else settings.max_json_kb * 1024
-                kwargs["body"] = parse_body(op.body, limit, op.audio)
+                kwargs["body"] = parse_body(op.body, limit, op.audio, op.optional_body)
             elif request.content_length:
                 request.max_content_length = settings.max_json_kb * 1024
                 request.get_data()  # drain (and size-check) a body nobody asked for
@@ -84,14 +86,17 @@ def operation(operation_id: str, summary: str, *, tags: list[str], body: type[Ba
     return wrap
 
 
-def parse_body(model: type[BaseModel], limit: int, big: bool) -> BaseModel:
+def parse_body(model: type[BaseModel], limit: int, big: bool, optional: bool = False) -> BaseModel:
     """Read and validate the JSON body (whatever its Content-Type: URLSession sends none
-    by default). :raises TooLarge, InvalidRequest:"""
+    by default); with ``optional``, no body at all means the model's defaults.
+    :raises TooLarge, InvalidRequest:"""
     request.max_content_length = limit
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
     data = request.get_data(cache=False)
     if not data.strip():
+        if optional:
+            return model()
         raise InvalidRequest("the body is empty: send a JSON object")
     # Megabytes of base64 take a while to validate: keep the event loop free.
     result = offload(_validate, model, data) if big else _validate(model, data)
@@ -137,15 +142,16 @@ def describe(error: ValidationError) -> str:
 # ---------------------------------------------------------------- errors as JSON
 def error_response(exc: G4LError) -> Response:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    retry_after = exc.details.get("retry_after")
+    raw_retry = exc.details.get("retry_after")
+    retry_after = int(raw_retry) if isinstance(raw_retry, int | float) else None
     if retry_after is not None:
-        body["retry_after"] = int(retry_after)  # type: ignore[arg-type]
+        body["retry_after"] = retry_after
     if exc.session_id:
         body["session_id"] = exc.session_id
     resp = jsonify({"error": body})
     resp.status_code = exc.http_status
     if retry_after is not None:
-        resp.headers["Retry-After"] = str(int(retry_after))  # type: ignore[arg-type]
+        resp.headers["Retry-After"] = str(retry_after)
     return resp
 
 

@@ -13,18 +13,28 @@ from flask import Blueprint, Response
 from pydantic import BaseModel, ValidationError
 
 from g4l.errors import InvalidRequest, SessionNotFound
-
+from g4l.jobs.records import JobStatus
 from g4l.services.jobs import JobService
 from g4l.services.sessions import Accepted, SessionService
+from g4l.services.specs import PARAM_FIELDS
 from g4l.web.api.access import http_caller
 from g4l.web.api.download import send_blob
-from g4l.web.api.models import (AudioBody, BangRequest, ContinueRequest, QueueStatus, RetryRequest,
-                                SessionAccepted, SessionLinks, SessionMessage, SessionParams, SessionPoll,
-                                SessionPollQuery)
+from g4l.web.api.models import (
+    AudioBody,
+    BangRequest,
+    ContinueRequest,
+    QueueStatus,
+    RetryRequest,
+    SessionAccepted,
+    SessionLinks,
+    SessionMessage,
+    SessionParams,
+    SessionPoll,
+    SessionPollQuery,
+)
 from g4l.web.api.openapi import PREFIX
 from g4l.web.api.routing import describe, operation
-from plugin_protocol.payloads import (ContinueMusicRequest, ProcessAudioRequest, RetryMusicRequest,
-                                      UpdateCroppedAudio)
+from plugin_protocol.payloads import ContinueMusicRequest, ProcessAudioRequest, RetryMusicRequest, UpdateCroppedAudio
 
 _SESSION_ERRORS = (404, 409, 429, 503)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -52,18 +62,16 @@ def _payload(model: type[T], data: dict[str, Any]) -> T:
 
 
 def _params(body: SessionParams) -> dict[str, Any]:
-    fields = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
-    return {k: getattr(body, k) for k in fields if getattr(body, k) is not None}
+    return {k: getattr(body, k) for k in PARAM_FIELDS if getattr(body, k) is not None}
 
 
 def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
     bp = Blueprint("api_sessions", __name__, url_prefix=PREFIX)
-    settings = service.settings
 
     def accepted(result: Accepted) -> tuple[SessionAccepted, int]:
         qs = QueueStatus(**service.queue_status(result.job_id, result.session_id))
         return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,  # type: ignore[arg-type]
-                               status="queued", queue_status=qs,
+                               status=JobStatus.QUEUED, queue_status=qs,
                                links=session_links(result.session_id, result.job_id)), 202
 
     @bp.post("/sessions/bang")
@@ -72,19 +80,18 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
                audio=True, description="Twin of `process_audio_request`. The result is 30 s; poll the session.")
     def bang(body: BangRequest) -> Any:
         given = _params(body)
-        given.setdefault("model_name", settings.model_default)
-        given.setdefault("prompt_duration", settings.default_prompt_seconds)
+        # The device payload names both; the resolver fills what the HTTP body left out.
+        given.setdefault("model_name", service.specs.model(None))
+        given.setdefault("prompt_duration", service.specs.prompt_seconds(None))
         req = _payload(ProcessAudioRequest, {**given, "audio_data": body.audio_data})
-        caller = http_caller()
-        return accepted(service.bang(req, caller.owner, owner=caller.owner))
+        return accepted(service.bang(req, http_caller()))
 
     @bp.post("/sessions")
     @operation("createSession", "A new session holding the given audio (no generation)", tags=["sessions"],
                body=AudioBody, responses={201: SessionMessage}, errors=(429,), audio=True,
                description="Twin of `update_cropped_audio` without a session id: continue it next.")
     def create(body: AudioBody) -> Any:
-        caller = http_caller()
-        session_id = service.crop(UpdateCroppedAudio(audio_data=body.audio_data), owner=caller.owner)
+        session_id = service.crop(UpdateCroppedAudio(audio_data=body.audio_data), http_caller())
         return SessionMessage(message="Session created", session_id=session_id,
                               links=session_links(session_id)), 201
 
@@ -101,36 +108,32 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
                description="Twin of `continue_music_request`; without `audio_data` the session's current "
                            "audio is continued.")
     def continue_(session_id: str, body: ContinueRequest) -> Any:
-        caller = http_caller()
         req = _payload(ContinueMusicRequest, {**_params(body), "session_id": _checked(session_id),
                                                "audio_data": body.audio_data})
-        return accepted(service.continue_(req, caller.owner, owner=caller.owner))
+        return accepted(service.continue_(req, http_caller()))
 
     @bp.post("/sessions/<session_id>/retry")
     @operation("retrySession", "Redo the last continue from the input it used", tags=["sessions"],
                body=RetryRequest, responses={202: SessionAccepted}, errors=_SESSION_ERRORS,
                description="Twin of `retry_music_request`. Send `{}` to keep the session's parameters.")
     def retry(session_id: str, body: RetryRequest) -> Any:
-        caller = http_caller()
         req = _payload(RetryMusicRequest, {**_params(body), "session_id": _checked(session_id)})
-        return accepted(service.retry(req, caller.owner, owner=caller.owner))
+        return accepted(service.retry(req, http_caller()))
 
     @bp.post("/sessions/<session_id>/crop")
     @operation("cropSession", "Replace the session's current audio (the client trimmed it)", tags=["sessions"],
                body=AudioBody, responses={200: SessionMessage}, errors=(404, 409), audio=True,
                description="Twin of `update_cropped_audio`.")
     def crop(session_id: str, body: AudioBody) -> Any:
-        caller = http_caller()
         sid = service.crop(_payload(UpdateCroppedAudio, {"session_id": _checked(session_id),
-                                                    "audio_data": body.audio_data}),
-                           owner=caller.owner)
+                                                    "audio_data": body.audio_data}), http_caller())
         return SessionMessage(message="Cropped audio updated", session_id=sid, links=session_links(sid))
 
     @bp.delete("/sessions/<session_id>")
     @operation("cleanupSession", "Free the session (cancels its job)", tags=["sessions"],
                responses={200: SessionMessage}, description="Twin of `cleanup_session_request`.")
     def cleanup(session_id: str) -> Any:
-        service.cleanup(_checked(session_id), owner=http_caller().owner)
+        service.cleanup(_checked(session_id), http_caller())
         return SessionMessage(message="Session cleaned up", session_id=session_id)
 
     @bp.get("/sessions/<session_id>/audio")

@@ -1,0 +1,86 @@
+"""Crash recovery: the jobs of workers that died go back on the queue, or fail clearly.
+
+A worker renews a heartbeat key (:mod:`g4l.worker.heartbeat`); once it expires, any
+process running maintenance claims the dead worker's pending stream entries away from it
+(XCLAIM: exactly one recoverer gets each) and gives each job another attempt, or fails
+it once ``G4L_JOB_MAX_ATTEMPTS`` are used. A job that had completed but whose result had
+not reached GridFS yet is stored from its Redis hand-off.
+"""
+
+from __future__ import annotations
+
+import json
+
+from g4l import keys
+from g4l.context import Context
+from g4l.errors import GenerationFailed
+from g4l.jobs import delivery, lifecycle
+from g4l.jobs.queue import Claimed
+from g4l.jobs.records import Job, JobStatus
+from g4l.log import get_logger
+
+log = get_logger(__name__)
+
+#: How long recovery waits for a spliced result's input in GridFS (it runs in a worker's
+#: job loop; the input is normally stored long before).
+ORPHAN_INPUT_WAIT_S = 2.0
+
+
+def alive_workers(ctx: Context) -> dict[str, str]:
+    """Name -> heartbeat JSON of every worker whose heartbeat has not expired."""
+    names = sorted(ctx.redis.smembers(keys.WORKERS))
+    if not names:
+        return {}
+    beats = ctx.redis.mget([keys.worker(n) for n in names])
+    dead = [n for n, b in zip(names, beats, strict=True) if b is None]
+    if dead:
+        ctx.redis.srem(keys.WORKERS, *dead)
+    return {n: b for n, b in zip(names, beats, strict=True) if b is not None}
+
+
+def recover_orphans(ctx: Context) -> int:
+    """Give the jobs of dead workers another attempt, or fail them clearly. Returns how many."""
+    alive = set(alive_workers(ctx))
+    min_idle_ms = int(ctx.settings.worker_dead_after_s * 1000)
+    handled = 0
+    for claimed, consumer in ctx.queue.orphans(alive, min_idle_ms):
+        handled += 1
+        try:
+            _recover_one(ctx, claimed, consumer)
+        except Exception:  # left pending for the next pass; the other orphans go on
+            log.exception("recovering a job failed", job_id=claimed.job_id, dead_worker=consumer)
+    return handled
+
+
+def _store_orphan_result(ctx: Context, job: Job) -> None:
+    """A worker died after handing its result to the web nodes but before GridFS had it:
+    store it from the Redis copy so the session's pointer is not left dangling."""
+    if not job.output_blob or ctx.blobs.exists(job.output_blob):
+        return
+    data = delivery.read_result(ctx, job.id, None, input_wait_s=ORPHAN_INPUT_WAIT_S)
+    meta = ctx.redis.hget(keys.job(job.id), "output_meta")
+    if data is None or not meta:
+        log.error("result lost with its worker", job_id=job.id, session_id=job.session_id)
+        return
+    ctx.blobs.put(bytes(data), blob_id=job.output_blob, **json.loads(meta))
+    log.warning("stored the result of a dead worker", job_id=job.id, session_id=job.session_id)
+
+
+def _recover_one(ctx: Context, claimed: Claimed, consumer: str) -> None:
+    job = ctx.jobs.get(claimed.job_id)
+    if job is not None and job.status is JobStatus.COMPLETED:
+        _store_orphan_result(ctx, job)
+    if job is None or job.status.final:
+        lifecycle.acknowledge(ctx, claimed)
+        return
+    if ctx.jobs.cancel_requested(job.id):
+        lifecycle.cancel(ctx, job, claimed)
+        return
+    if job.attempts >= ctx.settings.job_max_attempts:
+        lifecycle.fail(ctx, job, GenerationFailed(
+            f"the worker running this generation stopped ({job.attempts} attempt(s)); please try again",
+            session_id=job.session_id), claimed)
+        return
+    log.warning("recovering job of a dead worker", job_id=job.id, session_id=job.session_id,
+                dead_worker=consumer, attempts=job.attempts)
+    lifecycle.requeue(ctx, job, claimed)

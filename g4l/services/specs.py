@@ -1,0 +1,137 @@
+"""Resolving what a client asked for into a :class:`~g4l.jobs.spec.GenerationSpec`, once.
+
+The one place where defaults apply (the operator's model and prompt length, MusicGen's
+sampling defaults), the model allowlist is checked and parameter ranges are enforced;
+every job of every kind gets its spec from here, and nothing downstream re-derives one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from g4l.errors import InvalidRequest, ModelNotAllowed
+from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt, Sampling
+from g4l.settings import Settings
+from plugin_protocol.payloads import PARAM_FIELDS, SAMPLING_FIELDS
+
+__all__ = ["PARAM_FIELDS", "SAMPLING_FIELDS", "SessionParams", "SpecResolver"]
+
+#: How a device session's kinds continue their input: which end, and how the result is made.
+_SESSION_SHAPES: dict[str, tuple[str, Assembly]] = {
+    "bang": ("head", Assembly.MODEL),
+    "continue": ("tail", Assembly.SPLICE),
+    "retry": ("tail", Assembly.SPLICE),
+}
+
+
+class SessionParams(BaseModel):
+    """What a device session remembers between requests (stored on it as JSON): a
+    parameter a later request leaves out is taken from here."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str
+    prompt_seconds: int
+    sampling: Sampling = Sampling()
+    description: str | None = None
+
+    def as_fields(self) -> dict[str, Any]:
+        """The parameters under the device protocol's names (poll replies)."""
+        return {"model_name": self.model, "prompt_duration": self.prompt_seconds,
+                **self.sampling.model_dump(), "description": self.description}
+
+
+class SpecResolver:
+    """Builds specs under the operator's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # ------------------------------------------------------------ checks
+    def model(self, requested: str | None) -> str:
+        """The model to use: the one asked for, else the default; it must be allowed."""
+        model = (requested or "").strip() or self.settings.model_default
+        if model not in self.settings.models:
+            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: "
+                                  + ", ".join(self.settings.models))
+        return model
+
+    def prompt_seconds(self, seconds: int | float | None) -> int:
+        """A device prompt length within the operator's bounds (default when absent)."""
+        value = self.settings.default_prompt_seconds if seconds is None else seconds
+        lo, hi = self.settings.min_prompt_seconds, self.settings.max_prompt_seconds
+        if not lo <= value <= hi:
+            raise InvalidRequest(f"prompt_duration must be {lo}-{hi} seconds")
+        return int(value)
+
+    @staticmethod
+    def sampling(given: Mapping[str, Any], previous: Sampling | None = None) -> Sampling:
+        """Sampling from what was given, else ``previous``, else MusicGen's defaults."""
+        base = (previous or Sampling()).model_dump()
+        base.update({k: given[k] for k in SAMPLING_FIELDS if given.get(k) is not None})
+        try:
+            return Sampling(**base)
+        except ValueError as exc:  # the payload models bound these already; this is the last word
+            raise InvalidRequest(f"invalid sampling parameters: {exc}") from None
+
+    # ------------------------------------------------------------ device sessions
+    def session_params(self, given: Mapping[str, Any], previous: SessionParams | None) -> SessionParams:
+        """The effective parameters of a bang/continue/retry: what the client sent, else
+        the session's, else the defaults (``given`` uses the payload's field names)."""
+        model = given.get("model_name") or (previous.model if previous else None)
+        seconds = given.get("prompt_duration")
+        if seconds is None and previous is not None:
+            seconds = previous.prompt_seconds
+        description = given["description"] if "description" in given else (
+            previous.description if previous else None)
+        return SessionParams(model=self.model(model), prompt_seconds=self.prompt_seconds(seconds),
+                             sampling=self.sampling(given, previous.sampling if previous else None),
+                             description=description or None)
+
+    def session_spec(self, kind: str, params: SessionParams, fmt: AudioFormat,
+                     input_blob: str | None) -> GenerationSpec:
+        """The spec of a device session's job: the model's ``G4L_OUTPUT_SECONDS`` from a
+        prompt window of the client's audio, returned in the client's format."""
+        end, assembly = _SESSION_SHAPES[kind]
+        return GenerationSpec(model=params.model, sampling=params.sampling, description=params.description,
+                              prompt=Prompt(seconds=params.prompt_seconds, end=end),  # type: ignore[arg-type]
+                              output_seconds=self.settings.output_seconds, input_blob=input_blob, output=fmt,
+                              assembly=assembly)
+
+    # ------------------------------------------------------------ jobs
+    def generate_spec(self, *, duration: float, description: str | None, model: str | None,
+                      given: Mapping[str, Any], seed: int | None, prompt_seconds: float | None,
+                      fmt: AudioFormat | None, audio_seconds: float | None = None) -> GenerationSpec:
+        """The spec of ``POST /api/v1/generate``: ``duration`` seconds from a text prompt,
+        or continuing the last ``prompt_seconds`` of an uploaded audio (``fmt`` its format,
+        ``audio_seconds`` its length; the prompt window itself is stored by the caller,
+        ``prompt_blob``)."""
+        s = self.settings
+        if not 0 < duration <= s.max_generate_seconds:
+            raise InvalidRequest(f"duration must be more than 0 and at most {s.max_generate_seconds:g} seconds")
+        prompt = None
+        if fmt is not None:
+            prompt = Prompt(seconds=float(self.prompt_seconds(prompt_seconds)), end="tail")
+            window = min(prompt.seconds, audio_seconds if audio_seconds is not None else prompt.seconds)
+            if duration <= window:
+                raise InvalidRequest(f"duration ({duration:g} s) must be longer than the audio prompt "
+                                     f"({window:.2f} s)")
+        return GenerationSpec(model=self.model(model), sampling=self.sampling(given), seed=seed,
+                              description=(description or "").strip() or None, prompt=prompt,
+                              output_seconds=float(duration), output=fmt or AudioFormat(subtype="PCM_16"))
+
+    def station_spec(self, *, model: str, sampling: Sampling, description: str, previous_blob: str | None,
+                     new_seconds: float, labels: dict[str, str | int | float]) -> GenerationSpec:
+        """The spec of a station's next stretch: ``new_seconds`` of new audio continuing
+        the end of ``previous_blob`` (from nothing for the first), as float at the model's
+        rate, with a lead-in of one crossfade."""
+        s = self.settings
+        prompt = Prompt(seconds=s.station_prompt_seconds, end="tail") if previous_blob else None
+        return GenerationSpec(model=model, sampling=sampling, description=description or None, prompt=prompt,
+                              output_seconds=new_seconds + (prompt.seconds if prompt else 0.0),
+                              input_blob=previous_blob, output=AudioFormat(subtype="FLOAT"),
+                              assembly=Assembly.NEW, lead_in_s=s.hls_crossfade_ms / 1000.0 if prompt else 0.0,
+                              labels=labels)

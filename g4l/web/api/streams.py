@@ -1,0 +1,84 @@
+"""``/api/v1`` routes of live listening: a session's listen link, stations, and the
+operator's stop-idle-streams call. The HLS files themselves are :mod:`g4l.web.listen`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from g4l.errors import Forbidden
+from g4l.services import idle_streams
+from g4l.services.listen import ListenService
+from g4l.services.sessions import SessionService
+from g4l.services.stations import StationService
+from g4l.web.api.access import http_caller
+from g4l.web.api.models import (
+    CleanupRequest,
+    CleanupResponse,
+    ListenLink,
+    StationCreated,
+    StationList,
+    StationRequest,
+    StationStatus,
+    StationStopped,
+)
+from g4l.web.api.openapi import PREFIX
+from g4l.web.api.routing import operation
+
+
+def blueprint(service: SessionService) -> Blueprint:
+    bp = Blueprint("api_streams", __name__, url_prefix=PREFIX)
+    ctx = service.ctx
+    listen = ListenService(ctx)
+    stations = StationService(ctx)
+
+    @bp.post("/sessions/<session_id>/listen")
+    @operation("getSessionListenLink", "A read-only listen link of the session (live HLS)", tags=["listen"],
+               responses={200: ListenLink},
+               description="Twin of `get_listen_url`. The same link every time; it lets anyone listen, "
+                           "never continue or crop.")
+    def session_listen(session_id: str) -> Any:
+        link = listen.session_link(service.require(session_id, http_caller()))
+        return ListenLink(**link)
+
+    @bp.post("/stations")
+    @operation("createStation", "Start an endless generative station", tags=["stations"], body=StationRequest,
+               responses={201: StationCreated}, errors=(409,),
+               description="With API keys on, each key runs at most `G4L_STATIONS_PER_KEY` stations and sees "
+                           "only its own.")
+    def create_station(body: StationRequest) -> Any:
+        prompts = [p for p in (body.prompt or body.genre,) if p] + list(body.prompts or [])
+        created = stations.create(http_caller(), prompts=prompts, model=body.model, temperature=body.temperature,
+                                  top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0)
+        return StationCreated(**created), 201
+
+    @bp.get("/stations")
+    @operation("listStations", "The running stations (with API keys on: this key's)", tags=["stations"],
+               responses={200: StationList})
+    def list_stations() -> Any:
+        return StationList(stations=[StationStatus(**st) for st in stations.list(http_caller())])
+
+    @bp.get("/stations/<station_id>")
+    @operation("getStation", "A station's status: buffer, prompts, listeners, errors", tags=["stations"],
+               responses={200: StationStatus})
+    def get_station(station_id: str) -> Any:
+        return StationStatus(**stations.get(station_id, http_caller()))
+
+    @bp.delete("/stations/<station_id>")
+    @operation("stopStation", "Stop a station (its stream and generations)", tags=["stations"],
+               responses={200: StationStopped})
+    def stop_station(station_id: str) -> Any:
+        return StationStopped(**stations.stop(station_id, http_caller()))
+
+    @bp.post("/listen/cleanup")
+    @operation("stopIdleStreams", "Stop every stream nobody listens to (operator)", tags=["listen"],
+               body=CleanupRequest, optional_body=True, responses={200: CleanupResponse}, errors=(403,),
+               description="Needs an operator key (`G4L_OPERATOR_KEYS`) when API keys are on. The packager "
+                           "also stops streams idle for `G4L_HLS_IDLE_TIMEOUT_S` by itself.")
+    def cleanup(body: CleanupRequest) -> Any:
+        if not http_caller().operator:
+            raise Forbidden("stopping idle streams needs an operator key")
+        return CleanupResponse(stopped=idle_streams.stop_idle(ctx, body.max_idle_s))
+
+    return bp

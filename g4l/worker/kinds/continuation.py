@@ -1,0 +1,19 @@
+"""``continue`` (``continue_music_request``): continue the LAST ``prompt_duration`` seconds;
+the result is the input minus them plus the model's 30 s. The session remembers the input,
+so a retry can redo this continue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from g4l.jobs.records import Job
+from g4l.worker.kinds.registry import register
+from g4l.worker.kinds.session import SessionKind
+
+
+@register
+class Continue(SessionKind):
+    name = "continue"
+
+    def learns(self, job: Job) -> dict[str, Any]:
+        return {"retry_input_blob": job.spec.input_blob}

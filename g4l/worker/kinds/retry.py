@@ -1,0 +1,12 @@
+"""``retry`` (``retry_music_request``): the last continue again, from the input it used
+(its spec names that input; the session keeps remembering it for the next retry)."""
+
+from __future__ import annotations
+
+from g4l.worker.kinds.registry import register
+from g4l.worker.kinds.session import SessionKind
+
+
+@register
+class Retry(SessionKind):
+    name = "retry"

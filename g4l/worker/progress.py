@@ -1,0 +1,55 @@
+"""The engine's progress callback for a running job: throttled progress notices,
+cancellation between model steps, and background jobs giving way to interactive ones."""
+
+from __future__ import annotations
+
+import time
+
+from g4l.context import Context
+from g4l.engine.base import Cancelled
+from g4l.jobs import lifecycle
+from g4l.jobs.records import Job, Priority
+
+#: How often the cancel flag (and, for background jobs, the queue) is looked at.
+CHECK_EVERY_S = 0.25
+
+
+class Preempted(Exception):
+    """An interactive job is waiting: this background job steps aside (it is put back at
+    the front of the background queue and runs again later)."""
+
+
+class ProgressReporter:
+    """``on_progress(step, total)`` for the engine.
+
+    Progress ends below 100 (100 comes with the result). A background job raises
+    :class:`Preempted` once an interactive job has been seen waiting at two checks in a
+    row (a second worker may take it meanwhile).
+
+    :param expected_steps: the job's whole length in model steps, when it is longer than
+        the engine reports (past one model window AudioCraft counts steps per window).
+    """
+
+    def __init__(self, ctx: Context, job: Job, expected_steps: int = 0) -> None:
+        self.ctx, self.job = ctx, job
+        self.interval = ctx.settings.progress_interval_s
+        self.expected_steps = expected_steps
+        self._last_sent = 0.0
+        self._last_check = 0.0
+        self._last_percent = -1
+        self._waiting_seen = 0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= CHECK_EVERY_S:
+            self._last_check = now
+            if self.ctx.jobs.cancel_requested(self.job.id):
+                raise Cancelled()
+            if self.job.priority is Priority.BACKGROUND:
+                self._waiting_seen = self._waiting_seen + 1 if self.ctx.queue.interactive_waiting() else 0
+                if self._waiting_seen >= 2:
+                    raise Preempted()
+        percent = min(99, int(step * 100 / max(total, self.expected_steps, 1)))
+        if percent != self._last_percent and now - self._last_sent >= self.interval:
+            self._last_sent, self._last_percent = now, percent
+            lifecycle.progress(self.ctx, self.job, percent)

@@ -1,0 +1,171 @@
+"""The worker: one class that owns a job's claim -> run -> finish cycle.
+
+:meth:`Worker.step` takes the next job from the queue (interactive first), hands it to its
+kind (:mod:`g4l.worker.kinds`), and ends it through :mod:`g4l.jobs.lifecycle` whatever
+happens: completed (the result handed to the web nodes and/or stored), canceled, failed
+with a clear error, or put back on the queue (a background job giving way). Between jobs
+it runs maintenance: recovery of dead workers' jobs and the retention sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from structlog.stdlib import BoundLogger
+
+from g4l import keys
+from g4l.context import Context
+from g4l.engine.base import Cancelled
+from g4l.engine.cache import ModelCache
+from g4l.errors import G4LError, GenerationFailed
+from g4l.jobs import handoff, lifecycle, recovery
+from g4l.jobs.lifecycle import Completion
+from g4l.jobs.queue import Claimed
+from g4l.jobs.records import Job
+from g4l.log import get_logger
+from g4l.store import retention
+from g4l.worker import kinds
+from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.progress import Preempted, ProgressReporter
+from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
+
+log = get_logger(__name__)
+
+MAINTENANCE_EVERY_S = 5.0
+
+
+class Worker:
+    """Takes jobs until :meth:`stop`.
+
+    :param name: this worker's consumer name (also its heartbeat's).
+    :param heartbeat: renewed by its own thread; told at once when the job in hand changes.
+    :param writer: stores results that were delivered first (``None``: store inline).
+    """
+
+    def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
+                 writer: ResultWriter | None = None) -> None:
+        self.ctx = ctx
+        self.cache = cache
+        self.name = name
+        self.heartbeat = heartbeat
+        self.writer = writer
+        #: The job in hand (what the heartbeat reports).
+        self.current: str | None = None
+        self._stopping = False
+        self._last_maintenance = 0.0
+
+    def stop(self) -> None:
+        """Finish the job in hand, then leave :meth:`run_forever`."""
+        self._stopping = True
+
+    def run_forever(self) -> None:
+        while not self._stopping:
+            if time.monotonic() - self._last_maintenance > MAINTENANCE_EVERY_S:
+                self._last_maintenance = time.monotonic()
+                self.maintain()
+            self.step()
+
+    def maintain(self) -> None:
+        """Recover dead workers' jobs; sweep old audio when due (any worker may)."""
+        try:
+            recovery.recover_orphans(self.ctx)
+            c = self.ctx
+            retention.sweep_if_due(c.redis, c.blobs, c.sessions, c.settings.retention_seconds)
+        except Exception:
+            log.exception("maintenance failed")
+
+    # ------------------------------------------------------------ claim
+    def step(self, block_ms: int = 1000) -> bool:
+        """Claim and run one job. Returns whether there was one."""
+        claimed = self.ctx.queue.claim(self.name, block_ms=block_ms)
+        if claimed is None:
+            return False
+        job = self.ctx.jobs.get(claimed.job_id)
+        if job is None or job.status.final:
+            lifecycle.acknowledge(self.ctx, claimed)  # ended while it waited (a failed upload)
+            return True
+        if self.ctx.jobs.cancel_requested(job.id):
+            lifecycle.cancel(self.ctx, job, claimed)
+            return True
+        self._hold(job.id)
+        try:
+            lifecycle.start(self.ctx, job, self.name, claimed)
+            self.run(job, claimed)
+        finally:
+            self._hold(None)
+        return True
+
+    def _hold(self, job_id: str | None) -> None:
+        self.current = job_id
+        if self.heartbeat is not None:
+            self.heartbeat.refresh()  # health and recovery see the job now, not at the next tick
+
+    # ------------------------------------------------------------ run and finish
+    def run(self, job: Job, claimed: Claimed) -> None:
+        """Run a started job and end it, whatever happens."""
+        bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
+        kind = kinds.get(job.kind)
+        if kind is None:
+            lifecycle.fail(self.ctx, job, GenerationFailed(f"this worker cannot run '{job.kind}' jobs",
+                                                           session_id=job.session_id), claimed)
+            return
+        run = None
+        try:
+            engine = self.cache.get(job.model)
+            expected = int(job.spec.new_seconds * float(getattr(engine, "frame_rate", 0.0)))
+            run = kinds.Run(self.ctx, job, engine, self.ctx.blobs.new_id(), ProgressReporter(self.ctx, job, expected))
+            outcome = kind.run(run)
+            if self.ctx.jobs.cancel_requested(job.id):  # canceled after the last model step: keep nothing
+                raise Cancelled()
+            self._finish(kind, job, claimed, run, outcome, bound)
+        except Cancelled:
+            lifecycle.cancel(self.ctx, job, claimed)
+        except Preempted:
+            lifecycle.requeue(self.ctx, job, claimed, attempt_used=False)
+            bound.info("background job gave way to an interactive one")
+        except G4LError as exc:
+            exc.session_id = job.session_id or None
+            lifecycle.fail(self.ctx, job, exc, claimed)
+        except Exception as exc:  # a model or storage fault: report it, keep the worker alive
+            bound.exception("job crashed")
+            lifecycle.fail(self.ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
+                                                           session_id=job.session_id or None), claimed)
+        finally:
+            if run is not None:
+                run.close()
+            self.ctx.redis.delete(keys.prompt(job.id))
+
+    def _finish(self, kind: kinds.JobKind, job: Job, claimed: Claimed, run: kinds.Run, outcome: kinds.Outcome,
+                bound: BoundLogger) -> None:
+        """Hand the result over and complete the job: stored first, or (a kind whose client
+        waits on a socket) handed to the web nodes first and stored by the writer."""
+        record = {"model_seconds": round(run.model_seconds, 3), **outcome.record}
+        done = Completion(run.blob_id, session=outcome.session, record=record, notice=outcome.notice)
+        if not kind.deliver_first:
+            stored = time.perf_counter()
+            self.ctx.blobs.put(outcome.wav(), blob_id=run.blob_id, **outcome.meta)
+            done.record["store_seconds"] = round(time.perf_counter() - stored, 3)
+            lifecycle.complete(self.ctx, job, done, claimed)
+            bound.info("job completed", **done.record)
+            return
+        # The client gets the result from a short-lived Redis key while GridFS stores it
+        # (the slowest step for big files). The stream entry is acknowledged only after
+        # the GridFS write, so if this worker dies in between, recovery stores the key.
+        build_wav: Callable[[], bytes] = outcome.wav  # a splice then runs in the writer's thread
+        if outcome.splice is not None and outcome.new_wav is not None and job.hold_input:
+            handoff.put_spliced(self.ctx.redis_bytes, job.id, outcome.new_wav, outcome.splice)
+        else:
+            whole = outcome.wav()
+            handoff.put_whole(self.ctx.redis_bytes, job.id, whole)
+            build_wav = lambda: whole  # noqa: E731  (built once)
+        self.ctx.jobs.update(job.id, output_meta=json.dumps(outcome.meta))
+        done.record["post_seconds"] = round(time.perf_counter() - run.model_done, 3)
+        write = PendingWrite(job, claimed, run.blob_id, build_wav, outcome.meta)
+        lifecycle.complete(self.ctx, job, done, None)  # acknowledged once stored
+        if self.writer is not None:
+            self.writer.submit(write)
+        else:
+            store_result(self.ctx, write)
+        bound.info("job completed", **done.record)
