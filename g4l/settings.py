@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Models: an allowlist of ids; "debug" is the tiny random-weight MusicGen.
     models: Annotated[list[str], NoDecode] = ["thepatch/vanya_ai_dnb_0.1"]
     default_model: str | None = None
+    # "id=size,...": the size (small | medium | large) of allowlisted models, for clients
+    # that group them (GET /api/models); unnamed ones: what a worker that loaded it reports.
+    model_sizes: Annotated[list[str], NoDecode] = []
     workers: int = 1
     torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
@@ -34,7 +37,7 @@ class Settings(BaseSettings):
     # Generation bounds.
     output_seconds: float = 30.0
     min_prompt_seconds: int = 1
-    max_prompt_seconds: int = 15
+    max_prompt_seconds: int = 30
     default_prompt_seconds: int = 6
 
     # Input limits: what a client may send.
@@ -90,7 +93,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 
-    @field_validator("models", "api_keys", "operator_keys", mode="before")
+    @field_validator("models", "api_keys", "operator_keys", "model_sizes", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         # G4L_MODELS and G4L_API_KEYS are comma-separated lists, not JSON.
@@ -102,6 +105,12 @@ class Settings(BaseSettings):
     def model_default(self) -> str:
         """The model used when a request names none."""
         return self.default_model or self.models[0]
+
+    @property
+    def model_size_map(self) -> dict[str, str]:
+        """``model_sizes`` as a dict (entries without ``=`` are ignored)."""
+        pairs = (item.rsplit("=", 1) for item in self.model_sizes if "=" in item)
+        return {model.strip(): size.strip().lower() for model, size in pairs}
 
     @property
     def keys_enabled(self) -> bool:

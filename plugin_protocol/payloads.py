@@ -13,9 +13,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-#: Limits that are facts of the protocol (clients allow 1-15 s of prompt).
+#: Limits that are facts of the protocol (the device's slider is 1-15 s, the JUCE plugin's
+#: presets go to 30, as the upstream server accepts).
 PROMPT_SECONDS_MIN = 1
-PROMPT_SECONDS_MAX = 15
+PROMPT_SECONDS_MAX = 30
+#: The largest seed a client may send (-1, or none: the server picks one).
+SEED_MAX = 2**63 - 1
 
 #: The generation parameters of bang, continue and retry (a session remembers them).
 PARAM_FIELDS = ("model_name", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef", "description")
@@ -62,6 +65,11 @@ class GenerationParams(_Payload):
     temperature: float | None = Field(default=None, gt=0.0, le=10.0)
     cfg_coef: float | None = Field(default=None, ge=0.0, le=30.0)
     description: str | None = Field(default=None, max_length=2000, description="Text guidance; empty = none")
+    duration: float | None = Field(default=None, gt=0.0, le=3600.0,
+                                   description="Seconds the model produces, its prompt included (default 30)")
+    seed: int | None = Field(default=None, ge=-1, le=SEED_MAX,
+                             description="Same seed, input and parameters: the same audio; -1 or absent: the server "
+                                         "picks one (0-99999) and reports it")
 
     _model = field_validator("model_name", mode="before")(_clean_model_name)
 
@@ -166,6 +174,7 @@ class Ack(_Payload):
 
     session_id: str
     job_id: str | None = None
+    seed: int | None = Field(default=None, description="The seed the generation uses (``*_received`` only)")
 
 
 class ProgressUpdate(_Payload):
@@ -208,6 +217,7 @@ class SessionStatus(_Payload):
     error: str | None = None
     model_name: str | None = None
     version: int = 0
+    seed: int | None = Field(default=None, description="The seed of the session's last generation")
 
 
 class ReadyForChunks(_Payload):

@@ -56,8 +56,10 @@ def redis_server() -> Iterator[embedded.ManagedProcess]:
 
 
 @pytest.fixture(scope="session")
-def mongo_server() -> Iterator[embedded.ManagedProcess]:
-    proc = embedded.start_mongo(None)
+def mongo_server(tmp_path_factory) -> Iterator[embedded.ManagedProcess]:
+    # On disk: the suite stores well over a GB of audio, and secantusd-py's :memory:
+    # mode refuses writes after about half a GB.
+    proc = embedded.start_mongo(tmp_path_factory.mktemp("mongo"))
     yield proc
     proc.stop()
 

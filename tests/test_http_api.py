@@ -505,3 +505,21 @@ def test_contract_every_route_against_the_document(api):
     assert not failures, "\n\n".join(failures)
     print(f"contract: {len(statuses)} calls, statuses {sorted(set(statuses))}")
     assert len(statuses) >= 10 * len(operations) and any(200 <= s < 300 for s in statuses)
+
+
+def test_compat_routes_follow_the_same_keys_and_ownership(api):
+    """The JUCE and Swift routes are twins: the same key rule, the same owners."""
+    anonymous = requests.post(api.url + "/api/juce/process_audio", json={"audio_data": "x"}, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["success"] is False
+    assert anonymous.json()["code"] == "UNAUTHORIZED" and isinstance(anonymous.json()["error"], str)
+    owner = OpenApiClient(api.url, KEYS["sessions"])
+    sid = owner.call("createSession", {"audio_data": _b64(make_wav(2.0))}).json()["session_id"]
+    for key, expected in ((KEYS["story"], "unknown"), (KEYS["sessions"], "completed")):
+        poll = requests.get(f"{api.url}/api/juce/poll_status/{sid}", headers={"X-API-Key": key}, timeout=10)
+        assert poll.status_code == 200 and poll.json()["status"] == expected, poll.text
+    stranger = requests.get(f"{api.url}/api/latest_generated_audio/{sid}", headers={"X-API-Key": KEYS["story"]},
+                            timeout=10)
+    assert stranger.status_code == 404 and stranger.json() == {"status": "not_found"}
+    retry = requests.post(api.url + "/api/juce/retry_music", json={"session_id": sid},
+                          headers={"X-API-Key": KEYS["story"]}, timeout=10)
+    assert retry.status_code == 404 and retry.json()["success"] is False

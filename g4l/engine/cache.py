@@ -88,6 +88,11 @@ class ModelCache:
         with self._guard:
             return list(self._engines)
 
+    def sizes(self) -> dict[str, str]:
+        """Model id -> size (``small`` / ``medium`` / ``large``) of every loaded model."""
+        with self._guard:
+            return {model_id: engine.size for model_id, engine in self._engines.items()}
+
     def get(self, model_id: str) -> MusicGenEngine:
         """The engine for ``model_id``, loading it on first use.
 

@@ -75,6 +75,13 @@ class MusicGenEngine(Engine):
         return float(self._model.max_duration)
 
     @property
+    def size(self) -> str:
+        """``small`` / ``medium`` / ``large``, read off the language model's width (MusicGen's
+        sizes: 1024, 1536, 2048; the tiny debug model counts as small)."""
+        dim = int(getattr(self._model.lm, "dim", 0))
+        return "small" if dim <= 1024 else "medium" if dim <= 1536 else "large"
+
+    @property
     def model(self) -> MusicGen:
         """The wrapped AudioCraft model (diagnostics only: generating through it bypasses the lock)."""
         return self._model

@@ -199,7 +199,7 @@ class JobService:
             "error_code": session.get("error_code") or None, "audio_data": audio_data,
             "has_audio": bool(blob), "queue_status": queue_status, "queue_position": status["queue_position"],
             "job_id": job_id, "model_name": status["model_name"], "parameters": fields,
-            "version": status["version"],
+            "version": status["version"], "seed": status["seed"],
         }
 
     def session_audio_blob(self, caller: Caller, session_id: str) -> tuple[str, str | None]:

@@ -54,6 +54,10 @@ class Accepted:
     job_id: str
     kind: str
     queue: QueuePosition
+    #: The seed the generation uses (the client's, or the one the server picked).
+    seed: int | None = None
+    #: Seconds the model produces, its prompt included.
+    output_seconds: float = 0.0
 
 
 def _inline(fn: Callable[..., Any], *args: Any) -> Any:
@@ -124,7 +128,8 @@ class SessionService:
         session_id, job_id = new_session_id(), new_job_id()
         self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
                                  params=params.model_dump_json())
-        return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True)
+        return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True,
+                            seed=req.seed, output_seconds=req.duration)
 
     def continue_(self, req: ContinueMusicRequest, caller: Caller, *, hold_input: bool = False) -> Accepted:
         """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio.
@@ -153,9 +158,10 @@ class SessionService:
             self.ctx.sessions.update(session_id, params=params.model_dump_json())
         if upload is not None:
             return self._submit("continue", session_id, job_id, params, caller, upload=upload, hold=hold_input,
-                                new_session=session is None)
+                                new_session=session is None, seed=req.seed, output_seconds=req.duration)
         assert session is not None
-        return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"])
+        return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"],
+                            seed=req.seed, output_seconds=req.duration)
 
     def retry(self, req: RetryMusicRequest, caller: Caller) -> Accepted:
         """Redo the last continue from the input it used."""
@@ -171,7 +177,8 @@ class SessionService:
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)
         self.ctx.sessions.update(session.id, params=params.model_dump_json())
-        return self._submit("retry", session.id, job_id, params, caller, input_blob=source)
+        return self._submit("retry", session.id, job_id, params, caller, input_blob=source, seed=req.seed,
+                            output_seconds=req.duration)
 
     def crop(self, req: UpdateCroppedAudio, caller: Caller) -> str:
         """The given audio becomes the session's current audio. Returns the session id."""
@@ -198,7 +205,7 @@ class SessionService:
         if session is None:
             return {"session_id": session_id, "exists": False, "status": "missing",
                     "generation_in_progress": False, "progress": 0, "queue_position": None,
-                    "error": None, "model_name": None, "version": 0}
+                    "error": None, "model_name": None, "version": 0, "seed": None}
         position = None
         job_id = session.get("job_id")
         if session.status == JobStatus.QUEUED and job_id:
@@ -207,7 +214,8 @@ class SessionService:
         return {"session_id": session_id, "exists": True, "status": session.status,
                 "generation_in_progress": session.busy, "progress": session.progress,
                 "queue_position": position, "error": session.text("error"),
-                "model_name": params.model if params else None, "version": session.version}
+                "model_name": params.model if params else None, "version": session.version,
+                "seed": session.number("seed", int)}
 
     def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
         """The ``queue_status`` payload for a job."""
@@ -317,7 +325,7 @@ class SessionService:
 
     def _submit(self, kind: str, session_id: str, job_id: str, params: SessionParams, caller: Caller, *,
                 upload: Upload | None = None, input_blob: str | None = None, hold: bool = False,
-                new_session: bool = False) -> Accepted:
+                new_session: bool = False, seed: int | None = None, output_seconds: float | None = None) -> Accepted:
         """Store what the job needs and queue it. With a fresh upload, only the small
         prompt window is stored before queueing; the full file is written while the
         model runs (the worker needs it only to assemble the result)."""
@@ -327,7 +335,7 @@ class SessionService:
                 a = upload.audio
                 fmt = AudioFormat(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype)
                 input_blob = self.ctx.blobs.new_id()
-                spec = self.specs.session_spec(kind, params, fmt, input_blob)
+                spec = self.specs.session_spec(kind, params, fmt, input_blob, seed, output_seconds)
                 window = self.offload(prompt_wav, spec, a.samples, a.sample_rate)
                 # Redis, not GridFS: the worker reads it at once, and nothing keeps it after the job.
                 self.ctx.redis_bytes.set(keys.prompt(job_id), window, ex=PROMPT_TTL_S)
@@ -336,8 +344,9 @@ class SessionService:
             else:
                 assert input_blob is not None
                 spec = self.specs.session_spec(kind, params, self._stored_format(session_id, input_blob),
-                                               input_blob)
+                                               input_blob, seed, output_seconds)
             job = Job(id=job_id, kind=kind, session_id=session_id, spec=spec, owner=caller.owner, hold_input=held)
+            self.ctx.sessions.update(session_id, seed=spec.seed)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
             self.held.discard(job_id)
@@ -348,8 +357,8 @@ class SessionService:
             raise
         if upload is not None:
             self.spawn(self._store_input, upload, job)
-        log.info("job queued", session_id=session_id, job_id=job_id, kind=kind, model=spec.model)
-        return Accepted(session_id, job_id, kind, self.ctx.queue.position(job_id))
+        log.info("job queued", session_id=session_id, job_id=job_id, kind=kind, model=spec.model, seed=spec.seed)
+        return Accepted(session_id, job_id, kind, self.ctx.queue.position(job_id), spec.seed, spec.output_seconds)
 
     def _stored_format(self, session_id: str, blob_id: str) -> AudioFormat:
         """Rate, channels and sample format of a stored version (a result may still be on

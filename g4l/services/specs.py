@@ -7,6 +7,7 @@ every job of every kind gets its spec from here, and nothing downstream re-deriv
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,20 @@ _SESSION_SHAPES: dict[str, tuple[str, Assembly]] = {
     "continue": ("tail", Assembly.SPLICE),
     "retry": ("tail", Assembly.SPLICE),
 }
+
+
+#: A generation adds at least this much new music: a longer prompt is cut to
+#: ``output_seconds - MIN_NEW_SECONDS`` (a 30 s prompt on a 30 s output would add nothing).
+MIN_NEW_SECONDS = 5.0
+#: Seeds the server picks are in 0..SEED_RANGE-1 (short enough to read off a screen).
+SEED_RANGE = 100_000
+
+
+def pick_seed(seed: int | None) -> int:
+    """The seed a generation uses: the client's, or (none, or -1) one the server picks."""
+    if seed is None or seed < 0:
+        return secrets.randbelow(SEED_RANGE)
+    return seed
 
 
 class SessionParams(BaseModel):
@@ -91,15 +106,21 @@ class SpecResolver:
                              sampling=self.sampling(given, previous.sampling if previous else None),
                              description=description or None)
 
-    def session_spec(self, kind: str, params: SessionParams, fmt: AudioFormat,
-                     input_blob: str | None) -> GenerationSpec:
-        """The spec of a device session's job: the model's ``G4L_OUTPUT_SECONDS`` from a
-        prompt window of the client's audio, returned in the client's format."""
+    def session_spec(self, kind: str, params: SessionParams, fmt: AudioFormat, input_blob: str | None,
+                     seed: int | None = None, output_seconds: float | None = None) -> GenerationSpec:
+        """The spec of a device session's job: the model's ``output_seconds`` (default
+        ``G4L_OUTPUT_SECONDS``, its prompt included) from a prompt window of the client's
+        audio, returned in the client's format. The prompt is at most ``output_seconds -
+        MIN_NEW_SECONDS`` long; ``seed`` as :func:`pick_seed` gives it."""
         end, assembly = _SESSION_SHAPES[kind]
+        output = float(output_seconds or self.settings.output_seconds)
+        if not MIN_NEW_SECONDS < output <= self.settings.max_generate_seconds:
+            raise InvalidRequest(f"duration must be more than {MIN_NEW_SECONDS:g} and at most "
+                                 f"{self.settings.max_generate_seconds:g} seconds")
+        prompt_s = min(float(params.prompt_seconds), output - MIN_NEW_SECONDS)
         return GenerationSpec(model=params.model, sampling=params.sampling, description=params.description,
-                              prompt=Prompt(seconds=params.prompt_seconds, end=end),  # type: ignore[arg-type]
-                              output_seconds=self.settings.output_seconds, input_blob=input_blob, output=fmt,
-                              assembly=assembly)
+                              seed=pick_seed(seed), prompt=Prompt(seconds=prompt_s, end=end),  # type: ignore[arg-type]
+                              output_seconds=output, input_blob=input_blob, output=fmt, assembly=assembly)
 
     # ------------------------------------------------------------ jobs
     def generate_spec(self, *, duration: float, description: str | None, model: str | None,
@@ -119,11 +140,12 @@ class SpecResolver:
             if duration <= window:
                 raise InvalidRequest(f"duration ({duration:g} s) must be longer than the audio prompt "
                                      f"({window:.2f} s)")
-        return GenerationSpec(model=self.model(model), sampling=self.sampling(given), seed=seed,
+        return GenerationSpec(model=self.model(model), sampling=self.sampling(given), seed=pick_seed(seed),
                               description=(description or "").strip() or None, prompt=prompt,
                               output_seconds=float(duration), output=fmt or AudioFormat(subtype="PCM_16"))
 
     def station_spec(self, *, model: str, sampling: Sampling, description: str, previous_blob: str | None,
+                     seed: int | None = None,
                      new_seconds: float, labels: dict[str, str | int | float]) -> GenerationSpec:
         """The spec of a station's next stretch: ``new_seconds`` of new audio continuing
         the end of ``previous_blob`` (from nothing for the first), as float at the model's
@@ -131,7 +153,7 @@ class SpecResolver:
         s = self.settings
         prompt = Prompt(seconds=s.station_prompt_seconds, end="tail") if previous_blob else None
         return GenerationSpec(model=model, sampling=sampling, description=description or None, prompt=prompt,
-                              output_seconds=new_seconds + (prompt.seconds if prompt else 0.0),
+                              seed=pick_seed(seed), output_seconds=new_seconds + (prompt.seconds if prompt else 0.0),
                               input_blob=previous_blob, output=AudioFormat(subtype="FLOAT"),
                               assembly=Assembly.NEW, lead_in_s=s.hls_crossfade_ms / 1000.0 if prompt else 0.0,
                               labels=labels)

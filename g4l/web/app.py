@@ -14,6 +14,7 @@ from g4l.services.sessions import SessionService
 from g4l.settings import Settings
 from g4l.web import health, listen, metrics, transport
 from g4l.web.api.install import install as install_api
+from g4l.web.compat import juce, swift
 from g4l.web.offload import offload
 from g4l.web.relay import Relay
 from plugin_protocol import fastjson
@@ -62,4 +63,6 @@ def create_app(settings: Settings) -> WebApp:
     app.register_blueprint(metrics.blueprint(ctx))
     install_api(app, socketio, ctx, service, relay)  # Socket.IO events; /api/v1; docs; API keys
     listen.install(app, ctx)  # HLS files and the listen page (public, token-guarded)
+    app.register_blueprint(juce.blueprint(service))  # the JUCE plugin's and musicgen-server's routes
+    app.register_blueprint(swift.blueprint(service))  # the Swift app's recovery route
     return WebApp(app, socketio, ctx, service, relay)

@@ -117,7 +117,8 @@ class DeviceEvents:
 
     def _accepted(self, result: Accepted) -> None:
         join_room(result.session_id)
-        emit(events.RECEIVED_EVENT[result.kind], {"session_id": result.session_id, "job_id": result.job_id})
+        emit(events.RECEIVED_EVENT[result.kind], {"session_id": result.session_id, "job_id": result.job_id,
+                                                  "seed": result.seed})
         status = self.service.queue_status(result.job_id, result.session_id)
         emit(events.QUEUE_STATUS, status)
         # An idle worker may take the job before this socket joined the room, in which

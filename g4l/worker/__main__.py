@@ -49,6 +49,7 @@ def main() -> None:
 
     def describe() -> dict[str, Any]:
         return {"job_id": worker.current, "state": state["state"], "models": cache.loaded(),
+                "model_sizes": cache.sizes(),
                 "torch": torch.__version__, "device": cache.device, "cuda": torch.cuda.is_available()}
 
     worker.heartbeat = Heartbeat(ctx.redis, name, settings.worker_heartbeat_s, settings.worker_dead_after_s,

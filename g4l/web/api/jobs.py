@@ -33,7 +33,7 @@ def job_status(view: JobView) -> JobStatusBody:
         progress=1.0 if job.status is JobStatus.COMPLETED else min(max(job.progress, 0), 100) / 100,
         position=view.position, eta_seconds=view.eta_seconds, error=error,
         audio_url=f"{PREFIX}/jobs/{job.id}/audio" if done else None, session_id=job.session_id or None,
-        model=job.model, created_at=iso(job.created) or "", started_at=iso(job.started),
+        model=job.model, seed=job.spec.seed, created_at=iso(job.created) or "", started_at=iso(job.started),
         finished_at=iso(job.finished), links=links(job.id),
     )
 

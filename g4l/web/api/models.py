@@ -16,7 +16,7 @@ from pydantic.json_schema import JsonDict
 
 from g4l.jobs.records import JobStatus as JobStatusValue
 from plugin_protocol import payloads
-from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN
+from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN, SEED_MAX
 
 #: A hard ceiling of the schema; the operator's ``G4L_MAX_GENERATE_SECONDS`` is applied on
 #: top (and written into the served document).
@@ -104,6 +104,7 @@ class JobStatus(_Response):
     audio_url: str | None = Field(description="Where to download the WAV once completed")
     session_id: str | None
     model: str
+    seed: int | None = Field(description="The seed the generation uses")
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -156,6 +157,11 @@ class SessionParams(SamplingParams):
     model_name: str | None = Field(default=None, max_length=300, description="Model id from the allowlist")
     prompt_duration: int | None = Field(default=None, ge=PROMPT_SECONDS_MIN, le=PROMPT_SECONDS_MAX)
     description: str | None = Field(default=None, max_length=2000, description="Text guidance; empty = none")
+    seed: int | None = Field(default=None, ge=-1, le=SEED_MAX,
+                             description="Same seed, input and parameters: the same audio; -1 or absent: the server "
+                                         "picks one (0-99999) and reports it")
+    duration: float | None = Field(default=None, gt=0.0, le=DURATION_CEILING,
+                                   description="Seconds the model produces, its prompt included (default 30)")
 
 
 class BangRequest(SessionParams):
@@ -200,6 +206,7 @@ class SessionAccepted(_Response):
     job_id: str
     kind: Literal["bang", "continue", "retry"]
     status: Literal[JobStatusValue.QUEUED]
+    seed: int | None = Field(description="The seed the generation uses (given, or picked by the server)")
     queue_status: QueueStatus
     links: SessionLinks
 
@@ -240,6 +247,7 @@ class SessionPoll(_Response):
     model_name: str | None
     parameters: SessionParameters
     version: int
+    seed: int | None = Field(description="The seed of the session's last generation")
     links: SessionLinks
 
 

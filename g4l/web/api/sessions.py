@@ -62,7 +62,7 @@ def _payload(model: type[T], data: dict[str, Any]) -> T:
 
 
 def _params(body: SessionParams) -> dict[str, Any]:
-    return {k: getattr(body, k) for k in PARAM_FIELDS if getattr(body, k) is not None}
+    return {k: getattr(body, k) for k in (*PARAM_FIELDS, "seed", "duration") if getattr(body, k) is not None}
 
 
 def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
@@ -71,7 +71,7 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
     def accepted(result: Accepted) -> tuple[SessionAccepted, int]:
         qs = QueueStatus(**service.queue_status(result.job_id, result.session_id))
         return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,  # type: ignore[arg-type]
-                               status=JobStatus.QUEUED, queue_status=qs,
+                               status=JobStatus.QUEUED, seed=result.seed, queue_status=qs,
                                links=session_links(result.session_id, result.job_id)), 202
 
     @bp.post("/sessions/bang")

@@ -1,0 +1,158 @@
+"""The routes of the gary4juce plugin (and audiocraft.cpp's musicgen-server), in their
+envelope: ``success`` on every reply, errors as strings, the upstream poll vocabulary.
+
+They are twins of the device operations (the same :class:`SessionService` calls, limits,
+rate limits, API keys and error codes); only the shape differs. The plugin hands any body
+back whatever the HTTP status, so the body alone decides: ``{"success": false, "error":
+"<text>", "code": "<CODE>"}`` for every refusal. What the plugin needs is in
+``shared/design/http-clients.md``; the reply fields are in ``docs/http-clients.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import pybase64
+from flask import Blueprint, Response, current_app, jsonify
+from pydantic import BaseModel
+from werkzeug.exceptions import HTTPException
+
+from g4l import audio
+from g4l.errors import G4LError, Internal
+from g4l.jobs import delivery
+from g4l.jobs.records import JobStatus
+from g4l.log import get_logger
+from g4l.services.models import ModelCatalog
+from g4l.services.sessions import Accepted, SessionService
+from g4l.web.api.access import http_caller
+from g4l.web.api.routing import parse_body
+from plugin_protocol.payloads import ContinueMusicRequest, ProcessAudioRequest, RetryMusicRequest, UpdateCroppedAudio
+
+log = get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+#: The upstream poll vocabulary.
+UNKNOWN, QUEUED, PROCESSING, COMPLETED, FAILED = "unknown", "queued", "processing", "completed", "failed"
+
+
+class RetryBody(RetryMusicRequest):
+    """``retry_music``: the session of the last continue/retry, and the same parameters."""
+
+
+class CropBody(UpdateCroppedAudio):
+    """``update_cropped_audio``: the given audio becomes the session's current audio."""
+
+
+def _ok(**fields: Any) -> Response:
+    return jsonify({"success": True, **fields})
+
+
+def _refused(exc: G4LError) -> Response:
+    body: dict[str, Any] = {"success": False, "error": exc.message, "code": exc.code}
+    if exc.session_id:
+        body["session_id"] = exc.session_id
+    if "retry_after" in exc.details:
+        body["retry_after"] = exc.details["retry_after"]
+    resp = jsonify(body)
+    resp.status_code = exc.http_status
+    return resp
+
+
+def blueprint(service: SessionService) -> Blueprint:
+    bp = Blueprint("compat_juce", __name__)
+    catalog = ModelCatalog(service.ctx)
+
+    @bp.errorhandler(G4LError)
+    def _g4l(exc: G4LError) -> Response:
+        return _refused(exc)
+
+    @bp.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        err = G4LError(exc.description or exc.name)
+        err.code = "TOO_LARGE" if exc.code == 413 else "INVALID_REQUEST"
+        err.http_status = exc.code or 400
+        return _refused(err)
+
+    @bp.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        log.exception("compat route crashed")
+        return _refused(Internal("internal server error"))
+
+    def body(model: type[M]) -> M:
+        limit = current_app.config["G4L_SETTINGS"].max_payload_bytes + 64 * 1024
+        return parse_body(model, limit, big=True)  # type: ignore[return-value]
+
+    def accepted(result: Accepted) -> Response:
+        return _ok(session_id=result.session_id, job_id=result.job_id, seed=result.seed,
+                   duration=result.output_seconds, message="Processing started")
+
+    @bp.get("/api/models")
+    def models() -> Response:
+        grouped = {size: [{"type": "single", "name": m.rsplit("/", 1)[-1], "path": m} for m in ids]
+                   for size, ids in catalog.grouped().items()}
+        return _ok(models=grouped, default=service.specs.model(None))
+
+    @bp.post("/api/juce/process_audio")
+    def process_audio() -> Response:
+        return accepted(service.bang(body(ProcessAudioRequest), http_caller()))
+
+    @bp.post("/api/juce/continue_music")
+    def continue_music() -> Response:
+        # The plugin sends the last result's bytes and no session id: a new session each time.
+        req = body(ContinueMusicRequest).model_copy(update={"session_id": None})
+        return accepted(service.continue_(req, http_caller()))
+
+    @bp.post("/api/juce/retry_music")
+    def retry_music() -> Response:
+        return accepted(service.retry(body(RetryBody), http_caller()))
+
+    @bp.post("/api/juce/update_cropped_audio")
+    def update_cropped_audio() -> Response:
+        session_id = service.crop(body(CropBody), http_caller())
+        return _ok(session_id=session_id, message="Cropped audio updated")
+
+    @bp.get("/api/juce/poll_status/<session_id>")
+    def poll_status(session_id: str) -> Response:
+        return _ok(**poll(service, session_id[:64]))
+
+    return bp
+
+
+def poll(service: SessionService, session_id: str) -> dict[str, Any]:
+    """The upstream poll answer (see the module docstring); every reply but ``unknown``
+    names the session and its last seed. While a job is queued or running,
+    ``queue_status.status`` is never empty (the plugin gives up after 9 s without one)."""
+    caller = http_caller()
+    session = service.find(session_id, caller)
+    base: dict[str, Any] = {"session_id": session_id, "generation_in_progress": False,
+                            "transform_in_progress": False}
+    if session is None:
+        return {**base, "status": UNKNOWN}
+    seed = session.number("seed", int)
+    base.update(seed=seed, generation_seed=seed)
+    job_id = session.get("job_id") or ""
+    if session.busy:
+        queue = service.queue_status(job_id, session_id)
+        state = QUEUED if session.status == JobStatus.QUEUED else PROCESSING
+        eta = float(queue["estimated_seconds"])
+        return {**base, "generation_in_progress": True, "status": state, "progress": session.progress,
+                "queue_status": {"status": state, "message": queue["message"], "position": queue["position"],
+                                 "total_queued": queue["total_queued"], "estimated_seconds": eta,
+                                 "estimated_time": f"{round(eta)}s"}}
+    job = service.ctx.jobs.get(job_id) if job_id else None
+    if session.get("error") or (job is not None and job.status is JobStatus.CANCELED):
+        return {**base, "status": FAILED, "progress": 0,
+                "error": session.get("error") or "the generation was canceled"}
+    blob = session.get("current_blob") or ""
+    data = delivery.read_result(service.ctx, job_id or None, blob or None, held=service.held.get,
+                                offload=service.offload, stored_wait_s=0.0) if blob else None
+    if data is None:
+        return {**base, "status": UNKNOWN}
+    wav = bytes(data)
+    info = service.offload(audio.probe_wav, wav)
+    return {**base, "status": COMPLETED, "progress": 100, "duration": round(info.duration, 3),
+            "audio_data": service.offload(_b64, wav)}
+
+
+def _b64(data: bytes) -> str:
+    return pybase64.b64encode(data).decode("ascii")
