@@ -201,4 +201,13 @@ def test_the_swift_app_recovers_its_result(server) -> None:
     body = done.json()
     assert done.status_code == 200 and body["status"] == "success" and body["session_id"] == reply["session_id"]
     assert body["model_name"] == "debug" and body["prompt_duration"] == 2
-    assert seconds(base64.b64decode(body["audio_data"])) == pytest.approx(30.0, abs=0.05)
+    result = base64.b64decode(body["audio_data"])
+    assert seconds(result) == pytest.approx(30.0, abs=0.05)
+    # A crop right after (while the result's hand-off is still in Redis) is what both read back.
+    trimmed = crop(result, 20.0)
+    status, cropped = plugin.post("/api/juce/update_cropped_audio",
+                                  {"session_id": reply["session_id"], "audio_data": b64(trimmed)})
+    assert status == 200 and cropped["success"] is True and cropped["session_id"] == reply["session_id"]
+    assert base64.b64decode(requests.get(url + reply["session_id"], timeout=10).json()["audio_data"]) == trimmed
+    poll = plugin.http.get(f"{server.url}/api/juce/poll_status/{reply['session_id']}", timeout=8).json()
+    assert poll["status"] == "completed" and base64.b64decode(poll["audio_data"]) == trimmed

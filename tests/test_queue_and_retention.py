@@ -139,3 +139,22 @@ def test_result_write_waits_for_delivery_then_stores_and_acknowledges(ctx: Conte
     finally:
         writer.close()
     assert ctx.blobs.get(blob_id) == b"RIFF-2"
+
+
+def test_a_job_queued_by_an_earlier_server_version_is_failed_clearly(ctx: Context) -> None:
+    """A record without a spec (written before the spec existed) neither crashes the worker
+    nor hangs its session: the worker fails it with a message that says what to do."""
+    from g4l.engine.cache import ModelCache
+    from g4l.worker.worker import Worker
+
+    session = ctx.sessions.create(status="queued", job_id="old-job")
+    ctx.redis.hset(keys.job("old-job"), mapping={"id": "old-job", "kind": "bang", "session_id": session.id,
+                                                 "model": "debug", "params": "{}", "status": "queued"})
+    ctx.redis.xadd(keys.stream("interactive"), {"job_id": "old-job"})
+    assert ctx.jobs.get("old-job").stale
+    worker = Worker(ctx, ModelCache(["debug"], "cpu"), "w-upgrade")
+    assert worker.step(block_ms=10)
+    job = ctx.jobs.get("old-job")
+    assert job.status is JobStatus.FAILED and "earlier version" in (job.error or "")
+    assert ctx.sessions.get(session.id).status == "idle"
+    assert ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] == 0

@@ -221,12 +221,8 @@ class Packager:
         session = self.ctx.sessions.get(stream.ref)
         if session is None or seconds <= 0:
             return
-        blob_id = session.get("current_blob") or ""
-        if not blob_id:
-            return
-        try:
-            wav = self._result_wav(session.get("job_id") or "", blob_id, seconds)
-        except KeyError:
+        wav = delivery.session_audio(self.ctx, session, stored_wait_s=RESULT_WAIT_S)
+        if wav is None:
             return
         decoded = audio.decode_wav(wav, max_seconds=1e9)
         stream.append(audio.tail(decoded.samples, decoded.sample_rate, seconds), decoded.sample_rate,

@@ -19,6 +19,7 @@ import numpy as np
 from g4l.context import Context
 from g4l.jobs import handoff
 from g4l.log import get_logger
+from g4l.store.sessions import Session
 
 log = get_logger(__name__)
 
@@ -67,6 +68,19 @@ def read_result(ctx: Context, job_id: str | None, blob_id: str | None, *, held: 
         return ctx.blobs.wait(blob_id, stored_wait_s)
     except KeyError:
         return None
+
+
+def session_audio(ctx: Context, session: Session, *, held: Held | None = None, offload: Offload = _inline,
+                  stored_wait_s: float = 0.0) -> bytes | None:
+    """A session's current audio: its last job's hand-off while that is still the current
+    audio (GridFS may not have it yet), else the stored file. None when it has none."""
+    blob = session.get("current_blob") or None
+    if blob is None:
+        return None
+    # A crop or upload since the last generation made another file current.
+    job_id = session.get("job_id") if blob == session.get("last_output_blob") else None
+    data = read_result(ctx, job_id or None, blob, held=held, offload=offload, stored_wait_s=stored_wait_s)
+    return bytes(data) if data is not None else None
 
 
 def _from_handoff(ctx: Context, job_id: str, held: Held | None, offload: Offload, as_array: bool,

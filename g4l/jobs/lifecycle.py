@@ -132,12 +132,11 @@ def requeue(ctx: Context, job: Job, claimed: Claimed, *, attempt_used: bool = Tr
     :param attempt_used: False for a job that gave way (a background job preempted by an
         interactive one): its attempt does not count against ``G4L_JOB_MAX_ATTEMPTS``.
     """
-    ctx.queue.ack(claimed)
     job.status, job.worker, job.started, job.progress = JobStatus.QUEUED, None, None, 0
     if not attempt_used:
         job.attempts = max(0, job.attempts - 1)
+    ctx.queue.replace(claimed, job, front=True)
     _session(ctx, job, status=JobStatus.QUEUED, progress=0)
-    ctx.queue.enqueue(job, front=True)
     notices.publish(ctx.redis, notices.QUEUE_CHANGED, job_id=job.id, session_id=job.session_id)
 
 

@@ -87,6 +87,23 @@ class JobQueue:
             p.xadd(keys.stream(job.priority), {"job_id": job.id})
             p.execute()
 
+    def replace(self, claimed: Claimed, job: Job, *, front: bool = True) -> None:
+        """Put a claimed job back on the queue (recovery, a background job giving way): the
+        new entry and the end of the old one in one transaction, so a fault in between
+        can neither lose the job nor leave it queued twice."""
+        seq = self.r.incr(keys.SEQUENCE)
+        score = float(seq) + (_BACKGROUND_OFFSET if job.priority is Priority.BACKGROUND else 0.0)
+        if front:
+            score -= _FRONT_OFFSET
+        with self.r.pipeline(transaction=True) as p:
+            p.xack(claimed.stream, keys.WORKER_GROUP, claimed.entry_id)
+            p.xdel(claimed.stream, claimed.entry_id)
+            p.srem(keys.RUNNING, claimed.job_id)
+            self.jobs.save(job, p)
+            p.zadd(keys.WAITING, {job.id: score})
+            p.xadd(keys.stream(job.priority), {"job_id": job.id})
+            p.execute()
+
     def depth(self) -> int:
         """Jobs waiting (not yet running)."""
         return int(self.r.zcard(keys.WAITING))

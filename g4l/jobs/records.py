@@ -74,6 +74,9 @@ class Job:
     worker: str | None = None
     owner: str | None = None
     hold_input: bool = False
+    #: Read from a record without a readable spec (written by an earlier server version):
+    #: it can be shown, and failed clearly, but not run.
+    stale: bool = field(default=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -98,9 +101,13 @@ class Job:
         def optf(key: str) -> float | None:
             return float(data[key]) if data.get(key) else None
 
+        stale = False
+        try:
+            spec = GenerationSpec.model_validate_json(data["spec"])
+        except (KeyError, ValueError):
+            spec, stale = GenerationSpec(model=data.get("model") or "unknown", output_seconds=30.0), True
         return cls(
-            id=data["id"], kind=data["kind"], session_id=data["session_id"],
-            spec=GenerationSpec.model_validate_json(data["spec"]),
+            id=data["id"], kind=data["kind"], session_id=data["session_id"], spec=spec, stale=stale,
             priority=Priority(data.get("priority") or Priority.INTERACTIVE.value),
             status=JobStatus(data.get("status") or JobStatus.QUEUED.value),
             progress=int(float(data.get("progress") or 0)), attempts=int(data.get("attempts") or 0),

@@ -188,8 +188,7 @@ class JobService:
         blob = session.get("current_blob") or None
         audio_data = None
         if include_audio and blob and not status["generation_in_progress"]:
-            data = delivery.read_result(self.ctx, job_id, blob, held=self.sessions.held.get,
-                                        offload=self.sessions.offload, stored_wait_s=0.0)
+            data = delivery.session_audio(self.ctx, session, held=self.sessions.held.get, offload=self.sessions.offload)
             audio_data = self.sessions.offload(_b64, data) if data is not None else None
         params = self.sessions.params(session)
         fields = params.as_fields() if params else dict.fromkeys(PARAM_FIELDS)

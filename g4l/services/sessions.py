@@ -122,6 +122,7 @@ class SessionService:
     def bang(self, req: ProcessAudioRequest, caller: Caller) -> Accepted:
         """New session continuing the FIRST ``prompt_duration`` seconds of the audio."""
         params = self.specs.session_params(req.given(), None)
+        output_s = self.specs.output_seconds(req.duration)
         self.check_capacity()
         upload = self._upload(req.audio_data)
         self.check_rate(caller)
@@ -129,7 +130,7 @@ class SessionService:
         self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
                                  params=params.model_dump_json())
         return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True,
-                            seed=req.seed, output_seconds=req.duration)
+                            seed=req.seed, output_seconds=output_s)
 
     def continue_(self, req: ContinueMusicRequest, caller: Caller, *, hold_input: bool = False) -> Accepted:
         """Continue the LAST ``prompt_duration`` seconds of the given (or stored) audio.
@@ -141,6 +142,7 @@ class SessionService:
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         params = self.specs.session_params(req.given(), self.params(session))
+        output_s = self.specs.output_seconds(req.duration)
         if req.audio_data is None and (session is None or not session.get("current_blob")):
             raise InvalidRequest("no audio: send audio_data (this session has none stored yet)",
                                  session_id=req.session_id)
@@ -158,10 +160,10 @@ class SessionService:
             self.ctx.sessions.update(session_id, params=params.model_dump_json())
         if upload is not None:
             return self._submit("continue", session_id, job_id, params, caller, upload=upload, hold=hold_input,
-                                new_session=session is None, seed=req.seed, output_seconds=req.duration)
+                                new_session=session is None, seed=req.seed, output_seconds=output_s)
         assert session is not None
         return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"],
-                            seed=req.seed, output_seconds=req.duration)
+                            seed=req.seed, output_seconds=output_s)
 
     def retry(self, req: RetryMusicRequest, caller: Caller) -> Accepted:
         """Redo the last continue from the input it used."""
@@ -172,13 +174,14 @@ class SessionService:
         if not source:
             raise NothingToRetry("nothing to retry: this session has had no continue yet", session_id=session.id)
         params = self.specs.session_params(req.given(), self.params(session))
+        output_s = self.specs.output_seconds(req.duration)
         self.check_capacity()
         self.check_rate(caller)
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)
         self.ctx.sessions.update(session.id, params=params.model_dump_json())
         return self._submit("retry", session.id, job_id, params, caller, input_blob=source, seed=req.seed,
-                            output_seconds=req.duration)
+                            output_seconds=output_s)
 
     def crop(self, req: UpdateCroppedAudio, caller: Caller) -> str:
         """The given audio becomes the session's current audio. Returns the session id."""
@@ -215,7 +218,7 @@ class SessionService:
                 "generation_in_progress": session.busy, "progress": session.progress,
                 "queue_position": position, "error": session.text("error"),
                 "model_name": params.model if params else None, "version": session.version,
-                "seed": session.number("seed", int)}
+                "seed": session.integer("seed")}
 
     def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
         """The ``queue_status`` payload for a job."""

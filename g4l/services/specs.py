@@ -82,6 +82,15 @@ class SpecResolver:
             raise InvalidRequest(f"prompt_duration must be {lo}-{hi} seconds")
         return int(value)
 
+    def output_seconds(self, duration: float | None) -> float:
+        """Seconds a device generation's model produces (its prompt included): the
+        client's ``duration``, else ``G4L_OUTPUT_SECONDS``."""
+        output = float(duration or self.settings.output_seconds)
+        if not MIN_NEW_SECONDS < output <= self.settings.max_generate_seconds:
+            raise InvalidRequest(f"duration must be more than {MIN_NEW_SECONDS:g} and at most "
+                                 f"{self.settings.max_generate_seconds:g} seconds")
+        return output
+
     @staticmethod
     def sampling(given: Mapping[str, Any], previous: Sampling | None = None) -> Sampling:
         """Sampling from what was given, else ``previous``, else MusicGen's defaults."""
@@ -113,10 +122,7 @@ class SpecResolver:
         audio, returned in the client's format. The prompt is at most ``output_seconds -
         MIN_NEW_SECONDS`` long; ``seed`` as :func:`pick_seed` gives it."""
         end, assembly = _SESSION_SHAPES[kind]
-        output = float(output_seconds or self.settings.output_seconds)
-        if not MIN_NEW_SECONDS < output <= self.settings.max_generate_seconds:
-            raise InvalidRequest(f"duration must be more than {MIN_NEW_SECONDS:g} and at most "
-                                 f"{self.settings.max_generate_seconds:g} seconds")
+        output = self.output_seconds(output_seconds)
         prompt_s = min(float(params.prompt_seconds), output - MIN_NEW_SECONDS)
         return GenerationSpec(model=params.model, sampling=params.sampling, description=params.description,
                               seed=pick_seed(seed), prompt=Prompt(seconds=prompt_s, end=end),  # type: ignore[arg-type]

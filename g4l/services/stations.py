@@ -101,7 +101,6 @@ class StationService:
             "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
             "generating_prompt": first, "errors": "[]", "rotations": "[]",
         })
-        self.r.expire(keys.owner_stations(caller.owner), settings.retention_seconds)
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
                  rotate_every_s=rotate_every_s)
@@ -191,8 +190,8 @@ class StationService:
         spec = self.specs.station_spec(model=st.get("model") or "", sampling=self.sampling(st), description=prompt,
                                        previous_blob=st.get("last_blob") or None, new_seconds=round(new_seconds, 3),
                                        labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3)})
-        job = Job(id=new_job_id(), kind="station", session_id=station_id, spec=spec, priority=Priority.BACKGROUND,
-                  owner=st.get("owner") or None)
+        # No owner on the job: a station's stretches are not the key's jobs (GET /api/v1/jobs).
+        job = Job(id=new_job_id(), kind="station", session_id=station_id, spec=spec, priority=Priority.BACKGROUND)
         self.ctx.queue.enqueue(job)
         self.r.hset(keys.station(station_id), mapping={"job_id": job.id, "generating_prompt": prompt,
                                                        "generating_index": index})

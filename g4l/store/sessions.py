@@ -96,6 +96,11 @@ class Session(dict):
         """A string field, ``None`` when empty."""
         return self.get(key) or None
 
+    def integer(self, key: str) -> int | None:
+        """An integer field (exact: a seed may exceed what a float holds), ``None`` when empty."""
+        value = self.get(key)
+        return int(value) if value not in (None, "") else None
+
     def number(self, key: str, cast: type = float) -> Any:
         value = self.get(key)
         return cast(float(value)) if value not in (None, "") else None

@@ -107,6 +107,11 @@ class Worker:
         """Run a started job and end it, whatever happens."""
         bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
         kind = kinds.get(job.kind)
+        if job.stale:
+            lifecycle.fail(self.ctx, job, GenerationFailed("this request was queued by an earlier version of the "
+                                                           "server; please send it again",
+                                                           session_id=job.session_id or None), claimed)
+            return
         if kind is None:
             lifecycle.fail(self.ctx, job, GenerationFailed(f"this worker cannot run '{job.kind}' jobs",
                                                            session_id=job.session_id), claimed)
@@ -123,8 +128,13 @@ class Worker:
         except Cancelled:
             lifecycle.cancel(self.ctx, job, claimed)
         except Preempted:
-            lifecycle.requeue(self.ctx, job, claimed, attempt_used=False)
-            bound.info("background job gave way to an interactive one")
+            try:
+                lifecycle.requeue(self.ctx, job, claimed, attempt_used=False)
+                bound.info("background job gave way to an interactive one")
+            except Exception:
+                bound.exception("putting a background job back failed")
+                lifecycle.fail(self.ctx, job, GenerationFailed("the generation was interrupted; it will be retried",
+                                                               session_id=job.session_id or None), claimed)
         except G4LError as exc:
             exc.session_id = job.session_id or None
             lifecycle.fail(self.ctx, job, exc, claimed)

@@ -128,7 +128,7 @@ def poll(service: SessionService, session_id: str) -> dict[str, Any]:
                             "transform_in_progress": False}
     if session is None:
         return {**base, "status": UNKNOWN}
-    seed = session.number("seed", int)
+    seed = session.integer("seed")
     base.update(seed=seed, generation_seed=seed)
     job_id = session.get("job_id") or ""
     if session.busy:
@@ -143,12 +143,9 @@ def poll(service: SessionService, session_id: str) -> dict[str, Any]:
     if session.get("error") or (job is not None and job.status is JobStatus.CANCELED):
         return {**base, "status": FAILED, "progress": 0,
                 "error": session.get("error") or "the generation was canceled"}
-    blob = session.get("current_blob") or ""
-    data = delivery.read_result(service.ctx, job_id or None, blob or None, held=service.held.get,
-                                offload=service.offload, stored_wait_s=0.0) if blob else None
-    if data is None:
+    wav = delivery.session_audio(service.ctx, session, held=service.held.get, offload=service.offload)
+    if wav is None:
         return {**base, "status": UNKNOWN}
-    wav = bytes(data)
     info = service.offload(audio.probe_wav, wav)
     return {**base, "status": COMPLETED, "progress": 100, "duration": round(info.duration, 3),
             "audio_data": service.offload(_b64, wav)}

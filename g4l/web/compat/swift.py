@@ -31,13 +31,11 @@ def blueprint(service: SessionService) -> Blueprint:
             return reply(404, status="not_found")
         if session.busy:
             return reply(202, status="in_progress")
-        blob = session.get("current_blob") or None
-        data = delivery.read_result(service.ctx, session.get("job_id") or None, blob, held=service.held.get,
-                                    offload=service.offload, stored_wait_s=0.0) if blob else None
+        data = delivery.session_audio(service.ctx, session, held=service.held.get, offload=service.offload)
         if data is None:
             return reply(404, status="no_audio")
         params = service.params(session)
-        audio_data = service.offload(lambda raw: pybase64.b64encode(raw).decode("ascii"), bytes(data))
+        audio_data = service.offload(lambda raw: pybase64.b64encode(raw).decode("ascii"), data)
         return reply(200, status="success", audio_data=audio_data, session_id=session.id,
                      model_name=params.model if params else None,
                      prompt_duration=params.prompt_seconds if params else None)

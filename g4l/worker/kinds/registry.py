@@ -110,7 +110,10 @@ class Run:
         input instead)."""
         wav = self.ctx.redis_bytes.get(keys.prompt(self.job.id))
         if wav is None and self.job.spec.prompt_blob:
-            wav = self.ctx.blobs.get(self.job.spec.prompt_blob)
+            try:
+                wav = self.ctx.blobs.get(self.job.spec.prompt_blob)
+            except KeyError:  # swept with its job's retention
+                wav = None
         if wav is None:
             return None
         decoded = audio.decode_wav(wav, max_seconds=3600)
