@@ -100,3 +100,18 @@ def owner_stations(owner: str) -> str:
 def owner_jobs(owner: str) -> str:
     """Sorted set of an owner's (API key hash or IP) recent job ids, by creation time."""
     return f"{PREFIX}:owner:{owner}:jobs"
+
+
+def oneshot(stream_id: str) -> str:
+    """A realtime API stream: one generation played live (hash: job, token, owner, text...)."""
+    return f"{PREFIX}:oneshot:{stream_id}"
+
+
+def oneshot_mp4_lock(stream_id: str) -> str:
+    """Held while one web process encodes a one-shot's MP4 (the others wait for it)."""
+    return f"{PREFIX}:oneshot:{stream_id}:mp4lock"
+
+
+def genre_stream(owner: str, digest: str) -> str:
+    """The station a ``get_stream`` of these parameters by this owner plays (its id)."""
+    return f"{PREFIX}:genre:{owner}:{digest}"

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     max_generate_seconds: float = 120.0  # longest ``duration`` POST /api/v1/generate accepts
     max_json_kb: int = 64  # body limit of HTTP routes that carry no audio
     jobs_per_owner: int = 500  # recent jobs remembered per key (or IP) for GET /api/v1/jobs
+    # The absolute base of links the server hands out (get_stream's stream.url, the realtime
+    # API's playlist_url) when clients reach it through a proxy; unset: the request's host.
+    public_url: str | None = None
 
     # Live listening over HLS and generative stations (docs/hls.md).
     hls_enabled: bool = True  # the launcher starts the packager (python -m g4l.hls)
@@ -89,6 +92,8 @@ class Settings(BaseSettings):
     station_prompt_seconds: float = 6.0  # how much of its own audio a station continues from
     max_stations: int = 4
     stations_per_key: int = 2  # stations one API key may run at once (keys on)
+    stream_seconds: float = 30.0  # length of a realtime API one-shot (POST /api/stream/start)
+    genre_rotate_s: float = 300.0  # an adaptive get_stream station changes its mood this often
 
     log_level: str = "INFO"
     log_format: str = "json"  # json | console

@@ -6,7 +6,8 @@
   over, continuing their playlists after an ``EXT-X-DISCONTINUITY``.
 - New audio arrives by the ``g4l:notices`` channel: a COMPLETED notice of a session that
   has a listen stream appends that generation's new audio; a station's notice wakes its
-  :class:`StationDriver`. Audio is read through :mod:`g4l.jobs.delivery` (the short-lived
+  :class:`StationDriver`; a one-shot stream (the realtime API) gets its job's audio
+  once. Audio is read through :mod:`g4l.jobs.delivery` (the short-lived
   Redis hand-off, or GridFS), never from the notice itself.
 - Each tick publishes every stream's status (buffered seconds, health, prompt playing)
   into its Redis hash and stops streams that were stopped or idled out.
@@ -31,10 +32,11 @@ from g4l.hls.buffer import RATE
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, notices
+from g4l.jobs.records import JobStatus
 from g4l.jobs.spec import Assembly
 from g4l.log import get_logger
 from g4l.services import idle_streams
-from g4l.services.listen import SESSION, STATION, ListenService, buffer_health
+from g4l.services.listen import ONESHOT, SESSION, STATION, ListenService, buffer_health
 
 log = get_logger(__name__)
 
@@ -132,6 +134,8 @@ class Packager:
             self.pool.submit(self._guard, driver.resume)
         elif kind == SESSION:
             self.pool.submit(self._guard, self._preroll, stream)
+        elif kind == ONESHOT:
+            self.pool.submit(self._guard, self._append_oneshot, stream)
 
     def _close(self, token: str, *, delete: bool) -> None:
         stream = self.streams.pop(token, None)
@@ -164,6 +168,10 @@ class Packager:
         stream gets that generation's new audio."""
         if notice.get("type") not in notices.FINAL:
             return
+        if notice.get("type") == notices.COMPLETED:
+            for shot in [s for s in list(self.streams.values()) if s.kind == ONESHOT]:
+                if shot.ref == notice.get("job_id"):
+                    self.pool.submit(self._guard, self._append_oneshot, shot)
         ref = notice.get("session_id") or ""
         drivers = [d for d in list(self.drivers.values()) if d.station_id == ref]
         for driver in drivers:
@@ -214,6 +222,20 @@ class Packager:
                 x = audio.tail(x, rate, spec.output_seconds)
         stream.append(x, rate, overlap_s=overlap, meta={"job_id": job_id, "kind": job.kind})
         stream.log.info("session generation streamed", job_id=job_id, generation=job.kind)
+
+    def _append_oneshot(self, stream: LiveStream) -> None:
+        """A one-shot stream plays its job's result once, when the job has completed (a
+        stream opened, or taken over, after that plays it at once)."""
+        with self._lock:
+            job = self.ctx.jobs.get(stream.ref)
+            if job is None or job.status is not JobStatus.COMPLETED or not job.output_blob \
+                    or job.id in stream.played_jobs:
+                return
+            stream.played_jobs.add(job.id)
+        decoded = audio.decode_wav(self._result_wav(job.id, job.output_blob, None), max_seconds=1e9)
+        stream.append(decoded.samples, decoded.sample_rate, meta={"job_id": job.id, "kind": job.kind,
+                                                                 "prompt": job.spec.description or ""})
+        stream.log.info("one-shot generation streamed", job_id=job.id)
 
     def _preroll(self, stream: LiveStream) -> None:
         """A new session stream starts with the end of the session's current audio."""

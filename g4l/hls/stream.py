@@ -33,7 +33,7 @@ class LiveStream:
     """A running stream of one session or station.
 
     :param token: the listen token (folder name and log name).
-    :param kind: ``"session"`` or ``"station"``.
+    :param kind: ``"session"``, ``"station"`` or ``"job"`` (a one-shot).
     :param ref: the session or station id.
     :param settings: segment length, bitrate, crossfade, filler.
     """
@@ -55,6 +55,8 @@ class LiveStream:
         self.segments = 0
         #: Stream seconds at which recent appended audio starts (joins), newest last.
         self.joins: list[float] = []
+        #: Jobs whose audio was queued (a one-shot stream plays its job's result once).
+        self.played_jobs: set[str] = set()
 
     def start(self) -> None:
         """Start encoding (silence until audio is appended)."""

@@ -27,6 +27,8 @@ log = get_logger(__name__)
 
 SESSION = "session"
 STATION = "station"
+#: One generation job's audio, played once (the realtime API, :mod:`g4l.services.oneshot`).
+ONESHOT = "job"
 #: ``secrets.token_urlsafe(24)``: 32 characters of [A-Za-z0-9_-], 192 random bits.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
 #: A player that fetched the playlist this recently counts as a listener.
@@ -134,6 +136,11 @@ class ListenService:
             out["session_state"] = session.status if session else "ended"
             out["generating"] = bool(session and session.busy)
             out["progress"] = session.progress if session and session.busy else 0
+        elif kind == ONESHOT:
+            job = self.ctx.jobs.get(ref)
+            out["job_state"] = job.status.value if job else "expired"
+            out["generating"] = bool(job and job.status.pending)
+            out["progress"] = job.progress if job and job.status is JobStatus.RUNNING else 0
         else:
             station = self.r.hgetall(keys.station(ref))
             job_id = station.get("job_id") or ""
@@ -159,6 +166,6 @@ class ListenService:
 
         A station's own generations do not count: a station nobody hears should stop."""
         info = info if info is not None else self.r.hgetall(keys.listen(token))
-        fields = ["created", "last_access"] + (["last_audio"] if info.get("kind") == SESSION else [])
+        fields = ["created", "last_access"] + (["last_audio"] if info.get("kind") in (SESSION, ONESHOT) else [])
         last = max(float(info.get(k) or 0) for k in fields)
         return time.time() - last

@@ -23,7 +23,7 @@ from g4l.web import websocket
 log = get_logger(__name__)
 
 
-def _client_socket(environ: dict) -> Any:
+def client_socket(environ: dict) -> Any:
     """The connection's socket from gevent's WSGI environment."""
     wsgi_input = environ["wsgi.input"]
     if not hasattr(wsgi_input, "raw") and hasattr(wsgi_input, "rfile"):
@@ -46,14 +46,14 @@ class FastWebSocketWSGI:
         except websocket.HandshakeError as exc:
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [str(exc).encode()]
-        sock = _client_socket(environ)
+        sock = client_socket(environ)
         sock.sendall(websocket.response_headers(accept))
         self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size)
         try:
             return self.app(self)
         finally:
             self.ws.close()
-            self.ws._abort()  # gevent's server then reads EOF and ends the connection quietly
+            self.ws.abort()  # gevent's server then reads EOF and ends the connection quietly
 
     def send(self, message: Any) -> None:
         assert self.ws is not None

@@ -238,10 +238,10 @@ class WebSocket:
             return bytes(data)
         except ProtocolError as exc:
             self.close(exc.code, exc.reason)
-            self._abort()
+            self.abort()
             return None
         except (ConnectionClosed, OSError):
-            self._abort()
+            self.abort()
             return None
 
     def _on_close(self, payload: bytearray) -> None:
@@ -251,7 +251,7 @@ class WebSocket:
             self.close(code if 1000 <= code < 5000 and code not in (1004, 1005, 1006, 1015) else CLOSE_PROTOCOL_ERROR)
         except ConnectionClosed:
             pass
-        self._abort()
+        self.abort()
 
     # ------------------------------------------------------------------ writing
     def send(self, data: str | bytes | Frames) -> None:
@@ -284,7 +284,7 @@ class WebSocket:
                         sock.sendall(part)
             except OSError as exc:  # includes the send timeout
                 self._closed_sent = True
-                self._abort()
+                self.abort()
                 raise ConnectionClosed(f"send failed: {exc}") from None
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
@@ -300,7 +300,7 @@ class WebSocket:
         except OSError:
             pass
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Drop the connection (both directions) and release the descriptors."""
         self.closed = True
         for s in (self.sock, self._send_sock):

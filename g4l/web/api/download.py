@@ -68,8 +68,8 @@ class _Memory(io.BytesIO):
 
 
 def send_blob(blobs: BlobStore, blob_id: str, filename: str,
-              in_flight: Callable[[], bytes | None] | None = None) -> Response:
-    """The blob as ``audio/wav``, whole or the requested range, streamed in 1 MB pieces.
+              in_flight: Callable[[], bytes | None] | None = None, mimetype: str = "audio/wav") -> Response:
+    """The blob as ``mimetype``, whole or the requested range, streamed in 1 MB pieces.
 
     :param in_flight: where else the bytes may be while GridFS is still storing them (a
         finished session job's result waits in Redis for a moment).
@@ -94,7 +94,7 @@ def send_blob(blobs: BlobStore, blob_id: str, filename: str,
         span = None  # the client's partial copy is of another file: send it all
     start, end = span if span is not None else (0, size - 1)
     length = max(end - start + 1, 0)
-    resp = Response(_pieces(reader, start, length), status=206 if span else 200, mimetype="audio/wav",
+    resp = Response(_pieces(reader, start, length), status=206 if span else 200, mimetype=mimetype,
                     direct_passthrough=True)
     resp.headers["Content-Length"] = str(length)
     resp.headers["Accept-Ranges"] = "bytes"

@@ -11,7 +11,9 @@ from g4l.context import Context
 from g4l.services.auth import HEADER, ApiKeys
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
+from g4l.web import job_socket
 from g4l.web.api import access, jobs, openapi, prompts, routing, sessions, streams
+from g4l.web.compat import generative, realtime, tellurstori
 from g4l.web.relay import Relay
 from g4l.web.socket_namespace import SocketNamespace
 
@@ -23,7 +25,8 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     app.config["G4L_SETTINGS"] = settings
     access.install_http(app, keys)
     routing.install_errors(app)
-    CORS(app, resources={r"/api/*": {"origins": settings.cors_list}},
+    CORS(app, resources={r"/api/*": {"origins": settings.cors_list},
+                    r"/generative/*": {"origins": settings.cors_list}},
          allow_headers=["Content-Type", HEADER, "Range", "If-Range"],
          expose_headers=["Retry-After", "Content-Range", "Content-Length", "Accept-Ranges", "ETag"],
          methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
@@ -32,6 +35,14 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     app.register_blueprint(sessions.blueprint(service, job_service))
     app.register_blueprint(streams.blueprint(service))
     app.register_blueprint(prompts.blueprint())
+    # The brief's own HTTP systems, in their shapes (g4l/web/compat/).
+    app.register_blueprint(tellurstori.blueprint(job_service))
+    app.register_blueprint(realtime.blueprint(job_service))
+    app.register_blueprint(generative.blueprint(ctx))
+    hub = job_socket.JobSocketHub(job_service, keys)
+    relay.hooks.append(hub.on_notice)
+    app.register_blueprint(job_socket.blueprint())
+    job_socket.install(app, hub)  # WS /ws upgrades, before Flask
     app.register_blueprint(openapi.blueprint(settings))
     socketio.on_namespace(SocketNamespace(service, job_service, relay, keys))
     return job_service

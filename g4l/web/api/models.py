@@ -89,6 +89,7 @@ class JobAccepted(_Response):
     status: Literal[JobStatusValue.QUEUED]
     position: int = Field(ge=0, description="1-based place among waiting jobs; 0: a worker already took it")
     estimated_seconds: float = Field(description="Rough seconds until the result")
+    message: str = Field(description="What happens next, for people (TellUrStori's field)")
     created_at: str = Field(description="RFC 3339 UTC")
     links: JobLinks
 

@@ -25,6 +25,8 @@ from g4l.web.api.models import ErrorResponse, GenerateRequest
 from g4l.web.api.routing import Operation
 
 PREFIX = "/api/v1"
+#: Blueprints outside PREFIX whose every route is in the document too (the brief's APIs).
+DOCUMENTED_BLUEPRINTS = ("api_realtime.", "api_generative.", "api_ws.")
 DOCS_DIR = Path(__file__).resolve().parents[1] / "static" / "docs"
 _FLASK_PARAM = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _ERROR_TEXT = {400: "Malformed request (INVALID_REQUEST, INVALID_AUDIO, MODEL_NOT_ALLOWED)",
@@ -71,7 +73,8 @@ def undocumented(app: Flask) -> list[str]:
     missing = []
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
-        if not rule.rule.startswith(PREFIX) or getattr(view, "g4l_operation", None) is not None \
+        ours = rule.rule.startswith(PREFIX) or rule.endpoint.startswith(DOCUMENTED_BLUEPRINTS)
+        if not ours or getattr(view, "g4l_operation", None) is not None \
                 or getattr(view, "g4l_undocumented_ok", False):
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -109,8 +112,11 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
     for name in ("BangRequest", "ContinueRequest", "RetryRequest"):
         if name in schemas:
             _restrict(schemas[name], "model_name", enum=list(settings.models))
-    if "StationRequest" in schemas:
-        _restrict(schemas["StationRequest"], "model", enum=list(settings.models))
+    for name in ("StationRequest", "GenreParams", "StreamStartRequest"):
+        if name in schemas:
+            _restrict(schemas[name], "model", enum=list(settings.models))
+    if "StreamStartRequest" in schemas:
+        _restrict(schemas["StreamStartRequest"], "duration", maximum=settings.max_generate_seconds)
 
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
         return refs[(model, mode)]  # type: ignore[index]
@@ -180,7 +186,10 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
                  {"name": "sessions", "description": "HTTP twins of the device protocol"},
                  {"name": "prompts", "description": "Prompt builder"},
                  {"name": "listen", "description": "Live listening over HLS"},
-                 {"name": "stations", "description": "Endless generative stations"}],
+                 {"name": "stations", "description": "Endless generative stations"},
+                 {"name": "generative", "description": "The generative HLS daemon's get_stream"},
+                 {"name": "realtime", "description": "The realtime HLS API: one generation streamed live"},
+                 {"name": "tellurstori", "description": "The TellUrStori service's status, download and WS /ws"}],
     }
     if settings.api_keys:
         document["security"] = [{"ApiKeyAuth": []}]
