@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "g4l"
 
 #: Pub/sub channel for small notices (progress, started, completed, failed). Never audio.
@@ -50,6 +52,16 @@ def prompt(job_id: str) -> str:
     """A queued job's prompt window (a small WAV at the model's rate), left by the web
     node so the worker can start without waiting for the full input in GridFS."""
     return f"{PREFIX}:prompt:{job_id}"
+
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def valid_id(value: object) -> bool:
+    """Whether ``value`` has the shape of an id the server hands out (session, job,
+    station: up to 64 of [A-Za-z0-9_-]). Anything else names nothing, and is never put
+    into a key or echoed (a lone surrogate cannot even be encoded)."""
+    return isinstance(value, str) and bool(_ID.match(value))
 
 
 def upload(session_id: str) -> str:

@@ -39,6 +39,10 @@ def as_object(raw: Any) -> dict[str, Any]:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PayloadError(f"payload is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+        except RecursionError:
+            raise PayloadError("payload is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+            raise PayloadError(f"payload is not usable JSON: {str(exc)[:120]}") from None
     if raw is None:
         raise PayloadError("payload is missing")
     if not isinstance(raw, dict):

@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import make_wav
+
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
 
@@ -150,3 +150,100 @@ def test_server_survives_the_bad_inputs_and_still_generates(server, client: Devi
     assert status == 200 and body["status"] == "live"
     with DeviceClient(server.url) as fresh:
         assert fresh.bang(make_wav(3), model_name="debug", prompt_duration=2).audio
+
+
+# ---------------------------------------------------------------- packets the parser gives up on
+class RawSocket:
+    """A Socket.IO v5 client spoken by hand over a stock websocket: it can send packet
+    text no Socket.IO library would write."""
+
+    def __init__(self, url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket",
+                                              timeout=30, suppress_origin=True)
+        assert self.ws.recv().startswith("0{")  # engine.io open
+        self.ws.send("40")
+        assert self.recv().startswith("40")  # namespace connected
+
+    def recv(self) -> str:
+        while True:
+            text = self.ws.recv()
+            if text == "2":  # engine.io ping
+                self.ws.send("3")
+                continue
+            return text
+
+    def event(self) -> tuple[str, list]:
+        """The next Socket.IO event (name, args), or an ack as ("ack", args)."""
+        import json
+
+        text = self.recv()
+        if text.startswith("43"):
+            return "ack", json.loads(text[text.index("["):])
+        assert text.startswith("42"), text[:200]
+        name, *args = json.loads(text[2:])
+        return name, args
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.mark.parametrize("packet, needle", [
+    ('42["process_audio_request",' + "[" * 3000 + "]" * 3000 + "]", "nested too deeply"),
+    ('42["continue_music_request",{"session_id":"x","top_k":' + "9" * 5000 + "}]", "cannot be parsed"),
+    ('427["verify_session",{"session_id": ]', "cannot be parsed"),
+    ('42["continue_music_request","{\\"a\\":' + "[" * 3000 + "]" * 3000 + '}"]', "nested too deeply"),
+    ('42["continue_music_request","{\\"top_k\\":' + "9" * 5000 + '}"]', "not usable JSON"),
+])
+def test_packets_the_json_parser_gives_up_on_are_answered(server, packet, needle) -> None:
+    raw = RawSocket(server.url)
+    try:
+        raw.ws.send(packet)
+        name, args = raw.event()
+        while name == "ack":
+            name, args = raw.event()
+        assert name == events.ERROR and args[0]["code"] == "INVALID_REQUEST", (name, args)
+        assert needle in args[0]["message"]
+        raw.ws.send('42["verify_session",{"session_id":"2b1e4a8e-0000-4000-8000-123456789abc"}]')
+        seen = [raw.event()]
+        while seen[-1][0] == "ack":
+            seen.append(raw.event())
+        assert seen[-1][0] == events.SESSION_STATUS, seen  # the socket still works
+        if packet.startswith("427"):  # the packet's ack id was read before its JSON: the ack comes too
+            assert ("ack", []) in seen
+    finally:
+        raw.close()
+
+
+def test_a_lone_surrogate_in_an_id_is_not_found_not_internal(server) -> None:
+    raw = RawSocket(server.url)
+    try:
+        for payload, code in (('{"job_id":"\\ud800"}', "NOT_FOUND"),
+                              ('{"session_id":"\\udfff x"}', "SESSION_NOT_FOUND")):
+            raw.ws.send(f'42["subscribe",{payload}]')
+            name, args = raw.event()
+            assert name == events.ERROR and args[0]["code"] == code, (name, args)
+        raw.ws.send('42["continue_music_request",{"session_id":"\\ud800","audio_data":"x"}]')
+        name, args = raw.event()
+        assert name == events.ERROR and args[0]["code"] in ("SESSION_NOT_FOUND", "INVALID_AUDIO", "INVALID_REQUEST")
+    finally:
+        raw.close()
+
+
+def test_a_chunk_declaring_a_huge_total_costs_round_trips_for_what_arrived(client: DeviceClient, redis_client):
+    """One 4-byte chunk of a declared 100,000: Redis sees a handful of HSTRLEN, not 100,000."""
+    since = client.mark()
+    client.emit(events.BEGIN_RESTORE_AUDIO, {})
+    _name, ready = client.wait_for(events.READY_FOR_CHUNKS, since, timeout=30)
+    session_id = ready["session_id"]
+
+    def hstrlen_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_hstrlen", {}).get("calls", 0))
+
+    before = hstrlen_calls()
+    since = client.mark()
+    client.emit(events.AUDIO_CHUNK, {"session_id": session_id, "chunk_index": 0, "total_chunks": 100_000,
+                                     "chunk": "UklG"})
+    client.wait_for(events.CHUNK_RECEIVED, since, timeout=60)
+    assert hstrlen_calls() - before < 10

@@ -21,8 +21,8 @@ import pytest
 import requests
 import soundfile as sf
 import websocket
-
 from conftest import RunningServer, start_server
+
 from g4l.hls.watch import PlaylistWatcher, decode_ts
 
 KEY_A, KEY_B = "brief-key-a", "brief-key-b"

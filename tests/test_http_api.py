@@ -523,3 +523,18 @@ def test_compat_routes_follow_the_same_keys_and_ownership(api):
     retry = requests.post(api.url + "/api/juce/retry_music", json={"session_id": sid},
                           headers={"X-API-Key": KEYS["story"]}, timeout=10)
     assert retry.status_code == 404 and retry.json()["success"] is False
+
+
+def test_range_headers_with_huge_numbers_are_answered_not_crashed():
+    """Numbers past int()'s 4300-digit limit (a 500 once) are past any file."""
+    from g4l.errors import RangeNotSatisfiable
+    from g4l.web.api.download import parse_range
+
+    huge = "9" * 5000
+    assert parse_range(f"bytes=0-{huge}", 1000) == (0, 999)
+    assert parse_range(f"bytes=-{huge}", 1000) == (0, 999)
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(f"bytes={huge}-", 1000)
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(f"bytes={huge}-{huge}", 1000)
+    assert parse_range("bytes=10-19", 1000) == (10, 19)

@@ -158,6 +158,36 @@ def test_protocol_violations_close_with_the_rfc_code(echo, frame, code) -> None:
         s.close()
 
 
+def test_memory_grows_with_bytes_received_not_with_a_declared_length(echo) -> None:
+    """A frame header that claims the whole message limit costs what actually arrived:
+    declared 8 MB, sent a few bytes -> about 1 MB held; the rest sent -> the whole echo."""
+    import time
+    import tracemalloc
+
+    declared = MAX_MESSAGE
+    mask = os.urandom(4)
+    payload = os.urandom(declared)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload[:4096])) + bytes(
+        a ^ b for a, b in zip(payload[4096:], (mask * (declared // 4 + 1))[4096:declared], strict=True))
+    s = _raw_connection(echo)
+    tracemalloc.start()
+    try:
+        s.sendall(b"\x82\xff" + struct.pack("!Q", declared) + mask + masked[:3])
+        time.sleep(0.5)
+        held, _peak = tracemalloc.get_traced_memory()
+        assert held < 2 * 1024 * 1024, f"{held} bytes held for 3 bytes received of a declared {declared}"
+        s.sendall(masked[3:])
+        got = b""
+        header = s.recv(10)
+        assert header[:2] == b"\x82\x7f" and struct.unpack("!Q", header[2:10])[0] == declared
+        while len(got) < declared:
+            got += s.recv(1024 * 1024)
+        assert got == payload
+    finally:
+        tracemalloc.stop()
+        s.close()
+
+
 def test_bad_upgrade_requests_are_refused() -> None:
     good = {"REQUEST_METHOD": "GET", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "keep-alive, Upgrade",
             "HTTP_SEC_WEBSOCKET_VERSION": "13", "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="}

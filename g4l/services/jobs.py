@@ -6,7 +6,6 @@ for the device operations; this module adds what only a job-style client needs.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import gevent
 import pybase64
 
+from g4l import keys
 from g4l.context import Context
 from g4l.errors import NotFound, NotReady
 from g4l.jobs import delivery, lifecycle
@@ -28,7 +28,6 @@ from g4l.services.uploads import decode_upload
 
 log = get_logger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: How long DELETE waits for a running job to stop before answering "still running".
 CANCEL_WAIT_S = 2.5
 
@@ -103,9 +102,9 @@ class JobService:
     # ------------------------------------------------------------ access
     def get(self, caller: Caller, job_id: str) -> Job:
         """The caller's job. :raises NotFound: unknown, expired, or another key's job."""
-        job = self.ctx.jobs.get(job_id) if isinstance(job_id, str) and _ID.match(job_id) else None
+        job = self.ctx.jobs.get(job_id) if keys.valid_id(job_id) else None
         if job is None or not caller.can_see(job.owner):
-            raise NotFound(f"no job {job_id[:64]}")
+            raise NotFound(f"no job {job_id}" if keys.valid_id(job_id) else "no job with that id")
         return job
 
     def view(self, caller: Caller, job_id: str) -> JobView:

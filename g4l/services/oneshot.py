@@ -110,9 +110,9 @@ class OneShotStreams:
 
     def get(self, caller: Caller, stream_id: str) -> OneShot:
         """The caller's stream. :raises NotFound: unknown, cleaned up, or another key's."""
-        info = self.ctx.redis.hgetall(keys.oneshot(stream_id)) if _valid_id(stream_id) else {}
+        info = self.ctx.redis.hgetall(keys.oneshot(stream_id)) if keys.valid_id(stream_id) else {}
         if not info or not caller.can_see(info.get("owner") or None):
-            raise NotFound(f"no stream session {stream_id[:64]}")
+            raise NotFound(f"no stream session {stream_id}" if keys.valid_id(stream_id) else "no such stream session")
         return OneShot(stream_id, info, self.ctx.jobs.get(info.get("job_id") or stream_id))
 
     def links(self, shot: OneShot) -> dict[str, str]:
@@ -173,7 +173,3 @@ class OneShotStreams:
         log.info("one-shot stream cleaned up", job_id=stream_id, canceled=canceled)
         return {"session_id": stream_id, "status": "cleaned", "canceled": canceled}
 
-
-def _valid_id(stream_id: str) -> bool:
-    return isinstance(stream_id, str) and 0 < len(stream_id) <= 64 and stream_id.replace("-", "").replace(
-        "_", "").isalnum()

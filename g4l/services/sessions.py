@@ -81,7 +81,7 @@ class SessionService:
     # ------------------------------------------------------------ access and limits
     def find(self, session_id: str, caller: Caller) -> Session | None:
         """The session, or None when there is none the caller may see."""
-        session = self.ctx.sessions.get(session_id)
+        session = self.ctx.sessions.get(session_id) if keys.valid_id(session_id) else None
         if session is None or not caller.can_see(session.get("owner")):
             return None
         return session
@@ -90,7 +90,9 @@ class SessionService:
         """The session. :raises SessionNotFound: none, or another key's."""
         session = self.find(session_id, caller)
         if session is None:
-            raise SessionNotFound(f"no session {session_id[:64]} (it ended or expired)", session_id=session_id[:64])
+            if not keys.valid_id(session_id):
+                raise SessionNotFound("no session with that id (ids are up to 64 of A-Z a-z 0-9 _ -)")
+            raise SessionNotFound(f"no session {session_id} (it ended or expired)", session_id=session_id)
         return session
 
     def check_rate(self, caller: Caller) -> None:
@@ -285,13 +287,17 @@ class SessionService:
             raise InvalidRequest(f"chunk_index {index} is outside 0..{total - 1}", session_id=session_id)
         with self.ctx.redis.pipeline() as p:
             p.hset(key, str(index), chunk)
-            p.hstrlen(key, "meta")
-            p.execute()
-        lengths = sum(self.ctx.redis.hstrlen(key, str(i)) for i in range(total))
+            p.hkeys(key)
+            fields = p.execute()[1]
+        have = {int(k) for k in fields if k.isdigit()}
+        # One round trip over the chunks that did arrive (never over what total_chunks claims).
+        with self.ctx.redis.pipeline(transaction=False) as p:
+            for i in have:
+                p.hstrlen(key, str(i))
+            lengths = sum(p.execute())
         if lengths > self.settings.max_payload_bytes:
             self.ctx.redis.delete(key)
             raise TooLarge("the upload is over the size limit", session_id=session_id)
-        have = {int(k) for k in self.ctx.redis.hkeys(key) if k.isdigit()}
         received = len(have & set(range(total)))
         if not is_last and received < total:
             return received, None, False

@@ -107,9 +107,9 @@ class StationService:
         return {"station_id": station_id, **links(token), "status": "starting"}
 
     def _require(self, station_id: str, caller: Caller) -> dict[str, str]:
-        info = self.r.hgetall(keys.station(station_id)) if station_id else {}
+        info = self.r.hgetall(keys.station(station_id)) if keys.valid_id(station_id) else {}
         if not info or not caller.can_see(info.get("owner")):
-            raise StationNotFound(f"no station {station_id[:64]}")
+            raise StationNotFound(f"no station {station_id}" if keys.valid_id(station_id) else "no such station")
         return info
 
     def get(self, station_id: str, caller: Caller) -> dict[str, Any]:

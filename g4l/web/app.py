@@ -16,9 +16,9 @@ from g4l.web import health, listen, metrics, transport
 from g4l.web.api.install import install as install_api
 from g4l.web.compat import juce, swift
 from g4l.web.offload import offload
+from g4l.web.packets import ServerPacket
 from g4l.web.relay import Relay
 from plugin_protocol import fastjson
-from plugin_protocol.packets import FastPacket
 
 log = get_logger(__name__)
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> WebApp:
         app,
         async_mode="gevent",
         json=fastjson,  # result packets are up to ~100 MB of JSON, encoded on the event loop
-        serializer=FastPacket,  # decodes 60 MB uploads without slicing copies
+        serializer=ServerPacket,  # decodes 60 MB uploads without slicing copies; answers unparsable ones
         cors_allowed_origins=settings.cors_list,
         max_http_buffer_size=settings.max_payload_bytes,
         ping_interval=settings.ping_interval,

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask_socketio import Namespace, emit
 
+from g4l import keys
 from g4l.errors import G4LError, Internal, InvalidRequest, Unauthorized
 from g4l.log import get_logger
 from g4l.services.auth import ApiKeys
@@ -26,6 +27,7 @@ from g4l.web import metrics
 from g4l.web.api.access import connect_socket
 from g4l.web.api.live import JobEvents, LiveEvents
 from g4l.web.device_events import DeviceEvents
+from g4l.web.packets import INVALID_PACKET
 from g4l.web.relay import Relay
 from plugin_protocol import events
 from plugin_protocol.normalize import PayloadError, as_object
@@ -37,9 +39,10 @@ def _session_hint(raw: Any) -> str | None:
     """The session id a (possibly invalid) payload names, for the error event."""
     try:
         value = as_object(raw).get("session_id")
-    except PayloadError:
+    except Exception:  # whatever is wrong with it was (or will be) reported already
         return None
-    return value.strip()[:64] if isinstance(value, str) and value.strip() else None
+    value = value.strip()[:64] if isinstance(value, str) else None
+    return value if keys.valid_id(value) else None
 
 
 def _mapped(event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,13 +86,18 @@ class SocketNamespace(DeviceEvents, LiveEvents, Namespace):
         relay.hooks.append(self.job_events.on_notice)
 
     def trigger_event(self, event: str, *args: Any) -> Any:
-        handler = getattr(self, f"on_{event}", None)
+        handler = self._invalid_packet if event == INVALID_PACKET else getattr(self, f"on_{event}", None)
         if handler is None:
             return None  # an event nobody handles is ignored, as python-socketio does
         if event not in ("connect", "disconnect"):
             handler = _mapped(event, handler)
         assert self.socketio is not None
         return self.socketio._handle_event(handler, event, self.namespace, *args)
+
+    @staticmethod
+    def _invalid_packet(reason: Any = None, *_: Any) -> None:
+        """A packet whose JSON could not be parsed (:mod:`g4l.web.packets`)."""
+        raise InvalidRequest(f"the event could not be read: {reason}")
 
     def on_connect(self, auth: Any = None) -> None:
         """With API keys configured, a socket must present one (``auth: {"api_key": ...}``

@@ -158,14 +158,20 @@ class WebSocket:
         return out
 
     def _payload(self, n: int) -> bytearray:
-        """``n`` bytes: what is buffered, then the rest read straight into place."""
+        """``n`` bytes: what is buffered, then the rest read straight into place.
+
+        The buffer grows with the bytes that actually arrive (doubling from 1 MB), never
+        to what the frame header claims: a stranger who declares 200 MB and sends one byte
+        costs 1 MB, not 200."""
         have = min(n, len(self._buf))
-        out = bytearray(n)
+        out = bytearray(min(n, max(have, _READ_CHUNK)))
         out[:have] = self._buf[:have]
         del self._buf[:have]
-        view = memoryview(out)
         while have < n:
-            got = self.sock.recv_into(view[have:], min(n - have, 16 * _READ_CHUNK))
+            if have == len(out):
+                out += bytes(min(len(out), n - len(out)))  # zero pages: cheap until written
+            with memoryview(out) as view:
+                got = self.sock.recv_into(view[have:], min(len(out) - have, 16 * _READ_CHUNK))
             if not got:
                 raise ConnectionClosed("connection closed by peer")
             have += got
