@@ -91,6 +91,14 @@ class QueueFull(G4LError):
     http_status = 503
 
 
+class ModelUnavailable(G4LError):
+    """An allowed model that could not be loaded (no network to the hub, missing files):
+    refused at once, with the reason, instead of queueing a job that cannot run."""
+
+    code = "MODEL_UNAVAILABLE"
+    http_status = 503
+
+
 class GenerationFailed(G4LError):
     """The worker could not produce a result (model error, worker lost too often)."""
 

@@ -3,7 +3,9 @@
 Starts the embedded Redis and MongoDB-compatible store when ``REDIS_URL`` / ``MONGO_URL``
 are unset (data under ``G4L_DATA_DIR``, durable across restarts), then the generation
 workers and the web process; restarts a worker that dies; prints
-``g4l ready on http://HOST:PORT`` once clients can connect; on SIGINT/SIGTERM stops every
+``g4l ready on http://HOST:PORT`` once clients can connect, then which models are usable
+(or, when the default model cannot load, ``g4l running on ... but NOT READY: <why>``, and
+keeps serving, so /health says why); on SIGINT/SIGTERM stops every
 process it started, web first and stores last, so no stored audio is lost.
 """
 
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,12 +30,25 @@ log = get_logger("g4l.launcher")
 READY_TIMEOUT_S = 300.0
 
 
-def _ready(url: str) -> bool:
+def _readiness(url: str) -> dict | None:
+    """``/health/ready``'s document (200 or 503), or None while the web does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200 and json.load(resp).get("status") == "ready"
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.load(exc)
+        except Exception:
+            return None
     except Exception:
-        return False
+        return None
+
+
+def _models_line(doc: dict) -> str:
+    loaded = doc.get("models_loaded") or []
+    failed = doc.get("models_failed") or {}
+    usable = ", ".join(loaded) or "none loaded yet"
+    return f"g4l models: usable {usable}" + "".join(f"; UNUSABLE {reason}" for reason in failed.values())
 
 
 def main() -> int:
@@ -75,6 +91,7 @@ def main() -> int:
 
         url = f"http://{settings.host}:{settings.port}"
         announced = False
+        warned = False
         started = time.monotonic()
         while not stopping["flag"]:
             for name, proc in list(children.items()):
@@ -87,9 +104,17 @@ def main() -> int:
                     log.warning("process exited; restarting it", process=name, code=proc.returncode)
                     spawn(name, modules[name])
             if not announced:
-                if _ready(f"{url}/health/ready"):
+                doc = _readiness(f"{url}/health/ready")
+                if doc is not None and doc.get("status") == "ready":
                     print(f"g4l ready on {url}", flush=True)
+                    print(_models_line(doc), flush=True)
                     announced = True
+                elif doc is not None and doc.get("models_failed") and doc.get("workers"):
+                    if not warned:  # up, but it cannot generate: say why, and keep serving
+                        print(f"g4l running on {url} but NOT READY: {doc.get('pytorch', '')}", flush=True)
+                        print(_models_line(doc), flush=True)
+                        log.error("server not ready", reason=doc.get("pytorch"))
+                        warned = True
                 elif time.monotonic() - started > READY_TIMEOUT_S:
                     log.error("server did not become ready", seconds=READY_TIMEOUT_S)
                     return 1

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = 2
     worker_heartbeat_s: float = 2.0
     worker_dead_after_s: float = 10.0
+    # A model that failed to load is refused (MODEL_UNAVAILABLE) for this long before a
+    # worker tries loading it again: a dead download is not retried on every request.
+    model_retry_s: float = 600.0
     progress_interval_s: float = 1.0
     max_queue: int = 100
     held_inputs_mb: int = 512  # continue uploads a web node keeps until their result is sent (0: off)

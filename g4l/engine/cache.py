@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from g4l.engine.debug_model import DEBUG_MODEL_ID
-from g4l.errors import GenerationFailed, ModelNotAllowed
+from g4l.errors import ModelNotAllowed, ModelUnavailable
 
 if TYPE_CHECKING:
     from g4l.engine.musicgen import MusicGenEngine
@@ -27,11 +28,31 @@ if TYPE_CHECKING:
 _DEVICES = ("auto", "cpu", "cuda")
 
 
-class ModelLoadError(GenerationFailed):
+class ModelLoadError(ModelUnavailable):
     """An allowed model could not be loaded (missing files, download failure, bad config).
+    Its message is one line an operator understands (:func:`load_failure_reason`)."""
 
-    Keeps :class:`GenerationFailed`'s code: to a client it is a generation that failed.
-    """
+
+#: Exception names (anywhere in the chain) that mean "the hub could not be reached".
+_OFFLINE_SIGNS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+                  "NameResolutionError", "MaxRetryError", "gaierror")
+
+
+def load_failure_reason(model_id: str, exc: BaseException) -> str:
+    """One line saying why ``model_id`` did not load and what to do about it."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    last = str(chain[-1]).splitlines()[0][:160] if str(chain[-1]) else type(chain[-1]).__name__
+    if names & set(_OFFLINE_SIGNS) or any("resolve" in str(e).lower() and "host" in str(e).lower() for e in chain):
+        return (f"model {model_id!r} could not be downloaded from the Hugging Face hub (no network?): {last}. "
+                "Use G4L_MODELS=debug (a tiny built-in model) or a local checkpoint directory.")
+    if isinstance(exc, FileNotFoundError):
+        return f"model {model_id!r}: {last}. Point G4L_MODELS at an AudioCraft checkpoint directory."
+    return f"model {model_id!r} could not be loaded: {type(chain[-1]).__name__}: {last}"
 
 
 def normalize_model_id(model_id: str) -> str:
@@ -58,7 +79,7 @@ class ModelCache:
         device: ``'cpu'``, ``'cuda'`` or ``'auto'`` (GPU when available).
     """
 
-    def __init__(self, allowlist: Iterable[str], device: str = "auto") -> None:
+    def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
         self._allowlist = [m for m in dict.fromkeys(normalize_model_id(x) for x in allowlist) if m]
@@ -68,6 +89,9 @@ class ModelCache:
         # while a slow download of one model does not block getting another.
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        #: model id -> (reason, when): loads that failed, refused until ``retry_after_s`` passed.
+        self._failed: dict[str, tuple[str, float]] = {}
+        self._retry_after_s = retry_after_s
 
     @property
     def allowlist(self) -> list[str]:
@@ -88,6 +112,11 @@ class ModelCache:
         with self._guard:
             return list(self._engines)
 
+    def failed(self) -> dict[str, str]:
+        """Model id -> why it could not be loaded, for every model whose last load failed."""
+        with self._guard:
+            return {model_id: reason for model_id, (reason, _at) in self._failed.items()}
+
     def sizes(self) -> dict[str, str]:
         """Model id -> size (``small`` / ``medium`` / ``large``) of every loaded model."""
         with self._guard:
@@ -98,7 +127,8 @@ class ModelCache:
 
         Raises:
             ModelNotAllowed: the id is not in the allowlist.
-            ModelLoadError: loading failed; the message names the model.
+            ModelLoadError: loading failed (now, or less than ``retry_after_s`` ago: a dead
+                download is not retried on every request); the message says why.
         """
         key = normalize_model_id(model_id)
         if key not in self._allowlist:
@@ -108,14 +138,23 @@ class ModelCache:
             engine = self._engines.get(key)
             if engine is not None:
                 return engine
+            failure = self._failed.get(key)
+            if failure is not None and time.monotonic() - failure[1] < self._retry_after_s:
+                raise ModelLoadError(failure[0])
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             with self._guard:
                 engine = self._engines.get(key)  # loaded by another thread meanwhile
             if engine is None:
-                engine = self._load(key)
+                try:
+                    engine = self._load(key)
+                except ModelLoadError as exc:
+                    with self._guard:
+                        self._failed[key] = (exc.message, time.monotonic())
+                    raise
                 with self._guard:
                     self._engines[key] = engine
+                    self._failed.pop(key, None)
             return engine
 
     def _load(self, model_id: str) -> MusicGenEngine:
@@ -133,8 +172,7 @@ class ModelCache:
                 model = MusicGen.get_pretrained(_checkpoint_name(model_id), device=device)
             return MusicGenEngine(model, model_id=model_id)
         except Exception as exc:
-            raise ModelLoadError(
-                f"could not load model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadError(load_failure_reason(model_id, exc)) from exc
 
 
 def _checkpoint_name(model_id: str) -> str:

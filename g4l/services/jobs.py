@@ -73,7 +73,7 @@ class JobService:
         resolver = self.sessions.specs
         spec = resolver.generate_spec(duration=duration, description=prompt, model=model, given=sampling or {},
                                       seed=seed, prompt_seconds=prompt_duration, fmt=None)
-        self.sessions.check_capacity()
+        self.sessions.check_capacity(spec.model)
         upload = decode_upload(audio_b64, self.settings, self.sessions.offload) if audio_b64 else None
         if upload is not None:
             a = upload.audio

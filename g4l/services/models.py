@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from g4l.context import Context
+from g4l.errors import ModelUnavailable
 from g4l.jobs import recovery
 
 SIZES = ("small", "medium", "large")
@@ -35,6 +36,22 @@ class ModelCatalog:
             size = declared.get(model) or reported.get(model) or _size_word(model) or "small"
             out[model] = size if size in SIZES else "small"
         return out
+
+    def require_available(self, model: str) -> None:
+        """Refuse at once a model every live worker failed to load (instead of queueing a
+        job that cannot run). With no worker alive the job queues: one may be starting.
+
+        :raises ModelUnavailable: with the workers' reason.
+        """
+        try:
+            beats = [json.loads(b) for b in recovery.alive_workers(self.ctx).values()]
+        except Exception:  # Redis trouble is reported by the enqueue that follows
+            return
+        if not beats:
+            return
+        reasons = [(b.get("models_failed") or {}).get(model) for b in beats]
+        if all(reasons) and not any(model in (b.get("models") or []) for b in beats):
+            raise ModelUnavailable(str(reasons[0]))
 
     def grouped(self) -> dict[str, list[str]]:
         """Size -> model ids (every size present, maybe empty)."""

@@ -27,6 +27,7 @@ from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, prompt_wav
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.held_inputs import HeldInputs
+from g4l.services.models import ModelCatalog
 from g4l.services.ratelimit import RateLimiter
 from g4l.services.specs import SessionParams, SpecResolver
 from g4l.services.uploads import Offload, Upload, decode_upload
@@ -107,7 +108,10 @@ class SessionService:
             raise RateLimited(f"too many generation requests: {limit} a minute; retry in {retry_after} s",
                               retry_after=retry_after)
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, model: str) -> None:
+        """Room in the queue, and a worker able to load ``model``.
+        :raises QueueFull, ModelUnavailable:"""
+        ModelCatalog(self.ctx).require_available(model)
         if self.ctx.queue.depth() >= self.settings.max_queue:
             raise QueueFull(f"the queue is full ({self.settings.max_queue} jobs); try again shortly")
 
@@ -125,7 +129,7 @@ class SessionService:
         """New session continuing the FIRST ``prompt_duration`` seconds of the audio."""
         params = self.specs.session_params(req.given(), None)
         output_s = self.specs.output_seconds(req.duration)
-        self.check_capacity()
+        self.check_capacity(params.model)
         upload = self._upload(req.audio_data)
         self.check_rate(caller)
         session_id, job_id = new_session_id(), new_job_id()
@@ -148,7 +152,7 @@ class SessionService:
         if req.audio_data is None and (session is None or not session.get("current_blob")):
             raise InvalidRequest("no audio: send audio_data (this session has none stored yet)",
                                  session_id=req.session_id)
-        self.check_capacity()
+        self.check_capacity(params.model)
         upload = self._upload(req.audio_data) if req.audio_data is not None else None
         self.check_rate(caller)
         job_id = new_job_id()
@@ -177,7 +181,7 @@ class SessionService:
             raise NothingToRetry("nothing to retry: this session has had no continue yet", session_id=session.id)
         params = self.specs.session_params(req.given(), self.params(session))
         output_s = self.specs.output_seconds(req.duration)
-        self.check_capacity()
+        self.check_capacity(params.model)
         self.check_rate(caller)
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)

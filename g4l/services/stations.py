@@ -27,6 +27,7 @@ from g4l.jobs.spec import Sampling
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, buffer_health, links, new_token
+from g4l.services.models import ModelCatalog
 from g4l.services.specs import SpecResolver
 
 log = get_logger(__name__)
@@ -84,6 +85,7 @@ class StationService:
             raise InvalidRequest(f"rotate_every_s must be 0 (never) or at least {MIN_ROTATE_S:g}")
         settings = self.ctx.settings
         model = self.specs.model(model)
+        ModelCatalog(self.ctx).require_available(model)
         sampling = self.specs.sampling({"temperature": temperature, "top_k": top_k, "cfg_coef": cfg_coef})
         station_id = str(uuid.uuid4())
         quota = settings.stations_per_key if caller.keyed else 0

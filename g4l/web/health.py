@@ -37,9 +37,13 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
     else:
         pytorch = "down: no generation worker is alive"
     models = sorted({m for w in workers for m in w.get("models", [])})
+    failed: dict[str, str] = {}
+    for w in workers:
+        failed.update({m: r for m, r in (w.get("models_failed") or {}).items() if m not in models})
     ready = [w for w in workers if w.get("state") == "ready"]
     if workers and not ready:
-        pytorch = "down: workers are still loading models"
+        default = ctx.settings.model_default
+        pytorch = f"down: {failed[default]}" if default in failed else "down: workers are still loading models"
     ok = mongodb == "live" and redis_state == "live" and bool(ready)
     body = {
         "status": "live" if ok else "degraded",
@@ -51,6 +55,7 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
         "workers_busy": sum(1 for w in workers if w.get("job_id")),
         "queue_depth": queue_depth,
         "models_loaded": models,
+        "models_failed": failed,
         "models_allowed": ctx.settings.models,
     }
     return body, ok

@@ -31,7 +31,7 @@ def main() -> None:
     from g4l.engine.musicgen import disable_mkldnn
 
     disable_mkldnn()
-    cache = ModelCache(settings.models, settings.device)
+    cache = ModelCache(settings.models, settings.device, retry_after_s=settings.model_retry_s)
     threads = settings.torch_threads
     if not threads and cache.device == "cpu":
         # A CPU worker shares the machine with the web process and the stores: leaving
@@ -49,7 +49,7 @@ def main() -> None:
 
     def describe() -> dict[str, Any]:
         return {"job_id": worker.current, "state": state["state"], "models": cache.loaded(),
-                "model_sizes": cache.sizes(),
+                "model_sizes": cache.sizes(), "models_failed": cache.failed(), "default_model": settings.model_default,
                 "torch": torch.__version__, "device": cache.device, "cuda": torch.cuda.is_available()}
 
     worker.heartbeat = Heartbeat(ctx.redis, name, settings.worker_heartbeat_s, settings.worker_dead_after_s,
@@ -62,14 +62,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     worker.heartbeat.start()
-    # Warm the default model so the first bang does not pay for loading it.
+    # Warm the default model so the first bang does not pay for loading it. A worker whose
+    # default model cannot load is not ready (/health/ready says why); it still serves the
+    # other allowed models, and refuses the failed one at once (MODEL_UNAVAILABLE).
     try:
         cache.get(settings.model_default)
-    except Exception:
-        log.exception("could not preload the default model", model=settings.model_default)
-    state["state"] = "ready"
+        state["state"] = "ready"
+        log.info("worker ready", worker=name, models=settings.models, device=cache.device)
+    except Exception as exc:
+        state["state"] = "model_failed"
+        log.error("default model unusable; worker not ready", worker=name, model=settings.model_default,
+                  reason=getattr(exc, "message", str(exc))[:400])
     worker.heartbeat.beat()
-    log.info("worker ready", worker=name, models=settings.models, device=cache.device)
     worker.run_forever()
     worker.writer.close()  # pending GridFS writes finish while the heartbeat still says we live
     worker.heartbeat.stop()

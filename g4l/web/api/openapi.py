@@ -38,7 +38,7 @@ _ERROR_TEXT = {400: "Malformed request (INVALID_REQUEST, INVALID_AUDIO, MODEL_NO
                413: "Body over the size limit (TOO_LARGE)",
                416: "Range outside the file (RANGE_NOT_SATISFIABLE)",
                429: "Too many generation requests (RATE_LIMITED); wait Retry-After seconds",
-               503: "The queue is full (QUEUE_FULL)"}
+               503: "The queue is full (QUEUE_FULL), or no worker could load the model (MODEL_UNAVAILABLE)"}
 
 WS_EVENTS_DOC = """
 ### Live progress over Socket.IO

@@ -44,7 +44,7 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.post("/stations")
     @operation("createStation", "Start an endless generative station", tags=["stations"], body=StationRequest,
-               responses={201: StationCreated}, errors=(409,),
+               responses={201: StationCreated}, errors=(409, 503),
                description="With API keys on, each key runs at most `G4L_STATIONS_PER_KEY` stations and sees "
                            "only its own.")
     def create_station(body: StationRequest) -> Any:

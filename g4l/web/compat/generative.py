@@ -26,7 +26,7 @@ def blueprint(ctx: Context) -> Blueprint:
 
     @bp.post("/generative/get_stream")
     @operation("getGenreStream", "The endless HLS stream of a genre (started, or the running one reused)",
-               tags=["generative"], body=GetStreamRequest, responses={200: GetStreamResponse}, errors=(409,),
+               tags=["generative"], body=GetStreamRequest, responses={200: GetStreamResponse}, errors=(409, 503),
                description="`params.temperature` is that API's 0-10 level: sampling temperature = "
                            "0.4 + 0.2 x level (3 -> 1.0, MusicGen's default). The same genre and parameters "
                            "return the station already running. `stream.url` is absolute.")
