@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +47,19 @@ class Result:
 
 
 class DeviceClient:
-    """Blocking client; every received event is appended to :attr:`received`."""
+    """Blocking client; every received event is appended to :attr:`received`.
 
-    def __init__(self, url: str, *, timeout: float = 120.0, auth: dict[str, Any] | None = None) -> None:
+    :param on_event: called as ``on_event(name, data)`` for every received event, on the
+        Socket.IO client's thread, after it is recorded (a live progress display). It may
+        be replaced at any time through the :attr:`on_event` attribute.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 120.0, auth: dict[str, Any] | None = None,
+                 on_event: Callable[[str, Any], None] | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self.auth = auth
+        self.on_event = on_event
         # websocket-client validates UTF-8 in pure Python unless told not to; text frames
         # are decoded (and so validated) by Python's C UTF-8 codec anyway.
         self.sio = socketio.Client(reconnection=True, json=fastjson, serializer=FastPacket,
@@ -65,6 +73,9 @@ class DeviceClient:
         with self._cond:
             self.received.append((time.monotonic(), event, data))
             self._cond.notify_all()
+        callback = self.on_event
+        if callback is not None:
+            callback(event, data)
 
     def connect(self) -> DeviceClient:
         self.sio.connect(self.url, transports=["websocket"], auth=self.auth, wait_timeout=30)

@@ -16,9 +16,12 @@ LAYERS = [
     ("jobs", ("g4l.jobs", "g4l.context")),
     ("services", ("g4l.services",)),
     ("processes", ("g4l.worker", "g4l.hls", "g4l.web", "g4l.launcher")),
+    ("client", ("g4l.cli",)),
 ]
 #: The processes are separate programs: none imports another's code.
 PROCESSES = ("g4l.worker", "g4l.hls", "g4l.web")
+#: Clients of the server (the ``g4l`` CLI): they speak the wire protocols only.
+CLIENTS = ("g4l.cli",)
 
 
 def _modules() -> dict[str, Path]:
@@ -79,6 +82,17 @@ def test_processes_do_not_import_each_other() -> None:
     crossing = [f"{m} imports {d}" for m, deps in _graph().items() for d in sorted(deps)
                 if process(m) and process(d) and process(m) != process(d)]
     assert crossing == []
+
+
+def test_the_client_imports_no_server_module() -> None:
+    """g4l.cli uses plugin_protocol and libraries only: it works against any g4l server."""
+    def client(module: str) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in CLIENTS)
+
+    graph = _graph()
+    assert any(client(m) for m in graph)
+    outside = [f"{m} imports {d}" for m, deps in graph.items() if client(m) for d in sorted(deps) if not client(d)]
+    assert outside == []
 
 
 def test_no_import_cycles() -> None:
