@@ -2,7 +2,9 @@
 
 Starts the embedded Redis and MongoDB-compatible store when ``REDIS_URL`` / ``MONGO_URL``
 are unset (data under ``G4L_DATA_DIR``, durable across restarts), then the generation
-workers and the web process; restarts a worker that dies; prints
+workers, the packager and the web process; restarts any of them that dies, and an
+embedded store that dies (on its port, from its append-only data), with backoff so a
+crash loop does not spin; prints
 ``g4l ready on http://HOST:PORT`` once clients can connect, then which models are usable
 (or, when the default model cannot load, ``g4l running on ... but NOT READY: <why>``, and
 keeps serving, so /health says why); on SIGINT/SIGTERM stops every
@@ -28,6 +30,33 @@ from g4l.settings import get_settings
 
 log = get_logger("g4l.launcher")
 READY_TIMEOUT_S = 300.0
+#: Restarts within this window count towards the backoff of the next one.
+RESTART_WINDOW_S = 60.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+class Restarts:
+    """When to start a dead process again: at once the first time, then doubling from
+    0.5 s up to ``MAX_RESTART_DELAY_S`` while it keeps dying within ``RESTART_WINDOW_S``."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.due: dict[str, float] = {}
+
+    def schedule(self, name: str) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.history.get(name, []) if now - t < RESTART_WINDOW_S]
+        delay = min(MAX_RESTART_DELAY_S, 0.5 * 2 ** (len(recent) - 1)) if recent else 0.0
+        self.due[name] = now + delay
+        return delay
+
+    def ready(self) -> list[str]:
+        now = time.monotonic()
+        names = [n for n, at in self.due.items() if at <= now]
+        for name in names:
+            del self.due[name]
+            self.history.setdefault(name, []).append(now)
+        return names
 
 
 def _readiness(url: str) -> dict | None:
@@ -63,6 +92,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     stores: list[embedded.ManagedProcess] = []
+    restarts = Restarts()
     env = dict(os.environ)
     data_dir = Path(settings.data_dir).resolve()
     children: dict[str, subprocess.Popen] = {}
@@ -94,15 +124,31 @@ def main() -> int:
         warned = False
         started = time.monotonic()
         while not stopping["flag"]:
-            for name, proc in list(children.items()):
-                if proc.poll() is not None:
-                    if name == "web":
-                        log.error("web process exited", code=proc.returncode)
-                        return 1
-                    # A dead worker's job is recovered by the others (or by its successor);
-                    # a restarted packager takes its streams back (their leases expire).
-                    log.warning("process exited; restarting it", process=name, code=proc.returncode)
+            for store in stores:
+                if store.proc.poll() is not None and store.name not in restarts.due:
+                    delay = restarts.schedule(store.name)
+                    log.error("embedded store exited; restarting it", store=store.name, code=store.proc.returncode,
+                              delay_s=delay)
+            for name in restarts.ready():
+                store_index = next((i for i, s in enumerate(stores) if s.name == name), None)
+                if store_index is not None:  # the same port and data: clients reconnect to it
+                    old = stores[store_index]
+                    try:
+                        starter = embedded.start_redis if name == "redis" else embedded.start_mongo
+                        stores[store_index] = starter(data_dir / name, port=old.port)
+                        log.info("embedded store restarted", store=name, pid=stores[store_index].proc.pid)
+                    except Exception as exc:
+                        log.error("embedded store did not restart", store=name, error=str(exc)[:200])
+                        restarts.schedule(name)
+                else:
                     spawn(name, modules[name])
+            for name, proc in list(children.items()):
+                if proc.poll() is not None and name not in restarts.due:
+                    # A dead worker's job is recovered by the others (or by its successor); a
+                    # restarted packager takes its streams back; clients of a dead web process
+                    # reconnect and get any result they missed (verify_session).
+                    delay = restarts.schedule(name)
+                    log.warning("process exited; restarting it", process=name, code=proc.returncode, delay_s=delay)
             if not announced:
                 doc = _readiness(f"{url}/health/ready")
                 if doc is not None and doc.get("status") == "ready":

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # A model that failed to load is refused (MODEL_UNAVAILABLE) for this long before a
     # worker tries loading it again: a dead download is not retried on every request.
     model_retry_s: float = 600.0
+    # How long a worker holding a finished generation waits for Redis to come back before
+    # giving the job up (the result is then left to recovery, which stores it).
+    redis_wait_s: float = 60.0
     progress_interval_s: float = 1.0
     max_queue: int = 100
     held_inputs_mb: int = 512  # continue uploads a web node keeps until their result is sent (0: off)

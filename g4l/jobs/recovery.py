@@ -38,8 +38,21 @@ def alive_workers(ctx: Context) -> dict[str, str]:
     return {n: b for n, b in zip(names, beats, strict=True) if b is not None}
 
 
+def _redis_just_restarted(ctx: Context) -> bool:
+    """Whether Redis came up less than a worker-expiry ago. Every heartbeat key comes back
+    expired from a restart (their TTLs ran out during the outage), but live workers beat
+    again within a heartbeat: until then nobody is taken for dead."""
+    try:
+        uptime = int(ctx.redis.info("server").get("uptime_in_seconds", 10**9))
+    except Exception:  # not Redis' INFO (a proxy): no restart detection
+        return False
+    return uptime < ctx.settings.worker_dead_after_s
+
+
 def recover_orphans(ctx: Context) -> int:
     """Give the jobs of dead workers another attempt, or fail them clearly. Returns how many."""
+    if _redis_just_restarted(ctx):
+        return 0
     alive = set(alive_workers(ctx))
     min_idle_ms = int(ctx.settings.worker_dead_after_s * 1000)
     handled = 0

@@ -9,6 +9,7 @@ from flask_socketio import emit, join_room, leave_room
 
 from g4l.services.listen import ListenService
 from g4l.services.sessions import Accepted, SessionService
+from g4l.store import redis_wait
 from g4l.web.api.access import socket_caller
 from g4l.web.relay import Relay
 from plugin_protocol import events
@@ -119,7 +120,10 @@ class DeviceEvents:
         join_room(result.session_id)
         emit(events.RECEIVED_EVENT[result.kind], {"session_id": result.session_id, "job_id": result.job_id,
                                                   "seed": result.seed})
-        status = self.service.queue_status(result.job_id, result.session_id)
+        try:
+            status = self.service.queue_status(result.job_id, result.session_id)
+        except redis_wait.UNAVAILABLE:  # the job is queued: its progress comes once Redis answers again
+            return
         emit(events.QUEUE_STATUS, status)
         # An idle worker may take the job before this socket joined the room, in which
         # case the relay found nobody to tell: say it here.

@@ -13,6 +13,7 @@ from g4l.context import Context
 from g4l.engine.cache import ModelCache
 from g4l.log import get_logger
 from g4l.settings import get_settings
+from g4l.store import redis_wait
 from g4l.worker.heartbeat import Heartbeat
 from g4l.worker.result_writer import ResultWriter
 from g4l.worker.worker import Worker
@@ -23,7 +24,7 @@ def main() -> None:
     logging_setup.configure(settings.log_level, settings.log_format, process="worker")
     log = get_logger("g4l.worker")
     ctx = Context.from_settings(settings)
-    ctx.queue.ensure_groups()
+    redis_wait.retry(ctx.queue.ensure_groups, wait_s=0, what="starting the worker")
     name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     import torch  # imported here: the web process never pays for it

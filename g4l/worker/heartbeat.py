@@ -53,7 +53,7 @@ class Heartbeat:
             pass
 
     def start(self) -> None:
-        self.beat()
+        self.refresh()
         self._thread.start()
 
     def _run(self) -> None:

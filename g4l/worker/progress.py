@@ -9,6 +9,7 @@ from g4l.context import Context
 from g4l.engine.base import Cancelled
 from g4l.jobs import lifecycle
 from g4l.jobs.records import Job, Priority
+from g4l.store.redis_wait import UNAVAILABLE
 
 #: How often the cancel flag (and, for background jobs, the queue) is looked at.
 CHECK_EVERY_S = 0.25
@@ -40,6 +41,14 @@ class ProgressReporter:
         self._waiting_seen = 0
 
     def __call__(self, step: int, total: int) -> None:
+        """Check cancel / preemption and report progress; while Redis is unavailable the
+        generation goes on unreported (its result waits for Redis in the worker)."""
+        try:
+            self._report(step, total)
+        except UNAVAILABLE:
+            pass
+
+    def _report(self, step: int, total: int) -> None:
         now = time.monotonic()
         if now - self._last_check >= CHECK_EVERY_S:
             self._last_check = now

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
+import redis
 from structlog.stdlib import BoundLogger
 
 from g4l import keys
@@ -25,7 +27,7 @@ from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job
 from g4l.log import get_logger
-from g4l.store import retention
+from g4l.store import redis_wait, retention
 from g4l.worker import kinds
 from g4l.worker.heartbeat import Heartbeat
 from g4l.worker.progress import Preempted, ProgressReporter
@@ -34,6 +36,7 @@ from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
 log = get_logger(__name__)
 
 MAINTENANCE_EVERY_S = 5.0
+T = TypeVar("T")
 
 
 class Worker:
@@ -61,11 +64,23 @@ class Worker:
         self._stopping = True
 
     def run_forever(self) -> None:
+        """Take jobs until :meth:`stop`; while Redis is away, wait for it (with backoff)
+        instead of crashing into a restart loop."""
+        outage = 0
         while not self._stopping:
-            if time.monotonic() - self._last_maintenance > MAINTENANCE_EVERY_S:
-                self._last_maintenance = time.monotonic()
-                self.maintain()
-            self.step()
+            try:
+                if time.monotonic() - self._last_maintenance > MAINTENANCE_EVERY_S:
+                    self._last_maintenance = time.monotonic()
+                    self.maintain()
+                self.step()
+                if outage:
+                    log.info("redis is back", worker=self.name)
+                outage = 0
+            except redis_wait.UNAVAILABLE as exc:
+                if outage == 0:
+                    log.warning("redis unavailable; worker waiting", worker=self.name, error=str(exc)[:200])
+                time.sleep(redis_wait.backoff(outage))
+                outage += 1
 
     def maintain(self) -> None:
         """Recover dead workers' jobs; sweep old audio when due (any worker may)."""
@@ -73,6 +88,8 @@ class Worker:
             recovery.recover_orphans(self.ctx)
             c = self.ctx
             retention.sweep_if_due(c.redis, c.blobs, c.sessions, c.settings.retention_seconds)
+        except redis_wait.UNAVAILABLE:
+            raise
         except Exception:
             log.exception("maintenance failed")
 
@@ -82,20 +99,26 @@ class Worker:
         claimed = self.ctx.queue.claim(self.name, block_ms=block_ms)
         if claimed is None:
             return False
-        job = self.ctx.jobs.get(claimed.job_id)
+        # Once claimed, the job is this worker's until it ends: a Redis outage from here on
+        # is waited out (G4L_REDIS_WAIT_S), so the entry is never left pending on a live worker.
+        job = self._redis(lambda: self.ctx.jobs.get(claimed.job_id), claimed.job_id)
         if job is None or job.status.final:
-            lifecycle.acknowledge(self.ctx, claimed)  # ended while it waited (a failed upload)
+            self._redis(lambda: lifecycle.acknowledge(self.ctx, claimed), claimed.job_id)  # ended while it waited
             return True
-        if self.ctx.jobs.cancel_requested(job.id):
-            lifecycle.cancel(self.ctx, job, claimed)
+        if self._redis(lambda: self.ctx.jobs.cancel_requested(job.id), job.id):
+            self._redis(lambda: lifecycle.cancel(self.ctx, job, claimed), job.id)
             return True
         self._hold(job.id)
         try:
-            lifecycle.start(self.ctx, job, self.name, claimed)
+            self._redis(lambda: lifecycle.start(self.ctx, job, self.name, claimed), job.id)
             self.run(job, claimed)
         finally:
             self._hold(None)
         return True
+
+    def _redis(self, fn: Callable[[], T], job_id: str) -> T:
+        """``fn()``, waiting out a Redis outage for up to ``G4L_REDIS_WAIT_S``."""
+        return redis_wait.retry(fn, wait_s=self.ctx.settings.redis_wait_s, what="a job's bookkeeping", job_id=job_id)
 
     def _hold(self, job_id: str | None) -> None:
         self.current = job_id
@@ -107,14 +130,11 @@ class Worker:
         """Run a started job and end it, whatever happens."""
         bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
         kind = kinds.get(job.kind)
-        if job.stale:
-            lifecycle.fail(self.ctx, job, GenerationFailed("this request was queued by an earlier version of the "
-                                                           "server; please send it again",
-                                                           session_id=job.session_id or None), claimed)
-            return
-        if kind is None:
-            lifecycle.fail(self.ctx, job, GenerationFailed(f"this worker cannot run '{job.kind}' jobs",
-                                                           session_id=job.session_id), claimed)
+        if job.stale or kind is None:
+            text = ("this request was queued by an earlier version of the server; please send it again" if job.stale
+                    else f"this worker cannot run '{job.kind}' jobs")
+            self._redis(lambda: lifecycle.fail(self.ctx, job, GenerationFailed(text, session_id=job.session_id or None),
+                                               claimed), job.id)
             return
         run = None
         try:
@@ -124,9 +144,12 @@ class Worker:
             outcome = kind.run(run)
             if self.ctx.jobs.cancel_requested(job.id):  # canceled after the last model step: keep nothing
                 raise Cancelled()
-            self._finish(kind, job, claimed, run, outcome, bound)
+            # A finished generation is not thrown away for a Redis blip: hand-off and
+            # completion are retried until Redis is back (G4L_REDIS_WAIT_S at most).
+            finished = run
+            self._redis(lambda: self._finish(kind, job, claimed, finished, outcome, bound), job.id)
         except Cancelled:
-            lifecycle.cancel(self.ctx, job, claimed)
+            self._redis(lambda: lifecycle.cancel(self.ctx, job, claimed), job.id)
         except Preempted:
             try:
                 lifecycle.requeue(self.ctx, job, claimed, attempt_used=False)
@@ -137,15 +160,25 @@ class Worker:
                                                                session_id=job.session_id or None), claimed)
         except G4LError as exc:
             exc.session_id = job.session_id or None
-            lifecycle.fail(self.ctx, job, exc, claimed)
+            refused = exc
+            self._redis(lambda: lifecycle.fail(self.ctx, job, refused, claimed), job.id)
+        except redis_wait.UNAVAILABLE:
+            # Redis went away mid-job for longer than the wait: the job runs again from the
+            # queue once Redis is back (its attempt is not counted: the worker did not fail).
+            bound.warning("redis unavailable during the job; putting it back")
+            self._redis(lambda: lifecycle.requeue(self.ctx, job, claimed, attempt_used=False), job.id)
         except Exception as exc:  # a model or storage fault: report it, keep the worker alive
             bound.exception("job crashed")
-            lifecycle.fail(self.ctx, job, GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
-                                                           session_id=job.session_id or None), claimed)
+            failure = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
+                                       session_id=job.session_id or None)
+            self._redis(lambda: lifecycle.fail(self.ctx, job, failure, claimed), job.id)
         finally:
             if run is not None:
                 run.close()
-            self.ctx.redis.delete(keys.prompt(job.id))
+            try:
+                self.ctx.redis.delete(keys.prompt(job.id))
+            except redis.RedisError:
+                pass  # it expires by itself
 
     def _finish(self, kind: kinds.JobKind, job: Job, claimed: Claimed, run: kinds.Run, outcome: kinds.Outcome,
                 bound: BoundLogger) -> None:
