@@ -124,6 +124,11 @@ def oneshot_mp4_lock(stream_id: str) -> str:
     return f"{PREFIX}:oneshot:{stream_id}:mp4lock"
 
 
+def owner_oneshots(owner: str) -> str:
+    """Set of an owner's realtime API streams (its cap counts the running ones)."""
+    return f"{PREFIX}:owner:{owner}:oneshots"
+
+
 def genre_stream(owner: str, digest: str) -> str:
     """The station a ``get_stream`` of these parameters by this owner plays (its id)."""
     return f"{PREFIX}:genre:{owner}:{digest}"

@@ -128,6 +128,26 @@ def test_realtime_api_streams_one_generation_and_keeps_it_as_mp4_and_wav(brief: 
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
 
 
+def test_realtime_streams_per_key_are_capped(brief: RunningServer) -> None:
+    url = brief.url
+    ids = []
+    try:
+        for _ in range(4):
+            started = requests.post(url + "/api/stream/start", headers=B, json={"text": "ambient pads"}, timeout=10)
+            assert started.status_code == 200, started.text
+            ids.append(started.json()["session_id"])
+        full = requests.post(url + "/api/stream/start", headers=B, json={"text": "one too many"}, timeout=10)
+        assert full.status_code == 409 and full.json()["error"]["code"] == "STATIONS_FULL"
+        assert requests.post(url + "/api/cleanup", json={"session_id": ids.pop()}, headers=B,
+                             timeout=10).status_code == 200
+        again = requests.post(url + "/api/stream/start", headers=B, json={"text": "now it fits"}, timeout=10)
+        assert again.status_code == 200
+        ids.append(again.json()["session_id"])
+    finally:
+        for sid in ids:
+            requests.post(url + "/api/cleanup", json={"session_id": sid}, headers=B, timeout=10)
+
+
 def test_realtime_cleanup_cancels_a_running_generation(brief: RunningServer) -> None:
     started = requests.post(brief.url + "/api/stream/start", headers=A, timeout=10,
                             json={"text": "long drone", "language": "kk", "duration": 60.0}).json()
@@ -259,6 +279,28 @@ def test_tellurstori_generate_status_download_and_ws_progress(brief: RunningServ
         assert statuses[-1] == "completed" and set(statuses) <= {"queued", "processing", "completed"}
     finally:
         ws.close()
+
+    # A job that has already ended: subscribed, then how it ended (a client waiting for it hears it).
+    late = websocket.create_connection(ws_url(url), header=[f"X-API-Key: {KEY_A}"], timeout=30, suppress_origin=True)
+    try:
+        assert recv(late) == {"type": "connected"}
+        late.send(json.dumps({"type": "subscribe", "job_id": job_id}))
+        first, second = recv(late), recv(late)
+        assert first["type"] == "subscribed" and second["type"] == "completed"
+        assert second["job"]["file_size"] > 0
+    finally:
+        late.close()
+    # At most 16 open connections per key and web process.
+    held = [websocket.create_connection(ws_url(url), header=[f"X-API-Key: {KEY_B}"], timeout=30,
+                                        suppress_origin=True) for _ in range(16)]
+    try:
+        with pytest.raises(websocket.WebSocketBadStatusException) as crowded:
+            websocket.create_connection(ws_url(url), header=[f"X-API-Key: {KEY_B}"], timeout=10,
+                                        suppress_origin=True)
+        assert crowded.value.status_code == 429
+    finally:
+        for conn in held:
+            conn.close()
 
     status = requests.get(f"{url}/api/v1/status/{job_id}", headers=A, timeout=10).json()
     assert status["status"] == "completed" and status["progress"] == 1.0 and status["duration"] == 4.0

@@ -252,8 +252,11 @@ def test_socket_subscribers_get_job_and_session_events(api):
 
     c = OpenApiClient(api.url, KEYS["live"])
     refused = socketio.Client(reconnection=False)
+    why: list = []
+    refused.on("connect_error", lambda data=None: why.append(data))
     with pytest.raises(socketio.exceptions.ConnectionError):
         refused.connect(api.url, transports=["polling"], auth={"api_key": "wrong"}, wait_timeout=10)
+    assert why and why[0]["data"]["code"] == "UNAUTHORIZED", why
 
     sio = socketio.Client(reconnection=False)
     got: list[tuple[str, dict]] = []

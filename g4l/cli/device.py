@@ -83,8 +83,8 @@ class Device:
             pass
 
     def _on_connect_error(self, data: Any = None) -> None:
-        if isinstance(data, dict):
-            self._refusal = data
+        if isinstance(data, dict):  # the server's detail rides in "data" ({message, code})
+            self._refusal = data.get("data") if isinstance(data.get("data"), dict) else data
 
     def _on_connect(self) -> None:
         # After a dropped connection the client reconnects as a new socket, outside the

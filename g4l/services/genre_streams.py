@@ -23,7 +23,7 @@ import gevent
 
 from g4l import keys
 from g4l.context import Context
-from g4l.errors import InvalidRequest, StationNotFound
+from g4l.errors import Busy, InvalidRequest, StationNotFound
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.prompts import build_prompt
@@ -81,10 +81,13 @@ class GenreStreams:
         for _ in range(int(_CREATE_LOCK_S / 0.1)):
             found = self._running(r.get(key), caller)
             if found is not None:
+                r.expire(key, self.ctx.settings.retention_seconds)  # it lives as long as it is asked for
                 return {**found, "reused": True}
             if r.set(lock, "1", nx=True, ex=_CREATE_LOCK_S):
                 break
             gevent.sleep(0.1)  # another request is starting this very station
+        else:
+            raise Busy("this stream is being started by another request; ask again in a moment")
         try:
             found = self._running(r.get(key), caller)
             if found is not None:

@@ -8,10 +8,14 @@ from g4l.context import Context
 from g4l.errors import StationNotFound
 from g4l.log import get_logger
 from g4l.services.auth import Caller
-from g4l.services.listen import STATION, ListenService
+from g4l.services.listen import ONESHOT, STATION, ListenService
 from g4l.services.stations import StationService
 
 log = get_logger(__name__)
+
+#: A one-shot stream whose generation ended stops after this long without a listener (its
+#: music has played; the result stays downloadable).
+ONESHOT_LINGER_S = 120.0
 
 
 def stop_idle(ctx: Context, max_idle_s: float | None = None) -> list[str]:
@@ -26,7 +30,12 @@ def stop_idle(ctx: Context, max_idle_s: float | None = None) -> list[str]:
         if not info:
             ctx.redis.srem(keys.STREAMS, token)
             continue
-        if listen.listeners(token) > 0 or listen.idle_seconds(token, info) < limit:
+        own_limit = limit
+        if info.get("kind") == ONESHOT and max_idle_s is None:
+            job = ctx.jobs.get(info.get("ref", ""))
+            if job is None or job.status.final:
+                own_limit = min(limit, ONESHOT_LINGER_S)
+        if listen.listeners(token) > 0 or listen.idle_seconds(token, info) < own_limit:
             continue
         try:
             if info.get("kind") != STATION:

@@ -150,6 +150,13 @@ class JobService:
             raise NotReady(f"job {job.id} is {job.status}; poll it until it is completed")
         return job.output_blob
 
+    def result_size(self, job: Job) -> int | None:
+        """The stored WAV's size in bytes (None before it is stored)."""
+        if job.status is not JobStatus.COMPLETED or not job.output_blob:
+            return None
+        info = self.ctx.blobs.info(job.output_blob)
+        return info.length if info is not None else None
+
     def in_flight(self, job_id: str | None) -> bytes | None:
         """A finished job's WAV while the worker is still writing it to GridFS."""
         data = delivery.read_result(self.ctx, job_id, None, held=self.sessions.held.get,

@@ -9,14 +9,16 @@ Client -> server::
 
 Server -> client: ``{"type": "connected"}`` first; then per subscribed job
 ``{"type": T, "job_id", "job": <GET /api/v1/status/<id> body>}`` with ``T`` one of
-``subscribed`` (the state at once), ``progress`` (queued position or model progress
+``subscribed`` (the state at once; for a job that has already ended, followed by its end),
+``progress`` (queued position or model progress
 changed, or it started), ``completed`` (``job.audio_url`` is the download), ``failed``
 (``job.error_message``), ``cancelled``; a subscription ends with the job. Also
 ``{"type": "unsubscribed", "job_id"}``, ``{"type": "pong"}``, and for a bad message
 ``{"type": "error", "code", "message"}`` (the connection stays open).
 
 The API key goes in the ``X-API-Key`` header of the upgrade request (401 without one
-when keys are on). A connection holds at most :data:`MAX_SUBSCRIPTIONS` jobs; messages
+when keys are on; 429 past :data:`MAX_CONNECTIONS_PER_CALLER` open connections of one key or
+address). A connection holds at most :data:`MAX_SUBSCRIPTIONS` jobs; messages
 over 64 KB close it (1009); a connection silent for 5 minutes is closed (send a ping,
 a websocket ping frame or ``{"type": "ping"}``, more often than that). Each connection
 has its own writer greenlet and a bounded queue, so a slow client never holds up the
@@ -34,7 +36,7 @@ import orjson
 from flask import Blueprint
 from gevent.queue import Full, Queue
 
-from g4l.errors import G4LError, InvalidRequest, Unauthorized
+from g4l.errors import G4LError, InvalidRequest, RateLimited, Unauthorized
 from g4l.jobs import notices
 from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
@@ -49,6 +51,8 @@ log = get_logger(__name__)
 
 PATH = "/ws"
 MAX_SUBSCRIPTIONS = 100
+#: Open connections one key (or, keys off, one address) may hold on a web process.
+MAX_CONNECTIONS_PER_CALLER = 16
 MAX_MESSAGE_BYTES = 64 * 1024
 #: Messages waiting for a slow client; past this the connection is closed (it can resubscribe).
 OUTBOX = 256
@@ -66,16 +70,17 @@ class Connection:
         self.outbox: Queue = Queue(OUTBOX)
         self.open = True
 
-    def push(self, message: dict[str, Any]) -> None:
-        """Queue a message; a client too far behind is disconnected."""
+    def push(self, message: dict[str, Any] | str) -> None:
+        """Queue a message (a dict, or one already encoded); a client too far behind is
+        dropped at once. Never blocks: this runs in the notice relay's greenlet."""
         if not self.open:
             return
         try:
-            self.outbox.put_nowait(orjson.dumps(message).decode())
+            self.outbox.put_nowait(message if isinstance(message, str) else orjson.dumps(message).decode())
         except Full:
-            log.warning("job socket too slow; closing", jobs=len(self.jobs))
+            log.warning("job socket too slow; dropping it", jobs=len(self.jobs))
             self.open = False
-            self.ws.close(websocket.CLOSE_NORMAL, "too slow")
+            self.ws.abort()  # wakes the reader and the writer; a close frame could wait on the send lock
 
     def writer(self) -> None:
         while self.open:
@@ -96,6 +101,8 @@ class JobSocketHub:
         self.jobs = jobs
         self.keys = keys
         self.by_job: dict[str, set[Connection]] = {}
+        #: Open connections per owner (key, or address without keys).
+        self.connections: dict[str, int] = {}
 
     # ------------------------------------------------------------ notices (relay hook)
     def on_notice(self, notice: dict[str, Any]) -> None:
@@ -115,11 +122,14 @@ class JobSocketHub:
         if view is None:
             return
         final = _FINAL_TYPE.get(view.job.status)
-        message = {"type": kind or final or "progress", "job_id": job_id,
-                   "job": stori_status(view).model_dump(mode="json")}
+        body = stori_status(view, self.jobs.result_size(view.job)).model_dump(mode="json")
+        message = orjson.dumps({"type": kind or final or "progress", "job_id": job_id, "job": body}).decode()
         targets = [only] if only is not None else list(self.by_job.get(job_id, ()))
         for conn in targets:
             conn.push(message)
+        if kind and final:  # subscribed to a job that has already ended: say how it ended
+            for conn in targets:
+                conn.push(orjson.dumps({"type": final, "job_id": job_id, "job": body}).decode())
         if final and only is None:  # a subscription ends with its job
             for conn in targets:
                 conn.jobs.discard(job_id)
@@ -152,11 +162,16 @@ class JobSocketHub:
                 return
             if job_id not in conn.jobs and len(conn.jobs) >= MAX_SUBSCRIPTIONS:
                 raise InvalidRequest(f"a connection follows at most {MAX_SUBSCRIPTIONS} jobs")
-            view = self.jobs.view(conn.caller, job_id)  # NotFound for unknown or foreign jobs
-            if not view.job.status.final:
-                conn.jobs.add(job_id)
-                self.by_job.setdefault(job_id, set()).add(conn)
-            self._send_state(job_id, view, only=conn, kind="subscribed")
+            self.jobs.get(conn.caller, job_id)  # NotFound for unknown or foreign jobs
+            # Registered before the state is read: a notice of the job's end that arrives
+            # meanwhile reaches this connection too (at worst it hears the end twice).
+            conn.jobs.add(job_id)
+            self.by_job.setdefault(job_id, set()).add(conn)
+            view = self.jobs.peek(job_id)
+            if view is None or view.job.status.final:
+                self._leave(conn, job_id)
+            if view is not None:
+                self._send_state(job_id, view, only=conn, kind="subscribed")
         except G4LError as exc:
             conn.push({"type": "error", "code": exc.code, "message": exc.message})
         except Exception:
@@ -182,10 +197,15 @@ class JobSocketHub:
             return _refuse(start_response, "401 Unauthorized", exc)
         except websocket.HandshakeError as exc:
             return _refuse(start_response, "400 Bad Request", InvalidRequest(str(exc)))
+        owner = caller.owner or ""
+        if self.connections.get(owner, 0) >= MAX_CONNECTIONS_PER_CALLER:
+            return _refuse(start_response, "429 Too Many Requests", RateLimited(
+                f"at most {MAX_CONNECTIONS_PER_CALLER} open /ws connections per key (or address)"))
         sock = client_socket(environ)
         sock.sendall(websocket.response_headers(accept))
         ws = websocket.WebSocket(sock, max_message_size=MAX_MESSAGE_BYTES)
         conn = Connection(ws, caller)
+        self.connections[owner] = self.connections.get(owner, 0) + 1
         writer = gevent.spawn(conn.writer)
         conn.push({"type": "connected"})
         try:
@@ -196,12 +216,17 @@ class JobSocketHub:
                 self.handle(conn, raw)
         finally:
             conn.open = False
+            self.connections[owner] -= 1
+            if not self.connections[owner]:
+                del self.connections[owner]
             for job_id in list(conn.jobs):
                 self._leave(conn, job_id)
-            conn.outbox.put(None)
+            try:
+                conn.outbox.put_nowait(None)
+            except Full:
+                pass
             writer.join(timeout=1)
             writer.kill(block=False)
-            ws.close()
             ws.abort()  # gevent's server then reads EOF and ends the connection quietly
         return []
 

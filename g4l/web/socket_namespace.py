@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import socketio
 from flask_socketio import Namespace, emit
 
 from g4l import keys
@@ -102,12 +103,15 @@ class SocketNamespace(DeviceEvents, LiveEvents, Namespace):
     def on_connect(self, auth: Any = None) -> None:
         """With API keys configured, a socket must present one (``auth: {"api_key": ...}``
         or the ``X-API-Key`` handshake header), or it is refused with ``connect_error``
-        ``{message, code: "UNAUTHORIZED"}``."""
+        ``{message, data: {message, code: "UNAUTHORIZED"}}``."""
         try:
             connect_socket(self.keys, auth)
         except Unauthorized as exc:
             log.info("socket refused", code=exc.code)
-            raise ConnectionRefusedError({"message": exc.message, "code": exc.code}) from None
+            # python-socketio's own exception (the built-in one loses the code): the client's
+            # connect_error is {"message", "data": {"message", "code"}}.
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"message": exc.message, "code": exc.code}) \
+                from None
 
     def on_disconnect(self, *_: Any) -> None:
         """Nothing to clean up: rooms go with the socket, sessions live on."""

@@ -52,8 +52,8 @@ def blueprint(jobs: JobService) -> Blueprint:
                              sampling=body.model_dump(include=set(SAMPLING_FIELDS)))
         accepted = JobAccepted(job_id=view.job.id, status=JobStatus.QUEUED, position=view.position or 0,
                                estimated_seconds=view.eta_seconds or 0.0, created_at=iso(view.job.created) or "",
-                               message=f"Generation job queued (position {view.position or 0})" if view.position
-                               else "Generation job started",
+                               message=f"Generation job queued (position {view.position})" if view.position
+                               else "Generation job queued",
                                links=links(view.job.id))
         return accepted, 202
 

@@ -35,9 +35,10 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.post("/api/stream/start")
     @operation("startRealtimeStream", "Generate music from a text and stream it live over HLS", tags=TAGS,
-               body=StreamStartRequest, responses={200: StreamStarted}, errors=(429, 503),
-               description="Answers at once; the playlist exists at once (silence until the first audio). "
-                           "400 for an empty `text` or a language other than en, ru, kk.")
+               body=StreamStartRequest, responses={200: StreamStarted}, errors=(409, 429, 503),
+               description="Answers at once; the stream is registered at once (silence until the first audio). "
+                           "400 for an empty `text` or a language other than en, ru, kk; 409 STATIONS_FULL past "
+                           "4 open streams of one key.")
     def start(body: StreamStartRequest) -> Any:
         started = streams.start(http_caller(), text=body.text, language=body.language, mode=body.mode,
                                 duration=body.duration, model=body.model)

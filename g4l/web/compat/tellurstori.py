@@ -58,11 +58,7 @@ def blueprint(jobs: JobService) -> Blueprint:
                responses={200: StoriStatus})
     def status(job_id: str) -> Any:
         view = jobs.view(http_caller(), job_id)
-        size = None
-        if view.job.status is JobStatus.COMPLETED and view.job.output_blob:
-            info = jobs.ctx.blobs.info(view.job.output_blob)
-            size = info.length if info is not None else None
-        return stori_status(view, size)
+        return stori_status(view, jobs.result_size(view.job))
 
     @bp.get("/download/<job_id>")
     @operation("downloadJobStori", "Download a completed job's WAV (Range supported)", tags=TAGS,
