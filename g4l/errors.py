@@ -156,6 +156,13 @@ class NotReady(G4LError):
     http_status = 409
 
 
+class RequestTimeout(G4LError):
+    """The request body arrived too slowly (``G4L_HTTP_BODY_MIN_KBPS``)."""
+
+    code = "REQUEST_TIMEOUT"
+    http_status = 408
+
+
 class RangeNotSatisfiable(G4LError):
     """A ``Range`` header outside the file."""
 

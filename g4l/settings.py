@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     docs_public: bool = False  # serve /api/v1/docs and /api/v1/openapi.json without a key
     max_generate_seconds: float = 120.0  # longest ``duration`` POST /api/v1/generate accepts
     max_json_kb: int = 64  # body limit of HTTP routes that carry no audio
+    # Slow clients (g4l/web/http_server.py): headers must arrive within this; a body within
+    # the grace plus its length at the minimum rate (a stalled upload is let go).
+    http_header_timeout_s: float = 20.0
+    http_keepalive_timeout_s: float = 75.0  # an idle connection waits this long for its next request
+    http_body_grace_s: float = 30.0
+    http_body_min_kbps: int = 32
     jobs_per_owner: int = 500  # recent jobs remembered per key (or IP) for GET /api/v1/jobs
     # The absolute base of links the server hands out (get_stream's stream.url, the realtime
     # API's playlist_url) when clients reach it through a proxy; unset: the request's host.

@@ -12,6 +12,7 @@ import gevent  # noqa: E402
 from g4l import log as logging_setup  # noqa: E402
 from g4l.log import get_logger  # noqa: E402
 from g4l.settings import get_settings  # noqa: E402
+from g4l.web import http_server  # noqa: E402
 from g4l.web.app import create_app  # noqa: E402
 
 
@@ -40,7 +41,8 @@ def main() -> None:
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
     log.info("web listening", host=settings.host, port=settings.port)
-    web.socketio.run(web.app, host=settings.host, port=settings.port, log_output=False)
+    web.socketio.run(web.app, host=settings.host, port=settings.port, log_output=False,
+                     handler_class=http_server.handler_class(settings))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from g4l.errors import G4LError, InvalidRequest, NotFound, TooLarge
+from g4l.errors import G4LError, InvalidRequest, NotFound, RequestTimeout, TooLarge
 from g4l.log import get_logger
 from g4l.web.offload import offload
 
@@ -26,6 +26,7 @@ log = get_logger(__name__)
 
 #: Stable codes for Flask's own HTTP errors.
 _HTTP_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+               408: "REQUEST_TIMEOUT",
                413: "TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 416: "RANGE_NOT_SATISFIABLE"}
 
 
@@ -93,7 +94,11 @@ def parse_body(model: type[BaseModel], limit: int, big: bool, optional: bool = F
     request.max_content_length = limit
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is {request.content_length} bytes; the limit is {limit} bytes")
-    data = request.get_data(cache=False)
+    try:
+        data = request.get_data(cache=False)
+    except (OSError, ClientDisconnected):  # a stalled upload (g4l.web.http_server), or the client left
+        raise RequestTimeout("the request body did not arrive in time "
+                             f"(at least {current_app.config['G4L_SETTINGS'].http_body_min_kbps} KB/s)") from None
     if not data.strip():
         if optional:
             return model()

@@ -1,0 +1,99 @@
+"""The web process's HTTP connection handler: gevent's, with deadlines on what a client
+sends, so a slow or stalled client cannot hold a connection (and its buffers) forever.
+
+- An idle connection (a new one, or a keep-alive one between requests) is closed after
+  ``G4L_HTTP_KEEPALIVE_TIMEOUT_S`` without a request; once a request has begun, its line
+  and headers must arrive within ``G4L_HTTP_HEADER_TIMEOUT_S``.
+- A request body must arrive within ``G4L_HTTP_BODY_GRACE_S`` plus its length at
+  ``G4L_HTTP_BODY_MIN_KBPS``: a stalled upload ends there, however it trickles.
+
+A websocket is not affected once upgraded: it reads its own socket, with its own idle
+limit (:mod:`g4l.web.websocket`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import gevent
+from gevent import pywsgi
+
+from g4l.settings import Settings
+
+
+class SlowClient(socket.timeout):
+    """A client took longer than its deadline to send the request."""
+
+
+class _DeadlineFile:
+    """The connection's buffered reader, with the current request's deadline on each read."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._f = rfile
+        self.deadline: float | None = None
+        self.what = "request"
+
+    def __getattr__(self, name: str) -> Any:  # raw, closed, fileno... as the wrapped file
+        return getattr(self._f, name)
+
+    def _timed(self, fn: Any, *args: Any) -> Any:
+        if self.deadline is None:
+            return fn(*args)
+        left = self.deadline - time.monotonic()
+        error = SlowClient(f"the {self.what} arrived too slowly")
+        if left <= 0:
+            raise error
+        with gevent.Timeout(left, error):
+            return fn(*args)
+
+    def read(self, *args: Any) -> bytes:
+        return self._timed(self._f.read, *args)
+
+    def readline(self, *args: Any) -> bytes:
+        return self._timed(self._f.readline, *args)
+
+    def readinto(self, *args: Any) -> int:
+        return self._timed(self._f.readinto, *args)
+
+    def read1(self, *args: Any) -> bytes:
+        return self._timed(self._f.read1, *args)
+
+    def peek(self, *args: Any) -> bytes:
+        return self._timed(self._f.peek, *args)
+
+
+def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
+    """A ``pywsgi.WSGIHandler`` subclass with the deadlines of ``settings``."""
+    header_s = settings.http_header_timeout_s
+    keepalive_s = settings.http_keepalive_timeout_s
+    grace_s = settings.http_body_grace_s
+    rate = max(1, settings.http_body_min_kbps) * 1024
+
+    class TimedHandler(pywsgi.WSGIHandler):
+        def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+            super().__init__(sock, address, server, rfile)
+            self.deadlines = _DeadlineFile(getattr(self, "rfile"))  # noqa: B009 (gevent's attribute is untyped)
+            self.rfile = self.deadlines
+
+        def read_requestline(self) -> str:
+            # An idle keep-alive connection may wait longer for its next request than a
+            # started request for its headers (clients reuse connections between polls).
+            self.deadlines.deadline, self.deadlines.what = time.monotonic() + keepalive_s, "next request"
+            self.deadlines.peek(1)
+            self.deadlines.deadline, self.deadlines.what = time.monotonic() + header_s, "request line and headers"
+            return super().read_requestline()
+
+        def read_request(self, raw_requestline: str) -> Any:
+            ok = super().read_request(raw_requestline)  # headers, still under the header deadline
+            length = self.content_length
+            chunked = (self.headers.get("Transfer-Encoding") or "").lower() == "chunked"
+            if length or chunked:
+                size = int(length) if length else settings.max_payload_bytes
+                self.deadlines.deadline, self.deadlines.what = time.monotonic() + grace_s + size / rate, "request body"
+            else:
+                self.deadlines.deadline = None
+            return ok
+
+    return TimedHandler

@@ -1,0 +1,80 @@
+"""Slow clients cannot hold the web process: half-sent headers and a stalled upload are
+let go at their deadlines (g4l/web/http_server.py), while well-behaved clients, an idle
+Socket.IO websocket included, go on as usual."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import make_wav, start_server
+from plugin_protocol.client import DeviceClient
+
+
+@pytest.fixture(scope="module")
+def strict(redis_server, mongo_server, tmp_path_factory):
+    s = start_server(tmp_path_factory.mktemp("slow"), redis_url=re.sub(r"/\d+$", "", redis_server.url) + "/7",
+                     mongo_url=mongo_server.url, G4L_MONGO_DB="g4l_slow", G4L_HLS_ENABLED="false",
+                     G4L_HTTP_HEADER_TIMEOUT_S="2", G4L_HTTP_KEEPALIVE_TIMEOUT_S="4", G4L_HTTP_BODY_GRACE_S="2", G4L_HTTP_BODY_MIN_KBPS="32")
+    yield s
+    s.stop()
+
+
+def _open(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _ended(s: socket.socket) -> bytes:
+    """What the server sent before closing (blocks until it closes)."""
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return got
+
+
+def test_half_sent_headers_are_let_go(strict) -> None:
+    socks = [_open(strict.url) for _ in range(50)]
+    for s in socks:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    started = time.monotonic()
+    for s in socks:
+        _ended(s)
+        s.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"half-sent requests held for {elapsed:.1f} s"
+    assert strict.health()[0] == 200
+
+
+def test_idle_connections_are_closed_after_the_keepalive_timeout(strict) -> None:
+    socks = [_open(strict.url) for _ in range(20)]  # connected, never a byte
+    started = time.monotonic()
+    for s in socks:
+        _ended(s)
+        s.close()
+    elapsed = time.monotonic() - started
+    assert 3 < elapsed < 15, f"idle connections closed after {elapsed:.1f} s (keep-alive timeout 4 s)"
+
+
+def test_a_stalled_upload_is_let_go_and_others_go_on(strict) -> None:
+    s = _open(strict.url)
+    s.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100000\r\n\r\n{\"prompt\": \"")
+    started = time.monotonic()
+    with DeviceClient(strict.url, timeout=120) as c:  # meanwhile, a well-behaved client is served
+        result = c.bang(make_wav(3), model_name="debug", prompt_duration=2)
+        assert len(result.audio) > 1000
+        answer = _ended(s)
+        elapsed = time.monotonic() - started
+        # deadline: grace 2 s + 100,000 bytes at 32 KB/s ~ 3 s
+        assert elapsed < 20, f"stalled upload held for {elapsed:.1f} s"
+        assert answer == b"" or b"408" in answer.split(b"\r\n", 1)[0], answer[:200]
+        time.sleep(3)  # idle past the header deadline: an upgraded websocket is not affected
+        assert c.verify(result.session_id)["exists"]
+    s.close()
