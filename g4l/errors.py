@@ -99,6 +99,14 @@ class ModelUnavailable(G4LError):
     http_status = 503
 
 
+class StoreUnavailable(G4LError):
+    """The audio store (MongoDB/GridFS) did not answer in time: nothing was stored half;
+    the request can be sent again."""
+
+    code = "STORE_UNAVAILABLE"
+    http_status = 503
+
+
 class GenerationFailed(G4LError):
     """The worker could not produce a result (model error, worker lost too often)."""
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import gevent
 from flask import Blueprint, jsonify
 
 from g4l.context import Context
 from g4l.jobs import recovery
+
+#: A store that has not answered a ping within this is reported down (a status page, and an
+#: orchestrator's probe, must get an answer at once, not when a paused store wakes up).
+CHECK_TIMEOUT_S = 1.0
 
 
 def _check(fn: Any) -> str:
@@ -19,10 +24,24 @@ def _check(fn: Any) -> str:
         return f"down: {type(exc).__name__}: {exc}"[:200]
 
 
+def _checks(**pings: Any) -> dict[str, str]:
+    """Run the pings side by side; one that takes over ``CHECK_TIMEOUT_S`` is down."""
+    jobs = {name: gevent.spawn(_check, fn) for name, fn in pings.items()}
+    gevent.joinall(list(jobs.values()), timeout=CHECK_TIMEOUT_S)
+    out = {}
+    for name, job in jobs.items():
+        if job.ready():
+            out[name] = job.value
+        else:
+            job.kill(block=False)
+            out[name] = f"down: no answer within {CHECK_TIMEOUT_S:g} s"
+    return out
+
+
 def report(ctx: Context) -> tuple[dict[str, Any], bool]:
     """The health document and whether the server can serve generations."""
-    mongodb = _check(ctx.blobs.ping)
-    redis_state = _check(ctx.redis.ping)
+    states = _checks(mongodb=ctx.blobs.ping, redis=ctx.redis.ping)
+    mongodb, redis_state = states["mongodb"], states["redis"]
     workers: list[dict[str, Any]] = []
     queue_depth = None
     if redis_state == "live":

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import pymongo.errors
 import redis
 from structlog.stdlib import BoundLogger
 
@@ -21,7 +22,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.engine.base import Cancelled
 from g4l.engine.cache import ModelCache
-from g4l.errors import G4LError, GenerationFailed
+from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, recovery
 from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
@@ -168,9 +169,15 @@ class Worker:
             bound.warning("redis unavailable during the job; putting it back")
             self._redis(lambda: lifecycle.requeue(self.ctx, job, claimed, attempt_used=False), job.id)
         except Exception as exc:  # a model or storage fault: report it, keep the worker alive
-            bound.exception("job crashed")
-            failure = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
-                                       session_id=job.session_id or None)
+            failure: G4LError
+            if isinstance(exc, pymongo.errors.PyMongoError):
+                bound.warning("audio store unavailable during the job", error=str(exc)[:200])
+                failure = StoreUnavailable("the audio store did not answer in time; nothing was changed, "
+                                           "please send the request again", session_id=job.session_id or None)
+            else:
+                bound.exception("job crashed")
+                failure = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:300],
+                                           session_id=job.session_id or None)
             self._redis(lambda: lifecycle.fail(self.ctx, job, failure, claimed), job.id)
         finally:
             if run is not None:

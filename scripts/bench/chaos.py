@@ -1,0 +1,246 @@
+"""``scripts/chaos``: start the whole server as ``scripts/serve`` does (embedded Redis and
+store, owned by the launcher), inject faults one after another, and print one line per
+fault with what happened and how long it took. Ends with the count of stored audio lost:
+every session made during the run must still give its current audio over HTTP.
+
+Faults: a worker killed mid-job; the embedded Redis killed; Redis paused 8 s with a job in
+flight; the web process killed; the store paused 10 s during a continue (and how fast
+/health answers meanwhile); the packager killed; a full restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import VENV_PYTHON, ROOT, install_alarm, install_term_handler, make_wav  # noqa: E402
+
+from g4l import embedded  # noqa: E402
+from plugin_protocol import events  # noqa: E402
+from plugin_protocol.client import DeviceClient, ProtocolError  # noqa: E402
+
+
+class Launcher:
+    """``python -m g4l.launcher`` with embedded stores under one data directory."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = data / "launcher.log"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
+        env.update({"G4L_MODELS": "debug", "G4L_PORT": str(self.port), "G4L_HOST": "127.0.0.1",
+                    "G4L_DATA_DIR": str(self.data), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_WORKER_DEAD_AFTER_S": "6"})
+        ready = threading.Event()
+        self.proc = subprocess.Popen([str(VENV_PYTHON), "-m", "g4l.launcher"], cwd=str(ROOT), env=env,
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "ab"), start_new_session=True)
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                if raw.startswith(b"g4l ready on"):
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(240):
+            raise RuntimeError(f"not ready; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == name:
+                out.append(rec)
+        return out
+
+    def child(self, module: str) -> int:
+        got = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", module], capture_output=True, text=True)
+        return int(got.stdout.split()[0])
+
+    def store_pid(self, store: str) -> int:
+        url = self.events(f"embedded {'redis' if store == 'redis' else 'mongodb-compatible store'} started")[-1]["url"]
+        port = url.rsplit(":", 1)[1].strip("/").split("/")[0]
+        pattern = f"redis-server 127.0.0.1:{port}" if store == "redis" else f"secantusd-py.*--port {port}"
+        got = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        return int(got.stdout.split()[0])
+
+
+def health(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=30) as resp:
+            return resp.status, time.monotonic() - started
+    except urllib.error.HTTPError as exc:
+        return exc.code, time.monotonic() - started
+    except OSError:
+        return 0, time.monotonic() - started
+
+
+def wait(check, timeout: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if check():
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def bang_payload() -> dict:
+    return {"audio_data": base64.b64encode(make_wav(6)).decode(), "model_name": "debug", "prompt_duration": 4}
+
+
+def line(name: str, text: str) -> None:
+    print(f"{name:<34} {text}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = ap.parse_args()
+    install_alarm(1500)
+    install_term_handler()
+    data = Path(tempfile.mkdtemp(prefix="g4l-chaos-"))
+    server = Launcher(data, embedded.free_port())
+    sessions: list[str] = []
+    try:
+        server.start()
+        url = server.url
+        with DeviceClient(url, timeout=180) as c:
+            sessions.append(c.bang(make_wav(4), model_name="debug", prompt_duration=4).session_id)
+
+            # 1. worker killed mid-job
+            since = c.mark()
+            c.emit(events.PROCESS_AUDIO, bang_payload())
+            _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
+            sessions.append(ack["session_id"])
+            wait(lambda: c.events_since(since, events.PROCESSING_STARTED), 60)
+            os.kill(server.child("g4l.worker"), signal.SIGKILL)
+            t = time.monotonic()
+            c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"], timeout=180)
+            line("worker killed mid-job", f"result delivered {time.monotonic() - t:.1f} s after the kill")
+
+            # 2. embedded Redis killed
+            time.sleep(1.5)  # appendfsync everysec
+            workers = server.child("g4l.worker")
+            os.kill(server.store_pid("redis"), signal.SIGKILL)
+            t = time.monotonic()
+            back = wait(lambda: health(url)[0] == 200, 120)
+            again = c.continue_(sessions[0])
+            line("redis killed", f"restarted, /health live after {back or -1:.1f} s; session kept "
+                 f"(continue {len(again.audio)} bytes, {time.monotonic() - t:.1f} s); worker restarted: "
+                 f"{server.child('g4l.worker') != workers}")
+
+        with DeviceClient(url, timeout=180) as c:
+            # 3. Redis paused 8 s with a job in flight
+            since = c.mark()
+            c.emit(events.PROCESS_AUDIO, bang_payload())
+            _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
+            sessions.append(ack["session_id"])
+            redis_pid, workers = server.store_pid("redis"), server.child("g4l.worker")
+            os.kill(redis_pid, signal.SIGSTOP)
+            time.sleep(8)
+            os.kill(redis_pid, signal.SIGCONT)
+            t = time.monotonic()
+            try:
+                c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"], timeout=120)
+                outcome = f"result {time.monotonic() - t:.1f} s after resume"
+            except ProtocolError as exc:
+                outcome = f"FAILED {exc.code}"
+            line("redis paused 8 s mid-job", f"{outcome}; worker restarted: {server.child('g4l.worker') != workers}")
+
+            # 4. web process killed while a client is connected
+            web = server.child("g4l.web")
+            os.kill(web, signal.SIGKILL)
+            t = time.monotonic()
+            back = wait(lambda: health(url)[0] == 200, 120)
+            again = wait(lambda: c.verify(sessions[0])["exists"], 120)
+            line("web process killed", f"restarted, /health after {back or -1:.1f} s; the same client reconnected "
+                 f"and found its session after {(time.monotonic() - t):.1f} s")
+
+            # 5. store paused 10 s during a continue
+            mongo_pid = server.store_pid("mongo")
+            since = c.mark()
+            c.emit(events.CONTINUE_MUSIC, {"session_id": sessions[0], "audio_data": bang_payload()["audio_data"],
+                                           "model_name": "debug", "prompt_duration": 4})
+            os.kill(mongo_pid, signal.SIGSTOP)
+            time.sleep(1)
+            code, took = health(url)
+            time.sleep(9)
+            os.kill(mongo_pid, signal.SIGCONT)
+            t = time.monotonic()
+            try:
+                c.wait_for(events.MUSIC_CONTINUED, since, session_id=sessions[0], timeout=120)
+                outcome = f"continue delivered {time.monotonic() - t:.1f} s after resume"
+            except ProtocolError as exc:
+                outcome = f"continue refused {exc.code}: {str(exc)[:80]}"
+            line("store paused 10 s mid-continue", f"/health {code} in {took:.2f} s while paused; {outcome}")
+
+            # 6. packager killed: a listened stream goes on
+            link = c._call(events.GET_LISTEN_URL, {"session_id": sessions[0]}, events.LISTEN_URL)
+            playlist = url + link["playlist_url"]
+            wait(lambda: urllib.request.urlopen(playlist, timeout=5).status == 200, 30)
+            os.kill(server.child("g4l.hls"), signal.SIGKILL)
+            t = time.monotonic()
+            first = urllib.request.urlopen(playlist, timeout=5).read()
+
+            def advanced() -> bool:
+                return urllib.request.urlopen(playlist, timeout=5).read() != first
+            back = wait(advanced, 60)
+            line("packager killed", f"playlist moving again after {back or -1:.1f} s")
+
+        # 7. full restart
+        server.stop()
+        server.start()
+        with DeviceClient(server.url, timeout=180) as c:
+            kept = sum(1 for s in sessions if c.verify(s)["exists"])
+        line("full restart", f"{kept}/{len(sessions)} sessions kept")
+
+        lost = 0
+        for session_id in sessions:
+            try:
+                with urllib.request.urlopen(f"{server.url}/api/v1/sessions/{session_id}/audio", timeout=30) as r:
+                    if len(r.read()) < 1000:
+                        lost += 1
+            except OSError:
+                lost += 1
+        line("stored audio lost", f"{lost} of {len(sessions)} sessions")
+        return 0 if lost == 0 else 1
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(data, ignore_errors=True)
+        else:
+            print(f"data kept in {data}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
