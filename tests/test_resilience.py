@@ -75,7 +75,8 @@ def test_worker_killed_on_last_attempt_gives_a_clear_error(own_stores, tmp_path)
         with DeviceClient(server.url, timeout=180) as c:
             bang = c.bang(make_wav(4), model_name="debug", prompt_duration=4)
             since = c.mark()
-            c.emit(events.CONTINUE_MUSIC, {"session_id": bang.session_id})
+            # 120 s: several model windows, so the kill surely lands before the result exists.
+            c.emit(events.CONTINUE_MUSIC, {"session_id": bang.session_id, "duration": 120})
             _, ack = c.wait_for(events.CONTINUE_MUSIC_RECEIVED, since)
             _kill_worker_mid_job(r, ack["job_id"])
             with pytest.raises(ProtocolError) as err:

@@ -109,9 +109,11 @@ class Worker:
         if self._redis(lambda: self.ctx.jobs.cancel_requested(job.id), job.id):
             self._redis(lambda: lifecycle.cancel(self.ctx, job, claimed), job.id)
             return True
+        # Started (its attempt counted) before the heartbeat names it: whoever sees this
+        # worker holding the job sees an attempt in progress.
+        self._redis(lambda: lifecycle.start(self.ctx, job, self.name, claimed), job.id)
         self._hold(job.id)
         try:
-            self._redis(lambda: lifecycle.start(self.ctx, job, self.name, claimed), job.id)
             self.run(job, claimed)
         finally:
             self._hold(None)
