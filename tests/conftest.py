@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- audio helpers
+def wait_until(check, timeout: float, what: str, interval: float = 0.25):
+    """``check()``'s first truthy value, polled until ``timeout``; else fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def make_wav(seconds: float, rate: int = 48000, channels: int = 2, subtype: str = "PCM_16",
              freq: float = 220.0) -> bytes:
     """A sine (plus a little noise) as WAV bytes."""

@@ -22,7 +22,7 @@ import pytest
 import requests
 import soundfile as sf
 import websocket
-from conftest import RunningServer, start_server
+from conftest import RunningServer, start_server, wait_until
 
 from g4l.hls.watch import PlaylistWatcher, decode_ts
 
@@ -40,16 +40,6 @@ def brief(redis_server, mongo_server, tmp_path_factory) -> Iterator[RunningServe
                      G4L_STREAM_SECONDS=str(ONE_SHOT_S), G4L_STATIONS_PER_KEY="2", G4L_MAX_STATIONS="4")
     yield s
     s.stop()
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ffprobe(data: bytes, suffix: str, tmp: Path) -> dict:
@@ -84,8 +74,8 @@ def test_realtime_api_streams_one_generation_and_keeps_it_as_mp4_and_wav(brief: 
     # The player attaches at once: the playlist is served within a moment, before the audio exists.
     watcher = PlaylistWatcher(url + playlist).start()
     try:
-        wait_for(lambda: watcher.polls > 0, 15, "the playlist to be served")
-        status = wait_for(lambda: (r := requests.get(f"{url}/api/stream/status/{sid}", headers=A, timeout=10)
+        wait_until(lambda: watcher.polls > 0, 15, "the playlist to be served")
+        status = wait_until(lambda: (r := requests.get(f"{url}/api/stream/status/{sid}", headers=A, timeout=10)
                                    ).json()["status"] != "processing" and r.json(), 120, "the generation")
         assert status["status"] == "ready", status
         assert status["playlist_url"] == url + playlist  # absolute in the status
@@ -95,7 +85,7 @@ def test_realtime_api_streams_one_generation_and_keeps_it_as_mp4_and_wav(brief: 
         # The generation's audio reaches the listener (silence before it).
         def audible() -> bool:
             return any(rms(decode_ts(s.data)) > 1e-3 for s in watcher.ordered())
-        wait_for(audible, 30, "an audible segment")
+        wait_until(audible, 30, "an audible segment")
     finally:
         watcher.stop()
     assert not [p for p in watcher.problems if "poll failed" in p], watcher.problems[:5]
@@ -122,7 +112,7 @@ def test_realtime_api_streams_one_generation_and_keeps_it_as_mp4_and_wav(brief: 
     cleaned = requests.post(url + "/api/cleanup", json={"session_id": sid}, headers=A, timeout=10)
     assert cleaned.status_code == 200 and cleaned.json() == {"session_id": sid, "status": "cleaned", "canceled": False}
     assert requests.get(f"{url}/api/stream/status/{sid}", headers=A, timeout=10).status_code == 404
-    wait_for(lambda: requests.get(url + playlist, timeout=10).status_code == 404, 15, "the stream to stop")
+    wait_until(lambda: requests.get(url + playlist, timeout=10).status_code == 404, 15, "the stream to stop")
     assert requests.get(f"{url}/api/v1/jobs/{sid}/audio", headers=A, timeout=10).status_code == 200  # no audio lost
     missing = requests.get(f"{url}/api/stream/status/no-such-stream", headers=A, timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
@@ -154,7 +144,7 @@ def test_realtime_cleanup_cancels_a_running_generation(brief: RunningServer) -> 
     cleaned = requests.post(brief.url + "/api/cleanup", json={"session_id": started["session_id"]}, headers=A,
                             timeout=10).json()
     assert cleaned["canceled"] is True
-    job = wait_for(lambda: (j := requests.get(f"{brief.url}/api/v1/jobs/{started['session_id']}", headers=A,
+    job = wait_until(lambda: (j := requests.get(f"{brief.url}/api/v1/jobs/{started['session_id']}", headers=A,
                                               timeout=10).json())["status"] in ("canceled", "completed") and j,
                    30, "the cancel")
     assert job["status"] == "canceled"
@@ -191,7 +181,7 @@ def test_get_stream_plays_in_gstreamer_and_ffmpeg_and_reuses_its_station(brief: 
         assert full.status_code == 409 and full.json()["error"]["code"] == "STATIONS_FULL"
 
         # Wait for the music (the station's first stretch), then play 10 s in gstreamer.
-        wait_for(lambda: requests.get(f"{url}/api/v1/stations/{stream['station_id']}", headers=A, timeout=10)
+        wait_until(lambda: requests.get(f"{url}/api/v1/stations/{stream['station_id']}", headers=A, timeout=10)
                  .json()["generations"] > 0, 60, "the station's first generation")
         raw = tmp_path / "gst.raw"
         pipeline = (f"souphttpsrc location={stream['url']} ! hlsdemux ! decodebin ! audioconvert ! audioresample ! "

@@ -14,8 +14,8 @@ import subprocess
 import time
 
 import pytest
+from conftest import RunningServer, make_wav, start_server, wait_until, wav_info
 
-from conftest import RunningServer, make_wav, start_server, wav_info
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient
 
@@ -45,16 +45,6 @@ def _redis_pids(data) -> list[int]:
     return _pids(f"redis-server 127.0.0.1:{port}")
 
 
-def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def embedded_server(tmp_path, mongo_server) -> tuple[RunningServer, object]:
     data = tmp_path / "data"
@@ -73,11 +63,11 @@ def test_embedded_redis_killed_is_restarted_and_nothing_is_lost(embedded_server)
     [redis_pid] = _redis_pids(data)
     workers_before = _pids("g4l.worker", parent=server.proc.pid)
     os.kill(redis_pid, signal.SIGKILL)
-    new_pid = _wait(lambda: [p for p in _redis_pids(data) if p != redis_pid], 30,
+    new_pid = wait_until(lambda: [p for p in _redis_pids(data) if p != redis_pid], 30,
                     "the launcher to restart redis")
     assert new_pid
     with DeviceClient(server.url, timeout=120) as c:
-        _wait(lambda: server.health()[0] == 200, 60, "health to be live again")
+        wait_until(lambda: server.health()[0] == 200, 60, "health to be live again")
         status = c.verify(first.session_id)
         assert status["exists"] and status["version"] == 1  # the session survived (AOF)
         again = c.continue_(first.session_id)  # its audio is still in GridFS
@@ -114,11 +104,11 @@ def test_web_process_killed_is_restarted_and_clients_come_back(embedded_server) 
         first = c.bang(make_wav(4), model_name="debug", prompt_duration=4)
         [web_pid] = _pids("g4l.web", parent=server.proc.pid)
         os.kill(web_pid, signal.SIGKILL)
-        _wait(lambda: [p for p in _pids("g4l.web", parent=server.proc.pid) if p != web_pid], 30,
+        wait_until(lambda: [p for p in _pids("g4l.web", parent=server.proc.pid) if p != web_pid], 30,
               "the launcher to restart the web process")
-        _wait(lambda: server.health()[0] == 200 if _can_connect(server) else False, 60, "the web to answer")
+        wait_until(lambda: server.health()[0] == 200 if _can_connect(server) else False, 60, "the web to answer")
         # The same client reconnects by itself and the session is there.
-        status = _wait(lambda: _verify(c, first.session_id), 60, "the client to reconnect")
+        status = wait_until(lambda: _verify(c, first.session_id), 60, "the client to reconnect")
         assert status["exists"]
         again = c.continue_(first.session_id)
         assert wav_info(again.audio).duration == pytest.approx(56, abs=0.05)

@@ -19,8 +19,8 @@ import m3u8
 import numpy as np
 import pytest
 import requests
+from conftest import RunningServer, make_wav, start_server, wait_until
 
-from conftest import RunningServer, make_wav, start_server
 from g4l import embedded
 from g4l.hls.watch import PlaylistWatcher, check_playlist, decode_ts, max_step
 from plugin_protocol import events
@@ -69,16 +69,6 @@ def hls(tmp_path_factory) -> Iterator[HlsServer]:
     s.server.stop()
     m.stop()
     r.stop()
-
-
-def wait_until(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stream_info(hls: HlsServer, token: str) -> dict:

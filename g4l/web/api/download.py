@@ -16,6 +16,11 @@ from g4l.store.blobs import BlobStore
 from g4l.web.api.routing import error_response
 
 PIECE = 1024 * 1024
+
+
+def file_responses(media: str = "audio/wav", what: str = "The WAV file") -> dict[int, tuple[str, str]]:
+    """The ``responses`` of an :func:`~g4l.web.api.routing.operation` served by :func:`send_blob`."""
+    return {200: (media, what), 206: (media, "The requested byte range")}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

@@ -10,7 +10,7 @@ from g4l.jobs.records import Job, JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.services.specs import SAMPLING_FIELDS
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import send_blob
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery
 from g4l.web.api.models import JobStatus as JobStatusBody
 from g4l.web.api.openapi import PREFIX
@@ -84,7 +84,7 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/jobs/<job_id>/audio")
     @operation("getJobAudio", "Download the result WAV (Range requests supported)", tags=["jobs"],
-               responses={200: ("audio/wav", "The WAV file"), 206: ("audio/wav", "The requested byte range")},
+               responses=file_responses(),
                errors=(409, 416))
     def job_audio(job_id: str) -> Response:
         blob = jobs.result_blob(http_caller(), job_id)

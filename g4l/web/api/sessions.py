@@ -18,7 +18,7 @@ from g4l.services.jobs import JobService
 from g4l.services.sessions import Accepted, SessionService
 from g4l.services.specs import PARAM_FIELDS
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import send_blob
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import (
     AudioBody,
     BangRequest,
@@ -138,8 +138,7 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     @bp.get("/sessions/<session_id>/audio")
     @operation("getSessionAudio", "Download the session's current audio (WAV, Range requests supported)",
-               tags=["sessions"], responses={200: ("audio/wav", "The WAV file"),
-                                             206: ("audio/wav", "The requested byte range")},
+               tags=["sessions"], responses=file_responses(),
                errors=(409, 416))
     def audio(session_id: str) -> Response:
         blob, job_id = jobs.session_audio_blob(http_caller(), _checked(session_id))

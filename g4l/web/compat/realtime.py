@@ -14,7 +14,7 @@ from flask import Blueprint, Response
 from g4l.services.jobs import JobService, iso
 from g4l.services.oneshot import READY, OneShotStreams
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import send_blob
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import ErrorBody
 from g4l.web.api.routing import operation
 from g4l.web.compat.models import (
@@ -73,7 +73,7 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/api/stream/<session_id>/result.mp4")
     @operation("getRealtimeStreamMp4", "The whole result as MP4 (AAC); Range supported", tags=TAGS,
-               responses={200: ("audio/mp4", "The MP4 file"), 206: ("audio/mp4", "The requested byte range")},
+               responses=file_responses("audio/mp4", "The MP4 file"),
                errors=(409, 416, 500))
     def result_mp4(session_id: str) -> Response:
         blob = streams.mp4_blob(http_caller(), session_id)
@@ -81,7 +81,7 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/api/stream/<session_id>/result.wav")
     @operation("getRealtimeStreamWav", "The whole result as WAV; Range supported", tags=TAGS,
-               responses={200: ("audio/wav", "The WAV file"), 206: ("audio/wav", "The requested byte range")},
+               responses=file_responses(),
                errors=(409, 416))
     def result_wav(session_id: str) -> Response:
         blob = streams.wav_blob(http_caller(), session_id)

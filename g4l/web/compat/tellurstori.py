@@ -15,7 +15,7 @@ from flask import Blueprint, Response
 from g4l.jobs.records import JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import send_blob
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.openapi import PREFIX
 from g4l.web.api.routing import operation
 from g4l.web.compat.models import StoriStatus
@@ -62,7 +62,7 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/download/<job_id>")
     @operation("downloadJobStori", "Download a completed job's WAV (Range supported)", tags=TAGS,
-               responses={200: ("audio/wav", "The WAV file"), 206: ("audio/wav", "The requested byte range")},
+               responses=file_responses(),
                errors=(409, 416))
     def download(job_id: str) -> Response:
         blob = jobs.result_blob(http_caller(), job_id)
