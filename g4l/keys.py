@@ -18,6 +18,8 @@ SEQUENCE = f"{PREFIX}:queue:seq"
 #: Exponential moving average of a job's run time, for ETAs.
 JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
 WORKERS = f"{PREFIX}:workers"
+#: Set of web node names (each node's heartbeat is :func:`web_node`).
+WEB_NODES = f"{PREFIX}:web_nodes"
 MAINTENANCE_LOCK = f"{PREFIX}:lock:maintenance"
 
 
@@ -41,6 +43,11 @@ def cancel(job_id: str) -> str:
 def worker(name: str) -> str:
     """A worker's heartbeat (expires when the worker stops beating)."""
     return f"{PREFIX}:worker:{name}"
+
+
+def web_node(name: str) -> str:
+    """A web process's heartbeat (expires when the process stops beating)."""
+    return f"{PREFIX}:web_node:{name}"
 
 
 def result(job_id: str) -> str:

@@ -2,8 +2,9 @@
 
 Starts the embedded Redis and MongoDB-compatible store when ``REDIS_URL`` / ``MONGO_URL``
 are unset (data under ``G4L_DATA_DIR``, durable across restarts), then the generation
-workers, the packager and the web process; restarts any of them that dies, and an
-embedded store that dies (on its port, from its append-only data), with backoff so a
+workers, the packager and the web process (or ``G4L_WEB_PROCESSES`` of them behind nginx,
+:mod:`g4l.balancer`); restarts any of them that dies, and an embedded store or the
+balancer that dies (on its port, stores from their append-only data), with backoff so a
 crash loop does not spin; prints
 ``g4l ready on http://HOST:PORT`` once clients can connect, then which models are usable
 (or, when the default model cannot load, ``g4l running on ... but NOT READY: <why>``, and
@@ -21,9 +22,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from g4l import embedded
+from g4l import balancer, embedded
 from g4l import log as logging_setup
 from g4l.log import get_logger
 from g4l.settings import get_settings
@@ -80,6 +82,10 @@ def _models_line(doc: dict) -> str:
     return f"g4l models: usable {usable}" + "".join(f"; UNUSABLE {reason}" for reason in failed.values())
 
 
+def _what(managed_name: str) -> str:
+    return "balancer" if managed_name == "balancer" else "embedded store"
+
+
 def main() -> int:
     settings = get_settings()
     logging_setup.configure(settings.log_level, settings.log_format, process="launcher")
@@ -91,57 +97,75 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    stores: list[embedded.ManagedProcess] = []
+    # Processes of ours that are not g4l modules (the embedded stores, the balancer), by
+    # name, each with how to start it again on the same port.
+    managed: dict[str, embedded.ManagedProcess] = {}
+    starters: dict[str, Callable[[int], embedded.ManagedProcess]] = {}
     restarts = Restarts()
     env = dict(os.environ)
     data_dir = Path(settings.data_dir).resolve()
     children: dict[str, subprocess.Popen] = {}
     try:
         if not settings.redis_url:
-            stores.append(embedded.start_redis(data_dir / "redis"))
-            env["REDIS_URL"] = stores[-1].url
-            log.info("embedded redis started", url=stores[-1].url, pid=stores[-1].proc.pid)
+            starters["redis"] = lambda port: embedded.start_redis(data_dir / "redis", port=port or None)
+            managed["redis"] = starters["redis"](0)
+            env["REDIS_URL"] = managed["redis"].url
+            log.info("embedded redis started", url=managed["redis"].url, pid=managed["redis"].proc.pid)
         if not settings.mongo_url:
-            stores.append(embedded.start_mongo(data_dir / "mongo"))
-            env["MONGO_URL"] = stores[-1].url
-            log.info("embedded mongodb-compatible store started", url=stores[-1].url, pid=stores[-1].proc.pid)
+            starters["mongo"] = lambda port: embedded.start_mongo(data_dir / "mongo", port=port or None)
+            managed["mongo"] = starters["mongo"](0)
+            env["MONGO_URL"] = managed["mongo"].url
+            log.info("embedded mongodb-compatible store started", url=managed["mongo"].url,
+                     pid=managed["mongo"].proc.pid)
 
-        modules: dict[str, str] = {}
+        modules: dict[str, tuple[str, dict[str, str]]] = {}
 
-        def spawn(name: str, module: str) -> None:
-            modules[name] = module
-            children[name] = subprocess.Popen([sys.executable, "-m", module], env=env)
-            log.info("process started", process=name, pid=children[name].pid)
+        def spawn(name: str, module: str, **extra_env: str) -> None:
+            modules[name] = (module, extra_env)
+            children[name] = subprocess.Popen([sys.executable, "-m", module], env={**env, **extra_env})
+            log.info("process started", process=name, pid=children[name].pid, **extra_env)
 
         for i in range(settings.workers):
             spawn(f"worker-{i}", "g4l.worker")
         if settings.hls_enabled:
             spawn("hls", "g4l.hls")  # the HLS packager: live streams and stations
-        spawn("web", "g4l.web")
+        if settings.web_processes <= 1:
+            spawn("web", "g4l.web")
+        else:  # N web processes on loopback ports, nginx on G4L_PORT (g4l/balancer.py)
+            prefix = f"{settings.web_node}-" if settings.web_node else ""
+            backends = [balancer.Backend(f"{prefix}w{i}", "127.0.0.1", embedded.free_port())
+                        for i in range(settings.web_processes)]
+            for i, b in enumerate(backends):
+                spawn(f"web-{i}", "g4l.web", G4L_HOST=b.host, G4L_PORT=str(b.port), G4L_WEB_NODE=b.node,
+                      G4L_TRUSTED_PROXIES=str(settings.trusted_proxies + 1))
+            starters["balancer"] = lambda port: balancer.start(
+                backends, settings.host, port or settings.port, data_dir / "balancer",
+                max_body_mb=settings.max_payload_mb + 1)
+            managed["balancer"] = starters["balancer"](0)
+            log.info("balancer started", url=managed["balancer"].url, pid=managed["balancer"].proc.pid,
+                     web_processes=len(backends))
 
         url = f"http://{settings.host}:{settings.port}"
         announced = False
         warned = False
         started = time.monotonic()
         while not stopping["flag"]:
-            for store in stores:
-                if store.proc.poll() is not None and store.name not in restarts.due:
-                    delay = restarts.schedule(store.name)
-                    log.error("embedded store exited; restarting it", store=store.name, code=store.proc.returncode,
+            for name, managed_proc in managed.items():
+                if managed_proc.proc.poll() is not None and name not in restarts.due:
+                    delay = restarts.schedule(name)
+                    log.error(f"{_what(name)} exited; restarting it", store=name, code=managed_proc.proc.returncode,
                               delay_s=delay)
             for name in restarts.ready():
-                store_index = next((i for i, s in enumerate(stores) if s.name == name), None)
-                if store_index is not None:  # the same port and data: clients reconnect to it
-                    old = stores[store_index]
+                if name in managed:  # the same port (and data): clients reconnect to it
                     try:
-                        starter = embedded.start_redis if name == "redis" else embedded.start_mongo
-                        stores[store_index] = starter(data_dir / name, port=old.port)
-                        log.info("embedded store restarted", store=name, pid=stores[store_index].proc.pid)
+                        managed[name] = starters[name](managed[name].port)
+                        log.info(f"{_what(name)} restarted", store=name, pid=managed[name].proc.pid)
                     except Exception as exc:
-                        log.error("embedded store did not restart", store=name, error=str(exc)[:200])
+                        log.error(f"{_what(name)} did not restart", store=name, error=str(exc)[:200])
                         restarts.schedule(name)
                 else:
-                    spawn(name, modules[name])
+                    module, extra_env = modules[name]
+                    spawn(name, module, **extra_env)
             for name, proc in list(children.items()):
                 if proc.poll() is not None and name not in restarts.due:
                     # A dead worker's job is recovered by the others (or by its successor); a
@@ -167,7 +191,11 @@ def main() -> int:
             time.sleep(0.25)
         return 0
     finally:
-        for name in ["web", *[n for n in children if n != "web"]]:
+        balancer_proc = managed.pop("balancer", None)
+        if balancer_proc is not None:  # no new connections first
+            balancer_proc.stop(timeout=10)
+        webs = [n for n in children if n.startswith("web")]
+        for name in [*webs, *[n for n in children if n not in webs]]:
             child = children.get(name)
             if child is not None and child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -177,7 +205,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for store in reversed(stores):
+        for store in reversed(list(managed.values())):
             store.stop(timeout=30)
         log.info("all processes stopped")
 

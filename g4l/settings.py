@@ -18,6 +18,16 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Scale-out (docs/scale-out.md): the launcher starts this many web processes behind
+    # nginx on ``port`` (1: one web process listens on ``port`` itself).
+    web_processes: int = 1
+    # This web process's name: its heartbeat in /health's web_nodes and the prefix of the
+    # Engine.IO session ids it hands out, which the balancer routes polling requests by.
+    # Empty: ``<hostname>-<pid>``.
+    web_node: str = ""
+    # Proxies in front of the web process whose X-Forwarded-For / -Proto it believes (the
+    # launcher's balancer sets 1): per-address limits then see the client, not the proxy.
+    trusted_proxies: int = 0
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     mongo_url: str | None = Field(default=None, validation_alias="MONGO_URL")
     mongo_db: str = "g4l"

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Lowest first. A module may import its own layer and the ones below, never above.
 LAYERS = [
     ("base", ("g4l.settings", "g4l.errors", "g4l.keys", "g4l.log", "g4l.audio", "g4l.wav_splice", "g4l.embedded",
-              "g4l.media")),
+              "g4l.balancer", "g4l.media")),
     ("engine", ("g4l.engine",)),
     ("store", ("g4l.store",)),
     ("jobs", ("g4l.jobs", "g4l.context")),

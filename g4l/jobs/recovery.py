@@ -18,6 +18,7 @@ from g4l.jobs import delivery, lifecycle
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
+from g4l.store import heartbeats
 
 log = get_logger(__name__)
 
@@ -28,14 +29,7 @@ ORPHAN_INPUT_WAIT_S = 2.0
 
 def alive_workers(ctx: Context) -> dict[str, str]:
     """Name -> heartbeat JSON of every worker whose heartbeat has not expired."""
-    names = sorted(ctx.redis.smembers(keys.WORKERS))
-    if not names:
-        return {}
-    beats = ctx.redis.mget([keys.worker(n) for n in names])
-    dead = [n for n, b in zip(names, beats, strict=True) if b is None]
-    if dead:
-        ctx.redis.srem(keys.WORKERS, *dead)
-    return {n: b for n, b in zip(names, beats, strict=True) if b is not None}
+    return heartbeats.alive(ctx.redis, keys.WORKERS, keys.worker)
 
 
 def _redis_just_restarted(ctx: Context) -> bool:

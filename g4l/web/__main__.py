@@ -21,6 +21,7 @@ def main() -> None:
     logging_setup.configure(settings.log_level, settings.log_format, process="web")
     web = create_app(settings)
     web.relay.start()
+    web.heartbeat.start()
     # Everything loaded so far lives as long as the process: keep it out of the cyclic
     # collector's full passes, which otherwise stall every socket for 50-100 ms.
     gc.collect()
@@ -28,7 +29,8 @@ def main() -> None:
     log = get_logger("g4l.web")
 
     def stop() -> None:
-        log.info("web stopping")
+        log.info("web stopping", node=web.heartbeat.name)
+        web.heartbeat.stop()
         web.relay.stop()
         web.socketio.stop()
 
@@ -40,7 +42,7 @@ def main() -> None:
     gevent.signal_handler(signal.SIGUSR1, dump)
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
-    log.info("web listening", host=settings.host, port=settings.port)
+    log.info("web listening", host=settings.host, port=settings.port, node=web.heartbeat.name)
     web.socketio.run(web.app, host=settings.host, port=settings.port, log_output=False,
                      handler_class=http_server.handler_class(settings))
 

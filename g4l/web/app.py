@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from g4l.context import Context
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
-from g4l.web import health, listen, metrics, transport
+from g4l.web import health, listen, metrics, nodes, transport
 from g4l.web.api.install import install as install_api
 from g4l.web.compat import juce, swift
 from g4l.web.offload import offload
@@ -30,10 +31,11 @@ class WebApp:
     ctx: Context
     service: SessionService
     relay: Relay
+    heartbeat: nodes.NodeHeartbeat
 
 
 def create_app(settings: Settings) -> WebApp:
-    """Wire everything; call :meth:`Relay.start` (done by ``run``) to begin relaying."""
+    """Wire everything; ``python -m g4l.web`` then starts the relay and the heartbeat."""
     ctx = Context.from_settings(settings)
     try:
         ctx.queue.ensure_groups()
@@ -57,6 +59,10 @@ def create_app(settings: Settings) -> WebApp:
         async_handlers=True,
     )
     transport.install(socketio.server)
+    node = nodes.node_name(settings)
+    nodes.prefix_session_ids(socketio.server.eio, node)  # the balancer routes polling requests by it
+    heartbeat = nodes.NodeHeartbeat(ctx.redis, node, lambda: {
+        "port": settings.port, "sockets": len(socketio.server.eio.sockets)})
     service = SessionService(ctx, offload=offload)
     relay = Relay(socketio, ctx, service)
     app.register_blueprint(health.blueprint(ctx))
@@ -65,4 +71,7 @@ def create_app(settings: Settings) -> WebApp:
     listen.install(app, ctx)  # HLS files and the listen page (public, token-guarded)
     app.register_blueprint(juce.blueprint(service))  # the JUCE plugin's and musicgen-server's routes
     app.register_blueprint(swift.blueprint(service))  # the Swift app's recovery route
-    return WebApp(app, socketio, ctx, service, relay)
+    if settings.trusted_proxies:  # outermost, so Socket.IO and /ws see the client's address too
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,  # type: ignore[method-assign]
+                                x_proto=settings.trusted_proxies)
+    return WebApp(app, socketio, ctx, service, relay, heartbeat)

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify
 
 from g4l.context import Context
 from g4l.jobs import recovery
+from g4l.web import nodes
 
 #: A store that has not answered a ping within this is reported down (a status page, and an
 #: orchestrator's probe, must get an answer at once, not when a paused store wakes up).
@@ -43,10 +44,13 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
     states = _checks(mongodb=ctx.blobs.ping, redis=ctx.redis.ping)
     mongodb, redis_state = states["mongodb"], states["redis"]
     workers: list[dict[str, Any]] = []
+    web_nodes: list[dict[str, Any]] = []
     queue_depth = None
     if redis_state == "live":
         try:
             workers = [json.loads(v) for v in recovery.alive_workers(ctx).values()]
+            web_nodes = [{k: n.get(k) for k in ("node", "host", "pid", "port", "sockets")}
+                         for n in nodes.alive_nodes(ctx.redis)]
             queue_depth = ctx.queue.depth()
         except Exception as exc:
             redis_state = f"down: {exc}"[:200]
@@ -73,6 +77,7 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
         "workers_ready": len(ready),
         "workers_busy": sum(1 for w in workers if w.get("job_id")),
         "queue_depth": queue_depth,
+        "web_nodes": web_nodes,
         "models_loaded": models,
         "models_failed": failed,
         "models_allowed": ctx.settings.models,
