@@ -3,7 +3,9 @@
 # Idempotent: installs only what is missing, so a second run takes about a second.
 #   scripts/install.sh [serve|test]
 # What it does, on Debian with Python 3.11 as root (sudo is used when not root):
-#   1. apt: redis-server (embedded Redis), ffmpeg (HLS) and, for tests, chromium (hls.js),
+#   1. apt: redis-server (embedded Redis), ffmpeg (HLS), nginx (the balancer in front of
+#      G4L_WEB_PROCESSES > 1 web processes, run by the launcher with its own configuration)
+#      and, for tests, chromium (hls.js),
 #      gstreamer (souphttpsrc ! hlsdemux ! decodebin: the generative HLS daemon's players)
 #      and tmux (the CLI's progress bar is read from a real terminal).
 #   2. a virtual environment in ./.venv with torch 2.13.0 (the local CPU wheel; never let
@@ -20,7 +22,7 @@ py=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_pkgs=(redis-server ffmpeg)
+apt_pkgs=(redis-server ffmpeg nginx)
 [ "$mode" = test ] && apt_pkgs+=(chromium tmux gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
                                   gstreamer1.0-libav)
 # The device harness (tests/device) is Node's socket.io-client, as the Max4Live device uses.

@@ -408,3 +408,38 @@ def test_dockerignore_keeps_local_state_out_and_build_inputs_in() -> None:
     for src in sources:
         assert not _ignored(src, patterns), f".dockerignore excludes {src}, which the Dockerfile copies"
         assert (ROOT / src).exists(), f"the Dockerfile copies {src}, which does not exist"
+
+
+# --------------------------------------------------------------------------- scale-out
+
+SCALE = ROOT / "docker-compose.scale.yml"
+NGINX_CONF = ROOT / "docker" / "nginx.conf"
+
+
+def test_scale_compose_file_matches_the_compose_specification() -> None:
+    proc = _check_compose(SCALE)
+    assert proc.returncode == 0, _report(proc)
+
+
+def test_scale_compose_runs_named_web_nodes_behind_the_balancer_and_a_worker_per_gpu() -> None:
+    services = _load_yaml(SCALE.read_text())["services"]
+    webs = {name: s for name, s in services.items() if name.startswith("web-")}
+    assert len(webs) >= 2
+    nodes = {name: _env(s)["G4L_WEB_NODE"] for name, s in webs.items()}
+    assert len(set(nodes.values())) == len(nodes)  # every node its own session-id prefix
+    for s in webs.values():
+        assert "ports" not in s and _env(s)["G4L_TRUSTED_PROXIES"] == "1"
+        assert _command(s["command"]) == ["python", "-m", "g4l.web"]
+    published = [name for name, s in services.items() if s.get("ports")]
+    assert published == ["balancer"]
+    assert any(m.endswith(":/etc/nginx/nginx.conf:ro") and "docker/nginx.conf" in m
+               for m in services["balancer"]["volumes"])
+    gpus = [d for name, s in services.items() if name.startswith("worker-")
+            for d in s["deploy"]["resources"]["reservations"]["devices"]]
+    ids = [i for d in gpus for i in d["device_ids"]]
+    assert len(gpus) >= 2 and len(ids) == len(set(ids))  # one GPU each
+    # docker/nginx.conf is what the balancer module writes for exactly these nodes.
+    from g4l import balancer
+
+    backends = [balancer.Backend(nodes[name], name, 8000) for name in sorted(webs)]
+    assert NGINX_CONF.read_text() == balancer.render_config(backends, "8000", max_body_mb=257)
