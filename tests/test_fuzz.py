@@ -1,8 +1,9 @@
 """Property-based fuzzing (hypothesis) of every device event over a real Socket.IO
 websocket: whatever a client sends, the server answers it without ``INTERNAL``, stays up,
 and a refused request changes nothing (a reference session, named in many of the payloads,
-stays byte-for-byte as it was). The HTTP routes are fuzzed by the schemathesis contract
-test (tests/test_http_api.py). Bounded: a fixed number of examples, derandomized."""
+stays byte-for-byte as it was). The HTTP routes get the same treatment in
+tests/test_http_api.py (hypothesis over every route and key, and the schemathesis contract
+test). Bounded: a fixed number of examples, derandomized."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import threading
 import time
@@ -24,7 +25,8 @@ from conftest import make_wav, start_server
 from g4l import wav_splice
 
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
-        "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8"}
+        "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8",
+        "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11"}
 OPERATOR_KEY = "key-operator-9"
 RATE_LIMIT = 6
 MAX_SECONDS = 90
@@ -541,3 +543,117 @@ def test_range_headers_with_huge_numbers_are_answered_not_crashed():
     with pytest.raises(RangeNotSatisfiable):
         parse_range(f"bytes={huge}-{huge}", 1000)
     assert parse_range("bytes=10-19", 1000) == (10, 19)
+
+
+# ---------------------------------------------------------------- fuzzing: refusals change nothing
+HTTP_FUZZ_EXAMPLES = 300
+#: Routes outside the OpenAPI document (existing clients' shapes, files, health).
+UNDOCUMENTED = [("post", "/api/juce/process_audio"), ("post", "/api/juce/continue_music"),
+                ("post", "/api/juce/retry_music"), ("post", "/api/juce/update_cropped_audio"),
+                ("get", "/api/juce/poll_status/{session_id}"), ("get", "/api/models"),
+                ("get", "/api/latest_generated_audio/{session_id}"), ("get", "/health"), ("get", "/health/ready"),
+                ("get", "/hls/{token}/index.m3u8"), ("get", "/listen/{token}/status"), ("get", "/metrics")]
+BODY_FIELDS = ["audio_data", "model_name", "model", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef",
+               "description", "seed", "duration", "prompt", "session_id", "job_id", "text", "language", "mode",
+               "genre", "params", "version", "name", "include_audio", "output_format", "station_id"]
+NOT_WAV = ["", "@@@", base64.b64encode(b"ID3 not a wav").decode(), "UklGRg==", "=" * 9]
+
+
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
+                     st.sampled_from(["", "debug", "-1", "../../etc/passwd", "\u0000", "9" * 400, "NaN"]))
+    value = st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                         max_leaves=8)
+    junk_id = st.one_of(st.text(min_size=1, max_size=20).filter(lambda t: "/" not in t and t not in (".", "..")),
+                        st.sampled_from(["0" * 36, "x" * 300, "%00", "null", "-1"]))
+    raw_body = st.sampled_from([b"", b"\xff\xfe\x00", b"[" * 3000, b'{"a":' + b"9" * 5000 + b"}", b"not json",
+                                b'"just a string"', b"[1,2,3]", b'{"audio_data": 5}'])
+    return st, value, junk_id, raw_body
+
+
+def test_fuzzed_http_requests_never_crash_and_refusals_change_nothing(api, files_db, redis_server):
+    """hypothesis over every route (the document's and the undocumented ones), with the
+    owner's key, another key, a wrong key and none: no 500 or INTERNAL ever; another key
+    never gets a 2xx on the owner's session or job; and the owner's reference session and
+    job, named in half the requests (always with audio that is not a WAV, never a delete),
+    are byte for byte what they were, in Redis and in GridFS."""
+    import redis as redis_lib
+    from hypothesis import HealthCheck, given, settings
+
+    st, value, junk_id, raw_body = _fuzz_strategies()
+    owner = OpenApiClient(api.url, KEYS["fuzz"])
+    made = owner.call("bangSession", {"audio_data": _b64(make_wav(4.0)), "prompt_duration": 2})
+    assert made.status_code == 202, made.text
+    ref_session = made.json()["session_id"]
+    assert _poll_session(owner, ref_session)["status"] == "idle"
+    ref_job = owner.call("createGenerateJob", {"prompt": "fuzz reference", "duration": 2.0}).json()["job_id"]
+    assert owner.wait(ref_job, ("completed",))["status"] == "completed"
+    r = redis_lib.Redis.from_url(re.sub(r"/\d+$", "", redis_server.url) + "/3", decode_responses=True)
+    volatile = {"updated", "last_access"}
+
+    def snapshot() -> dict:
+        files = sorted(str(f["_id"]) for f in files_db.find(
+            {"$or": [{"metadata.session_id": ref_session}, {"metadata.job_id": ref_job}]}, {"_id": 1}))
+        return {"session": {k: v for k, v in r.hgetall(f"g4l:session:{ref_session}").items() if k not in volatile},
+                "job": {k: v for k, v in r.hgetall(f"g4l:job:{ref_job}").items() if k not in volatile},
+                "files": files}
+
+    before = snapshot()
+    assert before["session"] and before["job"] and before["files"]
+    routes = [(m, p) for p, item in owner.doc["paths"].items() for m in item if m in ("get", "post", "delete")
+              and p != "/ws"] + UNDOCUMENTED
+    keys = {"owner": KEYS["fuzz"], "other": KEYS["fuzz-other"], "wrong": "key-nobody", "none": None}
+    seen: list[tuple[str, str, str, int]] = []
+    bad: list[str] = []
+
+    @given(data=st.data())
+    @settings(max_examples=HTTP_FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(data) -> None:
+        method, path = data.draw(st.sampled_from(routes))
+        who = data.draw(st.sampled_from(sorted(keys)))
+        on_ref = data.draw(st.booleans())
+        if who == "owner" and on_ref and (method == "delete" or path.endswith(("/listen", "/cleanup"))):
+            on_ref = False  # those may rightly change the reference: only ever on other ids
+        ids = {"session_id": ref_session, "job_id": ref_job} if on_ref else {}
+        url = api.url + re.sub(r"{(\w+)}", lambda m: ids.get(m.group(1)) or data.draw(junk_id).replace("/", "_"),
+                               path)
+        headers = {"X-API-Key": keys[who]} if keys[who] else {}
+        body: bytes | None = None
+        if method == "post":
+            if data.draw(st.booleans()):
+                fields = data.draw(st.dictionaries(st.sampled_from(BODY_FIELDS), value, max_size=6))
+                if on_ref:
+                    fields.update(session_id=ref_session, job_id=ref_job,
+                                  audio_data=data.draw(st.sampled_from(NOT_WAV)))
+                body = json.dumps(fields).encode()
+            else:
+                body = data.draw(raw_body)
+            headers["Content-Type"] = "application/json"
+        resp = requests.request(method.upper(), url, data=body, headers=headers, timeout=30)
+        seen.append((who, method, path, resp.status_code))
+        text = resp.text[:300]
+        if resp.status_code == 500 or "INTERNAL" in text:
+            bad.append(f"{who} {method.upper()} {url[:120]} -> {resp.status_code} {text}")
+        if who != "owner" and on_ref and "{" in path and 200 <= resp.status_code < 300 \
+                and '"status":"unknown"' not in text.replace(" ", ""):  # the JUCE poll's "no such session"
+            bad.append(f"{who} reached the owner's {path}: {resp.status_code} {text}")
+
+    try:
+        fuzz()
+    finally:  # leave no job or station of this run behind
+        for job in owner.call("listJobs", limit="100").json()["jobs"]:
+            if job["job_id"] != ref_job:
+                owner.call("cancelJob", job_id=job["job_id"])
+        for station in owner.call("listStations").json()["stations"]:
+            owner.call("stopStation", station_id=station["station_id"])
+    assert not bad, "\n".join(bad[:10])
+    assert snapshot() == before  # nothing the fuzzer sent changed the reference session or job
+    assert requests.get(api.url + "/health/live", timeout=10).status_code == 200
+    refused = sum(1 for *_rest, code in seen if code >= 400)
+    print(f"http fuzz: {len(seen)} requests over {len(routes)} routes, {refused} refused, 0 server errors")
+    assert len({(m, p) for _w, m, p, _c in seen}) >= len(routes) * 3 // 4  # most routes were reached
