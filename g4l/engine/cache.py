@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from g4l.engine.debug_model import DEBUG_MODEL_ID
 from g4l.errors import ModelNotAllowed, ModelUnavailable
+from g4l.log import adopt_library_loggers
 
 if TYPE_CHECKING:
     from g4l.engine.musicgen import MusicGenEngine
@@ -169,6 +170,8 @@ class ModelCache:
             else:
                 from audiocraft.models import MusicGen
 
+                # The hub and transformers bring their own stderr handlers: structured lines only.
+                adopt_library_loggers()
                 model = MusicGen.get_pretrained(_checkpoint_name(model_id), device=device)
             return MusicGenEngine(model, model_id=model_id)
         except Exception as exc:
