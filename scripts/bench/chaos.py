@@ -270,7 +270,11 @@ def main() -> int:
             def advanced() -> bool:
                 return urllib.request.urlopen(playlist, timeout=5).read() != first
             back = wait(advanced, 60)
-            line("packager killed", f"playlist moving again after {back or -1:.1f} s")
+            time.sleep(4)  # two more segments
+            text = urllib.request.urlopen(playlist, timeout=5).read().decode()
+            breaks = text.count("#EXT-X-DISCONTINUITY\n") + sum(
+                int(ln.split(":")[1]) for ln in text.splitlines() if ln.startswith("#EXT-X-DISCONTINUITY-SEQUENCE:"))
+            line("packager killed", f"playlist moving again after {back or -1:.1f} s; discontinuities: {breaks}")
 
         # 7. full restart
         server.stop()
