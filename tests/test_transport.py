@@ -188,6 +188,39 @@ def test_memory_grows_with_bytes_received_not_with_a_declared_length(echo) -> No
         s.close()
 
 
+def test_a_message_trickling_under_the_rate_floor_is_let_go() -> None:
+    """Declared 4 MB, then 64 KB at a time: kept while the average holds (grace 0.5 s, then
+    1 MB/s), closed with 1008 once it falls under; a fast one of the same size passes."""
+    import time
+
+    for label, pause, expect in (("fast", 0.0, "echo"), ("slow", 0.25, "closed")):
+        a, b = socket.socketpair()
+        server = ws.WebSocket(a, max_message_size=8 << 20, grace_s=0.5, min_bytes_per_s=1 << 20)
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.append(server.receive()), daemon=True)
+        reader.start()
+        declared = 4 << 20
+        b.sendall(b"\x82\xff" + struct.pack("!Q", declared) + b"\0\0\0\0")  # a zero mask
+        started = time.monotonic()
+        try:
+            for _ in range(declared // 65536):
+                b.sendall(b"\1" * 65536)
+                time.sleep(pause)
+        except OSError:
+            pass  # the server closed on us
+        reader.join(10)
+        if expect == "echo":
+            assert got == [b"\1" * declared], label
+        else:
+            assert got == [None] and server.closed, label
+            assert time.monotonic() - started < 3  # let go at ~0.5 s + 0.25 MB / 1 MB/s, not at the end
+            b.settimeout(2)
+            head = b.recv(4)
+            assert head[0] == 0x88 and struct.unpack("!H", head[2:4])[0] == ws.CLOSE_POLICY
+        a.close()
+        b.close()
+
+
 def test_bad_upgrade_requests_are_refused() -> None:
     good = {"REQUEST_METHOD": "GET", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "keep-alive, Upgrade",
             "HTTP_SEC_WEBSOCKET_VERSION": "13", "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="}

@@ -18,6 +18,7 @@ from typing import Any
 from engineio import packet as eio_packet
 
 from g4l.log import get_logger
+from g4l.settings import get_settings
 from g4l.web import websocket
 
 log = get_logger(__name__)
@@ -48,7 +49,9 @@ class FastWebSocketWSGI:
             return [str(exc).encode()]
         sock = client_socket(environ)
         sock.sendall(websocket.response_headers(accept))
-        self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size)
+        settings = get_settings()  # a huge message is held to the same floor as an HTTP body
+        self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size, grace_s=settings.http_body_grace_s,
+                                      min_bytes_per_s=settings.http_body_min_kbps * 1024)
         try:
             return self.app(self)
         finally:

@@ -21,6 +21,7 @@ import hashlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 _DATA_OPS = (OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 
-CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG = 1000, 1002, 1007, 1009
+CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1002, 1007, 1008, 1009
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _READ_CHUNK = 1024 * 1024
@@ -45,6 +46,9 @@ SEND_RATE_FLOOR = 128 * 1024
 #: A read that waits this long ends the connection. Engine.IO pings every ~25 s, so a
 #: live client is never this quiet; a vanished one (no FIN, no RST) is let go.
 READ_IDLE_TIMEOUT_S = 300.0
+#: A frame payload over this is held to the minimum upload rate (smaller ones arrive in
+#: one read or two; the idle timeout covers them).
+_RATE_CHECK_ABOVE = _READ_CHUNK
 
 
 class HandshakeError(ValueError):
@@ -130,8 +134,14 @@ class WebSocket:
     """One accepted connection. ``receive`` is called by one greenlet (the reader);
     ``send`` may be called from any, and frames never interleave."""
 
-    def __init__(self, sock: socket.socket, *, max_message_size: int) -> None:
+    def __init__(self, sock: socket.socket, *, max_message_size: int, grace_s: float = 30.0,
+                 min_bytes_per_s: float = 32 * 1024) -> None:
+        """:param grace_s: / :param min_bytes_per_s: a large frame's payload must keep up an
+            average of ``min_bytes_per_s`` once ``grace_s`` have passed: a client trickling a
+            huge message is let go (1008) instead of holding a buffer and a greenlet for hours."""
         self.sock = sock
+        self.grace_s = grace_s
+        self.min_bytes_per_s = min_bytes_per_s
         # Sends get their own descriptor so a send deadline never affects a blocked read.
         # Both are in timeout mode: the descriptors share one O_NONBLOCK flag.
         sock.settimeout(READ_IDLE_TIMEOUT_S)
@@ -167,14 +177,33 @@ class WebSocket:
         out = bytearray(min(n, max(have, _READ_CHUNK)))
         out[:have] = self._buf[:have]
         del self._buf[:have]
-        while have < n:
-            if have == len(out):
-                out += bytes(min(len(out), n - len(out)))  # zero pages: cheap until written
-            with memoryview(out) as view:
-                got = self.sock.recv_into(view[have:], min(len(out) - have, 16 * _READ_CHUNK))
-            if not got:
-                raise ConnectionClosed("connection closed by peer")
-            have += got
+        paced = n > _RATE_CHECK_ABOVE and self.min_bytes_per_s > 0
+        started = time.monotonic()
+        try:
+            while have < n:
+                if have == len(out):
+                    out += bytes(min(len(out), n - len(out)))  # zero pages: cheap until written
+                idle_cap = True
+                if paced:  # the next bytes are due before the average falls under the floor
+                    due = started + self.grace_s + have / self.min_bytes_per_s - time.monotonic()
+                    if due <= 0:
+                        raise ProtocolError(CLOSE_POLICY, f"message arriving slower than "
+                                                          f"{self.min_bytes_per_s / 1024:.0f} KB/s")
+                    idle_cap = due >= READ_IDLE_TIMEOUT_S
+                    self.sock.settimeout(min(due, READ_IDLE_TIMEOUT_S))
+                with memoryview(out) as view:
+                    try:
+                        got = self.sock.recv_into(view[have:], min(len(out) - have, 16 * _READ_CHUNK))
+                    except TimeoutError:
+                        if idle_cap:
+                            raise
+                        continue  # the rate check above ends it
+                if not got:
+                    raise ConnectionClosed("connection closed by peer")
+                have += got
+        finally:
+            if paced:
+                self.sock.settimeout(READ_IDLE_TIMEOUT_S)
         return out
 
     def _frame(self) -> tuple[bool, int, bytearray]:
