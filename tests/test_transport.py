@@ -309,3 +309,46 @@ def test_server_refuses_a_broken_upgrade(server) -> None:
         s.sendall(request.encode())
         head = s.recv(4096).decode(errors="replace")
     assert head.startswith("HTTP/1.1 400")
+
+
+def _server_frames(s: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """The server's frames on a raw connection, as (opcode, payload), until it closes."""
+    buf = b""
+    while True:
+        while len(buf) >= 2:
+            length, at = buf[1] & 0x7F, 2
+            if length == 126:
+                length, at = struct.unpack("!H", buf[2:4])[0], 4
+            elif length == 127:
+                length, at = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < at + length:
+                break
+            yield buf[0] & 0x0F, buf[at:at + length]
+            buf = buf[at + length:]
+        chunk = s.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+
+
+def test_a_stranger_cannot_send_a_big_message_before_connecting(server) -> None:
+    """Before its Socket.IO CONNECT is accepted a websocket may send 64 KB at most (the
+    CONNECT with its key is a few hundred bytes): a 1 MB message is refused from its frame
+    header (1009), where a connected client may send up to G4L_MAX_PAYLOAD_MB."""
+    host, port = server.url.removeprefix("http://").split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101")
+        frames = _server_frames(s)
+        opcode, payload = next(frames)
+        assert opcode == ws.OP_TEXT and payload.startswith(b"0{")  # the Engine.IO open packet
+        body = b'42["process_audio_request",{"audio_data":"' + b"A" * (1 << 20) + b'"}]'
+        s.sendall(b"\x81\xff" + struct.pack("!Q", len(body)) + b"\0\0\0\0")  # the header alone
+        codes = [struct.unpack("!H", p[:2])[0] for op, p in frames if op == ws.OP_CLOSE]
+        assert codes == [ws.CLOSE_TOO_BIG]

@@ -32,6 +32,12 @@ def client_socket(environ: dict) -> Any:
     return wsgi_input.raw._sock
 
 
+#: The largest message a websocket may send before it has a Socket.IO connection: its
+#: CONNECT packet (with the API key) and the transport upgrade's probes are a few hundred
+#: bytes, so a stranger cannot make the server hold G4L_MAX_PAYLOAD_MB per connection.
+UNCONNECTED_MAX_MESSAGE = 64 * 1024
+
+
 class FastWebSocketWSGI:
     """The engineio ``websocket`` async class (see the module docstring)."""
 
@@ -40,6 +46,18 @@ class FastWebSocketWSGI:
         # Refuse an oversized message from its frame header, before reading it.
         self.max_message_size = int(server.max_http_buffer_size) + 1024
         self.ws: websocket.WebSocket | None = None
+        # The engine.io socket this websocket belongs to (``handler`` is its bound method),
+        # and the Socket.IO server whose connections tell whether the client is accepted.
+        self.eio_sid: str | None = getattr(getattr(handler, "__self__", None), "sid", None)
+        self.socketio: Any = getattr(server, "g4l_socketio", None)
+
+    def message_limit(self) -> int:
+        """Full size once the client's Socket.IO connection was accepted, small before."""
+        if self.socketio is None or self.eio_sid is None:
+            return self.max_message_size
+        if self.socketio.manager.sid_from_eio_sid(self.eio_sid, "/") is not None:
+            return self.max_message_size
+        return UNCONNECTED_MAX_MESSAGE
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         try:
@@ -51,7 +69,8 @@ class FastWebSocketWSGI:
         sock.sendall(websocket.response_headers(accept))
         settings = get_settings()  # a huge message is held to the same floor as an HTTP body
         self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size, grace_s=settings.http_body_grace_s,
-                                      min_bytes_per_s=settings.http_body_min_kbps * 1024)
+                                      min_bytes_per_s=settings.http_body_min_kbps * 1024,
+                                      message_limit=self.message_limit)
         try:
             return self.app(self)
         finally:
@@ -88,3 +107,4 @@ def install(socketio_server: Any) -> None:
     """Make a python-socketio server's engine use :class:`FastWebSocketWSGI`."""
     eio = socketio_server.eio
     eio._async = dict(eio._async, websocket=FastWebSocketWSGI)
+    eio.g4l_socketio = socketio_server  # whose connections decide how big a message may be

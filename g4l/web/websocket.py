@@ -135,11 +135,14 @@ class WebSocket:
     ``send`` may be called from any, and frames never interleave."""
 
     def __init__(self, sock: socket.socket, *, max_message_size: int, grace_s: float = 30.0,
-                 min_bytes_per_s: float = 32 * 1024) -> None:
+                 min_bytes_per_s: float = 32 * 1024, message_limit: Callable[[], int] | None = None) -> None:
         """:param grace_s: / :param min_bytes_per_s: a large frame's payload must keep up an
             average of ``min_bytes_per_s`` once ``grace_s`` have passed: a client trickling a
-            huge message is let go (1008) instead of holding a buffer and a greenlet for hours."""
+            huge message is let go (1008) instead of holding a buffer and a greenlet for hours.
+        :param message_limit: the largest message allowed right now, asked at each frame
+            (say, small until the client has authenticated); at most ``max_message_size``."""
         self.sock = sock
+        self.message_limit = message_limit
         self.grace_s = grace_s
         self.min_bytes_per_s = min_bytes_per_s
         # Sends get their own descriptor so a send deadline never affects a blocked read.
@@ -152,6 +155,12 @@ class WebSocket:
         self._closed_sent = False
         self.closed = False
         self.close_code: int | None = None
+
+    def limit(self) -> int:
+        """The largest message accepted now."""
+        if self.message_limit is None:
+            return self.max_message_size
+        return min(self.max_message_size, self.message_limit())
 
     # ------------------------------------------------------------------ reading
     def _fill(self, n: int) -> None:
@@ -224,8 +233,9 @@ class WebSocket:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "invalid frame length")
         if opcode in _CONTROL_OPS and (length > 125 or not fin):
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frames must be short and unfragmented")
-        if length > self.max_message_size:
-            raise ProtocolError(CLOSE_TOO_BIG, f"message over {self.max_message_size} bytes")
+        limit = self.limit()
+        if length > limit:
+            raise ProtocolError(CLOSE_TOO_BIG, f"message over {limit} bytes")
         mask = self._take(4)
         payload = self._payload(length)
         unmask(payload, mask)
@@ -259,8 +269,8 @@ class WebSocket:
                 else:
                     message_op = opcode
                 size += len(payload)
-                if size > self.max_message_size:
-                    raise ProtocolError(CLOSE_TOO_BIG, f"message over {self.max_message_size} bytes")
+                if size > self.limit():
+                    raise ProtocolError(CLOSE_TOO_BIG, f"message over {self.limit()} bytes")
                 parts.append(payload)
                 if fin:
                     break
