@@ -141,3 +141,24 @@ def test_recovery_stores_a_dead_workers_spliced_result_and_skips_a_broken_one(ct
     assert recovery.recover_orphans(ctx) == 2
     assert ctx.blobs.get(good_blob) == result.wav()  # joined to the input's GridFS copy
     assert not ctx.blobs.exists(broken_blob)  # logged as lost, and it did not stop the other
+
+
+def test_a_stored_result_leaves_no_hand_off_behind(ctx: Context) -> None:
+    """Once GridFS has a result, Redis no longer holds it: under load the hand-offs of the
+    last two minutes used to add up to hundreds of MB (scripts/load)."""
+    from g4l.jobs.records import Job, new_job_id
+    from g4l.worker.result_writer import PendingWrite, store_result
+
+    session = ctx.sessions.create(status="queued")
+    job = Job(id=new_job_id(), kind="continue", session_id=session.id, spec=continue_spec("PCM_16"))
+    ctx.queue.enqueue(job)
+    claimed = ctx.queue.claim("writer-test", block_ms=10)
+    assert claimed is not None
+    wav = make_wav(3)
+    ctx.redis_bytes.set(keys.result(job.id), wav, ex=handoff.RESULT_TTL_S)
+    blob_id = ctx.blobs.new_id()
+    store_result(ctx, PendingWrite(job, claimed, blob_id, lambda: wav, {"session_id": session.id, "kind": "output"}))
+    assert ctx.blobs.get(blob_id) == wav
+    assert ctx.redis_bytes.exists(keys.result(job.id)) == 0
+    # Readers fall back to the stored file.
+    assert bytes(delivery.read_result(ctx, job.id, blob_id)) == wav

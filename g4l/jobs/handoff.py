@@ -85,6 +85,12 @@ def put_spliced(r: redis.Redis, job_id: str, new_wav: bytes, splice: Splice) -> 
           ex=RESULT_TTL_S)
 
 
+def drop(r: redis.Redis, job_id: str) -> None:
+    """GridFS has the result: the hand-off is no longer needed (readers fall back to the
+    stored file), so Redis holds only results still on their way, not the last two minutes'."""
+    r.delete(keys.result(job_id))
+
+
 def read(r: redis.Redis, job_id: str) -> HandOff | None:
     """The hand-off of ``job_id``, or None once it expired (GridFS has the file then).
     :raises ValueError: a spliced hand-off that cannot be parsed."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from g4l.context import Context
 from g4l.errors import G4LError
-from g4l.jobs import notices
+from g4l.jobs import handoff, notices
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
@@ -86,8 +86,9 @@ def complete(ctx: Context, job: Job, done: Completion, claimed: Claimed | None) 
 
 
 def acknowledge(ctx: Context, claimed: Claimed) -> None:
-    """A completed job's result is stored: its stream entry can go."""
+    """A completed job's result is stored: its stream entry and its hand-off can go."""
     ctx.queue.ack(claimed)
+    handoff.drop(ctx.redis_bytes, claimed.job_id)
 
 
 def fail(ctx: Context, job: Job, error: G4LError, claimed: Claimed | None = None) -> None:
