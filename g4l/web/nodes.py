@@ -79,10 +79,7 @@ class NodeHeartbeat:
     def beat(self) -> None:
         info = {"node": self.name, "pid": os.getpid(), "host": socket.gethostname(),
                 "started": self.started, "at": time.time(), **self.describe()}
-        with self.r.pipeline() as p:
-            p.set(keys.web_node(self.name), json.dumps(info), px=int(TTL_S * 1000))
-            p.sadd(keys.WEB_NODES, self.name)
-            p.execute()
+        heartbeats.publish(self.r, keys.WEB_NODES, keys.web_node, self.name, info, TTL_S)
 
     def _run(self) -> None:
         while True:
@@ -102,10 +99,7 @@ class NodeHeartbeat:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
         try:
-            with self.r.pipeline() as p:
-                p.delete(keys.web_node(self.name))
-                p.srem(keys.WEB_NODES, self.name)
-                p.execute()
+            heartbeats.withdraw(self.r, keys.WEB_NODES, keys.web_node, self.name)
         except redis.RedisError:
             pass
 

@@ -3,7 +3,6 @@ recovery (a worker whose key expired is dead, and its job is taken back)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -13,6 +12,7 @@ from collections.abc import Callable
 import redis
 
 from g4l import keys
+from g4l.store import heartbeats
 
 
 class Heartbeat:
@@ -39,10 +39,7 @@ class Heartbeat:
                 return  # stopped: the key is gone for good
             info = {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
                     "started": self.started, "at": time.time(), **self.describe()}
-            with self.r.pipeline() as p:
-                p.set(keys.worker(self.name), json.dumps(info), px=int(self.ttl * 1000))
-                p.sadd(keys.WORKERS, self.name)
-                p.execute()
+            heartbeats.publish(self.r, keys.WORKERS, keys.worker, self.name, info, self.ttl)
 
     def refresh(self) -> None:
         """Beat now because what ``describe`` returns changed; a Redis error is left to
@@ -64,9 +61,6 @@ class Heartbeat:
         with self._write_lock:
             self._stop.set()
             try:
-                with self.r.pipeline() as p:
-                    p.delete(keys.worker(self.name))
-                    p.srem(keys.WORKERS, self.name)
-                    p.execute()
+                heartbeats.withdraw(self.r, keys.WORKERS, keys.worker, self.name)
             except redis.RedisError:
                 pass
