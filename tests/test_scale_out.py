@@ -38,9 +38,14 @@ def _nodes(server: RunningServer) -> dict[str, int]:
     return {n["node"]: n["pid"] for n in server.health()[1]["web_nodes"]}
 
 
+def _all_up(server: RunningServer) -> tuple[int, dict]:
+    """/health once both web processes beat and both workers have their model loaded."""
+    return wait_until(lambda: (lambda h: h if len(h[1]["web_nodes"]) == 2 and h[1]["workers_ready"] == 2
+                               else None)(server.health()), 120, "both web nodes and both workers ready")
+
+
 def test_health_lists_both_web_processes_and_both_workers(scaled) -> None:
-    status, doc = wait_until(lambda: (lambda h: h if len(h[1]["web_nodes"]) == 2 else None)(scaled.health()),
-                             30, "both web nodes in /health")
+    status, doc = _all_up(scaled)
     assert status == 200 and doc["workers"] == 2 and doc["workers_ready"] == 2
     assert sorted(n["node"] for n in doc["web_nodes"]) == ["w0", "w1"]
     web_pids = {int(p) for p in subprocess.run(["pgrep", "-f", "g4l.web", "-P", str(scaled.proc.pid)],
@@ -75,6 +80,7 @@ def _redis(server: RunningServer) -> redis.Redis:
 
 
 def test_sessions_run_on_either_worker_and_continue_from_either_web_process(scaled) -> None:
+    _all_up(scaled)
     r = _redis(scaled)
     results: dict[str, object] = {}
 
