@@ -52,7 +52,8 @@ def _payload(draw, ref_id: str, event: str) -> object:
         fields["session_id"] = ref_id
         # Anything naming the reference session carries audio that is not a WAV, so a
         # continue or crop of it is always refused (a retry of it has nothing to retry).
-        not_wav = ["", "@@@", base64.b64encode(b"ID3not a wav").decode(), "UklGRg=="]
+        # (Not "": an empty audio_data means "none sent", and a continue then uses the stored audio.)
+        not_wav = ["@@@", base64.b64encode(b"ID3not a wav").decode(), "UklGRg=="]
         fields["audio_data"] = draw(st.sampled_from(not_wav))
     form = draw(st.sampled_from(["object", "string", "raw"]))
     if form == "string":  # the Swift client's form: the object as a JSON string

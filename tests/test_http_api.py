@@ -556,7 +556,9 @@ UNDOCUMENTED = [("post", "/api/juce/process_audio"), ("post", "/api/juce/continu
 BODY_FIELDS = ["audio_data", "model_name", "model", "prompt_duration", "top_k", "top_p", "temperature", "cfg_coef",
                "description", "seed", "duration", "prompt", "session_id", "job_id", "text", "language", "mode",
                "genre", "params", "version", "name", "include_audio", "output_format", "station_id"]
-NOT_WAV = ["", "@@@", base64.b64encode(b"ID3 not a wav").decode(), "UklGRg==", "=" * 9]
+#: Audio that is not a WAV (not "": an empty audio_data means none was sent, and a continue
+#: then rightly uses the stored audio).
+NOT_WAV = ["@@@", base64.b64encode(b"ID3 not a wav").decode(), "UklGRg==", "=" * 9]
 
 
 def _fuzz_strategies():

@@ -163,15 +163,22 @@ class JobSocketHub:
             if job_id not in conn.jobs and len(conn.jobs) >= MAX_SUBSCRIPTIONS:
                 raise InvalidRequest(f"a connection follows at most {MAX_SUBSCRIPTIONS} jobs")
             self.jobs.get(conn.caller, job_id)  # NotFound for unknown or foreign jobs
-            # Registered before the state is read: a notice of the job's end that arrives
-            # meanwhile reaches this connection too (at worst it hears the end twice).
+            # "subscribed" goes out before the connection hears any notice of the job, so it
+            # is always the first message about it (a job that has ended: with its end).
+            view = self.jobs.peek(job_id)
+            if view is None:
+                return
+            self._send_state(job_id, view, only=conn, kind="subscribed")
+            if view.job.status.final:
+                return
             conn.jobs.add(job_id)
             self.by_job.setdefault(job_id, set()).add(conn)
-            view = self.jobs.peek(job_id)
-            if view is None or view.job.status.final:
+            # An end that came between the read and the registration reached nobody here:
+            # tell it now (at worst the client hears the end twice).
+            after = self.jobs.peek(job_id)
+            if after is not None and after.job.status.final:
                 self._leave(conn, job_id)
-            if view is not None:
-                self._send_state(job_id, view, only=conn, kind="subscribed")
+                self._send_state(job_id, after, only=conn)
         except G4LError as exc:
             conn.push({"type": "error", "code": exc.code, "message": exc.message})
         except Exception:
