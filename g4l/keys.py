@@ -132,3 +132,23 @@ def owner_oneshots(owner: str) -> str:
 def genre_stream(owner: str, digest: str) -> str:
     """The station a ``get_stream`` of these parameters by this owner plays (its id)."""
     return f"{PREFIX}:genre:{owner}:{digest}"
+
+
+def station_outputs(station_id: str) -> str:
+    """Sorted set of a station's RTMP output ids, by creation time (stopped ones too, a few)."""
+    return f"{PREFIX}:station:{station_id}:outputs"
+
+
+def station_outputs_live(station_id: str) -> str:
+    """Set of a station's output ids that should be pushing (the packager runs these)."""
+    return f"{PREFIX}:station:{station_id}:outputs:live"
+
+
+def station_output(station_id: str, output_id: str) -> str:
+    """One RTMP output (hash: url without its key, visual, state, reconnects, bitrate...)."""
+    return f"{PREFIX}:station:{station_id}:output:{output_id}"
+
+
+def station_output_secret(station_id: str, output_id: str) -> str:
+    """An output's stream key, apart from everything that is ever returned or logged."""
+    return f"{PREFIX}:station:{station_id}:output:{output_id}:secret"

@@ -107,8 +107,29 @@ class Settings(BaseSettings):
     stream_seconds: float = 30.0  # length of a realtime API one-shot (POST /api/stream/start)
     genre_rotate_s: float = 300.0  # an adaptive get_stream station changes its mood this often
 
+    # A station's RTMP(S) outputs (YouTube Live, Twitch...; docs/hls.md): one ffmpeg each.
+    station_max_outputs: int = 2  # outputs one station pushes to at once
+    rtmp_video_size: str = "1280x720"  # WxH of the video
+    rtmp_fps: int = 30
+    rtmp_video_kbps: int = 2500  # constant video bitrate (H.264)
+    rtmp_audio_kbps: int = 128  # AAC, 48 kHz stereo
+    rtmp_x264_preset: str = "veryfast"
+    rtmp_visual_mb: int = 20  # largest uploaded image or video
+    rtmp_visual_max_s: float = 60.0  # longest uploaded video (it loops)
+    rtmp_reconnect_max_s: float = 30.0  # longest pause between two connection attempts
+    rtmp_stall_s: float = 15.0  # an output that sends nothing this long is restarted
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
+
+    @field_validator("rtmp_video_size")
+    @classmethod
+    def _video_size(cls, value: str) -> str:
+        w, _, h = value.lower().partition("x")
+        if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 3840 and 16 <= int(h) <= 2160
+                and int(w) % 2 == 0 and int(h) % 2 == 0):
+            raise ValueError("rtmp_video_size must be WxH with even sides, at most 3840x2160")
+        return f"{int(w)}x{int(h)}"
 
     @field_validator("models", "api_keys", "operator_keys", "model_sizes", mode="before")
     @classmethod
