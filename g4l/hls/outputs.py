@@ -89,8 +89,10 @@ def ffmpeg_command(target: str, kind: str, visual_file: str, settings: Settings)
         "-sc_threshold", "0", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k",
         "-x264-params", "nal-hrd=cbr",
         "-c:a", "aac", "-b:a", f"{settings.rtmp_audio_kbps}k", "-ar", str(RATE), "-ac", str(CHANNELS),
-        "-f", "flv", "-flvflags", "no_duration_filesize", "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)),
-        target,
+        # -shortest: when the packager dies, ffmpeg's audio input ends and so does the
+        # stream (the looped picture alone would keep it publishing, orphaned, forever).
+        "-shortest", "-f", "flv", "-flvflags", "no_duration_filesize",
+        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), target,
     ]
 
 
