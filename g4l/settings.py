@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Live listening over HLS and generative stations (docs/hls.md).
     hls_enabled: bool = True  # the launcher starts the packager (python -m g4l.hls)
     hls_dir: Path | None = None  # segments + playlists; default <data_dir>/hls
-    hls_segment_s: float = 2.0
+    hls_segment_s: float = 1.0  # cut on AAC frames: 0.981 s, target duration 1 (hls.js plays ~3 s behind)
     hls_window_segments: int = 6  # playlist length (>= 3 target durations)
     hls_bitrate_kbps: int = 128
     hls_crossfade_ms: int = 50  # equal-power crossfade at every join

@@ -100,7 +100,7 @@ class SegmentEncoder:
             ffmpeg_binary(), "-hide_banner", "-loglevel", "error",
             "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0", "-map", "0:a",
             "-c:a", "aac", "-profile:a", "aac_low", "-b:a", f"{self.bitrate_kbps}k", "-threads", "1",
-            "-f", "segment", "-segment_format", "mpegts", "-segment_time", f"{self.segment_s:g}",
+            "-f", "segment", "-segment_format", "mpegts", "-segment_time", f"{self.segment_s:.6f}",
             "-segment_start_number", str(self.playlist.next_sequence),
             "-segment_list", "pipe:1", "-segment_list_type", "csv", "-segment_list_flags", "+live",
             str(self.directory / "seg_%06d.part"),
