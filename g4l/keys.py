@@ -152,3 +152,13 @@ def station_output(station_id: str, output_id: str) -> str:
 def station_output_secret(station_id: str, output_id: str) -> str:
     """An output's stream key, apart from everything that is ever returned or logged."""
     return f"{PREFIX}:station:{station_id}:output:{output_id}:secret"
+
+
+def station_recordings(station_id: str) -> str:
+    """Sorted set of a station's finished recording ids, by the wall time they start at."""
+    return f"{PREFIX}:station:{station_id}:recordings"
+
+
+def station_recording(station_id: str, recording_id: str) -> str:
+    """One recording (hash: blob, started_at, duration_s, bytes)."""
+    return f"{PREFIX}:station:{station_id}:recording:{recording_id}"

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     rtmp_reconnect_max_s: float = 30.0  # longest pause between two connection attempts
     rtmp_stall_s: float = 15.0  # an output that sends nothing this long is restarted
 
+    # Recordings of a station's program (stations started with "record": true).
+    recording_seconds: float = 3600.0  # length of each file (1800, 3600, 14400...)
+    recording_bitrate_kbps: int = 192  # AAC in MP4 (.m4a)
+    recording_retention_hours: float = 168.0  # older files are deleted (at most G4L_RETENTION_HOURS once stopped)
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 

@@ -1,5 +1,6 @@
-"""A station pushed live to an RTMP server, end to end: Debian's nginx with its RTMP module
-(started here on a free port, its own config, stopped by PID) receives a station's output;
+"""A station pushed live to an RTMP server, end to end (and recorded into files, last):
+Debian's nginx with its RTMP module (started here on a free port, its own config, stopped
+by PID) receives a station's output;
 ffprobe reads H.264 and AAC from it; the audio is the very program the HLS listeners hear;
 the RTMP server dies and comes back mid-stream and the output reconnects on its own; the
 packager is killed and the output comes back with it; the stream key never shows.
@@ -35,7 +36,8 @@ A, B = {"X-API-Key": KEY_A}, {"X-API-Key": KEY_B}
 RATE = 48_000
 ENV = {"G4L_OUTPUT_SECONDS": "10", "G4L_STATION_BUFFER_S": "20", "G4L_STATION_PROMPT_SECONDS": "3",
        "G4L_STATION_LOW_BUFFER_S": "6", "G4L_API_KEYS": f"{KEY_A},{KEY_B}", "G4L_STATIONS_PER_KEY": "3",
-       "G4L_RTMP_VIDEO_SIZE": "640x360", "G4L_RTMP_VIDEO_KBPS": "800", "G4L_STATION_MAX_OUTPUTS": "2"}
+       "G4L_RTMP_VIDEO_SIZE": "640x360", "G4L_RTMP_VIDEO_KBPS": "800", "G4L_STATION_MAX_OUTPUTS": "2",
+       "G4L_RECORDING_SECONDS": "8", "G4L_RECORDING_RETENTION_HOURS": "0.01"}
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 
 pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and NGINX_MODULE.exists()),
@@ -395,3 +397,49 @@ def test_output_requests_are_checked_and_belong_to_the_station_owner(outputs) ->
     assert stopped.status_code == 400 and "stopped" in stopped.json()["error"]["message"]
     assert all(o["state"] == "stopped" for o in station(srv, sid)["outputs"])
     assert "dead-key" not in srv.log_text()
+
+
+# ---------------------------------------------------------------- recordings
+def test_a_recorded_station_is_kept_in_files_of_the_configured_length(outputs) -> None:
+    srv = outputs
+    sid = start_station(srv, A, prompt="deep ambient drones", record=True)["station_id"]
+    assert station(srv, sid)["recording"] is True
+    url = f"{srv.url}/api/v1/stations/{sid}/recordings"
+
+    def listed() -> list[dict]:
+        resp = requests.get(url, headers=A, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["recordings"]
+
+    recs = wait_until(lambda: (lambda r: r if len(r) >= 2 else None)(listed()), 60, "two finished recordings")
+    print(f"\nrecordings: {recs}")
+    first = recs[0]
+    # 8 s rounded down to whole AAC frames: 375 frames of 1024 samples.
+    assert all(abs(r["duration_s"] - 375 * 1024 / RATE) < 0.002 for r in recs), recs
+    assert abs(recs[1]["started_at"] - first["started_at"] - first["duration_s"]) < 0.1, recs
+    data = requests.get(srv.url + first["url"], headers=A, timeout=30)
+    assert data.status_code == 200 and data.headers["Content-Type"] == "audio/mp4"
+    assert len(data.content) == first["bytes"] and data.headers["Accept-Ranges"] == "bytes"
+    probed = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                             "format=duration:stream=codec_name,sample_rate,channels", "-of", "json", "-"],
+                            input=data.content, capture_output=True, timeout=30)
+    info = json.loads(probed.stdout)
+    print(f"ffprobe of the first recording: {info}")
+    assert info["streams"][0]["codec_name"] == "aac" and int(info["streams"][0]["sample_rate"]) == RATE
+    assert abs(float(info["format"]["duration"]) - 8.0) < 0.1
+    part = requests.get(srv.url + first["url"], headers={**A, "Range": "bytes=100-199"}, timeout=30)
+    assert part.status_code == 206 and part.content == data.content[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{first['bytes']}"
+
+    other = requests.get(url, headers=B, timeout=10)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "STATION_NOT_FOUND"
+    assert requests.get(srv.url + first["url"], headers=B, timeout=10).status_code == 404
+    missing = requests.get(f"{url}/{'0' * 32}", headers=A, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
+
+    # Retention (36 s here): the oldest file goes, from the list and from the store.
+    wait_until(lambda: first["recording_id"] not in [r["recording_id"] for r in listed()], 90,
+               "the first recording to pass its retention")
+    assert requests.get(srv.url + first["url"], headers=A, timeout=10).status_code == 404
+    assert requests.delete(f"{srv.url}/api/v1/stations/{sid}", headers=A, timeout=10).status_code == 200
+    assert station(srv, sid)["recording"] is False

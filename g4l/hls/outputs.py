@@ -30,6 +30,7 @@ from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.encoder import ffmpeg_binary
 from g4l.hls.playlist import write_atomic
 from g4l.hls.stream import LiveStream
+from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
 from g4l.services.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
 from g4l.settings import Settings
@@ -138,9 +139,7 @@ class RtmpOutput:
         self.last_error = config.get("last_error") or ""
         self.last_error_at = float(config.get("last_error_at") or 0)
         self._secrets: list[str] = []
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._cond = threading.Condition()
+        self._queue = PcmQueue(QUEUE_S)
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._last_progress = time.monotonic()
@@ -156,8 +155,7 @@ class RtmpOutput:
         """Stop pushing: ffmpeg gets the end of its input and closes the connection (killed
         after a grace period)."""
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._queue.wake()
         threading.Timer(STOP_GRACE_S, self._kill).start()
 
     def _kill(self) -> None:
@@ -167,15 +165,8 @@ class RtmpOutput:
 
     def feed(self, pcm: bytes) -> None:
         """Program audio (s16le, 48 kHz stereo) as the HLS encoder gets it; never blocks."""
-        if self._stop.is_set():
-            return
-        with self._cond:
-            self._queue.append(pcm)
-            self._queued += len(pcm)
-            cap = int(QUEUE_S * RATE) * CHANNELS * 2
-            while self._queued > cap and len(self._queue) > 1:
-                self._queued -= len(self._queue.popleft())
-            self._cond.notify()
+        if not self._stop.is_set():
+            self._queue.put(pcm)
 
     def check(self) -> None:
         """Called every packager tick: an ffmpeg that sent nothing for ``rtmp_stall_s``
@@ -260,14 +251,8 @@ class RtmpOutput:
         assert stdin is not None
         try:
             while not self._stop.is_set() and proc.poll() is None:
-                with self._cond:
-                    if not self._queue:
-                        self._cond.wait(0.1)
-                    chunks = list(self._queue)
-                    self._queue.clear()
-                    self._queued = 0
-                for chunk in chunks:
-                    stdin.write(chunk)
+                for block in self._queue.take(0.1):
+                    stdin.write(block)
         except (BrokenPipeError, OSError, ValueError):
             pass  # ffmpeg exited: its stderr says why
         finally:

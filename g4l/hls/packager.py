@@ -30,6 +30,7 @@ from g4l import audio, keys
 from g4l.context import Context
 from g4l.hls.buffer import RATE
 from g4l.hls.outputs import StationOutputs
+from g4l.hls.recorder import StationRecorder
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, notices
@@ -59,6 +60,7 @@ class Packager:
         self.streams: dict[str, LiveStream] = {}
         self.drivers: dict[str, StationDriver] = {}
         self.outputs: dict[str, StationOutputs] = {}
+        self.recorders: dict[str, StationRecorder] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hls-audio")
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -113,6 +115,9 @@ class Packager:
                     raise
                 except Exception:
                     log.exception("station tick failed", station_id=stream.ref)
+            recorder = self.recorders.get(token)
+            if recorder is not None:
+                recorder.tick()
             outputs = self.outputs.get(token)
             if outputs is not None:
                 try:
@@ -142,6 +147,9 @@ class Packager:
             driver = StationDriver(self.ctx, ref, stream)
             self.drivers[token] = driver
             self.outputs[token] = StationOutputs(self.ctx, ref, stream)
+            if r.hget(keys.station(ref), "record") == "1":
+                self.recorders[token] = StationRecorder(self.ctx, ref, stream)
+                self.recorders[token].start()
             self.pool.submit(self._guard, driver.resume)
         elif kind == SESSION:
             self.pool.submit(self._guard, self._preroll, stream)
@@ -154,6 +162,9 @@ class Packager:
         outputs = self.outputs.pop(token, None)
         if outputs is not None:
             outputs.close()
+        recorder = self.recorders.pop(token, None)
+        if recorder is not None:
+            recorder.close(stopped=delete)
         if stream is not None:
             stream.stop(delete=delete)
         owner = keys.stream_owner(token)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from g4l import keys
@@ -29,6 +30,7 @@ from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, buffer_health, links, new_token
 from g4l.services.models import ModelCatalog
 from g4l.services.outputs import OutputStore
+from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
 
 log = get_logger(__name__)
@@ -68,12 +70,14 @@ class StationService:
         self.specs = SpecResolver(ctx.settings)
         self._take_slot = ctx.redis.register_script(_TAKE_SLOT)
         self.outputs = OutputStore(ctx)
+        self.recordings = RecordingStore(ctx)
 
     def create(self, caller: Caller, *, prompts: list[str], model: str | None = None, temperature: float | None = None,
                top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0,
-               name: str | None = None) -> dict[str, Any]:
+               name: str | None = None, record: bool = False) -> dict[str, Any]:
         """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
-        music when there are several); ``name`` is shown on its outputs' video card.
+        music when there are several); ``name`` is shown on its outputs' video card; with
+        ``record`` its program is recorded into files (:mod:`g4l.services.recordings`).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
         :raises InvalidRequest: no prompt, or a rotation under :data:`MIN_ROTATE_S`.
@@ -104,6 +108,7 @@ class StationService:
             "prompts": json.dumps(prompts), "rotate_every_s": rotate_every_s, "sampling": sampling.model_dump_json(),
             "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
             "generating_prompt": first, "errors": "[]", "rotations": "[]", "name": (name or "").strip(),
+            "record": "1" if record else "0",
         })
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
@@ -152,6 +157,7 @@ class StationService:
             "errors": json.loads(st.get("errors") or "[]"),
             "created": float(st.get("created") or 0),
             "outputs": self.outputs.describe(station_id),
+            "recording": st.get("record") == "1" and running,
         }
 
     def list(self, caller: Caller) -> list[dict[str, Any]]:
@@ -200,6 +206,17 @@ class StationService:
         """Stop one of a station's outputs. :raises StationNotFound, OutputNotFound:"""
         self.require(station_id, caller)
         return self.outputs.stop(station_id, output_id)
+
+    # ------------------------------------------------------------ recordings
+    def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
+        """The station's recordings kept, oldest first. :raises StationNotFound:"""
+        self.require(station_id, caller)
+        return self.recordings.list(station_id)
+
+    def recording_blob(self, station_id: str, recording_id: str, caller: Caller) -> str:
+        """The stored file of one recording. :raises StationNotFound, NotFound:"""
+        self.require(station_id, caller)
+        return self.recordings.blob(station_id, recording_id)
 
     # ------------------------------------------------------------ generations
     @staticmethod

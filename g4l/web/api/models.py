@@ -284,6 +284,8 @@ class StationRequest(_Request):
     model: str | None = Field(default=None, max_length=300, description="Model id from the allowlist")
     name: Annotated[str, StringConstraints(max_length=100)] | None = Field(
         default=None, description="Shown on the video card of its RTMP outputs")
+    record: bool = Field(default=False, description="Record the program into files of G4L_RECORDING_SECONDS "
+                                                    "(GET /stations/{id}/recordings)")
 
 
 class StationCreated(_Response):
@@ -345,6 +347,7 @@ class StationStatus(_Response):
     errors: list[dict[str, Any]]
     created: float
     outputs: list[StationOutput] = Field(description="Its RTMP(S) outputs (recently stopped ones too)")
+    recording: bool = Field(description="Its program is being recorded")
 
 
 class StationList(_Response):
@@ -383,6 +386,21 @@ class OutputStopped(_Response):
     output_id: str
     station_id: str
     state: Literal["stopped"]
+
+
+class Recording(_Response):
+    """One finished recording of a station's program."""
+
+    recording_id: str
+    started_at: float = Field(description="Wall-clock time of its first sample (epoch s)")
+    duration_s: float
+    bytes: int
+    media_type: Literal["audio/mp4"]
+    url: str = Field(description="Relative URL of the file (Range supported)")
+
+
+class RecordingList(_Response):
+    recordings: list[Recording] = Field(description="Oldest first")
 
 
 class CleanupRequest(_Request):

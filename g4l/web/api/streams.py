@@ -15,6 +15,7 @@ from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
 from g4l.services.stations import StationService
 from g4l.web.api.access import http_caller
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import (
     CleanupRequest,
     CleanupResponse,
@@ -22,6 +23,8 @@ from g4l.web.api.models import (
     OutputCreated,
     OutputRequest,
     OutputStopped,
+    Recording,
+    RecordingList,
     StationCreated,
     StationList,
     StationRequest,
@@ -56,7 +59,7 @@ def blueprint(service: SessionService) -> Blueprint:
         prompts = [p for p in (body.prompt or body.genre,) if p] + list(body.prompts or [])
         created = stations.create(http_caller(), prompts=prompts, model=body.model, temperature=body.temperature,
                                   top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0,
-                                  name=body.name)
+                                  name=body.name, record=body.record)
         return StationCreated(**created), 201
 
     @bp.get("/stations")
@@ -97,6 +100,23 @@ def blueprint(service: SessionService) -> Blueprint:
                responses={200: OutputStopped}, errors=(404,))
     def stop_output(station_id: str, output_id: str) -> Any:
         return OutputStopped(**stations.stop_output(station_id, output_id, http_caller()))
+
+    @bp.get("/stations/<station_id>/recordings")
+    @operation("listStationRecordings", "A station's recordings (files of G4L_RECORDING_SECONDS)",
+               tags=["stations"], responses={200: RecordingList}, errors=(404,),
+               description="Stations started with `record: true`. Files older than "
+                           "`G4L_RECORDING_RETENTION_HOURS` are deleted.")
+    def list_recordings(station_id: str) -> Any:
+        found = stations.list_recordings(station_id, http_caller())
+        return RecordingList(recordings=[
+            Recording(**rec, url=f"{PREFIX}/stations/{station_id}/recordings/{rec['recording_id']}") for rec in found])
+
+    @bp.get("/stations/<station_id>/recordings/<recording_id>")
+    @operation("getStationRecording", "Download one recording (MP4 audio; Range supported)", tags=["stations"],
+               responses=file_responses("audio/mp4", "The recording (AAC in MP4)"), errors=(404, 416))
+    def get_recording(station_id: str, recording_id: str) -> Any:
+        blob = stations.recording_blob(station_id, recording_id, http_caller())
+        return send_blob(ctx.blobs, blob, f"{recording_id}.m4a", mimetype="audio/mp4")
 
     @bp.post("/listen/cleanup")
     @operation("stopIdleStreams", "Stop every stream nobody listens to (operator)", tags=["listen"],
