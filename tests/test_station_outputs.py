@@ -37,7 +37,7 @@ RATE = 48_000
 ENV = {"G4L_OUTPUT_SECONDS": "10", "G4L_STATION_BUFFER_S": "20", "G4L_STATION_PROMPT_SECONDS": "3",
        "G4L_STATION_LOW_BUFFER_S": "6", "G4L_API_KEYS": f"{KEY_A},{KEY_B}", "G4L_STATIONS_PER_KEY": "3",
        "G4L_RTMP_VIDEO_SIZE": "640x360", "G4L_RTMP_VIDEO_KBPS": "800", "G4L_STATION_MAX_OUTPUTS": "2",
-       "G4L_RECORDING_SECONDS": "8", "G4L_RECORDING_RETENTION_HOURS": "0.01"}
+       "G4L_RECORDING_SECONDS": "8", "G4L_RECORDING_RETENTION_HOURS": "0.01", "G4L_HLS_IDLE_TIMEOUT_S": "15"}
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 
 pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and NGINX_MODULE.exists()),
@@ -299,6 +299,7 @@ def test_a_station_goes_live_over_rtmp_reconnects_after_the_server_restarts_and_
 def test_an_uploaded_image_is_the_video_and_the_output_survives_a_packager_restart(outputs) -> None:
     srv = outputs
     st = start_station(srv, A, prompt="dub techno")
+    created_at = time.monotonic()
     sid = st["station_id"]
     png = subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=0xff0000:s=320x240", "-frames:v",
                           "1", "-f", "image2", "-c:v", "png", "pipe:1"], capture_output=True, check=True).stdout
@@ -330,6 +331,11 @@ def test_an_uploaded_image_is_the_video_and_the_output_survives_a_packager_resta
     assert child_pid(srv.server.proc.pid, "g4l.hls") not in (None, packager)
     assert len(ffmpeg_pushers(srv.rtmp.port)) == 1, "the dead packager's ffmpeg went on pushing"
     assert sorted(s["codec_name"] for s in probe(live, "stream=codec_name")["streams"]) == ["aac", "h264"]
+
+    # Nobody listened over HLS for longer than G4L_HLS_IDLE_TIMEOUT_S (15 s here) plus the
+    # cleanup's period (10 s): a station that pushes to an output is not idle.
+    time.sleep(max(0.0, created_at + 30 - time.monotonic()))
+    assert station(srv, sid)["status"] == "running"
 
     # Stopping the station stops its outputs.
     assert requests.delete(f"{srv.url}/api/v1/stations/{sid}", headers=A, timeout=10).status_code == 200
@@ -441,5 +447,6 @@ def test_a_recorded_station_is_kept_in_files_of_the_configured_length(outputs) -
     wait_until(lambda: first["recording_id"] not in [r["recording_id"] for r in listed()], 90,
                "the first recording to pass its retention")
     assert requests.get(srv.url + first["url"], headers=A, timeout=10).status_code == 404
+    assert station(srv, sid)["status"] == "running"  # recorded: never idle, though nobody listened
     assert requests.delete(f"{srv.url}/api/v1/stations/{sid}", headers=A, timeout=10).status_code == 200
     assert station(srv, sid)["recording"] is False

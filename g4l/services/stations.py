@@ -207,6 +207,10 @@ class StationService:
         self.require(station_id, caller)
         return self.outputs.stop(station_id, output_id)
 
+    def broadcasting(self, station_id: str) -> bool:
+        """Whether the station pushes to an RTMP output or records (then it is never idle)."""
+        return bool(self.outputs.live(station_id)) or self.r.hget(keys.station(station_id), "record") == "1"
+
     # ------------------------------------------------------------ recordings
     def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
         """The station's recordings kept, oldest first. :raises StationNotFound:"""
