@@ -123,3 +123,30 @@ def test_segments_are_cut_on_aac_frames_so_the_target_duration_is_the_segment_le
     assert len(full) == 8 and all(abs(d - 0.981333) < 2e-6 for d in full), cut
     parsed = m3u8.load(str(playlist.path))
     assert parsed.target_duration == 1 and check_playlist(parsed) == []
+
+
+def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None:
+    import pytest
+
+    from g4l.errors import InvalidRequest
+    from g4l.hls.outputs import card_text, ffmpeg_command
+    from g4l.services.outputs import check_stream_key, display_url, publish_url, redact
+    from g4l.settings import Settings
+
+    assert display_url(" RTMPS://Live.Example.com:443/app/ ") == "rtmps://live.example.com:443/app"
+    assert display_url("rtmp://a.rtmp.youtube.com/live2") == "rtmp://a.rtmp.youtube.com/live2"
+    for bad in ("http://x/live", "rtmp:///live", "rtmp://host", "rtmp://u:p@host/live", "rtmp://host/live?k=1",
+                "rtmp://host:99999/live", "rtmp://host/li ve"):
+        with pytest.raises(InvalidRequest):
+            display_url(bad)
+    for bad in ("", "   ", "a b", "x" * 513):
+        with pytest.raises(InvalidRequest):
+            check_stream_key(bad)
+    key = "ab/cd+ef?g"
+    target = publish_url("rtmp://host/live", key)
+    said = f"[rtmp] {target}: Broken pipe; {target.replace(key, 'ab%2Fcd%2Bef%3Fg')}"
+    assert key not in redact(said, [key, target]) and "%2F" not in redact(said, [key, target])
+    cmd = ffmpeg_command(target, "card", "", Settings())
+    assert cmd[-1] == target and "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    wrapped = card_text("a very long prompt " * 20, 1280, 27)
+    assert len(wrapped.splitlines()) == 4 and wrapped.endswith("\u2026")
