@@ -176,3 +176,17 @@ class RangeNotSatisfiable(G4LError):
 
     code = "RANGE_NOT_SATISFIABLE"
     http_status = 416
+
+
+class OutputsFull(G4LError):
+    """The station already pushes to ``G4L_STATION_MAX_OUTPUTS`` RTMP outputs: stop one first."""
+
+    code = "OUTPUTS_FULL"
+    http_status = 409
+
+
+class OutputNotFound(G4LError):
+    """No output with that id on this station."""
+
+    code = "OUTPUT_NOT_FOUND"
+    http_status = 404

@@ -139,3 +139,33 @@ def owner_oneshots(owner: str) -> str:
 def genre_stream(owner: str, digest: str) -> str:
     """The station a ``get_stream`` of these parameters by this owner plays (its id)."""
     return f"{PREFIX}:genre:{owner}:{digest}"
+
+
+def station_outputs(station_id: str) -> str:
+    """Sorted set of a station's RTMP output ids, by creation time (stopped ones too, a few)."""
+    return f"{PREFIX}:station:{station_id}:outputs"
+
+
+def station_outputs_live(station_id: str) -> str:
+    """Set of a station's output ids that should be pushing (the packager runs these)."""
+    return f"{PREFIX}:station:{station_id}:outputs:live"
+
+
+def station_output(station_id: str, output_id: str) -> str:
+    """One RTMP output (hash: url without its key, visual, state, reconnects, bitrate...)."""
+    return f"{PREFIX}:station:{station_id}:output:{output_id}"
+
+
+def station_output_secret(station_id: str, output_id: str) -> str:
+    """An output's stream key, apart from everything that is ever returned or logged."""
+    return f"{PREFIX}:station:{station_id}:output:{output_id}:secret"
+
+
+def station_recordings(station_id: str) -> str:
+    """Sorted set of a station's finished recording ids, by the wall time they start at."""
+    return f"{PREFIX}:station:{station_id}:recordings"
+
+
+def station_recording(station_id: str, recording_id: str) -> str:
+    """One recording (hash: blob, started_at, duration_s, bytes)."""
+    return f"{PREFIX}:station:{station_id}:recording:{recording_id}"

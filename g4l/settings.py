@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # Live listening over HLS and generative stations (docs/hls.md).
     hls_enabled: bool = True  # the launcher starts the packager (python -m g4l.hls)
     hls_dir: Path | None = None  # segments + playlists; default <data_dir>/hls
-    hls_segment_s: float = 2.0
+    hls_segment_s: float = 1.0  # cut on AAC frames: 0.981 s, target duration 1 (hls.js plays ~3 s behind)
     hls_window_segments: int = 6  # playlist length (>= 3 target durations)
     hls_bitrate_kbps: int = 128
     hls_crossfade_ms: int = 50  # equal-power crossfade at every join
@@ -117,8 +117,34 @@ class Settings(BaseSettings):
     stream_seconds: float = 30.0  # length of a realtime API one-shot (POST /api/stream/start)
     genre_rotate_s: float = 300.0  # an adaptive get_stream station changes its mood this often
 
+    # A station's RTMP(S) outputs (YouTube Live, Twitch...; docs/hls.md): one ffmpeg each.
+    station_max_outputs: int = 2  # outputs one station pushes to at once
+    rtmp_video_size: str = "1280x720"  # WxH of the video
+    rtmp_fps: int = 30
+    rtmp_video_kbps: int = 2500  # constant video bitrate (H.264)
+    rtmp_audio_kbps: int = 128  # AAC, 48 kHz stereo
+    rtmp_x264_preset: str = "veryfast"
+    rtmp_visual_mb: int = 20  # largest uploaded image or video
+    rtmp_visual_max_s: float = 60.0  # longest uploaded video (it loops)
+    rtmp_reconnect_max_s: float = 30.0  # longest pause between two connection attempts
+    rtmp_stall_s: float = 15.0  # an output that sends nothing this long is restarted
+
+    # Recordings of a station's program (stations started with "record": true).
+    recording_seconds: float = 3600.0  # length of each file (1800, 3600, 14400...)
+    recording_bitrate_kbps: int = 192  # AAC in MP4 (.m4a)
+    recording_retention_hours: float = 168.0  # older files are deleted (at most G4L_RETENTION_HOURS once stopped)
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
+
+    @field_validator("rtmp_video_size")
+    @classmethod
+    def _video_size(cls, value: str) -> str:
+        w, _, h = value.lower().partition("x")
+        if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 3840 and 16 <= int(h) <= 2160
+                and int(w) % 2 == 0 and int(h) % 2 == 0):
+            raise ValueError("rtmp_video_size must be WxH with even sides, at most 3840x2160")
+        return f"{int(w)}x{int(h)}"
 
     @field_validator("models", "api_keys", "operator_keys", "model_sizes", mode="before")
     @classmethod

@@ -3,11 +3,13 @@
 # Idempotent: installs only what is missing, so a second run takes about a second.
 #   scripts/install.sh [serve|test]
 # What it does, on Debian with Python 3.11 as root (sudo is used when not root):
-#   1. apt: redis-server (embedded Redis), ffmpeg (HLS), nginx (the balancer in front of
-#      G4L_WEB_PROCESSES > 1 web processes, run by the launcher with its own configuration)
-#      and, for tests, chromium (hls.js),
-#      gstreamer (souphttpsrc ! hlsdemux ! decodebin: the generative HLS daemon's players)
-#      and tmux (the CLI's progress bar is read from a real terminal).
+#   1. apt: redis-server (embedded Redis), ffmpeg (HLS, RTMP outputs), nginx (the balancer in
+#      front of G4L_WEB_PROCESSES > 1 web processes, run by the launcher with its own
+#      configuration), fonts-dejavu-core (the RTMP outputs' video card) and, for tests,
+#      chromium (hls.js), gstreamer (souphttpsrc ! hlsdemux ! decodebin: the generative HLS
+#      daemon's players), tmux (the CLI's progress bar is read from a real terminal) and
+#      nginx's RTMP module (the RTMP server the station output tests push to; they run their
+#      own nginx, never the system one).
 #   2. a virtual environment in ./.venv with torch 2.13.0 (the local CPU wheel; never let
 #      pip choose torch: another version pulls GBs of CUDA wheels).
 #   3. the project and its dependencies under a torch==2.13.0 constraint.
@@ -22,9 +24,9 @@ py=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_pkgs=(redis-server ffmpeg nginx)
+apt_pkgs=(redis-server ffmpeg nginx fonts-dejavu-core)
 [ "$mode" = test ] && apt_pkgs+=(chromium tmux gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-                                  gstreamer1.0-libav)
+                                  gstreamer1.0-libav libnginx-mod-rtmp)
 # The device harness (tests/device) is Node's socket.io-client, as the Max4Live device uses.
 [ "$mode" = test ] && ! command -v node >/dev/null && apt_pkgs+=(nodejs npm)
 missing=()
@@ -35,6 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install: apt-get install ${missing[*]}" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a freshly installed nginx as a system service on port 80 (unless a
+  # policy-rc.d forbids it); the tests start their own. Stop that one and keep it off.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+    as_root kill -QUIT "$(cat /run/nginx.pid)" || true
+    command -v update-rc.d >/dev/null && as_root update-rc.d nginx disable >/dev/null 2>&1 || true
+  fi
 fi
 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"

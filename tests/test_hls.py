@@ -128,7 +128,7 @@ def test_a_listen_link_streams_each_new_generation_and_controls_nothing(hls: Hls
         segments = watcher.ordered()
         assert segments[0].sequence == 0
         for seg in segments:  # every segment decodes on its own
-            assert decode_ts(seg.data).shape[1] > RATE
+            assert decode_ts(seg.data).shape[1] >= 0.9 * RATE  # 46 AAC frames: 0.98 s
         decoded = decode_ts(b"".join(s.data for s in segments))
         assert decoded.shape[1] >= (join_s + 2) * RATE
         j = int(join_s * RATE)
@@ -172,6 +172,35 @@ def test_a_listen_link_streams_each_new_generation_and_controls_nothing(hls: Hls
 
 
 # ---------------------------------------------------------------------- stations
+def default_hlsjs_latency(browser, page_url: str, playlist_url: str, seconds: float = 12.0) -> dict:
+    """Play ``playlist_url`` with hls.js as it comes, no config (a page of someone else's),
+    for ``seconds``; its latency readings over the last half of them."""
+    page = browser.new_page()
+    try:
+        page.goto(page_url)  # same origin, and the page's copy of hls.js
+        page.evaluate("""(src) => {
+            const audio = document.createElement('audio');
+            document.body.appendChild(audio);
+            const probe = new Hls();
+            probe.loadSource(src);
+            probe.attachMedia(audio);
+            probe.on(Hls.Events.MANIFEST_PARSED, () => audio.play());
+            window.probe = probe; window.probeAudio = audio;
+        }""", playlist_url)
+        wait_until(lambda: page.evaluate("window.probeAudio.currentTime") > 0, 30, "default hls.js to play")
+        edge, clock = [], []
+        for i in range(int(seconds)):
+            if i >= seconds / 2:
+                edge.append(page.evaluate("window.probe.latency"))
+                clock.append(page.evaluate("(Date.now() - window.probe.playingDate.getTime()) / 1000"))
+            time.sleep(1.0)
+        return {"target_duration": page.evaluate("window.probe.levels[0].details.targetduration"),
+                "target_latency": page.evaluate("window.probe.targetLatency"),
+                "behind_edge": edge, "behind_clock": clock}
+    finally:
+        page.close()
+
+
 def test_a_station_plays_in_chromium_rotates_prompts_and_reports_its_buffer(hls: HlsServer) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     resp = requests.post(f"{hls.url}/api/v1/stations", json={
@@ -201,8 +230,16 @@ def test_a_station_plays_in_chromium_rotates_prompts_and_reports_its_buffer(hls:
                 assert times[-1] - times[0] >= 8.0, times
                 assert all(b >= a for a, b in zip(times, times[1:])), times
                 assert "s" in page.inner_text("#latency")
+                latency = default_hlsjs_latency(browser, hls.url + st["page_url"], hls.url + st["playlist_url"])
             finally:
                 browser.close()
+        print(f"\nhls.js with its default config: target duration {latency['target_duration']} s, "
+              f"target latency {latency['target_latency']:.2f} s, behind the live edge "
+              f"{min(latency['behind_edge']):.2f}-{max(latency['behind_edge']):.2f} s, behind the wall clock "
+              f"(program date time) {min(latency['behind_clock']):.2f}-{max(latency['behind_clock']):.2f} s")
+        # hls.js starts three target durations behind the playlist's end: segments cut on
+        # AAC frames make that 1 s (2.005 s segments made it 3, and 9.6 s of latency).
+        assert latency["target_duration"] == 1 and latency["target_latency"] <= 4.0, latency
         info = wait_until(lambda: (lambda s: s if s["rotations"] else None)(requests.get(station_url, timeout=10).json()),
                           60, "a prompt rotation")
         assert info["status"] == "running" and info["errors"] == []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import m3u8
 import numpy as np
 
 from g4l.hls.buffer import RATE, PcmBuffer
-from g4l.hls.playlist import LivePlaylist, segment_name
+from g4l.hls.encoder import SegmentEncoder
+from g4l.hls.playlist import LivePlaylist, aac_segment_seconds, segment_name, target_duration
 from g4l.hls.watch import check_playlist, max_step
 
 #: An equal-power crossfade of two unrelated signals briefly sums them (up to sqrt(2) in
@@ -77,22 +79,74 @@ def test_playlist_slides_deletes_and_continues_after_a_restart(tmp_path: Path) -
     pl = LivePlaylist(tmp_path, segment_s=2.0, window=6)
     for seq in range(12):
         (tmp_path / segment_name(seq)).write_bytes(b"x")
-        pl.add(seq, 2.005333, start + dt.timedelta(seconds=2 * seq))
+        pl.add(seq, 1.984, start + dt.timedelta(seconds=2 * seq))
     parsed = m3u8.load(str(pl.path))
     assert check_playlist(parsed) == []
-    assert parsed.media_sequence == 6 and len(parsed.segments) == 6 and parsed.target_duration == 3
+    assert parsed.media_sequence == 6 and len(parsed.segments) == 6 and parsed.target_duration == 2
     on_disk = sorted(p.name for p in tmp_path.glob("seg_*.ts"))
     assert on_disk[0] == segment_name(3), "segments leave the disk a few segments after the window"
 
     again = LivePlaylist(tmp_path, segment_s=2.0, window=6)  # a new packager process
     (tmp_path / segment_name(12)).write_bytes(b"x")
-    again.add(12, 2.0, start + dt.timedelta(seconds=100))
+    again.add(12, 1.984, start + dt.timedelta(seconds=100))
     parsed = m3u8.load(str(again.path))
     assert parsed.media_sequence == 7
     assert [s.discontinuity for s in parsed.segments] == [False] * 5 + [True]
     for seq in range(13, 19):
         (tmp_path / segment_name(seq)).write_bytes(b"x")
-        again.add(seq, 2.0, start + dt.timedelta(seconds=100 + 2 * (seq - 12)))
+        again.add(seq, 1.984, start + dt.timedelta(seconds=100 + 2 * (seq - 12)))
     parsed = m3u8.load(str(again.path))
     assert parsed.discontinuity_sequence == 1 and not any(s.discontinuity for s in parsed.segments)
     assert check_playlist(parsed) == []
+
+
+def test_segments_are_cut_on_aac_frames_so_the_target_duration_is_the_segment_length(tmp_path: Path) -> None:
+    """Asked for 2.0 s, ffmpeg cut 2.005 s segments (94 AAC frames) and the target duration
+    had to be 3: hls.js, three target durations behind, played 9.6 s late. Rounded down to
+    whole frames, every segment the real encoder cuts is exactly that long."""
+    assert (aac_segment_seconds(1.0), target_duration(1.0)) == (0.981333, 1)
+    assert (aac_segment_seconds(2.0), target_duration(2.0)) == (1.984, 2)
+    playlist = LivePlaylist(tmp_path, segment_s=1.0, window=6)
+    buffer = PcmBuffer()
+    buffer.append(tone(20.0, 220.0))
+    cut: list[float] = []
+    encoder = SegmentEncoder(tmp_path, buffer, playlist, segment_s=playlist.segment_s, bitrate_kbps=128,
+                             on_segment=lambda sequence, duration: cut.append(duration))
+    encoder.start()  # the back-dated silence of a new stream gives the first segments at once
+    try:
+        deadline = dt.datetime.now() + dt.timedelta(seconds=30)
+        while len(cut) < 8 and dt.datetime.now() < deadline:
+            time.sleep(0.1)
+    finally:
+        encoder.stop()
+    full = cut[:8]  # what came after may have been cut short by the stop
+    assert len(full) == 8 and all(abs(d - 0.981333) < 2e-6 for d in full), cut
+    parsed = m3u8.load(str(playlist.path))
+    assert parsed.target_duration == 1 and check_playlist(parsed) == []
+
+
+def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None:
+    import pytest
+
+    from g4l.errors import InvalidRequest
+    from g4l.hls.outputs import card_text, ffmpeg_command
+    from g4l.services.outputs import check_stream_key, display_url, publish_url, redact
+    from g4l.settings import Settings
+
+    assert display_url(" RTMPS://Live.Example.com:443/app/ ") == "rtmps://live.example.com:443/app"
+    assert display_url("rtmp://a.rtmp.youtube.com/live2") == "rtmp://a.rtmp.youtube.com/live2"
+    for bad in ("http://x/live", "rtmp:///live", "rtmp://host", "rtmp://u:p@host/live", "rtmp://host/live?k=1",
+                "rtmp://host:99999/live", "rtmp://host/li ve"):
+        with pytest.raises(InvalidRequest):
+            display_url(bad)
+    for bad in ("", "   ", "a b", "x" * 513):
+        with pytest.raises(InvalidRequest):
+            check_stream_key(bad)
+    key = "ab/cd+ef?g"
+    target = publish_url("rtmp://host/live", key)
+    said = f"[rtmp] {target}: Broken pipe; {target.replace(key, 'ab%2Fcd%2Bef%3Fg')}"
+    assert key not in redact(said, [key, target]) and "%2F" not in redact(said, [key, target])
+    cmd = ffmpeg_command(target, "card", "", Settings())
+    assert cmd[-1] == target and "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    wrapped = card_text("a very long prompt " * 20, 1280, 27)
+    assert len(wrapped.splitlines()) == 4 and wrapped.endswith("\u2026")

@@ -71,6 +71,10 @@ class SegmentEncoder:
         self._lock = threading.Lock()
         self._wall0 = dt.datetime.now(dt.UTC)
         self.restarts = 0
+        #: Called with every block of PCM (s16le, 48 kHz stereo) as it is handed to the
+        #: encoder, in the feeding thread: a station's RTMP outputs take the same audio.
+        #: A tap must never block.
+        self.taps: list[Callable[[bytes], None]] = []
         #: Silence encoded at once when a stream starts from nothing, back-dated, so that
         #: its first playlist already spans three target durations (no waiting for a full
         #: window). The buffer's frame 0 is this many frames into the encoded stream.
@@ -96,7 +100,7 @@ class SegmentEncoder:
             ffmpeg_binary(), "-hide_banner", "-loglevel", "error",
             "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0", "-map", "0:a",
             "-c:a", "aac", "-profile:a", "aac_low", "-b:a", f"{self.bitrate_kbps}k", "-threads", "1",
-            "-f", "segment", "-segment_format", "mpegts", "-segment_time", f"{self.segment_s:g}",
+            "-f", "segment", "-segment_format", "mpegts", "-segment_time", f"{self.segment_s:.6f}",
             "-segment_start_number", str(self.playlist.next_sequence),
             "-segment_list", "pipe:1", "-segment_list_type", "csv", "-segment_list_flags", "+live",
             str(self.directory / "seg_%06d.part"),
@@ -163,7 +167,10 @@ class SegmentEncoder:
             while written < due:
                 n = min(due - written, RATE // 10)
                 pcm = self.buffer.take(n)
-                stdin.write((np.clip(pcm.T, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+                data = (np.clip(pcm.T, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+                stdin.write(data)
+                for tap in list(self.taps):
+                    tap(data)
                 written += n
             time.sleep(TICK_S)
 

@@ -29,6 +29,8 @@ import redis
 from g4l import audio, keys
 from g4l.context import Context
 from g4l.hls.buffer import RATE
+from g4l.hls.outputs import StationOutputs
+from g4l.hls.recorder import StationRecorder
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, notices
@@ -57,6 +59,8 @@ class Packager:
         self.listen = ListenService(ctx)
         self.streams: dict[str, LiveStream] = {}
         self.drivers: dict[str, StationDriver] = {}
+        self.outputs: dict[str, StationOutputs] = {}
+        self.recorders: dict[str, StationRecorder] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hls-audio")
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -111,6 +115,17 @@ class Packager:
                     raise
                 except Exception:
                     log.exception("station tick failed", station_id=stream.ref)
+            recorder = self.recorders.get(token)
+            if recorder is not None:
+                recorder.tick()
+            outputs = self.outputs.get(token)
+            if outputs is not None:
+                try:
+                    outputs.sync()
+                except redis.RedisError:
+                    raise
+                except Exception:
+                    log.exception("station outputs tick failed", station_id=stream.ref)
             self._publish(token, stream)
         if time.monotonic() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.monotonic()
@@ -131,6 +146,10 @@ class Packager:
         if kind == STATION:
             driver = StationDriver(self.ctx, ref, stream)
             self.drivers[token] = driver
+            self.outputs[token] = StationOutputs(self.ctx, ref, stream)
+            if r.hget(keys.station(ref), "record") == "1":
+                self.recorders[token] = StationRecorder(self.ctx, ref, stream)
+                self.recorders[token].start()
             self.pool.submit(self._guard, driver.resume)
         elif kind == SESSION:
             self.pool.submit(self._guard, self._preroll, stream)
@@ -140,6 +159,12 @@ class Packager:
     def _close(self, token: str, *, delete: bool) -> None:
         stream = self.streams.pop(token, None)
         self.drivers.pop(token, None)
+        outputs = self.outputs.pop(token, None)
+        if outputs is not None:
+            outputs.close()
+        recorder = self.recorders.pop(token, None)
+        if recorder is not None:
+            recorder.close(stopped=delete)
         if stream is not None:
             stream.stop(delete=delete)
         owner = keys.stream_owner(token)

@@ -51,9 +51,28 @@ class Entry:
         return segment_name(self.sequence)
 
 
-def target_duration(segment_s: float, frame_s: float = 1024 / 48_000) -> int:
-    """The fixed target duration for segments cut every ``segment_s`` on AAC frame bounds."""
-    return max(1, math.ceil(segment_s + frame_s + 1e-6))
+#: An AAC-LC frame: 1024 samples at the stream's 48 kHz. Segments are cut on frame bounds.
+AAC_FRAME = 1024
+AAC_RATE = 48_000
+
+
+def aac_segment_seconds(segment_s: float) -> float:
+    """``segment_s`` rounded down to whole AAC frames (1.0 -> 0.981333: 46 frames), in
+    whole microseconds, rounded down too (what ffmpeg's ``-segment_time`` takes).
+
+    The segment muxer cuts at the first frame at or after each multiple of its
+    ``segment_time``: asked for 2.0 s it cut 2.005 s segments (94 frames), whose target
+    duration had to be 3, and hls.js, which stays three target durations behind the live
+    edge, played 9.6 s late. Cut on a frame bound, every segment lasts exactly this, so
+    the target duration is this rounded up (1 for the default 1.0)."""
+    frames = max(1, math.floor(segment_s * AAC_RATE / AAC_FRAME + 1e-9))
+    return math.floor(frames * AAC_FRAME / AAC_RATE * 1e6) / 1e6
+
+
+def target_duration(segment_s: float) -> int:
+    """The fixed target duration of segments cut every ``segment_s`` (see
+    :func:`aac_segment_seconds`): no segment is longer than the aligned length."""
+    return max(1, math.ceil(aac_segment_seconds(segment_s) - 1e-6))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -68,15 +87,17 @@ class LivePlaylist:
     """The window of a stream's newest segments and the file that lists them.
 
     :param directory: the stream's folder (segments and ``index.m3u8``).
-    :param segment_s: the encoder's segment length.
+    :param segment_s: the segment length asked for (``G4L_HLS_SEGMENT_S``); segments last
+        :attr:`segment_s`, that rounded down to whole AAC frames.
     :param window: how many segments the playlist lists (raised to cover three target
         durations when too small).
     """
 
     def __init__(self, directory: Path, segment_s: float, window: int) -> None:
         self.directory = directory
+        self.segment_s = aac_segment_seconds(segment_s)
         self.target = target_duration(segment_s)
-        self.window = max(window, math.ceil(3 * self.target / segment_s) + 1)
+        self.window = max(window, math.ceil(3 * self.target / self.segment_s) + 1)
         self.entries: list[Entry] = []
         self.discontinuity_sequence = 0
         self.next_sequence = 0

@@ -46,7 +46,7 @@ class LiveStream:
         self.buffer = PcmBuffer(self.crossfade_frames, settings.hls_idle_fill)
         self.playlist = LivePlaylist(self.directory, settings.hls_segment_s, settings.hls_window_segments)
         self.log = log.bind(stream=token[:8], kind=kind, **{f"{kind}_id": ref})
-        self.encoder = SegmentEncoder(self.directory, self.buffer, self.playlist, segment_s=settings.hls_segment_s,
+        self.encoder = SegmentEncoder(self.directory, self.buffer, self.playlist, segment_s=self.playlist.segment_s,
                                       bitrate_kbps=settings.hls_bitrate_kbps, on_segment=self._on_segment,
                                       stream=token[:8])
         self.started = time.time()

@@ -20,8 +20,9 @@ ONESHOT_LINGER_S = 120.0
 
 def stop_idle(ctx: Context, max_idle_s: float | None = None) -> list[str]:
     """Stop every stream with no listener and no new audio for ``max_idle_s`` (default:
-    the ``hls_idle_timeout_s`` setting). Stations stopped this way stop generating too.
-    Returns the tokens stopped (their segments are deleted by the packager within a second)."""
+    the ``hls_idle_timeout_s`` setting). Stations stopped this way stop generating too;
+    a station that pushes to an RTMP output or records is never idle (its audience is
+    elsewhere). Returns the tokens stopped (their segments are deleted by the packager within a second)."""
     listen = ListenService(ctx)
     limit = ctx.settings.hls_idle_timeout_s if max_idle_s is None else max(0.0, float(max_idle_s))
     stopped: list[str] = []
@@ -36,6 +37,8 @@ def stop_idle(ctx: Context, max_idle_s: float | None = None) -> list[str]:
             if job is None or job.status.final:
                 own_limit = min(limit, ONESHOT_LINGER_S)
         if listen.listeners(token) > 0 or listen.idle_seconds(token, info) < own_limit:
+            continue
+        if info.get("kind") == STATION and StationService(ctx).broadcasting(info.get("ref", "")):
             continue
         try:
             if info.get("kind") != STATION:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from g4l import keys
@@ -28,6 +29,8 @@ from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, buffer_health, links, new_token
 from g4l.services.models import ModelCatalog
+from g4l.services.outputs import OutputStore
+from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
 
 log = get_logger(__name__)
@@ -66,12 +69,15 @@ class StationService:
         self.listen = ListenService(ctx)
         self.specs = SpecResolver(ctx.settings)
         self._take_slot = ctx.redis.register_script(_TAKE_SLOT)
+        self.outputs = OutputStore(ctx)
+        self.recordings = RecordingStore(ctx)
 
     def create(self, caller: Caller, *, prompts: list[str], model: str | None = None, temperature: float | None = None,
-               top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0
-               ) -> dict[str, Any]:
+               top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0,
+               name: str | None = None, record: bool = False) -> dict[str, Any]:
         """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
-        music when there are several).
+        music when there are several); ``name`` is shown on its outputs' video card; with
+        ``record`` its program is recorded into files (:mod:`g4l.services.recordings`).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
         :raises InvalidRequest: no prompt, or a rotation under :data:`MIN_ROTATE_S`.
@@ -101,14 +107,16 @@ class StationService:
             "id": station_id, "token": token, "status": "running", "model": model, "owner": caller.owner,
             "prompts": json.dumps(prompts), "rotate_every_s": rotate_every_s, "sampling": sampling.model_dump_json(),
             "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
-            "generating_prompt": first, "errors": "[]", "rotations": "[]",
+            "generating_prompt": first, "errors": "[]", "rotations": "[]", "name": (name or "").strip(),
+            "record": "1" if record else "0",
         })
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
                  rotate_every_s=rotate_every_s)
         return {"station_id": station_id, **links(token), "status": "starting"}
 
-    def _require(self, station_id: str, caller: Caller) -> dict[str, str]:
+    def require(self, station_id: str, caller: Caller) -> dict[str, str]:
+        """The station's hash. :raises StationNotFound: unknown, or another key's."""
         info = self.r.hgetall(keys.station(station_id)) if keys.valid_id(station_id) else {}
         if not info or not caller.can_see(info.get("owner")):
             raise StationNotFound(f"no station {station_id}" if keys.valid_id(station_id) else "no such station")
@@ -116,7 +124,7 @@ class StationService:
 
     def get(self, station_id: str, caller: Caller) -> dict[str, Any]:
         """Status: buffer (seconds, health), current prompt, listeners, rotations, errors."""
-        st = self._require(station_id, caller)
+        st = self.require(station_id, caller)
         token = st.get("token", "")
         stream = self.r.hgetall(keys.listen(token)) if token else {}
         buffered = float(stream.get("buffered_s") or 0)
@@ -127,7 +135,7 @@ class StationService:
         job_id = st.get("job_id") or ""
         job = self.ctx.jobs.get(job_id) if job_id else None
         return {
-            "station_id": station_id, **links(token), "status": st.get("status"),
+            "station_id": station_id, "name": st.get("name") or None, **links(token), "status": st.get("status"),
             "stopped_reason": st.get("stopped_reason") or None,
             "model": st.get("model"), "temperature": self.sampling(st).temperature,
             "prompts": json.loads(st.get("prompts") or "[]"),
@@ -148,6 +156,8 @@ class StationService:
             "rotations": json.loads(st.get("rotations") or "[]"),
             "errors": json.loads(st.get("errors") or "[]"),
             "created": float(st.get("created") or 0),
+            "outputs": self.outputs.describe(station_id),
+            "recording": st.get("record") == "1" and running,
         }
 
     def list(self, caller: Caller) -> list[dict[str, Any]]:
@@ -162,13 +172,14 @@ class StationService:
 
     def stop(self, station_id: str, caller: Caller, reason: str = "stopped") -> dict[str, Any]:
         """Stop generating and streaming; the stream's segments are deleted."""
-        st = self._require(station_id, caller)
+        st = self.require(station_id, caller)
         with self.r.pipeline() as p:
             p.hset(keys.station(station_id), mapping={"status": "stopped", "stopped_reason": reason})
             p.srem(keys.STATIONS, station_id)
             p.srem(keys.owner_stations(st.get("owner") or ""), station_id)
             p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
             p.execute()
+        self.outputs.stop_all(station_id, reason)
         job_id = st.get("job_id") or ""
         if job_id:
             lifecycle.request_cancel(self.ctx, job_id)
@@ -176,6 +187,40 @@ class StationService:
             self.listen.stop(st["token"], reason)
         log.info("station stopped", station_id=station_id, reason=reason)
         return {"station_id": station_id, "status": "stopped"}
+
+    # ------------------------------------------------------------ outputs
+    def add_output(self, station_id: str, caller: Caller, *, url: str, stream_key: str,
+                   visual: bytes | None = None) -> dict[str, Any]:
+        """Push a running station to an RTMP(S) server (see :class:`OutputStore.add`).
+
+        :raises StationNotFound: unknown, or another key's.
+        :raises InvalidRequest: the station is stopped; a bad URL, key or visual.
+        :raises OutputsFull: too many outputs on this station.
+        """
+        st = self.require(station_id, caller)
+        if st.get("status") != "running":
+            raise InvalidRequest("the station is stopped: start a new one")
+        return self.outputs.add(station_id, url=url, stream_key=stream_key, visual=visual)
+
+    def stop_output(self, station_id: str, output_id: str, caller: Caller) -> dict[str, Any]:
+        """Stop one of a station's outputs. :raises StationNotFound, OutputNotFound:"""
+        self.require(station_id, caller)
+        return self.outputs.stop(station_id, output_id)
+
+    def broadcasting(self, station_id: str) -> bool:
+        """Whether the station pushes to an RTMP output or records (then it is never idle)."""
+        return bool(self.outputs.live(station_id)) or self.r.hget(keys.station(station_id), "record") == "1"
+
+    # ------------------------------------------------------------ recordings
+    def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
+        """The station's recordings kept, oldest first. :raises StationNotFound:"""
+        self.require(station_id, caller)
+        return self.recordings.list(station_id)
+
+    def recording_blob(self, station_id: str, recording_id: str, caller: Caller) -> str:
+        """The stored file of one recording. :raises StationNotFound, NotFound:"""
+        self.require(station_id, caller)
+        return self.recordings.blob(station_id, recording_id)
 
     # ------------------------------------------------------------ generations
     @staticmethod

@@ -17,9 +17,11 @@ SWEEP_EVERY_S = 600
 
 
 def sweep(blobs: BlobStore, sessions: SessionStore, retention_s: float) -> int:
-    """Delete every blob older than ``retention_s`` whose session is gone. Returns how many."""
+    """Delete every blob older than ``retention_s`` whose session is gone (a running
+    station counts as live: its outputs' uploaded visuals are kept). Returns how many."""
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention_s)
-    deleted = blobs.delete_older_than(cutoff, keep_sessions=sessions.live_ids())
+    live = sessions.live_ids() | set(sessions.r.smembers(keys.STATIONS))
+    deleted = blobs.delete_older_than(cutoff, keep_sessions=live)
     if deleted:
         log.info("retention sweep", deleted_blobs=deleted)
     return deleted

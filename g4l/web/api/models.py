@@ -282,6 +282,10 @@ class StationRequest(_Request):
     top_k: int | None = Field(default=None, ge=0, le=10_000)
     cfg_coef: float | None = Field(default=None, ge=0.0, le=20.0)
     model: str | None = Field(default=None, max_length=300, description="Model id from the allowlist")
+    name: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        default=None, description="Shown on the video card of its RTMP outputs")
+    record: bool = Field(default=False, description="Record the program into files of G4L_RECORDING_SECONDS "
+                                                    "(GET /stations/{id}/recordings)")
 
 
 class StationCreated(_Response):
@@ -293,10 +297,31 @@ class StationCreated(_Response):
     status: Literal["starting"]
 
 
+class StationOutput(_Response):
+    """One RTMP(S) output of a station, as the packager that runs it last reported it.
+    The stream key is never returned."""
+
+    output_id: str
+    url: str = Field(description="The server URL, without the stream key")
+    visual: Literal["card", "image", "video"] = Field(description="What the video shows")
+    state: Literal["connecting", "connected", "reconnecting", "stopped"]
+    created: float
+    connected_since: float | None = Field(description="When the current connection was made (epoch s)")
+    uptime_s: float = Field(description="Seconds connected without a break (0 when not connected)")
+    bitrate_kbps: float = Field(description="What ffmpeg sends, audio and video (0 when not connected)")
+    sent_bytes: int = Field(description="Bytes sent over the current connection")
+    reconnects: int = Field(description="Times a lost connection was made again")
+    failed_attempts: int = Field(description="Connection attempts that failed")
+    last_error: str | None = Field(description="ffmpeg's last complaint (stream key redacted)")
+    last_error_at: float | None
+    stopped_at: float | None
+
+
 class StationStatus(_Response):
     """A station: what it plays, its buffer ahead of the listeners, its history."""
 
     station_id: str
+    name: str | None
     playlist_url: str
     page_url: str
     status: str = Field(description="running | stopped")
@@ -321,6 +346,8 @@ class StationStatus(_Response):
     rotations: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     created: float
+    outputs: list[StationOutput] = Field(description="Its RTMP(S) outputs (recently stopped ones too)")
+    recording: bool = Field(description="Its program is being recorded")
 
 
 class StationList(_Response):
@@ -330,6 +357,50 @@ class StationList(_Response):
 class StationStopped(_Response):
     station_id: str
     status: Literal["stopped"]
+
+
+class OutputRequest(_Request):
+    """Push the station to an RTMP(S) server: YouTube Live, Twitch, any RTMP ingest."""
+
+    url: str = Field(min_length=1, max_length=1000, description="rtmp:// or rtmps:// server URL with its "
+                                                              "application, e.g. rtmp://a.rtmp.youtube.com/live2")
+    stream_key: str = Field(min_length=1, max_length=512, description="The platform's stream key (a secret: "
+                                                                       "never returned or logged)")
+    visual: str | None = Field(default=None, min_length=1, description=(
+        "base64 of an image (PNG, JPEG, WebP) or a short video (MP4, WebM; up to G4L_RTMP_VISUAL_MAX_S) looped "
+        "under the audio; none: a card with the station's name and the prompt playing"),
+        json_schema_extra={"contentEncoding": "base64"})
+
+
+class OutputCreated(_Response):
+    """An output that is connecting (201)."""
+
+    output_id: str
+    station_id: str
+    url: str = Field(description="The server URL, without the stream key")
+    visual: Literal["card", "image", "video"]
+    state: Literal["connecting"]
+
+
+class OutputStopped(_Response):
+    output_id: str
+    station_id: str
+    state: Literal["stopped"]
+
+
+class Recording(_Response):
+    """One finished recording of a station's program."""
+
+    recording_id: str
+    started_at: float = Field(description="Wall-clock time of its first sample (epoch s)")
+    duration_s: float
+    bytes: int
+    media_type: Literal["audio/mp4"]
+    url: str = Field(description="Relative URL of the file (Range supported)")
+
+
+class RecordingList(_Response):
+    recordings: list[Recording] = Field(description="Oldest first")
 
 
 class CleanupRequest(_Request):

@@ -3,20 +3,28 @@ operator's stop-idle-streams call. The HLS files themselves are :mod:`g4l.web.li
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
+import pybase64
 from flask import Blueprint
 
-from g4l.errors import Forbidden
+from g4l.errors import Forbidden, InvalidRequest
 from g4l.services import idle_streams
 from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
 from g4l.services.stations import StationService
 from g4l.web.api.access import http_caller
+from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import (
     CleanupRequest,
     CleanupResponse,
     ListenLink,
+    OutputCreated,
+    OutputRequest,
+    OutputStopped,
+    Recording,
+    RecordingList,
     StationCreated,
     StationList,
     StationRequest,
@@ -50,7 +58,8 @@ def blueprint(service: SessionService) -> Blueprint:
     def create_station(body: StationRequest) -> Any:
         prompts = [p for p in (body.prompt or body.genre,) if p] + list(body.prompts or [])
         created = stations.create(http_caller(), prompts=prompts, model=body.model, temperature=body.temperature,
-                                  top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0)
+                                  top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0,
+                                  name=body.name, record=body.record)
         return StationCreated(**created), 201
 
     @bp.get("/stations")
@@ -71,6 +80,44 @@ def blueprint(service: SessionService) -> Blueprint:
     def stop_station(station_id: str) -> Any:
         return StationStopped(**stations.stop(station_id, http_caller()))
 
+    @bp.post("/stations/<station_id>/outputs")
+    @operation("addStationOutput", "Push the station to an RTMP(S) server (YouTube Live, Twitch...)",
+               tags=["stations"], body=OutputRequest, responses={201: OutputCreated}, errors=(404, 409), audio=True,
+               description="One long-lived ffmpeg sends H.264 + AAC in FLV (`G4L_RTMP_*` settings) and reconnects "
+                           "with backoff when the server drops it; `GET /stations/{id}` reports its state. The "
+                           "stream key is never returned or logged. At most `G4L_STATION_MAX_OUTPUTS` per station "
+                           "(409 `OUTPUTS_FULL`).")
+    def add_output(station_id: str, body: OutputRequest) -> Any:
+        visual = service.offload(_b64, body.visual) if body.visual else None
+        if body.visual and visual is None:
+            raise InvalidRequest("visual is not valid base64")
+        created = stations.add_output(station_id, http_caller(), url=body.url, stream_key=body.stream_key,
+                                      visual=visual)
+        return OutputCreated(**created), 201
+
+    @bp.delete("/stations/<station_id>/outputs/<output_id>")
+    @operation("stopStationOutput", "Stop one RTMP output of a station", tags=["stations"],
+               responses={200: OutputStopped}, errors=(404,))
+    def stop_output(station_id: str, output_id: str) -> Any:
+        return OutputStopped(**stations.stop_output(station_id, output_id, http_caller()))
+
+    @bp.get("/stations/<station_id>/recordings")
+    @operation("listStationRecordings", "A station's recordings (files of G4L_RECORDING_SECONDS)",
+               tags=["stations"], responses={200: RecordingList}, errors=(404,),
+               description="Stations started with `record: true`. Files older than "
+                           "`G4L_RECORDING_RETENTION_HOURS` are deleted.")
+    def list_recordings(station_id: str) -> Any:
+        found = stations.list_recordings(station_id, http_caller())
+        return RecordingList(recordings=[
+            Recording(**rec, url=f"{PREFIX}/stations/{station_id}/recordings/{rec['recording_id']}") for rec in found])
+
+    @bp.get("/stations/<station_id>/recordings/<recording_id>")
+    @operation("getStationRecording", "Download one recording (MP4 audio; Range supported)", tags=["stations"],
+               responses=file_responses("audio/mp4", "The recording (AAC in MP4)"), errors=(404, 416))
+    def get_recording(station_id: str, recording_id: str) -> Any:
+        blob = stations.recording_blob(station_id, recording_id, http_caller())
+        return send_blob(ctx.blobs, blob, f"{recording_id}.m4a", mimetype="audio/mp4")
+
     @bp.post("/listen/cleanup")
     @operation("stopIdleStreams", "Stop every stream nobody listens to (operator)", tags=["listen"],
                body=CleanupRequest, optional_body=True, responses={200: CleanupResponse}, errors=(403,),
@@ -82,3 +129,13 @@ def blueprint(service: SessionService) -> Blueprint:
         return CleanupResponse(stopped=idle_streams.stop_idle(ctx, body.max_idle_s))
 
     return bp
+
+
+def _b64(text: str) -> bytes | None:
+    """Strict base64 (a ``data:`` URI prefix tolerated); None when it is not."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return pybase64.b64decode(text, validate=True) or None
+    except (binascii.Error, ValueError):
+        return None

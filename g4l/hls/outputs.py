@@ -1,0 +1,383 @@
+"""A station's RTMP(S) outputs, run by the packager that runs the station's stream.
+
+Each live output is one long-lived ffmpeg: the station's program audio (the very PCM its
+HLS encoder gets, tapped from :class:`g4l.hls.encoder.SegmentEncoder`) on its stdin, a
+video made from a card, an image or a looped clip, encoded to H.264 + AAC and sent as FLV
+to ``<url>/<stream key>``. When the server drops the connection (or refuses it) ffmpeg
+exits; the output starts it again after a backoff (0.5 s doubling up to
+``G4L_RTMP_RECONNECT_MAX_S``), and one that sends nothing for ``G4L_RTMP_STALL_S`` is
+killed and restarted. Its state (connecting, connected, reconnecting), uptime, bitrate,
+reconnects and last error go to Redis every tick (:class:`g4l.services.outputs.OutputStore`).
+
+The stream key is in ffmpeg's command line (ffmpeg has no other way to take it), so it is
+never logged: what ffmpeg prints is read through a pipe and redacted before it is kept or
+logged, and log lines name the output by id and its URL without the key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from g4l import keys
+from g4l.context import Context
+from g4l.hls.buffer import CHANNELS, RATE
+from g4l.hls.encoder import ffmpeg_binary
+from g4l.hls.playlist import write_atomic
+from g4l.hls.stream import LiveStream
+from g4l.hls.tap import PcmQueue
+from g4l.log import get_logger
+from g4l.services.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
+from g4l.settings import Settings
+
+log = get_logger(__name__)
+
+#: Audio queued for an output while its ffmpeg is (re)connecting; older audio is dropped.
+QUEUE_S = 1.0
+#: A connection that lasted this long resets the backoff.
+STABLE_S = 10.0
+FIRST_BACKOFF_S = 0.5
+STOP_GRACE_S = 5.0
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+CARD_COLOR = "0x15151d"
+TITLE_FILE = "card-title.txt"
+PROMPT_FILE = "card-prompt.txt"
+
+
+def _font(path: str) -> str:
+    # Debian's fonts-dejavu-core (scripts/install.sh); else whatever fontconfig calls Sans.
+    return f"fontfile={path}" if Path(path).exists() else "font=Sans"
+
+
+def video_filter(kind: str, width: int, height: int, fps: int) -> str:
+    """The filter graph from input 0 to ``[v]``: the card's two texts, or the visual fitted
+    (letterboxed) into the frame."""
+    if kind == "card":
+        title, prompt = height // 12, height // 26
+        return (f"[0:v]drawtext={_font(FONT_BOLD)}:textfile={TITLE_FILE}:reload=1:expansion=none:fontcolor=white:"
+                f"fontsize={title}:x=(w-text_w)/2:y=h*0.30,"
+                f"drawtext={_font(FONT)}:textfile={PROMPT_FILE}:reload=1:expansion=none:fontcolor=0xc8c8d0:fontsize={prompt}:"
+                f"line_spacing={prompt // 3}:x=(w-text_w)/2:y=h*0.50,format=yuv420p[v]")
+    return (f"[0:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
+            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,fps={fps},format=yuv420p[v]")
+
+
+def ffmpeg_command(target: str, kind: str, visual_file: str, settings: Settings) -> list[str]:
+    """ffmpeg's arguments for one output (run in the stream's folder: the card's text files
+    and the visual are named relative to it). ``target`` is the URL with the key."""
+    width, height = (int(v) for v in settings.rtmp_video_size.split("x"))
+    fps, kbps = settings.rtmp_fps, settings.rtmp_video_kbps
+    if kind == "card":
+        video_in = ["-re", "-f", "lavfi", "-i", f"color=c={CARD_COLOR}:s={width}x{height}:r={fps}"]
+    elif kind == "image":
+        video_in = ["-re", "-loop", "1", "-framerate", str(fps), "-i", visual_file]
+    else:
+        video_in = ["-re", "-stream_loop", "-1", "-i", visual_file]
+    return [
+        ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
+        "-stats_period", "1", *video_in,
+        "-thread_queue_size", "512", "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0",
+        "-filter_complex", video_filter(kind, width, height, fps), "-map", "[v]", "-map", "1:a",
+        "-c:v", "libx264", "-preset", settings.rtmp_x264_preset,
+        *(["-tune", "stillimage"] if kind in ("card", "image") else []),
+        "-pix_fmt", "yuv420p", "-r", str(fps), "-g", str(2 * fps), "-keyint_min", str(2 * fps),
+        "-sc_threshold", "0", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k",
+        "-x264-params", "nal-hrd=cbr",
+        "-c:a", "aac", "-b:a", f"{settings.rtmp_audio_kbps}k", "-ar", str(RATE), "-ac", str(CHANNELS),
+        # -shortest: when the packager dies, ffmpeg's audio input ends and so does the
+        # stream (the looped picture alone would keep it publishing, orphaned, forever).
+        "-shortest", "-f", "flv", "-flvflags", "no_duration_filesize",
+        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), target,
+    ]
+
+
+def card_text(text: str, width_px: int, font_px: int, max_lines: int = 4) -> str:
+    """``text`` wrapped to the card's width (drawtext does not wrap), at most ``max_lines``."""
+    per_line = max(10, int(width_px * 0.85 / (font_px * 0.55)))
+    lines = textwrap.wrap(" ".join(text.split()), per_line) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: per_line - 1].rstrip() + "\u2026"
+    return "\n".join(lines)
+
+
+class RtmpOutput:
+    """One output's ffmpeg, kept connected until :meth:`stop`.
+
+    :param store: where its configuration, key and status live.
+    :param station_id: the station.
+    :param output_id: the output.
+    :param directory: the station stream's folder (card texts, the visual's local copy).
+    :param ctx: stores (GridFS for an uploaded visual) and settings.
+    """
+
+    def __init__(self, store: OutputStore, station_id: str, output_id: str, directory: Path, ctx: Context) -> None:
+        self.store = store
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.station_id, self.output_id = station_id, output_id
+        self.directory = directory
+        config, _key = store.config(station_id, output_id)
+        self.url = config.get("url") or ""
+        self.kind = config.get("visual") or "card"
+        self.visual_blob = config.get("visual_blob") or ""
+        self.log = log.bind(station_id=station_id, output_id=output_id, url=self.url)
+        # Counters carry on across packager restarts (they are in Redis).
+        self.connections = int(config.get("connections") or 0)
+        self.reconnects = int(config.get("reconnects") or 0)
+        self.failed_attempts = int(config.get("failed_attempts") or 0)
+        self.state = RECONNECTING if self.connections else CONNECTING
+        self.connected_since = 0.0
+        self.bitrate_kbps = 0.0
+        self.sent_bytes = 0
+        self.last_error = config.get("last_error") or ""
+        self.last_error_at = float(config.get("last_error_at") or 0)
+        self._secrets: list[str] = []
+        self._queue = PcmQueue(QUEUE_S)
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._last_progress = time.monotonic()
+        self._stderr: deque[str] = deque(maxlen=20)
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"rtmp-{self.output_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop pushing: ffmpeg gets the end of its input and closes the connection (killed
+        after a grace period)."""
+        self._stop.set()
+        self._queue.wake()
+        threading.Timer(STOP_GRACE_S, self._kill).start()
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def feed(self, pcm: bytes) -> None:
+        """Program audio (s16le, 48 kHz stereo) as the HLS encoder gets it; never blocks."""
+        if not self._stop.is_set():
+            self._queue.put(pcm)
+
+    def check(self) -> None:
+        """Called every packager tick: an ffmpeg that sent nothing for ``rtmp_stall_s``
+        (a connection that hangs, not one that fails) is killed and started again."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None or self._stop.is_set():
+            return
+        silent = time.monotonic() - self._last_progress
+        if silent > self.settings.rtmp_stall_s:
+            self._error(f"nothing sent for {silent:.0f} s; reconnecting")
+            proc.kill()
+
+    def status(self) -> dict[str, Any]:
+        """The fields the packager publishes into the output's Redis hash."""
+        connected = self.state == CONNECTED
+        return {"state": self.state, "connected_since": self.connected_since if connected else 0,
+                "bitrate_kbps": round(self.bitrate_kbps, 1) if connected else 0, "sent_bytes": self.sent_bytes,
+                "connections": self.connections, "reconnects": self.reconnects,
+                "failed_attempts": self.failed_attempts, "last_error": self.last_error,
+                "last_error_at": self.last_error_at, "updated": time.time()}
+
+    # ------------------------------------------------------------ the supervisor
+    def _run(self) -> None:
+        failures = 0
+        try:
+            visual = self._visual_file()
+        except Exception as exc:
+            self._error(f"the visual could not be read: {type(exc).__name__}")
+            self.log.exception("output visual unavailable")
+            return
+        while not self._stop.is_set():
+            _config, key = self.store.config(self.station_id, self.output_id)
+            if not key:  # stopped (the key is deleted with it)
+                return
+            self._secrets = [key, publish_url(self.url, key)]
+            started = time.monotonic()
+            was_connected = self._attempt(publish_url(self.url, key), visual)
+            if self._stop.is_set():
+                return
+            lasted = time.monotonic() - started
+            if was_connected:
+                self.state = RECONNECTING
+                failures = 0 if lasted >= STABLE_S else failures + 1
+            else:
+                self.failed_attempts += 1
+                failures += 1
+            delay = min(self.settings.rtmp_reconnect_max_s, FIRST_BACKOFF_S * 2 ** max(0, failures - 1))
+            self.log.warning("output disconnected; reconnecting" if was_connected else "output could not connect",
+                             error=self.last_error, retry_in_s=delay, failed_attempts=self.failed_attempts,
+                             reconnects=self.reconnects)
+            self._stop.wait(delay)
+
+    def _visual_file(self) -> str:
+        """The uploaded visual, copied from GridFS into the stream's folder once."""
+        if self.kind == "card" or not self.visual_blob:
+            return ""
+        name = f"visual-{self.output_id}"
+        path = self.directory / name
+        if not path.exists():
+            write_atomic(path, self.ctx.blobs.get(self.visual_blob))
+        return name
+
+    def _attempt(self, target: str, visual: str) -> bool:
+        """Run ffmpeg until it exits; whether it got connected."""
+        self.bitrate_kbps, self.sent_bytes = 0.0, 0
+        self._stderr.clear()
+        self._last_progress = time.monotonic()
+        try:
+            proc = subprocess.Popen(ffmpeg_command(target, self.kind, visual, self.settings), cwd=self.directory,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    bufsize=0)
+        except OSError as exc:
+            self._error(f"ffmpeg did not start: {exc}")
+            return False
+        self._proc = proc
+        connected = threading.Event()
+        readers = [threading.Thread(target=self._read_progress, args=(proc, connected), daemon=True),
+                   threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)]
+        for t in readers:
+            t.start()
+        stdin = proc.stdin
+        assert stdin is not None
+        try:
+            while not self._stop.is_set() and proc.poll() is None:
+                for block in self._queue.take(0.1):
+                    stdin.write(block)
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # ffmpeg exited: its stderr says why
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for t in readers:
+                t.join(2)
+        if not self._stop.is_set():
+            said = next((line for line in reversed(self._stderr) if line.strip()), "")
+            self._error(said or f"ffmpeg exited with code {proc.returncode}")
+        return connected.is_set()
+
+    def _read_progress(self, proc: subprocess.Popen, connected: threading.Event) -> None:
+        """ffmpeg's ``-progress`` blocks (one a second) arrive only once the server took the
+        stream: the first one means connected; ``total_size`` gives the bitrate."""
+        assert proc.stdout is not None
+        block: dict[str, str] = {}
+        last_size, last_at = 0, time.monotonic()
+        for raw in proc.stdout:
+            name, _, value = raw.decode(errors="replace").strip().partition("=")
+            if name != "progress":
+                block[name] = value
+                continue
+            now = time.monotonic()
+            self._last_progress = now
+            try:
+                size = int(block.get("total_size") or 0)
+            except ValueError:
+                size = last_size
+            if not connected.is_set():
+                connected.set()
+                self.connections += 1
+                if self.connections > 1:
+                    self.reconnects += 1
+                self.connected_since = time.time()
+                self.state = CONNECTED
+                self.log.info("output connected", reconnects=self.reconnects)
+            elif now > last_at:
+                self.bitrate_kbps = max(0, size - last_size) * 8 / 1000 / (now - last_at)
+            last_size, last_at = size, now
+            self.sent_bytes = size
+            block = {}
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = redact(raw.decode(errors="replace").rstrip(), self._secrets)
+            if line:
+                self._stderr.append(line[:300])
+
+    def _error(self, message: str) -> None:
+        self.last_error = redact(message, self._secrets)[:300]
+        self.last_error_at = time.time()
+
+
+class StationOutputs:
+    """Every output of one station stream: started, stopped and reported each tick.
+
+    :param ctx: stores and settings.
+    :param station_id: the station.
+    :param stream: its running stream (the audio is tapped from its encoder).
+    """
+
+    def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
+        self.ctx = ctx
+        self.station_id = station_id
+        self.stream = stream
+        self.store = OutputStore(ctx)
+        self.running: dict[str, RtmpOutput] = {}
+        self._card: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+        stream.encoder.taps.append(self._feed)
+
+    def _feed(self, pcm: bytes) -> None:
+        for output in list(self.running.values()):
+            output.feed(pcm)
+
+    def sync(self) -> None:
+        """Start outputs that were added, stop those that were stopped, restart stalled
+        ones, refresh the card and publish every output's status."""
+        live = self.store.live(self.station_id)
+        with self._lock:
+            for output_id in sorted(live - set(self.running)):
+                self._refresh_card()
+                output = RtmpOutput(self.store, self.station_id, output_id, self.stream.directory, self.ctx)
+                output.start()
+                self.running[output_id] = output
+                output.log.info("output started", visual=output.kind)
+            for output_id in list(self.running):
+                if output_id not in live:
+                    self.running.pop(output_id).stop()
+        if self.running:
+            self._refresh_card()
+        for output_id, output in list(self.running.items()):
+            output.check()
+            self.store.publish(self.station_id, output_id, output.status())
+
+    def _refresh_card(self) -> None:
+        """The card's texts: the station's name and the prompt now playing."""
+        st = self.ctx.redis.hmget(keys.station(self.station_id), ["name", "generating_prompt"])
+        playing = self.stream.buffer.playing_meta() or {}
+        title = st[0] or "g4l station"
+        prompt = playing.get("prompt") or st[1] or ""
+        if self._card == (title, prompt):
+            return
+        width, height = (int(v) for v in self.ctx.settings.rtmp_video_size.split("x"))
+        write_atomic(self.stream.directory / TITLE_FILE, card_text(title, width, height // 12, 1).encode())
+        write_atomic(self.stream.directory / PROMPT_FILE, card_text(prompt, width, height // 26).encode())
+        self._card = (title, prompt)
+
+    def close(self) -> None:
+        """Stop every ffmpeg (this packager stops or lost the stream); the outputs stay live
+        in Redis, so the packager that takes the stream over starts them again."""
+        if self._feed in self.stream.encoder.taps:
+            self.stream.encoder.taps.remove(self._feed)
+        with self._lock:
+            for output_id, output in list(self.running.items()):
+                output.stop()
+                self.store.publish(self.station_id, output_id, {**output.status(), "state": RECONNECTING,
+                                                                 "connected_since": 0, "bitrate_kbps": 0})
+            self.running.clear()
