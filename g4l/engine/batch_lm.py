@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from g4l.engine.kv_cache import KVCache
+from g4l.engine.kv_cache import KVCache, round_up
 
 if TYPE_CHECKING:
     from audiocraft.models.lm import LMModel
 
 ATTENTION_KINDS = ("math", "sdpa")
+#: Self-attention reads keys in whole blocks of this many positions (see ``forward``).
+KEY_BLOCK = 64
 
 
 class UnsupportedModel(ValueError):
@@ -182,7 +184,14 @@ class BatchedLM:
 
         x = x + tr.positional_scale * create_sin_embedding(positions, self.dim, max_period=tr.max_period,
                                                            dtype=x.dtype)
-        end = max(start) + t  # keys [0, end) cover every line
+        # Keys [0, end) cover every line. ``end`` is rounded up to a multiple of KEY_BLOCK:
+        # the softmax and matmul kernels take their last partial vector of keys by another
+        # path, so a row's sums would otherwise round differently whenever a batch mate
+        # sets another ``end``; beyond a whole block the masked keys add exact zeros.
+        # (SDPA takes exactly the keys it may see when it runs without a mask, as stock.)
+        end = max(start) + t
+        if self.attention == "math":
+            end = min(round_up(end, KEY_BLOCK), cache.shape.length)
         uniform = len(set(start)) == 1
         # [M, 1, T, end]: key j visible to the query at position p iff j <= p.
         key_pos = torch.arange(end, device=device)

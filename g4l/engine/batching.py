@@ -82,9 +82,11 @@ class RowHandle:
         self._cancel = threading.Event()
         self._codes: torch.Tensor | None = None
         self._error: BaseException | None = None
-        #: Loop steps the row spent waiting to join, and decoding (diagnostics).
+        #: When the row joined the batch and ended (``time.monotonic``, diagnostics).
         self.joined_at: float | None = None
         self.finished_at: float | None = None
+        #: The guided logits of each of the row's steps, when the loop records them.
+        self.logits: list[torch.Tensor] = []
 
     def cancel(self) -> None:
         """Ask the loop to drop the row before its next step (or before it joins)."""
@@ -153,18 +155,20 @@ class DecodeLoop:
     :param autocast: a context manager factory wrapped around each forward pass (MusicGen's
         own ``model.autocast`` on CUDA); ``None``: none.
     :param cache_dtype: dtype of the KV cache (default: the weights').
+    :param record_logits: keep each row's guided logits on its handle (tests, diagnostics).
     """
 
     def __init__(self, lm: LMModel, max_batch: int = 8, kv_budget_bytes: int | None = None,
                  row_multiple: int = 4, attention: str = "math", prefill_chunk: int | None = None,
                  autocast: Callable[[], AbstractContextManager[Any]] | None = None,
-                 cache_dtype: torch.dtype | None = None) -> None:
+                 cache_dtype: torch.dtype | None = None, record_logits: bool = False) -> None:
         if max_batch < 1 or row_multiple < 1:
             raise ValueError("max_batch and row_multiple must be >= 1")
         self.model = BatchedLM(lm, attention=attention)
         self.max_batch = max_batch
         self.row_multiple = row_multiple
         self.prefill_chunk = prefill_chunk
+        self.record_logits = record_logits
         self._autocast = autocast or nullcontext
         m = self.model
         self.cache = KVCache(len(m.layers), m.num_heads, m.head_dim, m.has_cross, m.device,
@@ -375,6 +379,8 @@ class DecodeLoop:
         """Guide, sample and write the row's step ``row.offset``, as ``LMModel.generate``."""
         params = row.handle.request.params
         logits = guided(cond.float(), uncond.float(), params.cfg_coef)
+        if self.record_logits:
+            row.handle.logits.append(logits.clone())
         if params.top_k > logits.shape[-1]:
             params = SamplingParams(logits.shape[-1], params.top_p, params.temperature, params.cfg_coef)
         nxt = sample(logits, params, row.generator)
