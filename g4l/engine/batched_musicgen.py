@@ -46,9 +46,10 @@ class BatchedMusicGen:
     def __init__(self, model: MusicGen, max_batch: int = 8, kv_budget_bytes: int | None = None,
                  **loop_kwargs: object) -> None:
         self.model = model
-        autocast = model.autocast if model.device.type == "cuda" else None
+        if "autocast" not in loop_kwargs and model.device.type == "cuda":
+            # MusicGen's own mixed precision on CUDA (float16), as its generate runs the LM.
+            loop_kwargs["autocast"] = lambda: model.autocast
         self.loop = DecodeLoop(model.lm, max_batch=max_batch, kv_budget_bytes=kv_budget_bytes,
-                               autocast=(lambda: autocast) if autocast is not None else None,
                                **loop_kwargs)  # type: ignore[arg-type]
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

@@ -13,10 +13,14 @@ One loop runs every active row (a job) of one language model, one token step at 
   callback failed leaves; the last row moves into its cache slot, the others go on.
 
 Rows are laid out as half-row pairs (conditional, unconditional: classifier-free guidance)
-in slots ``2i, 2i+1``; the forward pass runs over ``row_multiple``-padded lines, because
-the BLAS kernels of a linear layer round differently for some batch sizes (measured on
-CPU: 1-3, 5-7, 9-11 lines differ from the rest; multiples of 4 agree), and a row's result
-must not depend on how many rows share its batch.
+in slots ``2i, 2i+1``. With two rows or more the forward pass runs over lines padded to a
+multiple of ``row_multiple``, because the BLAS kernels of a linear layer round differently
+for some line counts (measured on CPU: 1-3, 5-7, 9-11 lines differ from the rest, multiples
+of 4 agree): a row's logits are then bit-for-bit the same in any batch of two or more. A
+lone row runs its 2 lines unpadded by default: that is stock AudioCraft's own kernel (bit
+for bit its output, and on this CPU's MKL 2 lines cost about 0.6 of 4), at the price of a
+last-bit difference between a row alone and batched; ``pad_lone_row=True`` pads it too
+(fully batch-invariant, slower alone).
 
 Memory: the KV cache grows to the rows it holds (slots, positions) within
 ``kv_budget_bytes``; a row that would pass it waits for a row to leave. On CUDA an
@@ -148,7 +152,9 @@ class DecodeLoop:
     :param lm: the model (``MusicGen.lm``), in eval mode.
     :param max_batch: most rows decoding at once.
     :param kv_budget_bytes: most bytes of KV cache (``None``: no limit).
-    :param row_multiple: half-row lines of a forward pass are padded to a multiple of this
+    :param row_multiple: with two rows or more, the lines of a forward pass are padded to a
+        multiple of this (see the module docstring; 1: no padding).
+    :param pad_lone_row: pad a lone row's 2 lines as well (bit-exact alone vs batched).
         (see the module docstring; 1 disables the padding).
     :param attention: ``'math'`` or ``'sdpa'`` (:class:`~g4l.engine.batch_lm.BatchedLM`).
     :param prefill_chunk: positions per prefill forward pass (``None``: all at once).
@@ -159,7 +165,8 @@ class DecodeLoop:
     """
 
     def __init__(self, lm: LMModel, max_batch: int = 8, kv_budget_bytes: int | None = None,
-                 row_multiple: int = 4, attention: str = "math", prefill_chunk: int | None = None,
+                 row_multiple: int = 4, pad_lone_row: bool = False, attention: str = "math",
+                 prefill_chunk: int | None = None,
                  autocast: Callable[[], AbstractContextManager[Any]] | None = None,
                  cache_dtype: torch.dtype | None = None, record_logits: bool = False) -> None:
         if max_batch < 1 or row_multiple < 1:
@@ -167,6 +174,7 @@ class DecodeLoop:
         self.model = BatchedLM(lm, attention=attention)
         self.max_batch = max_batch
         self.row_multiple = row_multiple
+        self.pad_lone_row = pad_lone_row
         self.prefill_chunk = prefill_chunk
         self.record_logits = record_logits
         self._autocast = autocast or nullcontext
@@ -288,7 +296,7 @@ class DecodeLoop:
                 with torch.inference_mode(), self._autocast():
                     row.condition = self.model.condition(row.handle.request.attributes)
             index = len(self.rows)
-            wanted = CacheShape(round_up(2 * (index + 1), self.row_multiple), row.length,
+            wanted = CacheShape(self._lines(index + 1), row.length,
                                 row.condition.length)
             try:
                 # A lone row always gets its cache: a job never fails for the budget alone.
@@ -358,7 +366,7 @@ class DecodeLoop:
 
     def _forward_all(self) -> None:
         rows = self.rows
-        lines = round_up(2 * len(rows), self.row_multiple)
+        lines = self._lines(len(rows))
         k = self.model.num_codebooks
         special = self.model.lm.special_token_id
         tokens = torch.full((lines, k, 1), special, dtype=torch.long, device=self.model.device)
@@ -374,6 +382,12 @@ class DecodeLoop:
         self.steps += 1
         for row in list(rows):
             self._after_sample(row)
+
+    def _lines(self, rows: int) -> int:
+        """Lines of a forward pass over ``rows`` rows (two halves each, padded)."""
+        if rows == 1 and not self.pad_lone_row:
+            return 2
+        return round_up(2 * rows, self.row_multiple)
 
     def _sample(self, row: _Row, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         """Guide, sample and write the row's step ``row.offset``, as ``LMModel.generate``."""
