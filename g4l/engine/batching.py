@@ -261,7 +261,14 @@ class DecodeLoop:
         """Iterate until ``stop`` is set, sleeping while there is nothing to do (a worker's
         loop thread)."""
         while not stop.is_set():
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as exc:
+                # An unexpected error in a shared step: end the rows it touched with it
+                # rather than leave their callers waiting on a dead thread.
+                self._fail_active(exc)
+                continue
+            if not busy:
                 with self._lock:
                     if not self._pending:
                         self._lock.wait(poll_s)
@@ -445,6 +452,12 @@ class DecodeLoop:
             self._batch_limit = self.max_batch
             if self.cache.budget_bytes is not None or self.cache.device.type == "cuda":
                 self.cache.clear()  # give the memory back while idle
+
+    def _fail_active(self, exc: BaseException) -> None:
+        """End every active row with ``exc`` and free the cache (the loop goes on)."""
+        for row in list(self.rows):
+            self._leave(row, None, exc)
+        self.cache.clear()
 
     def evict_latest(self) -> None:
         """Put the most recently joined row back in the queue, keeping its codes and
