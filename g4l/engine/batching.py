@@ -26,7 +26,9 @@ Memory: the KV cache grows to the rows it holds (slots, positions) within
 ``kv_budget_bytes``; a row that would pass it waits for a row to leave. On CUDA an
 out-of-memory error in a step puts the most recently joined row back in the queue (its
 tokens and generator kept: it resumes with a prefill of everything it has) and lowers the
-batch limit until the batch empties; a row is failed only when it runs out of memory alone.
+batch limit until the batch empties; a joining row whose prefill runs out of memory waits
+for the batch to empty, then retries in smaller chunks; a row is failed only when it runs
+out of memory alone.
 """
 
 from __future__ import annotations
@@ -315,7 +317,11 @@ class DecodeLoop:
             try:
                 self._prefill(row, index)
             except torch.cuda.OutOfMemoryError:
-                self._out_of_memory()
+                # The joining row waits (the rows already decoding keep their places) until
+                # the batch empties; alone, it retries in smaller prefill chunks.
+                self._batch_limit = max(1, len(self.rows))
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 with self._lock:
                     self._pending.append(row)
                 if not self.rows:
