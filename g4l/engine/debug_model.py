@@ -36,12 +36,29 @@ LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
 
 
-def debug_config(device: str = "cpu") -> dict[str, Any]:
+#: Language-model shapes of released MusicGen checkpoints (dim, heads, layers, card), for
+#: benchmarks with random weights: ``tiny`` is the debug model; ``small`` (~420 M LM
+#: parameters) and ``medium`` (~1.5 B) match facebook/musicgen-small/-medium's transformer.
+#: Their text conditioner stays the lookup table (no T5 download) and their codec the tiny
+#: one with the right codebook size: the LM's per-step cost is that of the real model.
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"dim": LM_DIM, "num_heads": 2, "num_layers": 2, "hidden_scale": 2, "card": CARD},
+    "small": {"dim": 1024, "num_heads": 16, "num_layers": 24, "hidden_scale": 4, "card": 2048},
+    "medium": {"dim": 1536, "num_heads": 24, "num_layers": 48, "hidden_scale": 4, "card": 2048},
+}
+
+
+def debug_config(device: str = "cpu", shape: str = "tiny") -> dict[str, Any]:
     """The training-style config (``xp.cfg``) of the debug model, as a plain dict.
 
     Only keys that AudioCraft's builders read are present; names mirror the released
     MusicGen configs so the same builder code paths run.
+
+    Args:
+        device: torch device.
+        shape: a key of :data:`SHAPES` (the language model's size).
     """
+    lm = SHAPES[shape]
     return {
         "device": device,
         "dtype": "float32",
@@ -84,7 +101,7 @@ def debug_config(device: str = "cpu") -> dict[str, Any]:
         "rvq": {
             "n_q": N_Q,
             "q_dropout": False,
-            "bins": CARD,
+            "bins": lm["card"],
             "decay": 0.99,
             "kmeans_init": False,  # random uniform codebooks: usable without training data
             "kmeans_iters": 1,
@@ -94,11 +111,11 @@ def debug_config(device: str = "cpu") -> dict[str, Any]:
         "lm_model": "transformer_lm",
         "transformer_lm": {
             "n_q": N_Q,
-            "card": CARD,
-            "dim": LM_DIM,
-            "num_heads": 2,
-            "num_layers": 2,
-            "hidden_scale": 2,
+            "card": lm["card"],
+            "dim": lm["dim"],
+            "num_heads": lm["num_heads"],
+            "num_layers": lm["num_layers"],
+            "hidden_scale": lm["hidden_scale"],
             "dropout": 0.0,
             "activation": "gelu",
             "norm": "layer_norm",
@@ -141,14 +158,14 @@ def debug_config(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def _build_parts(seed: int, device: str) -> tuple[Any, Any, Any]:
+def _build_parts(seed: int, device: str, shape: str = "tiny") -> tuple[Any, Any, Any]:
     """Build (cfg, compression_model, lm) with AudioCraft's builders, seeded."""
     prepare_audiocraft_import()
     import torch
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(debug_config(device))
+    cfg = OmegaConf.create(debug_config(device, shape))
     # fork_rng: seed the weights without disturbing the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -158,14 +175,16 @@ def _build_parts(seed: int, device: str) -> tuple[Any, Any, Any]:
     return cfg, compression_model, lm
 
 
-def build_debug_musicgen(seed: int = 0, device: str = "cpu") -> MusicGen:
+def build_debug_musicgen(seed: int = 0, device: str = "cpu", shape: str = "tiny") -> MusicGen:
     """Build the tiny random-weight MusicGen (same ``seed`` -> same weights).
 
     Args:
         seed: seeds the weight initialisation.
         device: torch device, ``'cpu'`` or ``'cuda'``.
+        shape: the language model's size, a key of :data:`SHAPES` (``'small'``,
+            ``'medium'``: the released models' transformer, for benchmarks).
     """
-    _, compression_model, lm = _build_parts(seed, device)
+    _, compression_model, lm = _build_parts(seed, device, shape)
     from audiocraft.models import MusicGen
 
     return MusicGen(DEBUG_MODEL_ID, compression_model, lm)

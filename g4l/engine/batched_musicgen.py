@@ -1,0 +1,123 @@
+"""``BatchedMusicGen``: audio in, audio out, over a :class:`~g4l.engine.batching.DecodeLoop`.
+
+What ``MusicGen.generate_continuation``/``generate`` do around the language model, per
+job: the prompt is encoded to codes by the model's EnCodec and the description turned into
+``ConditioningAttributes`` (AudioCraft's own ``_prepare_tokens_and_attributes``), the codes
+are generated in the shared loop, and the finished codes are decoded back to audio. Encoding
+and decoding run in the submitting thread; only the token loop is shared.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from g4l.engine._compat import prepare_audiocraft_import
+from g4l.engine.base import GenerationParams, ProgressCallback
+
+prepare_audiocraft_import()
+
+import torch  # noqa: E402  (after the import shims)
+
+from g4l.engine.batching import DecodeLoop, RowHandle, RowRequest  # noqa: E402
+from g4l.engine.sampling import SamplingParams  # noqa: E402
+
+if TYPE_CHECKING:
+    from audiocraft.models import MusicGen
+
+
+def sampling_of(params: GenerationParams) -> SamplingParams:
+    """The loop's sampling parameters of a job's generation parameters."""
+    return SamplingParams(top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
+                          cfg_coef=params.cfg_coef)
+
+
+class BatchedMusicGen:
+    """Many concurrent generations of one MusicGen model through one decoding loop.
+
+    :param model: a loaded ``audiocraft.models.MusicGen``.
+    :param max_batch: most jobs decoding together.
+    :param kv_budget_bytes: most bytes of KV cache (``None``: no limit).
+    :param loop_kwargs: further :class:`DecodeLoop` options (``row_multiple``, ``attention``...).
+    """
+
+    def __init__(self, model: MusicGen, max_batch: int = 8, kv_budget_bytes: int | None = None,
+                 **loop_kwargs: object) -> None:
+        self.model = model
+        if "autocast" not in loop_kwargs and model.device.type == "cuda":
+            # MusicGen's own mixed precision on CUDA (float16), as its generate runs the LM.
+            loop_kwargs["autocast"] = lambda: model.autocast
+        self.loop = DecodeLoop(model.lm, max_batch=max_batch, kv_budget_bytes=kv_budget_bytes,
+                               **loop_kwargs)  # type: ignore[arg-type]
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.model.frame_rate)
+
+    # ------------------------------------------------------------ submit
+    def submit(self, prompt: np.ndarray | None, params: GenerationParams,
+               on_progress: ProgressCallback | None = None, priority: int = 0) -> RowHandle:
+        """Queue one generation: a continuation of ``prompt`` (``(channels, frames)`` float32
+        at :attr:`sample_rate`), or from nothing when ``prompt`` is ``None``.
+
+        :raises ValueError: for a duration past the model's window or a prompt too long.
+        """
+        model = self.model
+        if params.duration > model.max_duration:
+            raise ValueError(f"duration {params.duration} s is past the model's window ({model.max_duration} s)")
+        max_gen_len = int(params.duration * model.frame_rate)
+        wav = None
+        if prompt is not None:
+            wav = torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.float32))[None].to(model.device)
+        with torch.inference_mode():
+            attributes, codes = model._prepare_tokens_and_attributes([params.text], wav)
+        request = RowRequest(attributes=attributes, max_gen_len=max_gen_len,
+                             prompt=None if codes is None else codes[0], params=sampling_of(params),
+                             seed=params.seed, on_progress=on_progress, priority=priority)
+        return self.loop.submit(request)
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """``[K, T]`` codes to ``(channels, frames)`` float32 audio (EnCodec, one row alone)."""
+        with torch.inference_mode():
+            audio = self.model.compression_model.decode(codes[None].to(self.model.device), None)
+        return np.ascontiguousarray(audio[0].detach().to("cpu", torch.float32).numpy())
+
+    def generate(self, prompt: np.ndarray | None, params: GenerationParams,
+                 on_progress: ProgressCallback | None = None, priority: int = 0,
+                 timeout: float | None = None) -> np.ndarray:
+        """Submit, wait (the loop must be running: :meth:`start`) and decode one generation."""
+        handle = self.submit(prompt, params, on_progress, priority)
+        try:
+            codes = handle.result(timeout)
+        except BaseException:
+            handle.cancel()
+            raise
+        return self.decode(codes)
+
+    # ------------------------------------------------------------ the loop thread
+    def start(self) -> None:
+        """Run the decoding loop in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="decode-loop", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with torch.inference_mode():
+            self.loop.serve(self._stop)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop thread after its current iteration."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
