@@ -2,8 +2,8 @@
 with a configuration written here (``python -m g4l.balancer`` prints one for a deployment).
 
 * New connections, HTTP requests and websocket upgrades go to the least busy web process;
-  a process that refuses connections is skipped (and retried after a few seconds), so
-  clients of a dead process reconnect to a live one.
+  a request that cannot reach one is passed to another, and a process that keeps refusing
+  connections is skipped for a while, so clients of a dead process reconnect to a live one.
 * A long-polling Engine.IO request goes to the process that handed out its session id:
   ids start with the node's name (:mod:`g4l.web.nodes`), matched by a ``map`` on the
   ``sid`` query argument. No sticky cookie is needed, for polling or websocket clients.
@@ -27,8 +27,11 @@ from g4l.embedded import ManagedProcess, wait_for_port
 
 #: Seconds an idle proxied connection (a websocket between pings, a long poll) may stay open.
 IDLE_TIMEOUT_S = 3600
-#: A web process that refused a connection is not tried again for this long.
-FAIL_TIMEOUT_S = 3
+#: A web process that failed this many connections within FAIL_TIMEOUT_S is not tried again
+#: for FAIL_TIMEOUT_S (one failure is not enough: a burst of connections can overflow a
+#: busy process's accept queue for a moment).
+MAX_FAILS = 3
+FAIL_TIMEOUT_S = 2
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ def render_config(backends: Sequence[Backend], listen: str, *, max_body_mb: int,
     if not backends:
         raise ValueError("at least one web process is needed")
     routes = "\n".join(f'        "~^{re.escape(b.node)}\\." g4l_node_{b.node};' for b in backends)
-    servers = "\n".join(f"        server {b.address} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;" for b in backends)
+    servers = "\n".join(f"        server {b.address} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT_S}s;"
+                        for b in backends)
     # One upstream per node as well, so a polling request reaches its own node (names, not
     # addresses, in the map: a deployment's host names are resolved when nginx starts).
     singles = "".join(f"    upstream g4l_node_{b.node} {{\n        server {b.address};\n    }}\n" for b in backends)
@@ -104,7 +108,7 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_buffering off;
             proxy_request_buffering off;
-            proxy_connect_timeout 2s;
+            proxy_connect_timeout 5s;
             proxy_read_timeout {IDLE_TIMEOUT_S}s;
             proxy_send_timeout {IDLE_TIMEOUT_S}s;
             # A process that is down is skipped for requests that may be sent twice.

@@ -175,7 +175,8 @@ def main() -> int:
                     log.warning("process exited; restarting it", process=name, code=proc.returncode, delay_s=delay)
             if not announced:
                 doc = _readiness(f"{url}/health/ready")
-                if doc is not None and doc.get("status") == "ready":
+                if doc is not None and doc.get("status") == "ready" and \
+                        len(doc.get("web_nodes") or []) >= settings.web_processes:  # every web process up
                     print(f"g4l ready on {url}", flush=True)
                     print(_models_line(doc), flush=True)
                     announced = True
