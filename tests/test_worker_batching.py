@@ -175,7 +175,7 @@ def test_worker_killed_while_holding_several_jobs_recovers_or_fails_each(own_sto
         clients = [DeviceClient(server.url, timeout=240).connect() for _ in range(4)]
         marks = [c.mark() for c in clients]
         acks = []
-        for c, since in zip(clients, marks, strict=True):
+        for c in clients:
             c.emit(events.PROCESS_AUDIO, _bang_payload())
         for c, since in zip(clients, marks, strict=True):
             acks.append(c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)[1])
