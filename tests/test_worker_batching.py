@@ -22,7 +22,10 @@ import redis as redis_lib
 import requests
 
 from conftest import make_wav, start_server, wav_info
-from g4l import embedded
+from g4l import embedded, keys
+from g4l.jobs.records import Job, Priority, new_job_id
+from g4l.jobs.spec import GenerationSpec
+from g4l.store import heartbeats
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
 
@@ -215,3 +218,26 @@ def test_worker_killed_while_holding_several_jobs_recovers_or_fails_each(own_sto
         assert not r.smembers("g4l:queue:running") & set(ids), r.smembers("g4l:queue:running")
     finally:
         server.stop()
+
+
+def test_queue_eta_counts_the_slots_of_live_workers(ctx) -> None:
+    """Positions stay the order of the queue, but the ETA counts the jobs the live workers
+    hold at once: with 8 slots a job behind 2 others starts at once, with 1 it waits."""
+    jobs = []
+    for _ in range(3):
+        session = ctx.sessions.create(status="queued")
+        job = Job(id=new_job_id(), kind="bang", session_id=session.id,
+                  spec=GenerationSpec(model="debug", output_seconds=30), priority=Priority.INTERACTIVE)
+        ctx.sessions.update(session.id, job_id=job.id)
+        ctx.queue.enqueue(job)
+        jobs.append(job)
+    avg = ctx.queue.average_job_seconds()
+    # No worker beats: one slot (as before batching), one job after another.
+    assert ctx.queue.slots() == 1
+    assert ctx.queue.position(jobs[2].id).estimated_seconds == pytest.approx(3 * avg, abs=0.1)
+    heartbeats.publish(ctx.redis, keys.WORKERS, keys.worker, "w-batch", {"max_batch": 8, "job_ids": []}, 30)
+    assert ctx.queue.slots() == 8
+    third = ctx.queue.position(jobs[2].id)
+    assert third.position == 3 and third.estimated_seconds == pytest.approx(avg, abs=0.1)
+    heartbeats.publish(ctx.redis, keys.WORKERS, keys.worker, "w-old", {"job_id": None}, 30)
+    assert ctx.queue.slots() == 9  # a worker from before batching counts as one slot
