@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # that group them (GET /api/models); unnamed ones: what a worker that loaded it reports.
     model_sizes: Annotated[list[str], NoDecode] = []
     workers: int = 1
+    # Jobs one worker holds at once; those of one model share one decoding loop (continuous
+    # batching, docs/engine-batching.md). 1: one job at a time on the stock engine.
+    max_batch: int = Field(default=8, ge=1)
     torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
     device: str = "auto"  # auto | cpu | cuda

@@ -88,7 +88,7 @@ class MusicGenEngine(Engine):
 
     def continue_audio(self, prompt: np.ndarray, params: GenerationParams,
                        on_progress: ProgressCallback | None = None) -> np.ndarray:
-        wav = self._prompt_tensor(prompt)
+        wav = self.prompt_tensor(prompt)
         prompt_seconds = wav.shape[-1] / self.sample_rate
         if prompt_seconds >= params.duration:
             raise ValueError(f"prompt ({prompt_seconds:.2f} s) must be shorter than the "
@@ -128,8 +128,9 @@ class MusicGenEngine(Engine):
         # [B=1, C, T] -> (C, T) float32, detached from torch's memory.
         return np.ascontiguousarray(out[0].detach().to("cpu", torch.float32).numpy())
 
-    def _prompt_tensor(self, prompt: np.ndarray) -> torch.Tensor:
-        """Validate a ``(channels, frames)`` prompt and map it to the model's channels."""
+    def prompt_tensor(self, prompt: np.ndarray) -> torch.Tensor:
+        """Validate a ``(channels, frames)`` prompt and map it to the model's channels (on
+        the model's device). :raises ValueError: for a prompt the model cannot take."""
         arr = np.asarray(prompt)
         if arr.ndim == 1:
             arr = arr[None, :]  # a bare mono signal

@@ -9,6 +9,7 @@ the waiting order so queue positions and ETAs are one ZRANK away.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import redis
@@ -16,6 +17,7 @@ import redis
 from g4l import keys
 from g4l.errors import QueueFull
 from g4l.jobs.records import Job, JobStore, Priority
+from g4l.store import heartbeats
 
 # Background jobs sort after every interactive one in the waiting set; a job put back at
 # the front of its class sorts before the others of that class.
@@ -123,9 +125,23 @@ class JobQueue:
         avg = self.average_job_seconds()
         if rank is None:
             return QueuePosition(0, waiting + running, avg if running else 0.0)
-        # Jobs ahead of us, plus (about) half of what is running now, plus our own.
-        eta = avg * (rank + 1) + (avg / 2 if running else 0.0)
+        # Batching workers run `slots` jobs at once, each in about `avg` (the average of
+        # jobs as they ran, batched): the jobs ahead of us go by in waves of `slots`, plus
+        # (about) half a job while every slot is taken, plus our own. One slot: one by one.
+        slots = self.slots()
+        eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
         return QueuePosition(rank + 1, waiting + running, round(eta, 1))
+
+    def slots(self) -> int:
+        """Jobs the live workers can hold at once (their heartbeats' ``max_batch``; 1 a
+        worker from before batching), at least 1."""
+        total = 0
+        for raw in heartbeats.alive(self.r, keys.WORKERS, keys.worker).values():
+            try:
+                total += max(1, int(json.loads(raw).get("max_batch") or 1))
+            except (ValueError, TypeError, AttributeError):
+                total += 1
+        return max(1, total)
 
     def waiting_ids(self, limit: int = 500) -> list[str]:
         return list(self.r.zrange(keys.WAITING, 0, limit - 1))

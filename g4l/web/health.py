@@ -76,6 +76,8 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
         "workers": len(workers),
         "workers_ready": len(ready),
         "workers_busy": sum(1 for w in workers if w.get("job_id")),
+        # A batching worker holds several jobs (heartbeat job_ids; job_id alone before batching).
+        "jobs_running": sum(len(w.get("job_ids") or ([w["job_id"]] if w.get("job_id") else [])) for w in workers),
         "queue_depth": queue_depth,
         "web_nodes": web_nodes,
         "models_loaded": models,

@@ -49,7 +49,10 @@ def main() -> None:
     worker = Worker(ctx, cache, name)
 
     def describe() -> dict[str, Any]:
-        return {"job_id": worker.current, "state": state["state"], "models": cache.loaded(),
+        held = worker.held()
+        # job_id (the first job held) for readers from before batching; job_ids lists them all.
+        return {"job_id": held[0] if held else None, "job_ids": held, "max_batch": worker.max_batch,
+                "state": state["state"], "models": cache.loaded(),
                 "model_sizes": cache.sizes(), "models_failed": cache.failed(), "default_model": settings.model_default,
                 "torch": torch.__version__, "device": cache.device, "cuda": torch.cuda.is_available()}
 

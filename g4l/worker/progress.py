@@ -4,6 +4,7 @@ cancellation between model steps, and background jobs giving way to interactive 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from g4l.context import Context
 from g4l.engine.base import Cancelled
@@ -29,10 +30,15 @@ class ProgressReporter:
 
     :param expected_steps: the job's whole length in model steps, when it is longer than
         the engine reports (past one model window AudioCraft counts steps per window).
+    :param may_give_way: asked once an interactive job has been seen waiting; ``False``
+        keeps this job running (a batching worker with a free slot takes the interactive
+        job itself, and only one of its background jobs gives way at a time).
     """
 
-    def __init__(self, ctx: Context, job: Job, expected_steps: int = 0) -> None:
+    def __init__(self, ctx: Context, job: Job, expected_steps: int = 0,
+                 may_give_way: Callable[[], bool] | None = None) -> None:
         self.ctx, self.job = ctx, job
+        self.may_give_way = may_give_way
         self.interval = ctx.settings.progress_interval_s
         self.expected_steps = expected_steps
         self._last_sent = 0.0
@@ -56,7 +62,7 @@ class ProgressReporter:
                 raise Cancelled()
             if self.job.priority is Priority.BACKGROUND:
                 self._waiting_seen = self._waiting_seen + 1 if self.ctx.queue.interactive_waiting() else 0
-                if self._waiting_seen >= 2:
+                if self._waiting_seen >= 2 and (self.may_give_way is None or self.may_give_way()):
                     raise Preempted()
         percent = min(99, int(step * 100 / max(total, self.expected_steps, 1)))
         if percent != self._last_percent and now - self._last_sent >= self.interval:

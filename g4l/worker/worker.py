@@ -3,16 +3,23 @@
 :meth:`Worker.step` takes the next job from the queue (interactive first), hands it to its
 kind (:mod:`g4l.worker.kinds`), and ends it through :mod:`g4l.jobs.lifecycle` whatever
 happens: completed (the result handed to the web nodes and/or stored), canceled, failed
-with a clear error, or put back on the queue (a background job giving way). Between jobs
-it runs maintenance: recovery of dead workers' jobs and the retention sweep.
+with a clear error, or put back on the queue (a background job giving way). Between
+claims it runs maintenance: recovery of dead workers' jobs and the retention sweep.
+
+A worker holds up to ``G4L_MAX_BATCH`` jobs at once (continuous batching). Each claimed
+job runs the same :meth:`Worker.run` in its own thread; their model calls meet in one
+decoding loop per model (:class:`~g4l.engine.batched_engine.BatchedEngine`), so they share
+forward passes, and each still has its own progress, cancel and ending. With a batch of 1
+the job runs in the claiming thread on the stock engine, as before batching existed.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pymongo.errors
 import redis
@@ -20,19 +27,22 @@ from structlog.stdlib import BoundLogger
 
 from g4l import keys
 from g4l.context import Context
-from g4l.engine.base import Cancelled
+from g4l.engine.base import Cancelled, Engine
 from g4l.engine.cache import ModelCache
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, recovery
 from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
-from g4l.jobs.records import Job
+from g4l.jobs.records import Job, Priority
 from g4l.log import get_logger
 from g4l.store import redis_wait, retention
 from g4l.worker import kinds
 from g4l.worker.heartbeat import Heartbeat
 from g4l.worker.progress import Preempted, ProgressReporter
 from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
+
+if TYPE_CHECKING:
+    from g4l.engine.batched_musicgen import BatchedMusicGen
 
 log = get_logger(__name__)
 
@@ -46,34 +56,54 @@ class Worker:
     :param name: this worker's consumer name (also its heartbeat's).
     :param heartbeat: renewed by its own thread; told at once when the job in hand changes.
     :param writer: stores results that were delivered first (``None``: store inline).
+    :param max_batch: most jobs held at once (default ``G4L_MAX_BATCH``; 1: one at a time).
     """
 
     def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
-                 writer: ResultWriter | None = None) -> None:
+                 writer: ResultWriter | None = None, max_batch: int | None = None) -> None:
         self.ctx = ctx
         self.cache = cache
         self.name = name
         self.heartbeat = heartbeat
         self.writer = writer
-        #: The job in hand (what the heartbeat reports).
-        self.current: str | None = None
+        self.max_batch = max(1, max_batch or ctx.settings.max_batch)
+        #: Job id -> its thread (``None``: running in the claiming thread), in claim order.
+        self._held: dict[str, threading.Thread | None] = {}
+        self._slots = threading.Condition()  # guards _held and _giving_way; notified when a job ends
+        self._giving_way = False
+        #: Model id -> its shared decoding loop (batching workers only).
+        self._loops: dict[str, BatchedMusicGen] = {}
+        self._loops_lock = threading.Lock()
         self._stopping = False
         self._last_maintenance = 0.0
 
+    @property
+    def current(self) -> str | None:
+        """The first job in hand (``None``: idle); the heartbeat's ``job_id``."""
+        held = self.held()
+        return held[0] if held else None
+
+    def held(self) -> list[str]:
+        """Every job in hand, in claim order (the heartbeat's ``job_ids``)."""
+        with self._slots:
+            return list(self._held)
+
     def stop(self) -> None:
-        """Finish the job in hand, then leave :meth:`run_forever`."""
+        """Finish the jobs in hand, then leave :meth:`run_forever`."""
         self._stopping = True
 
     def run_forever(self) -> None:
         """Take jobs until :meth:`stop`; while Redis is away, wait for it (with backoff)
-        instead of crashing into a restart loop."""
+        instead of crashing into a restart loop. Returns once the jobs in hand ended."""
         outage = 0
         while not self._stopping:
             try:
                 if time.monotonic() - self._last_maintenance > MAINTENANCE_EVERY_S:
                     self._last_maintenance = time.monotonic()
                     self.maintain()
-                self.step()
+                if not self._wait_for_slot(1.0):
+                    continue  # full: maintenance still runs while the batch decodes
+                self.step(threaded=self.max_batch > 1)
                 if outage:
                     log.info("redis is back", worker=self.name)
                 outage = 0
@@ -82,6 +112,23 @@ class Worker:
                     log.warning("redis unavailable; worker waiting", worker=self.name, error=str(exc)[:200])
                 time.sleep(redis_wait.backoff(outage))
                 outage += 1
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait for the jobs in hand to end, then stop the decoding loops."""
+        with self._slots:
+            threads = [t for t in self._held.values() if t is not None]
+        for thread in threads:
+            thread.join()
+        with self._loops_lock:
+            for loop in self._loops.values():
+                loop.stop()
+            self._loops.clear()
+
+    def _wait_for_slot(self, timeout: float) -> bool:
+        """Whether a job may be claimed now (waits up to ``timeout`` for one to end)."""
+        with self._slots:
+            return self._slots.wait_for(lambda: len(self._held) < self.max_batch, timeout)
 
     def maintain(self) -> None:
         """Recover dead workers' jobs; sweep old audio when due (any worker may)."""
@@ -95,8 +142,10 @@ class Worker:
             log.exception("maintenance failed")
 
     # ------------------------------------------------------------ claim
-    def step(self, block_ms: int = 1000) -> bool:
-        """Claim and run one job. Returns whether there was one."""
+    def step(self, block_ms: int = 1000, threaded: bool = False) -> bool:
+        """Claim one job and run it, here or (``threaded``: how a batching worker's
+        :meth:`run_forever` calls it) in its own thread, so the next claim can join the
+        batch. Returns whether there was one."""
         claimed = self.ctx.queue.claim(self.name, block_ms=block_ms)
         if claimed is None:
             return False
@@ -112,21 +161,74 @@ class Worker:
         # Started (its attempt counted) before the heartbeat names it: whoever sees this
         # worker holding the job sees an attempt in progress.
         self._redis(lambda: lifecycle.start(self.ctx, job, self.name, claimed), job.id)
-        self._hold(job.id)
+        if not threaded:
+            self._hold(job.id, None)
+            try:
+                self.run(job, claimed)  # a Redis outage past the wait goes up to run_forever
+            finally:
+                self._release(job.id)
+        else:
+            thread = threading.Thread(target=self._run_held, args=(job, claimed), name=f"job-{job.id[:8]}",
+                                      daemon=True)
+            self._hold(job.id, thread)
+            thread.start()
+        return True
+
+    def _run_held(self, job: Job, claimed: Claimed) -> None:
+        """A job's thread (batching worker)."""
         try:
             self.run(job, claimed)
+        except Exception:
+            # Only a Redis outage longer than G4L_REDIS_WAIT_S gets here; the entry stays
+            # pending on this worker (as when the single-job loop gave up on it).
+            log.exception("job bookkeeping gave up", job_id=job.id)
         finally:
-            self._hold(None)
-        return True
+            self._release(job.id)
 
     def _redis(self, fn: Callable[[], T], job_id: str) -> T:
         """``fn()``, waiting out a Redis outage for up to ``G4L_REDIS_WAIT_S``."""
         return redis_wait.retry(fn, wait_s=self.ctx.settings.redis_wait_s, what="a job's bookkeeping", job_id=job_id)
 
-    def _hold(self, job_id: str | None) -> None:
-        self.current = job_id
+    def _hold(self, job_id: str, thread: threading.Thread | None) -> None:
+        with self._slots:
+            self._held[job_id] = thread
         if self.heartbeat is not None:
             self.heartbeat.refresh()  # health and recovery see the job now, not at the next tick
+
+    def _release(self, job_id: str) -> None:
+        with self._slots:
+            self._held.pop(job_id, None)
+            self._giving_way = False  # a slot is free: the waiting interactive job fits now
+            self._slots.notify_all()
+        if self.heartbeat is not None:
+            self.heartbeat.refresh()
+
+    def _may_give_way(self) -> bool:
+        """Whether a background job should step aside for a waiting interactive one: only
+        when no slot is free (else this worker claims the interactive job itself) and only
+        one job at a time (one freed slot is enough)."""
+        with self._slots:
+            if len(self._held) < self.max_batch or self._giving_way:
+                return False
+            self._giving_way = True
+            return True
+
+    # ------------------------------------------------------------ engines
+    def engine_for(self, job: Job) -> Engine:
+        """The engine a job runs on: the stock one with a batch of 1, else its model's
+        shared decoding loop (started on first use), at the job's priority."""
+        base = self.cache.get(job.model)
+        if self.max_batch == 1:
+            return base
+        from g4l.engine.batched_engine import BACKGROUND, INTERACTIVE, BatchedEngine  # torch: workers only
+        from g4l.engine.batched_musicgen import BatchedMusicGen
+
+        with self._loops_lock:
+            loop = self._loops.get(base.model_id)
+            if loop is None:
+                loop = self._loops[base.model_id] = BatchedMusicGen(base.model, max_batch=self.max_batch)
+                loop.start()
+        return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND)
 
     # ------------------------------------------------------------ run and finish
     def run(self, job: Job, claimed: Claimed) -> None:
@@ -141,9 +243,10 @@ class Worker:
             return
         run = None
         try:
-            engine = self.cache.get(job.model)
+            engine = self.engine_for(job)
             expected = int(job.spec.new_seconds * float(getattr(engine, "frame_rate", 0.0)))
-            run = kinds.Run(self.ctx, job, engine, self.ctx.blobs.new_id(), ProgressReporter(self.ctx, job, expected))
+            progress = ProgressReporter(self.ctx, job, expected, may_give_way=self._may_give_way)
+            run = kinds.Run(self.ctx, job, engine, self.ctx.blobs.new_id(), progress)
             outcome = kind.run(run)
             if self.ctx.jobs.cancel_requested(job.id):  # canceled after the last model step: keep nothing
                 raise Cancelled()

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Simultaneous device bangs on one worker: continuous batching vs one job at a time.
+
+Starts the whole server with the tiny model (``G4L_MODELS=debug``, one worker) and, for
+each N in ``--n`` (default 1, 4, 8), connects N device clients and emits N bangs at the same
+instant (4 s prompt, 30 s result each). Per round it prints the time from the emit until
+the LAST result arrived, and each client's time to its first progress notice and to its
+result. It does this with ``G4L_MAX_BATCH=--max-batch`` (default 8) and then, unless
+``--no-serial``, with ``G4L_MAX_BATCH=1`` (one job after another, as before batching).
+The last lines are ``batched t(8)/t(1) = X`` and ``serial t(8)/t(1) = Y`` (for the largest
+N). Speed is printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (re-execs under the venv)
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from plugin_protocol import events  # noqa: E402
+from plugin_protocol.client import DeviceClient  # noqa: E402
+
+
+def one_round(url: str, n: int, wav: bytes) -> tuple[float, list[float], list[float]]:
+    """N simultaneous bangs: (time until the last result, each first progress, each result)."""
+    clients = [DeviceClient(url, timeout=600).connect() for _ in range(n)]
+    try:
+        payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": "debug", "prompt_duration": 4}
+        marks = [c.mark() for c in clients]
+        go = threading.Barrier(n + 1)
+        sent: list[float] = [0.0] * n
+
+        def emit(i: int) -> None:
+            go.wait()
+            sent[i] = time.monotonic()
+            clients[i].emit(events.PROCESS_AUDIO, payload)
+
+        threads = [threading.Thread(target=emit, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        go.wait()
+        for t in threads:
+            t.join()
+        firsts, dones = [], []
+        for i, (c, since) in enumerate(zip(clients, marks, strict=True)):
+            _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
+            c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
+            with c._cond:  # the client's own receive timestamps
+                got = c.received[since:]
+            progress = [t for t, name, d in got if name == events.PROGRESS_UPDATE
+                        and isinstance(d, dict) and d.get("session_id") == ack["session_id"]]
+            done = [t for t, name, _d in got if name == events.AUDIO_PROCESSED]
+            firsts.append((progress[0] - sent[i]) if progress else float("nan"))
+            dones.append(done[0] - sent[i])
+        last = max(s + d for s, d in zip(sent, dones, strict=True)) - min(sent)
+        return last, firsts, dones
+    finally:
+        for c in clients:
+            c.close()
+
+
+def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
+    print(f"G4L_MAX_BATCH={max_batch}: starting the server (tiny model, 1 worker)", flush=True)
+    totals: dict[int, float] = {}
+    with common.Server(extra_env={"G4L_MAX_BATCH": str(max_batch), "G4L_WORKERS": "1"}) as server:
+        one_round(server.url, 1, wav)  # warm-up: model loaded, loop thread started
+        for n in ns:
+            total, firsts, dones = one_round(server.url, n, wav)
+            totals[n] = total
+            fp = ", ".join(f"{x:.2f}" for x in firsts)
+            print(f"  N={n}: last result after {total:6.2f} s; per client first progress [{fp}] s; "
+                  f"result median {statistics.median(dones):.2f} s, max {max(dones):.2f} s", flush=True)
+    return totals
+
+
+def main() -> None:
+    common.install_term_handler()
+    common.install_alarm(1800)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", default="1,4,8", help="comma-separated numbers of simultaneous bangs")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--no-serial", action="store_true", help="skip the G4L_MAX_BATCH=1 comparison")
+    args = parser.parse_args()
+    ns = sorted({int(x) for x in args.n.split(",") if x.strip()})
+    wav = common.make_wav(4)
+    started = time.monotonic()
+    batched = run_server(args.max_batch, ns, wav)
+    serial = {} if args.no_serial else run_server(1, [ns[0], ns[-1]], wav)
+    print(f"total {time.monotonic() - started:.0f} s")
+    top = ns[-1]
+    print(f"batched t({top})/t({ns[0]}) = {batched[top] / batched[ns[0]]:.2f}")
+    if serial:
+        print(f"serial  t({top})/t({ns[0]}) = {serial[top] / serial[ns[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

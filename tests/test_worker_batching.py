@@ -1,0 +1,243 @@
+"""Continuous batching in the worker (issue 10), on the real server and the tiny model: one
+worker holds several jobs at once and their model steps share one decoding loop; a
+cancelled job leaves without disturbing the others; a worker killed while it holds several
+jobs has every one of them recovered or failed clearly.
+
+Nothing here asserts speed (scripts/bench_concurrency prints it): overlap is read from the
+job records' ``started``/``finished`` times and from the worker's heartbeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis as redis_lib
+import requests
+
+from conftest import make_wav, start_server, wav_info
+from g4l import embedded, keys
+from g4l.jobs.records import Job, Priority, new_job_id
+from g4l.jobs.spec import GenerationSpec
+from g4l.store import heartbeats
+from plugin_protocol import events
+from plugin_protocol.client import DeviceClient, ProtocolError
+
+
+@pytest.fixture
+def own_stores():
+    r = embedded.start_redis(None)
+    m = embedded.start_mongo(None)
+    yield r, m
+    r.stop()
+    m.stop()
+
+
+class HeartbeatWatch:
+    """Samples the workers' heartbeats in a thread: the most jobs one worker held at once,
+    and (on demand) a worker holding given jobs."""
+
+    def __init__(self, r: redis_lib.Redis) -> None:
+        self.r = r
+        self.most_held = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def beats(self) -> list[dict[str, Any]]:
+        out = []
+        for key in self.r.scan_iter("g4l:worker:*"):
+            raw = self.r.get(key)
+            if raw:
+                out.append(json.loads(raw))
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for beat in self.beats():
+                self.most_held = max(self.most_held, len(beat.get("job_ids") or []))
+
+    def __enter__(self) -> HeartbeatWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _jobs(r: redis_lib.Redis, job_ids: list[str]) -> list[dict[str, str]]:
+    return [r.hgetall(f"g4l:job:{job_id}") for job_id in job_ids]
+
+
+def _bang_payload(seconds: float = 4) -> dict[str, Any]:
+    return {"audio_data": base64.b64encode(make_wav(seconds)).decode(), "model_name": "debug",
+            "prompt_duration": int(seconds)}
+
+
+def test_simultaneous_bangs_run_together_in_one_worker(own_stores, tmp_path) -> None:
+    """Four devices bang at once on one worker with G4L_MAX_BATCH=8: all get their 30 s,
+    the heartbeat names several jobs at once, and the four jobs ran at the same time."""
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_MAX_BATCH="8")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        clients = [DeviceClient(server.url, timeout=180).connect() for _ in range(4)]
+        results: dict[int, Any] = {}
+        errors: list[BaseException] = []
+
+        def bang(i: int) -> None:
+            try:
+                results[i] = clients[i].bang(make_wav(4), model_name="debug", prompt_duration=4)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        with HeartbeatWatch(r) as watch:
+            threads = [threading.Thread(target=bang, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(240)
+        for c in clients:
+            c.close()
+        assert not errors, errors
+        assert len(results) == 4
+        for result in results.values():
+            assert wav_info(result.audio).duration == pytest.approx(30, abs=0.05)
+        jobs = _jobs(r, [res.job_id for res in results.values()])
+        assert all(j["status"] == "completed" and j["attempts"] == "1" for j in jobs), jobs
+        # One worker ran them all, and all four were running at one moment.
+        assert len({j["worker"] for j in jobs}) == 1
+        started = [float(j["started"]) for j in jobs]
+        finished = [float(j["finished"]) for j in jobs]
+        assert max(started) < min(finished), (started, finished)
+        assert watch.most_held >= 2, watch.most_held
+    finally:
+        server.stop()
+
+
+def test_cancelling_one_of_several_running_jobs_leaves_the_others_intact(own_stores, tmp_path) -> None:
+    """Five 30 s generations run batched; one is cancelled while all run: it ends canceled
+    with no audio, and the other four complete with their whole output."""
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_MAX_BATCH="8")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        api = server.url + "/api/v1"
+        ids = []
+        for i in range(5):
+            resp = requests.post(api + "/generate", json={"prompt": f"row {i}", "duration": 30, "seed": i},
+                                 timeout=30)
+            assert resp.status_code == 202, resp.text
+            ids.append(resp.json()["job_id"])
+        target, others = ids[2], ids[:2] + ids[3:]
+        deadline = time.monotonic() + 120
+        while True:  # cancel once every job runs and the target has made progress
+            jobs = _jobs(r, ids)
+            if all(j.get("status") == "running" for j in jobs) and int(jobs[2].get("progress") or 0) > 0:
+                break
+            assert not any(j.get("status") in ("completed", "failed", "canceled") for j in jobs), jobs
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.02)
+        resp = requests.delete(f"{api}/jobs/{target}", timeout=30)
+        assert resp.status_code in (200, 202), resp.text
+        for job_id in ids:
+            deadline = time.monotonic() + 120
+            while r.hget(f"g4l:job:{job_id}", "status") not in ("completed", "failed", "canceled"):
+                assert time.monotonic() < deadline, job_id
+                time.sleep(0.05)
+        cancelled = r.hgetall(f"g4l:job:{target}")
+        assert cancelled["status"] == "canceled", cancelled
+        assert requests.get(f"{api}/jobs/{target}/audio", timeout=30).status_code == 409
+        for job_id in others:
+            job = r.hgetall(f"g4l:job:{job_id}")
+            assert job["status"] == "completed", job
+            # They were running when the target left, and went on after it.
+            assert float(job["started"]) < float(cancelled["finished"]) < float(job["finished"])
+            audio = requests.get(f"{api}/jobs/{job_id}/audio", timeout=30)
+            assert audio.status_code == 200
+            assert wav_info(audio.content).duration == pytest.approx(30, abs=1e-3)
+    finally:
+        server.stop()
+
+
+def test_worker_killed_while_holding_several_jobs_recovers_or_fails_each(own_stores, tmp_path) -> None:
+    """SIGKILL the worker once its heartbeat names at least two of four bangs: every bang
+    then ends for its device, with a 30 s result (recovered: a second attempt on the
+    restarted worker) or a clear GENERATION_FAILED; no job is left running."""
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_MAX_BATCH="8",
+                          G4L_JOB_MAX_ATTEMPTS="2")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        clients = [DeviceClient(server.url, timeout=240).connect() for _ in range(4)]
+        marks = [c.mark() for c in clients]
+        acks = []
+        for c in clients:
+            c.emit(events.PROCESS_AUDIO, _bang_payload())
+        for c, since in zip(clients, marks, strict=True):
+            acks.append(c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)[1])
+        ids = [ack["job_id"] for ack in acks]
+        watch = HeartbeatWatch(r)
+        held: list[str] = []
+        deadline = time.monotonic() + 120
+        while len(held) < 2:
+            assert time.monotonic() < deadline, "no worker ever held two of the jobs"
+            for beat in watch.beats():
+                mine = [j for j in beat.get("job_ids") or [] if j in ids]
+                if len(mine) >= 2:
+                    os.kill(beat["pid"], signal.SIGKILL)
+                    held = mine
+                    break
+            time.sleep(0.02)
+        outcomes: dict[str, str] = {}
+        for c, since, ack in zip(clients, marks, acks, strict=True):
+            try:
+                _, data = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
+                assert wav_info(base64.b64decode(data["audio_data"])).duration == pytest.approx(30, abs=0.05)
+                outcomes[ack["job_id"]] = "completed"
+            except ProtocolError as exc:
+                assert exc.code == "GENERATION_FAILED", exc
+                outcomes[ack["job_id"]] = "failed"
+        for c in clients:
+            c.close()
+        for job_id in ids:
+            job = r.hgetall(f"g4l:job:{job_id}")
+            assert job["status"] == outcomes[job_id], job
+            if job_id in held and job["status"] == "completed":
+                assert job["attempts"] == "2", job  # run again after the kill
+            if job["status"] == "failed":
+                assert job["error_code"] == "GENERATION_FAILED" and job["error"], job
+        # Every held job came back on the second attempt (two are allowed).
+        assert all(outcomes[j] == "completed" for j in held), (held, outcomes)
+        assert not r.smembers("g4l:queue:running") & set(ids), r.smembers("g4l:queue:running")
+    finally:
+        server.stop()
+
+
+def test_queue_eta_counts_the_slots_of_live_workers(ctx) -> None:
+    """Positions stay the order of the queue, but the ETA counts the jobs the live workers
+    hold at once: with 8 slots a job behind 2 others starts at once, with 1 it waits."""
+    jobs = []
+    for _ in range(3):
+        session = ctx.sessions.create(status="queued")
+        job = Job(id=new_job_id(), kind="bang", session_id=session.id,
+                  spec=GenerationSpec(model="debug", output_seconds=30), priority=Priority.INTERACTIVE)
+        ctx.sessions.update(session.id, job_id=job.id)
+        ctx.queue.enqueue(job)
+        jobs.append(job)
+    avg = ctx.queue.average_job_seconds()
+    # No worker beats: one slot (as before batching), one job after another.
+    assert ctx.queue.slots() == 1
+    assert ctx.queue.position(jobs[2].id).estimated_seconds == pytest.approx(3 * avg, abs=0.1)
+    heartbeats.publish(ctx.redis, keys.WORKERS, keys.worker, "w-batch", {"max_batch": 8, "job_ids": []}, 30)
+    assert ctx.queue.slots() == 8
+    third = ctx.queue.position(jobs[2].id)
+    assert third.position == 3 and third.estimated_seconds == pytest.approx(avg, abs=0.1)
+    heartbeats.publish(ctx.redis, keys.WORKERS, keys.worker, "w-old", {"job_id": None}, 30)
+    assert ctx.queue.slots() == 9  # a worker from before batching counts as one slot
