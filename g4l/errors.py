@@ -106,6 +106,9 @@ class StoreUnavailable(G4LError):
     code = "STORE_UNAVAILABLE"
     http_status = 503
 
+    #: What a client is told when a store call failed under a request.
+    RETRY = "the audio store did not answer in time; nothing was changed, please send the request again"
+
 
 class GenerationFailed(G4LError):
     """The worker could not produce a result (model error, worker lost too often)."""

@@ -16,10 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import pymongo.errors
 
 from g4l import keys
 from g4l.context import Context
-from g4l.errors import Busy, Internal, InvalidRequest, NothingToRetry, QueueFull, RateLimited, SessionNotFound, TooLarge
+from g4l.errors import (
+    Busy,
+    Internal,
+    InvalidRequest,
+    NothingToRetry,
+    QueueFull,
+    RateLimited,
+    SessionNotFound,
+    StoreUnavailable,
+    TooLarge,
+)
 from g4l.jobs import lifecycle
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, JobStatus, new_job_id
@@ -397,5 +408,8 @@ class SessionService:
         except Exception as exc:
             log.exception("storing input failed", session_id=job.session_id, job_id=job.id)
             self.ctx.jobs.flag_cancel(job.id)
-            lifecycle.fail(self.ctx, job, Internal(f"could not store the input audio: {type(exc).__name__}",
-                                                   session_id=job.session_id))
+            error = (StoreUnavailable("the input audio could not be stored: the audio store did not answer; "
+                                      "please send the request again", session_id=job.session_id)
+                     if isinstance(exc, pymongo.errors.PyMongoError)
+                     else Internal(f"could not store the input audio: {type(exc).__name__}", session_id=job.session_id))
+            lifecycle.fail(self.ctx, job, error)

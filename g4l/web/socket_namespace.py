@@ -14,11 +14,12 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import pymongo.errors
 import socketio
 from flask_socketio import Namespace, emit
 
 from g4l import keys
-from g4l.errors import G4LError, Internal, InvalidRequest, Unauthorized
+from g4l.errors import G4LError, Internal, InvalidRequest, StoreUnavailable, Unauthorized
 from g4l.log import get_logger
 from g4l.services.auth import ApiKeys
 from g4l.services.jobs import JobService
@@ -64,6 +65,11 @@ def _mapped(event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
             emit(events.ERROR, exc.to_payload())
             log.info("request refused", socket_event=event, code=exc.code, session_id=exc.session_id,
                      error=exc.message)
+        except pymongo.errors.PyMongoError as exc:  # the store is down or timed out: send again
+            metrics.ERRORS.labels(StoreUnavailable.code).inc()
+            log.warning("audio store unavailable", socket_event=event, session_id=_session_hint(raw),
+                        error=str(exc)[:200])
+            emit(events.ERROR, StoreUnavailable(StoreUnavailable.RETRY, session_id=_session_hint(raw)).to_payload())
         except Exception:
             metrics.ERRORS.labels(Internal.code).inc()
             log.exception("handler crashed", socket_event=event, session_id=_session_hint(raw))

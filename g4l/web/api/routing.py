@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo.errors
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from g4l.errors import G4LError, InvalidRequest, NotFound, RequestTimeout, TooLarge
+from g4l.errors import G4LError, InvalidRequest, NotFound, RequestTimeout, StoreUnavailable, TooLarge
 from g4l.log import get_logger
 from g4l.web.offload import offload
 
@@ -181,6 +182,11 @@ def install_errors(app: Flask) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return resp
+
+    @app.errorhandler(pymongo.errors.PyMongoError)
+    def _store(exc: pymongo.errors.PyMongoError) -> Response:  # the store is down or timed out
+        log.warning("audio store unavailable", path=request.path, error=str(exc)[:200])
+        return error_response(StoreUnavailable(StoreUnavailable.RETRY))
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
