@@ -199,7 +199,7 @@ def ctx(redis_server, mongo_server):
 # ---------------------------------------------------------------- lanes
 #: Fixtures that start the whole server (launcher, worker, packager): tests that use one
 #: are the slow lane. ``scripts/test -m "not slow"`` runs the rest in about a minute.
-SERVER_FIXTURES = {"server", "client", "api", "hls", "own_stores", "scaled", "embedded_server"}
+SERVER_FIXTURES = {"server", "client", "api", "hls", "own_stores", "own_store", "scaled", "embedded_server"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:

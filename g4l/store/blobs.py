@@ -60,6 +60,7 @@ class BlobStore:
         """Store ``data``; returns its id. ``blob_id`` lets a caller reserve the id first."""
         meta = {"session_id": session_id, "kind": kind, "created": dt.datetime.now(dt.UTC), **metadata}
         file_id = ObjectId(blob_id) if blob_id else ObjectId()
+        unreachable = 0
         for attempt, pause in enumerate(PUT_RETRY_PAUSES_S + (None,), start=1):
             try:
                 self.bucket.upload_from_stream_with_id(file_id, f"{session_id}/{kind}", data, metadata=meta)
@@ -73,11 +74,19 @@ class BlobStore:
                 if pause is None:
                     raise
             except (pymongo.errors.OperationFailure, pymongo.errors.AutoReconnect) as exc:
-                # A failed write can leave chunks behind: clear them so the retry (same id)
-                # does not collide with its own half.
-                self._discard(file_id)
-                if pause is None:
-                    raise
+                if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError):
+                    # No server for a whole selection timeout: nothing was written, and the
+                    # store is down rather than blinking. One more try, then the caller
+                    # answers STORE_UNAVAILABLE (a request must not hang for minutes).
+                    unreachable += 1
+                    if unreachable >= 2 or pause is None:
+                        raise
+                else:
+                    # A failed write can leave chunks behind: clear them so the retry (same
+                    # id) does not collide with its own half.
+                    self._discard(file_id)
+                    if pause is None:
+                        raise
                 log.warning("GridFS write failed; retrying", blob_id=str(file_id), session_id=session_id, kind=kind,
                             attempt=attempt, error=str(exc)[:200])
             # Jitter: two writers that failed together must not retry together.
