@@ -10,12 +10,14 @@ and decoding run in the submitting thread; only the token loop is shared.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from g4l.engine._compat import prepare_audiocraft_import
 from g4l.engine.base import GenerationParams, ProgressCallback
+from g4l.log import get_logger
 
 prepare_audiocraft_import()
 
@@ -26,6 +28,8 @@ from g4l.engine.sampling import SamplingParams  # noqa: E402
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
+
+log = get_logger(__name__)
 
 
 def sampling_of(params: GenerationParams) -> SamplingParams:
@@ -100,7 +104,14 @@ class BatchedMusicGen:
         except BaseException:
             handle.cancel()
             raise
-        return self.decode(codes)
+        decoding = time.monotonic()
+        audio = self.decode(codes)
+        joined, finished = handle.joined_at or decoding, handle.finished_at or decoding
+        # Where a job's model time went (docs/engine-batching.md, "Where the time goes").
+        log.info("row generated", wait_s=round(joined - handle.submitted_at, 3),
+                 loop_s=round(finished - joined, 3), codec_s=round(time.monotonic() - decoding, 3),
+                 steps=int(codes.shape[-1]))
+        return audio
 
     # ------------------------------------------------------------ the loop thread
     def start(self) -> None:

@@ -41,12 +41,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from g4l.engine.base import Cancelled, ProgressCallback
 from g4l.engine.batch_lm import BatchedLM, RowCondition
 from g4l.engine.kv_cache import CacheShape, KVBudgetExceeded, KVCache, round_up
-from g4l.engine.sampling import SamplingParams, guided, new_generator, sample
+from g4l.engine.sampling import SamplingParams, guided, new_generator, sample_rows
 
 if TYPE_CHECKING:
     from audiocraft.models.lm import LMModel
@@ -88,7 +89,8 @@ class RowHandle:
         self._cancel = threading.Event()
         self._codes: torch.Tensor | None = None
         self._error: BaseException | None = None
-        #: When the row joined the batch and ended (``time.monotonic``, diagnostics).
+        #: When the row was submitted, joined the batch and ended (``time.monotonic``, diagnostics).
+        self.submitted_at = time.monotonic()
         self.joined_at: float | None = None
         self.finished_at: float | None = None
         #: The guided logits of each of the row's steps, when the loop records them.
@@ -127,17 +129,27 @@ class RowHandle:
 
 @dataclass
 class _Row:
-    """A row inside the loop: its pattern sequence and where it stands in it."""
+    """A row inside the loop: its pattern sequence and where it stands in it.
+
+    The codes live on the host whatever the model's device: a step reads one column per
+    row and writes one back, which as numpy views costs about a microsecond a row where
+    torch indexing cost tens (per-row Python work is what grows with the batch); one copy
+    each way per step carries them to and from the device.
+    """
 
     handle: RowHandle
     order: int
-    seq: torch.Tensor  # [K, S] pattern sequence, UNKNOWN where not generated yet
+    seq: torch.Tensor  # [K, S] pattern sequence on the CPU, UNKNOWN where not generated yet
     valid: torch.Tensor  # [K, S] the pattern's mask: False where a code is the special token
     pattern: Any
     first: int  # first sequence step to sample (after the prompt)
     offset: int  # next sequence step to sample
     generator: torch.Generator
     condition: RowCondition | None = None
+
+    def __post_init__(self) -> None:
+        self.seq_np = self.seq.numpy()  # views: writes go to the tensors
+        self.valid_np = self.valid.numpy()
 
     @property
     def length(self) -> int:
@@ -218,9 +230,9 @@ class DecodeLoop:
                              f"({request.max_gen_len} frames)")
         # The pattern sequence exactly as LMModel.generate builds it for one sample.
         pattern = self.model.lm.pattern_provider.get_pattern(request.max_gen_len)
-        codes = torch.full((1, k, request.max_gen_len), UNKNOWN, dtype=torch.long, device=model.device)
+        codes = torch.full((1, k, request.max_gen_len), UNKNOWN, dtype=torch.long)
         if prompt is not None:
-            codes[0, :, :prompt_len] = prompt.to(model.device)
+            codes[0, :, :prompt_len] = prompt.cpu()
         seq, _, valid = pattern.build_pattern_sequence(codes, self.model.lm.special_token_id)
         first = pattern.get_first_step_with_timesteps(prompt_len)
         assert first is not None
@@ -358,10 +370,10 @@ class DecodeLoop:
         with torch.inference_mode(), self._autocast():
             for begin in range(0, upto, chunk):
                 stop = min(upto, begin + chunk)
-                tokens = row.seq[:, begin:stop].unsqueeze(0).expand(2, -1, -1)  # both halves
+                tokens = row.seq[:, begin:stop].to(self.model.device).unsqueeze(0).expand(2, -1, -1)  # both halves
                 logits = self.model.forward(tokens, [begin, begin], self.cache, slot)
             assert logits is not None
-            self._sample(row, logits[0], logits[1])
+            self._sample([row], logits)
         self.prefills += 1
 
     # ------------------------------------------------------------ step
@@ -382,16 +394,16 @@ class DecodeLoop:
         lines = self._lines(len(rows))
         k = self.model.num_codebooks
         special = self.model.lm.special_token_id
-        tokens = torch.full((lines, k, 1), special, dtype=torch.long, device=self.model.device)
+        host = np.full((lines, k, 1), special, dtype=np.int64)
         start = [0] * lines
         for i, row in enumerate(rows):
             # The input of a step is the row's previous sequence step, at that position.
-            tokens[2 * i:2 * i + 2, :, 0] = row.seq[:, row.offset - 1]
+            host[2 * i:2 * i + 2, :, 0] = row.seq_np[:, row.offset - 1]
             start[2 * i] = start[2 * i + 1] = row.offset - 1
+        tokens = torch.from_numpy(host).to(self.model.device)
         with torch.inference_mode(), self._autocast():
             logits = self.model.forward(tokens, start, self.cache, 0)
-            for i, row in enumerate(rows):
-                self._sample(row, logits[2 * i], logits[2 * i + 1])
+            self._sample(rows, logits)
         self.steps += 1
         for row in list(rows):
             self._after_sample(row)
@@ -402,21 +414,42 @@ class DecodeLoop:
             return 2
         return round_up(2 * rows, self.row_multiple)
 
-    def _sample(self, row: _Row, cond: torch.Tensor, uncond: torch.Tensor) -> None:
-        """Guide, sample and write the row's step ``row.offset``, as ``LMModel.generate``."""
-        params = row.handle.request.params
-        logits = guided(cond.float(), uncond.float(), params.cfg_coef)
-        if self.record_logits:
-            row.handle.logits.append(logits.clone())
-        if params.top_k > logits.shape[-1]:
-            params = SamplingParams(logits.shape[-1], params.top_p, params.temperature, params.cfg_coef)
-        nxt = sample(logits, params, row.generator)
-        at = row.offset
-        # Codes the pattern leaves empty are the special token; prompt codes are kept.
-        nxt = torch.where(row.valid[:, at], nxt, self.model.lm.special_token_id)
-        current = row.seq[:, at]
-        row.seq[:, at] = torch.where(current == UNKNOWN, nxt, current)
-        row.offset += 1
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Guide, sample and write step ``row.offset`` of each row, as ``LMModel.generate``
+        does; rows with equal sampling parameters in one vectorised pass
+        (:func:`~g4l.engine.sampling.sample_rows`: each row's draw is its own).
+
+        :param logits: ``[2 * len(rows) (+ padding), K, card]``: row ``i``'s halves at ``2i, 2i+1``.
+        """
+        n = len(rows)
+        card = int(logits.shape[-1])
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, row in enumerate(rows):
+            params = row.handle.request.params
+            if params.top_k > card:
+                params = SamplingParams(card, params.top_p, params.temperature, params.cfg_coef)
+            groups.setdefault(params, []).append(i)
+        cond_all, uncond_all = logits[0:2 * n:2], logits[1:2 * n:2]
+        special = self.model.lm.special_token_id
+        for params, members in groups.items():
+            if len(members) == n:
+                cond, uncond = cond_all, uncond_all
+            else:
+                index = torch.tensor(members, device=logits.device)
+                cond, uncond = cond_all.index_select(0, index), uncond_all.index_select(0, index)
+            guided_logits = guided(cond.float(), uncond.float(), params.cfg_coef)
+            if self.record_logits:
+                for j, i in enumerate(members):
+                    rows[i].handle.logits.append(guided_logits[j].clone())
+            picked = sample_rows(guided_logits, params, [rows[i].generator for i in members]).cpu().numpy()
+            for j, i in enumerate(members):
+                row = rows[i]
+                at = row.offset
+                # Codes the pattern leaves empty are the special token; prompt codes are kept.
+                nxt = np.where(row.valid_np[:, at], picked[j], special)
+                current = row.seq_np[:, at]
+                np.copyto(current, nxt, where=current == UNKNOWN)
+                row.offset += 1
 
     def _after_sample(self, row: _Row) -> None:
         """Report the row's progress; a failing callback ends that row only."""

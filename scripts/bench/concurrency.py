@@ -67,17 +67,61 @@ def one_round(url: str, n: int, wav: bytes) -> tuple[float, list[float], list[fl
             c.close()
 
 
+def _log_records(server: common.Server) -> list[dict]:
+    """The server's JSON log records so far."""
+    import json
+
+    out = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _worker_breakdown(records: list[dict]) -> str:
+    """Where a round's jobs spent their worker time (medians, max), from the worker's
+    ``row generated`` and ``job completed`` records: submitted -> joined the batch,
+    decoding loop, EnCodec decode, then the worker's post-processing (WAV, hand-off)."""
+    rows = [r for r in records if r.get("event") == "row generated"]
+    jobs = [r for r in records if r.get("event") == "job completed"]
+    if not rows:
+        return ""
+
+    def col(recs: list[dict], key: str) -> str:
+        xs = [float(r[key]) for r in recs if key in r]
+        return f"{statistics.median(xs):.2f}/{max(xs):.2f}" if xs else "-"
+
+    return (f"wait to join {col(rows, 'wait_s')} s, decoding loop {col(rows, 'loop_s')} s, "
+            f"EnCodec decode {col(rows, 'codec_s')} s, job model time {col(jobs, 'model_seconds')} s, "
+            f"post {col(jobs, 'post_seconds')} s (median/max)")
+
+
+def _load() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
+
+
 def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
     print(f"G4L_MAX_BATCH={max_batch}: starting the server (tiny model, 1 worker)", flush=True)
     totals: dict[int, float] = {}
     with common.Server(extra_env={"G4L_MAX_BATCH": str(max_batch), "G4L_WORKERS": "1"}) as server:
         one_round(server.url, 1, wav)  # warm-up: model loaded, loop thread started
         for n in ns:
+            seen = len(_log_records(server))
             total, firsts, dones = one_round(server.url, n, wav)
             totals[n] = total
             fp = ", ".join(f"{x:.2f}" for x in firsts)
             print(f"  N={n}: last result after {total:6.2f} s; per client first progress [{fp}] s; "
                   f"result median {statistics.median(dones):.2f} s, max {max(dones):.2f} s", flush=True)
+            breakdown = _worker_breakdown(_log_records(server)[seen:])
+            if breakdown:
+                print(f"  N={n} worker: {breakdown}  (load {_load()})", flush=True)
     return totals
 
 
