@@ -241,3 +241,89 @@ def test_queue_eta_counts_the_slots_of_live_workers(ctx) -> None:
     assert third.position == 3 and third.estimated_seconds == pytest.approx(avg, abs=0.1)
     heartbeats.publish(ctx.redis, keys.WORKERS, keys.worker, "w-old", {"job_id": None}, 30)
     assert ctx.queue.slots() == 9  # a worker from before batching counts as one slot
+
+
+def _generate_job(ctx, priority: Priority, seed: int) -> Job:  # type: ignore[no-untyped-def]
+    job = Job(id=new_job_id(), kind="generate", session_id="",
+              spec=GenerationSpec(model="debug", output_seconds=30, seed=seed), priority=priority)
+    ctx.queue.enqueue(job)
+    return job
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _worker(ctx, name: str, **kw: Any):  # type: ignore[no-untyped-def]
+    """An in-process batching worker on the tiny model, with a live heartbeat (so the
+    recovery of its own maintenance sees it alive), running in a thread."""
+    from g4l.engine.cache import ModelCache
+    from g4l.worker.heartbeat import Heartbeat
+    from g4l.worker.worker import Worker
+
+    worker = Worker(ctx, ModelCache(["debug"], "cpu"), name, **kw)
+    worker.heartbeat = Heartbeat(ctx.redis, name, 0.2, 30.0,
+                                 lambda: {"job_ids": worker.held(), "max_batch": worker.max_batch})
+    worker.heartbeat.start()
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def _stop(worker, thread: threading.Thread) -> None:  # type: ignore[no-untyped-def]
+    worker.stop()
+    thread.join(60)
+    worker.heartbeat.stop()
+
+
+def _final(ctx, jobs: list[Job]) -> list[Job]:  # type: ignore[no-untyped-def]
+    out = [ctx.jobs.get(j.id) for j in jobs]
+    return [j for j in out if j is not None and j.status.final]
+
+
+def test_a_full_batching_worker_makes_room_for_an_interactive_job(ctx) -> None:
+    """Two background jobs (stations' priority) fill a worker of batch 2; an interactive job
+    that arrives starts before either of them finishes: one gives way (back in the queue,
+    its attempt not counted) and runs again once a slot frees. All three complete."""
+    background = [_generate_job(ctx, Priority.BACKGROUND, seed) for seed in (1, 2)]
+    worker, thread = _worker(ctx, "w-priority", max_batch=2)
+    try:
+        _wait(lambda: len(worker.held()) == 2, 120, "both background jobs held")
+        interactive = _generate_job(ctx, Priority.INTERACTIVE, 3)
+        everyone = [*background, interactive]
+        _wait(lambda: len(_final(ctx, everyone)) == 3, 240, "all three jobs to end")
+    finally:
+        _stop(worker, thread)
+    jobs = {j.id: j for j in _final(ctx, everyone)}
+    assert all(j.status.value == "completed" for j in jobs.values()), jobs
+    first = jobs[interactive.id]
+    assert first.started is not None
+    bg = [jobs[j.id] for j in background]
+    # It started while the batch was full of background jobs: one of them stepped aside,
+    # so the interactive job did not wait for a slot to free by itself.
+    assert sum(1 for j in bg if j.started is not None and j.started > first.started) == 1, (first, bg)
+    gave_way = next(j for j in bg if j.started is not None and j.started > first.started)
+    assert gave_way.attempts == 1  # giving way cost it no attempt
+    assert all(j.finished is not None and j.finished > first.started for j in bg)
+
+
+def test_the_worker_sets_its_loops_kv_budget(ctx) -> None:
+    """G4L_KV_BUDGET_MB reaches each model's decoding loop: with a budget below two rows'
+    cache, two jobs held at once still both complete, decoding one after the other (a lone
+    row always runs); without one they share the batch."""
+    # The tiny model's 30 s row needs 1.5 MiB of cache alone, 2 rows 3 MiB.
+    for budget_mb, most_rows in ((2, 1), (0, 2)):
+        ctx.settings = ctx.settings.model_copy(update={"kv_budget_mb": budget_mb})
+        jobs = [_generate_job(ctx, Priority.INTERACTIVE, seed) for seed in (1, 2)]
+        worker, thread = _worker(ctx, f"w-kv{budget_mb}", max_batch=2)
+        try:
+            _wait(lambda: len(_final(ctx, jobs)) == 2, 240, "both jobs to end")  # noqa: B023
+            assert all(j.status.value == "completed" for j in _final(ctx, jobs))
+            loop = worker._loops["debug"].loop
+            assert loop.cache.budget_bytes == (budget_mb * 2**20 or None)
+            assert loop.most_active == most_rows, (budget_mb, loop.most_active)
+        finally:
+            _stop(worker, thread)

@@ -203,6 +203,8 @@ class DecodeLoop:
         #: Forward passes run (prefills and steps), for diagnostics and tests.
         self.steps = 0
         self.prefills = 0
+        #: The most rows that decoded together so far (diagnostics and tests).
+        self.most_active = 0
 
     # ------------------------------------------------------------ submit
     def submit(self, request: RowRequest) -> RowHandle:
@@ -343,6 +345,7 @@ class DecodeLoop:
                 row.handle._finish(None, exc)
                 continue
             self.rows.append(row)
+            self.most_active = max(self.most_active, len(self.rows))
             row.handle.joined_at = row.handle.joined_at or time.monotonic()
             self._after_sample(row)
             if row in self.rows and row.finished:

@@ -57,16 +57,20 @@ class Worker:
     :param heartbeat: renewed by its own thread; told at once when the job in hand changes.
     :param writer: stores results that were delivered first (``None``: store inline).
     :param max_batch: most jobs held at once (default ``G4L_MAX_BATCH``; 1: one at a time).
+    :param kv_budget_bytes: most bytes of KV cache per model's decoding loop (default
+        ``G4L_KV_BUDGET_MB``; ``None`` or 0: no limit).
     """
 
     def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
-                 writer: ResultWriter | None = None, max_batch: int | None = None) -> None:
+                 writer: ResultWriter | None = None, max_batch: int | None = None,
+                 kv_budget_bytes: int | None = None) -> None:
         self.ctx = ctx
         self.cache = cache
         self.name = name
         self.heartbeat = heartbeat
         self.writer = writer
         self.max_batch = max(1, max_batch or ctx.settings.max_batch)
+        self.kv_budget_bytes = kv_budget_bytes or ctx.settings.kv_budget_mb * 2**20 or None
         #: Job id -> its thread (``None``: running in the claiming thread), in claim order.
         self._held: dict[str, threading.Thread | None] = {}
         self._slots = threading.Condition()  # guards _held and _giving_way; notified when a job ends
@@ -226,7 +230,8 @@ class Worker:
         with self._loops_lock:
             loop = self._loops.get(base.model_id)
             if loop is None:
-                loop = self._loops[base.model_id] = BatchedMusicGen(base.model, max_batch=self.max_batch)
+                loop = self._loops[base.model_id] = BatchedMusicGen(base.model, max_batch=self.max_batch,
+                                                                    kv_budget_bytes=self.kv_budget_bytes)
                 loop.start()
         return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND)
 
