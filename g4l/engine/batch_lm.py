@@ -22,6 +22,7 @@ Two attention kernels:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -278,7 +279,7 @@ class BatchedLM:
         if mask.allowed is not None:
             # Always applied (a no-op when every key is allowed): a row computes the same
             # way whoever shares its batch.
-            scores = scores.masked_fill(~mask.allowed, float("-inf"))
+            scores.masked_fill_(mask.blocked, float("-inf"))  # scores is ours: no copy
         weights = torch.softmax(scores, dim=-1)
         return torch.matmul(weights.to(v.dtype), v)
 
@@ -295,3 +296,9 @@ class _Mask:
     allowed: torch.Tensor | None
     none_needed: bool
     causal: bool
+
+    @cached_property
+    def blocked(self) -> torch.Tensor:
+        """``~allowed``, computed once per forward pass rather than once per layer."""
+        assert self.allowed is not None
+        return ~self.allowed

@@ -145,6 +145,7 @@ class _Row:
     first: int  # first sequence step to sample (after the prompt)
     offset: int  # next sequence step to sample
     generator: torch.Generator
+    params: SamplingParams  # the request's, top_k clamped to the vocabulary (as stock's topk needs)
     condition: RowCondition | None = None
 
     def __post_init__(self) -> None:
@@ -238,8 +239,11 @@ class DecodeLoop:
         seq, _, valid = pattern.build_pattern_sequence(codes, self.model.lm.special_token_id)
         first = pattern.get_first_step_with_timesteps(prompt_len)
         assert first is not None
+        params = request.params
+        if params.top_k > model.card:
+            params = SamplingParams(model.card, params.top_p, params.temperature, params.cfg_coef)
         return _Row(handle=handle, order=next(self._order), seq=seq[0], valid=valid.bool(), pattern=pattern,
-                    first=first, offset=first, generator=new_generator(request.seed, model.device))
+                    first=first, offset=first, generator=new_generator(request.seed, model.device), params=params)
 
     # ------------------------------------------------------------ the loop
     @property
@@ -425,13 +429,9 @@ class DecodeLoop:
         :param logits: ``[2 * len(rows) (+ padding), K, card]``: row ``i``'s halves at ``2i, 2i+1``.
         """
         n = len(rows)
-        card = int(logits.shape[-1])
         groups: dict[SamplingParams, list[int]] = {}
         for i, row in enumerate(rows):
-            params = row.handle.request.params
-            if params.top_k > card:
-                params = SamplingParams(card, params.top_p, params.temperature, params.cfg_coef)
-            groups.setdefault(params, []).append(i)
+            groups.setdefault(row.params, []).append(i)
         cond_all, uncond_all = logits[0:2 * n:2], logits[1:2 * n:2]
         special = self.model.lm.special_token_id
         for params, members in groups.items():
