@@ -21,6 +21,7 @@ from g4l.engine import Cancelled, GenerationParams, build_debug_musicgen
 from g4l.engine.batched_musicgen import BatchedMusicGen
 from g4l.engine.batching import DecodeLoop, RowHandle
 from g4l.engine.kv_cache import CacheShape
+from g4l.engine.sampling import SamplingParams, new_generator, sample_rows
 
 SR = 32000
 
@@ -359,3 +360,49 @@ def test_unsupported_models_are_refused_clearly(model) -> None:  # type: ignore[
             DecodeLoop(model.lm)
     finally:
         model.lm.eval()
+
+
+@pytest.mark.parametrize("params", [SamplingParams(top_k=250), SamplingParams(top_k=50, temperature=0.8),
+                                    SamplingParams(top_k=1), SamplingParams(top_p=0.9, temperature=1.2),
+                                    SamplingParams(top_k=0)])
+def test_sample_rows_draws_what_multinomial_draws(params: SamplingParams) -> None:
+    """Rows sampled together in one pass draw, bit for bit, what each draws alone through
+    AudioCraft's own helpers (softmax, ``sample_top_k``/``sample_top_p``, ``torch.multinomial``
+    after ``torch.manual_seed(seed)``), and leave each generator where that draw leaves
+    torch's; for the tiny and the released vocabularies."""
+    from audiocraft.utils import utils as ac  # importable: g4l.engine prepared it
+
+    saved = torch.get_rng_state()
+    try:
+        for card in (256, 2048):
+            logits = 4 * torch.randn(5, 4, card, generator=torch.Generator().manual_seed(card))
+            generators = [new_generator(seed, torch.device("cpu")) for seed in range(5)]
+            stock: dict[int, torch.Tensor] = {}
+            for seed in range(5):
+                torch.manual_seed(seed)
+                stock[seed] = torch.get_rng_state()
+            for _ in range(3):  # consecutive draws: each generator advances as torch's does
+                together = sample_rows(logits.clone(), params, generators)
+                for seed in range(5):
+                    torch.set_rng_state(stock[seed])
+                    probs = torch.softmax(logits[seed] / params.temperature, dim=-1)
+                    if params.top_p > 0:
+                        alone = ac.sample_top_p(probs, params.top_p)
+                    elif params.top_k > 0:
+                        alone = ac.sample_top_k(probs, params.top_k)
+                    else:
+                        alone = ac.multinomial(probs, num_samples=1)
+                    stock[seed] = torch.get_rng_state()
+                    assert torch.equal(together[seed], alone[:, 0]), (card, seed)
+                    assert torch.equal(generators[seed].get_state(), stock[seed])
+                logits = logits.roll(1, dims=-1)
+    finally:
+        torch.set_rng_state(saved)
+
+
+def test_sample_rows_refuses_what_multinomial_refuses() -> None:
+    """NaN logits fail the draw, as ``torch.multinomial`` does, rather than pick a token."""
+    logits = torch.zeros(2, 4, 256)
+    logits[1, 2, 7] = float("nan")
+    with pytest.raises(RuntimeError, match="inf, nan"):
+        sample_rows(logits, SamplingParams(), [new_generator(0, torch.device("cpu")) for _ in range(2)])
