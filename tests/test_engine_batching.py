@@ -12,6 +12,7 @@ of its batched twin's logits (same codes in every case here; measured below).
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -406,3 +407,44 @@ def test_sample_rows_refuses_what_multinomial_refuses() -> None:
     logits[1, 2, 7] = float("nan")
     with pytest.raises(RuntimeError, match="inf, nan"):
         sample_rows(logits, SamplingParams(), [new_generator(0, torch.device("cpu")) for _ in range(2)])
+
+
+def test_generate_reports_progress_and_cancels_from_the_callers_thread(model) -> None:  # type: ignore[no-untyped-def]
+    """``BatchedMusicGen.generate`` calls its progress callback in the calling thread (a
+    worker's callback talks to Redis: never on the shared loop thread), with its own row's
+    growing step counts; a ``Cancelled`` the callback raises drops that row, raised to the
+    caller, while a batch mate's codes stay what they are alone."""
+    engine = BatchedMusicGen(model)
+    mate_alone = _alone(engine, JOBS[0])
+    long = GenerationParams(duration=30.0, seed=9)
+    engine.start()
+    try:
+        mate = _submit(engine, JOBS[0])
+        threads: set[int] = set()
+        steps: list[tuple[int, int]] = []
+
+        def progress(done: int, total: int) -> None:
+            threads.add(threading.get_ident())
+            steps.append((done, total))
+
+        audio = engine.generate(None, long, on_progress=progress, timeout=120)
+        assert abs(audio.shape[1] / SR - 30.0) < 0.05
+        assert threads == {threading.get_ident()}
+        assert len(steps) >= 2 and len({total for _, total in steps}) == 1
+        assert all(a[0] < b[0] for a, b in zip(steps, steps[1:], strict=False))
+        assert steps[-1][0] <= steps[-1][1]
+
+        def cancel(done: int, total: int) -> None:
+            raise Cancelled()
+
+        before = engine.loop.steps
+        with pytest.raises(Cancelled):
+            engine.generate(None, long, on_progress=cancel, timeout=120)
+        assert torch.equal(mate.result(60), mate_alone)
+        deadline = time.monotonic() + 30
+        while not engine.loop.idle():  # the cancelled row leaves at the loop's next step
+            assert time.monotonic() < deadline, "the cancelled row stayed in the loop"
+            time.sleep(0.01)
+        assert engine.loop.steps - before < 1500  # it did not run to its end (1503 steps)
+    finally:
+        engine.stop()

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: How often a waiting caller reports its row's progress (seconds).
+PROGRESS_POLL_S = 0.05
+
 
 def sampling_of(params: GenerationParams) -> SamplingParams:
     """The loop's sampling parameters of a job's generation parameters."""
@@ -97,10 +100,18 @@ class BatchedMusicGen:
     def generate(self, prompt: np.ndarray | None, params: GenerationParams,
                  on_progress: ProgressCallback | None = None, priority: int = 0,
                  timeout: float | None = None) -> np.ndarray:
-        """Submit, wait (the loop must be running: :meth:`start`) and decode one generation."""
-        handle = self.submit(prompt, params, on_progress, priority)
+        """Submit, wait (the loop must be running: :meth:`start`) and decode one generation.
+
+        ``on_progress`` runs in the calling thread, not on the loop's: a worker's progress
+        callback talks to Redis (progress notices, the cancel and give-way checks), and on
+        the shared loop thread every row's round trips were added to every other row's
+        steps (measured: 0.04 s a row over a 30 s generation, 7% of an 8-row loop). It is
+        called every :data:`PROGRESS_POLL_S` with the row's latest step counts; whatever it
+        raises (``Cancelled``...) drops the row before its next step and is raised here.
+        """
+        handle = self.submit(prompt, params, None, priority)
         try:
-            codes = handle.result(timeout)
+            codes = self._wait(handle, on_progress, timeout)
         except BaseException:
             handle.cancel()
             raise
@@ -112,6 +123,19 @@ class BatchedMusicGen:
                  loop_s=round(finished - joined, 3), codec_s=round(time.monotonic() - decoding, 3),
                  steps=int(codes.shape[-1]))
         return audio
+
+    @staticmethod
+    def _wait(handle: RowHandle, on_progress: ProgressCallback | None, timeout: float | None) -> torch.Tensor:
+        """The row's codes, reporting its progress from this thread meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reported = (0, 0)
+        while not handle.wait(PROGRESS_POLL_S):
+            if on_progress is not None and handle.progress != reported:
+                reported = handle.progress
+                on_progress(*reported)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the row has not finished")
+        return handle.result(0)
 
     # ------------------------------------------------------------ the loop thread
     def start(self) -> None:

@@ -93,6 +93,8 @@ class RowHandle:
         self.submitted_at = time.monotonic()
         self.joined_at: float | None = None
         self.finished_at: float | None = None
+        #: ``(steps done, steps in all)`` after the row's latest step (read from any thread).
+        self.progress: tuple[int, int] = (0, 0)
         #: The guided logits of each of the row's steps, when the loop records them.
         self.logits: list[torch.Tensor] = []
 
@@ -107,6 +109,10 @@ class RowHandle:
     def done(self) -> bool:
         """Whether the row has ended (codes, cancel or error)."""
         return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the row to end; whether it has."""
+        return self._done.wait(timeout)
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
         """The row's ``[K, max_gen_len]`` codes, prompt included.
@@ -456,11 +462,12 @@ class DecodeLoop:
 
     def _after_sample(self, row: _Row) -> None:
         """Report the row's progress; a failing callback ends that row only."""
+        row.handle.progress = (row.offset - row.first, row.length - row.first)
         callback = row.handle.request.on_progress
         if callback is None:
             return
         try:
-            callback(row.offset - row.first, row.length - row.first)
+            callback(*row.handle.progress)
         except Cancelled as exc:
             self._leave(row, None, exc)
         except Exception as exc:

@@ -21,6 +21,7 @@ import common  # noqa: E402  (re-execs under the venv)
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -100,6 +101,82 @@ def _worker_breakdown(records: list[dict]) -> str:
             f"post {col(jobs, 'post_seconds')} s (median/max)")
 
 
+def _proc_cpu(path: str) -> float:
+    """User + system CPU seconds of a /proc ``stat`` file (0 when it is gone)."""
+    try:
+        fields = open(path).read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ThreadCPU:
+    """CPU seconds of each of the worker's threads during a round, sampled every 50 ms
+    (a job's thread is gone once its job ends). Threads already there before the round
+    are the worker's own (the decoding loop: the busiest of them; claims, heartbeat,
+    result writer); threads born during it are the jobs' (prompt encode, EnCodec decode,
+    the result's WAV and hand-off)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.before: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return out
+        for tid in tids:
+            out[int(tid)] = _proc_cpu(f"/proc/{self.pid}/task/{tid}/stat")
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for tid, value in self._sample().items():
+                self.last[tid] = max(value, self.last.get(tid, 0.0))
+
+    def __enter__(self) -> ThreadCPU:
+        if self.pid:
+            self.before = self._sample()
+            self.last = dict(self.before)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.pid:
+            self._thread.join(2)
+            for tid, value in self._sample().items():
+                self.last[tid] = max(value, self.last.get(tid, 0.0))
+
+    def summary(self) -> str:
+        old = sorted((self.last[t] - b for t, b in self.before.items()), reverse=True)
+        new = [v for t, v in self.last.items() if t not in self.before]
+        loop = old[0] if old else 0.0
+        return (f"decoding loop {loop:.2f}, the worker's other threads {sum(old[1:]):.2f}, "
+                f"{len(new)} job threads {sum(new):.2f} ({max(new, default=0.0):.2f} the most)")
+
+
+def _cpu(server: common.Server) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server's processes (web, workers,
+    the stores) and by this benchmark's own clients: the work a round costs, whatever
+    else loads the machine (its wall time does not say that on a shared box)."""
+    def of(pid: int) -> float:
+        return _proc_cpu(f"/proc/{pid}/stat")
+
+    out: dict[str, float] = {}
+    for name, pid in server.pids().items():
+        key = "worker" if name.startswith("worker") else name
+        out[key] = out.get(key, 0.0) + of(pid)
+    out["stores"] = sum(of(s.proc.pid) for s in server.stores)
+    out["clients"] = of(os.getpid())
+    return out
+
+
 def _load() -> str:
     try:
         return open("/proc/loadavg").read().split()[0]
@@ -114,7 +191,10 @@ def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
         one_round(server.url, 1, wav)  # warm-up: model loaded, loop thread started
         for n in ns:
             seen = len(_log_records(server))
-            total, firsts, dones = one_round(server.url, n, wav)
+            cpu_before = _cpu(server)
+            with ThreadCPU(server.pids().get("worker-0") or server.pids().get("worker")) as threads_cpu:
+                total, firsts, dones = one_round(server.url, n, wav)
+            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu(server).items()}
             totals[n] = total
             fp = ", ".join(f"{x:.2f}" for x in firsts)
             print(f"  N={n}: last result after {total:6.2f} s; per client first progress [{fp}] s; "
@@ -122,6 +202,12 @@ def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
             breakdown = _worker_breakdown(_log_records(server)[seen:])
             if breakdown:
                 print(f"  N={n} worker: {breakdown}  (load {_load()})", flush=True)
+            cores = os.cpu_count() or 1
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            print(f"  N={n} CPU seconds: {parts}; sum {sum(cpu.values()):.2f} s = at least "
+                  f"{sum(cpu.values()) / cores:.2f} s on {cores} cores", flush=True)
+            if threads_cpu.pid:
+                print(f"  N={n} worker threads CPU seconds: {threads_cpu.summary()}", flush=True)
     return totals
 
 
