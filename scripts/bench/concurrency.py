@@ -9,6 +9,14 @@ result. It does this with ``G4L_MAX_BATCH=--max-batch`` (default 8) and then, un
 ``--no-serial``, with ``G4L_MAX_BATCH=1`` (one job after another, as before batching).
 The last lines are ``batched t(8)/t(1) = X`` and ``serial t(8)/t(1) = Y`` (for the largest
 N). Speed is printed, never asserted.
+
+After each round, where its time and work went: the worker's account of its jobs (waiting
+to join the batch, decoding loop, EnCodec decode, post-processing: medians and maxima of
+its ``row generated``/``job completed`` log records), the CPU seconds of each process
+(worker, web, packager, stores, these clients) and of the worker's threads (the decoding
+loop, its other threads, the jobs' threads), read from ``/proc``: on a shared box wall
+times move with others' load, the work does not. ``--loop-only R`` skips the server and
+prints the decoding loop's and EnCodec's CPU seconds in-process for each N (min of R).
 """
 
 from __future__ import annotations
@@ -211,6 +219,42 @@ def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
     return totals
 
 
+def loop_only(ns: list[int], repeats: int) -> None:
+    """The worker's share without the server: the tiny model's decoding loop and EnCodec
+    decodes in this process (1 torch thread, oneDNN off, as the worker), CPU seconds of
+    this thread (min of ``repeats``), so that other load on the box changes them little."""
+    import numpy as np
+    import torch
+
+    from g4l.engine import GenerationParams, build_debug_musicgen
+    from g4l.engine.batched_musicgen import BatchedMusicGen
+    from g4l.engine.musicgen import disable_mkldnn
+
+    disable_mkldnn()
+    torch.set_num_threads(1)
+    engine = BatchedMusicGen(build_debug_musicgen(seed=0), max_batch=max(ns))
+    prompt = (0.1 * np.random.default_rng(0).standard_normal((1, 4 * 32000))).astype(np.float32)
+
+    def once(n: int) -> tuple[float, float, float]:
+        handles = [engine.submit(prompt, GenerationParams(duration=30.0, seed=i)) for i in range(n)]
+        began, wall = time.thread_time(), time.perf_counter()
+        engine.loop.run_until_idle()
+        loop, wall = time.thread_time() - began, time.perf_counter() - wall
+        began = time.thread_time()
+        for handle in handles:
+            engine.decode(handle.result())
+        return loop, wall, time.thread_time() - began
+
+    once(1)
+    best = {n: min((once(n) for _ in range(repeats)), key=lambda r: r[0]) for n in ns}
+    for n in ns:
+        loop, wall, codec = best[n]
+        print(f"  N={n}: decoding loop {loop:.2f} CPU s ({wall:.2f} s wall), EnCodec decodes {codec:.2f} CPU s "
+              f"(min of {repeats}; load {_load()})", flush=True)
+    top = ns[-1]
+    print(f"loop CPU t({top})/t({ns[0]}) = {best[top][0] / best[ns[0]][0]:.2f}")
+
+
 def main() -> None:
     common.install_term_handler()
     common.install_alarm(1800)
@@ -218,8 +262,14 @@ def main() -> None:
     parser.add_argument("--n", default="1,4,8", help="comma-separated numbers of simultaneous bangs")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--no-serial", action="store_true", help="skip the G4L_MAX_BATCH=1 comparison")
+    parser.add_argument("--loop-only", type=int, metavar="REPEATS", default=0,
+                        help="no server: time the decoding loop and EnCodec decodes in this process "
+                             "(CPU seconds, min of REPEATS)")
     args = parser.parse_args()
     ns = sorted({int(x) for x in args.n.split(",") if x.strip()})
+    if args.loop_only:
+        loop_only(ns, args.loop_only)
+        return
     wav = common.make_wav(4)
     started = time.monotonic()
     batched = run_server(args.max_batch, ns, wav)
