@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Jobs one worker holds at once; those of one model share one decoding loop (continuous
     # batching, docs/engine-batching.md). 1: one job at a time on the stock engine.
     max_batch: int = Field(default=8, ge=1)
+    # Streamed generation: seconds of audio between two decoded pieces of a running job
+    # that someone listens to (docs/engine-batching.md, "Streamed decoding"); 0: off.
+    stream_chunk_s: float = Field(default=1.0, ge=0.0, le=30.0)
     torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
     device: str = "auto"  # auto | cpu | cuda

@@ -93,6 +93,27 @@ class RowHandle:
         self.finished_at: float | None = None
         #: The guided logits of each of the row's steps, when the loop records them.
         self.logits: list[torch.Tensor] = []
+        self._row: _Row | None = None  # set by the loop; read by codes_so_far
+
+    def codes_so_far(self) -> torch.Tensor:
+        """The row's frames whose every codebook is sampled, prompt included: ``[K, n]``.
+
+        Safe from any thread while the loop runs: a sequence step is written before the
+        row's offset passes it and is never written again, so the steps before the offset
+        read here are final. With MusicGen's delay pattern ``n`` trails the steps taken by
+        the number of codebooks. Streamed decoding (:mod:`g4l.engine.streaming`) reads it.
+        """
+        row = self._row
+        if row is None:
+            return torch.empty((0, 0), dtype=torch.long)
+        offset = row.offset
+        seq = torch.full_like(row.seq, UNKNOWN)
+        seq[:, :offset] = row.seq[:, :offset]
+        codes, _, _ = row.pattern.revert_pattern_sequence(seq[None], special_token=UNKNOWN)
+        codes = codes[0, :, :self.request.max_gen_len]
+        sampled = (codes != UNKNOWN).all(dim=0)
+        n = int(sampled.shape[0]) if bool(sampled.all()) else int(torch.argmin(sampled.int()))
+        return codes[:, :n]
 
     def cancel(self) -> None:
         """Ask the loop to drop the row before its next step (or before it joins)."""
@@ -105,6 +126,10 @@ class RowHandle:
     def done(self) -> bool:
         """Whether the row has ended (codes, cancel or error)."""
         return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the row to end; whether it has."""
+        return self._done.wait(timeout)
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
         """The row's ``[K, max_gen_len]`` codes, prompt included.
@@ -224,8 +249,10 @@ class DecodeLoop:
         seq, _, valid = pattern.build_pattern_sequence(codes, self.model.lm.special_token_id)
         first = pattern.get_first_step_with_timesteps(prompt_len)
         assert first is not None
-        return _Row(handle=handle, order=next(self._order), seq=seq[0], valid=valid.bool(), pattern=pattern,
-                    first=first, offset=first, generator=new_generator(request.seed, model.device))
+        row = _Row(handle=handle, order=next(self._order), seq=seq[0], valid=valid.bool(), pattern=pattern,
+                   first=first, offset=first, generator=new_generator(request.seed, model.device))
+        handle._row = row
+        return row
 
     # ------------------------------------------------------------ the loop
     @property
