@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import requests
 from conftest import RunningServer, make_wav, start_server, wait_until
 
 from g4l import audio, embedded
@@ -204,3 +205,66 @@ def test_a_listener_hears_a_generation_before_it_completes_and_it_matches_the_fi
         around = program[:, s - RATE // 100: s + RATE // 100]
         body = program[:, s - RATE // 5: s + RATE // 5]
         assert max_step(around) <= max_step(body) * MIX
+
+
+def test_a_job_cancelled_mid_stream_leaves_the_stream_consistent(srv: Server) -> None:
+    r = redis.Redis.from_url(srv.redis.url, decode_responses=True)
+    notices = Notices(r).start()
+    with DeviceClient(srv.url, timeout=120) as client:
+        first = client.bang(make_wav(6, freq=440.0), model_name="debug", prompt_duration=2)
+        sid = first.session_id
+        playlist, token = _listen(client, sid)
+        watcher = PlaylistWatcher(srv.url + playlist, interval=0.1).start()
+        try:
+            wait_until(lambda: len(watcher.ordered()) >= 2, 30, "the stream to start (silence)")
+            crowd = _crowd(srv.url, 7)
+            sent = time.time()
+
+            def doomed() -> None:
+                with DeviceClient(srv.url, timeout=60) as other:
+                    try:
+                        other.continue_(sid, first.audio)
+                    except Exception:
+                        pass  # cancelled: the device hears of it as an error
+            threading.Thread(target=doomed, daemon=True).start()
+            job_id = wait_until(lambda: notices.job_of(sid, sent), 60, "the continuation to start")
+            # Cancel once new audio (past the prompt) has been streamed.
+            wait_until(lambda: [n for _, n in notices.of(job_id, "partial") if n["end"] > n["prompt_samples"]],
+                       60, "new audio to be streamed")
+            assert requests.delete(f"{srv.url}/api/v1/jobs/{job_id}", timeout=30).status_code == 200
+            wait_until(lambda: notices.of(job_id, "canceled"), 30, "the cancellation")
+            pieces = [n for _, n in notices.of(job_id, "partial")]
+            assert pieces and not any(p["final"] for p in pieces)
+            assert not notices.of(job_id, "completed")
+            streamed_s = (pieces[-1]["end"] - pieces[0]["start"]) / pieces[0]["sample_rate"]
+            assert streamed_s < OUTPUT_S - 1
+            for t in crowd:
+                t.join(120)
+            # What was streamed plays out and fades; then the next generation plays.
+            wait_until(lambda: sum(s.duration for s in watcher.ordered() if s.seen_at >= sent) > streamed_s + 3,
+                       60, "the streamed part to play out")
+            after = time.time()
+            client.continue_(sid, first.audio)
+            wait_until(lambda: _first_audible(watcher, after), 30, "the next generation on the stream")
+            time.sleep(2.0)
+        finally:
+            watcher.stop()
+            notices.stop()
+    assert watcher.problems == [] and watcher.gaps() == []
+    assert requests.get(f"{srv.url}/api/v1/jobs/{job_id}", timeout=10).json()["status"] == "canceled"
+    program = decode_ts(b"".join(s.data for s in watcher.ordered()))
+    block = RATE // 100
+    rms = np.sqrt((program[:, : program.shape[1] // block * block] ** 2).reshape(2, -1, block).mean(axis=(0, 2)))
+    loud = np.flatnonzero(rms > 1e-3)
+    assert loud.size
+    # The cancelled job's audio: from the first audible block to the first silent second.
+    start = int(loud[0])
+    silent = [i for i in range(start, rms.shape[0] - 100) if rms[i:i + 100].max() <= 1e-3]
+    assert silent, "the cancelled job's audio never stopped"
+    end = silent[0]
+    assert (end - start) / 100 >= 1.0  # it played a while before stopping
+    e = end * block
+    around = program[:, e - RATE // 20: e + RATE // 100]
+    body = program[:, e - RATE // 2: e - RATE // 10]
+    assert max_step(around) <= max_step(body) * MIX, "a click where the cancelled audio stops"
+    assert rms[end + 100:].max() > 1e-3, "the next generation played after it"
