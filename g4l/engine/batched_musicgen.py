@@ -141,8 +141,8 @@ class BatchedMusicGen:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("the row has not finished")
             handle.wait(STREAM_POLL_S)
-            if on_audio is None or handle.done():
-                continue
+            if on_audio is None or handle.done() or not decoder.ready(handle.steps_taken):
+                continue  # (the cheap bound first: the codes are read about once a piece)
             codes = handle.codes_so_far()
             if not decoder.ready(int(codes.shape[-1])):
                 continue

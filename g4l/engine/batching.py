@@ -95,6 +95,13 @@ class RowHandle:
         self.logits: list[torch.Tensor] = []
         self._row: _Row | None = None  # set by the loop; read by codes_so_far
 
+    @property
+    def steps_taken(self) -> int:
+        """Sequence steps the row has filled, prompt included: a cheap upper bound of the
+        frames :meth:`codes_so_far` returns."""
+        row = self._row
+        return 0 if row is None else row.offset
+
     def codes_so_far(self) -> torch.Tensor:
         """The row's frames whose every codebook is sampled, prompt included: ``[K, n]``.
 
