@@ -25,7 +25,7 @@ import torch  # noqa: E402  (after the import shims)
 
 from g4l.engine.batching import DecodeLoop, RowHandle, RowRequest  # noqa: E402
 from g4l.engine.sampling import SamplingParams  # noqa: E402
-from g4l.engine.streaming import CONTEXT_FRAMES, WindowedDecoder  # noqa: E402
+from g4l.engine.streaming import WindowedDecoder  # noqa: E402
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
@@ -101,7 +101,7 @@ class BatchedMusicGen:
     def generate(self, prompt: np.ndarray | None, params: GenerationParams,
                  on_progress: ProgressCallback | None = None, priority: int = 0,
                  timeout: float | None = None, on_audio: AudioCallback | None = None,
-                 chunk_s: float = 1.0, context_frames: int = CONTEXT_FRAMES) -> np.ndarray:
+                 chunk_s: float = 1.0) -> np.ndarray:
         """Submit, wait (the loop must be running: :meth:`start`) and decode one generation.
 
         With ``on_audio`` the generation is streamed: while the row decodes, this (the
@@ -119,8 +119,7 @@ class BatchedMusicGen:
             else:
                 hop = int(round(self.sample_rate / self.frame_rate))
                 prompt_frames = 0 if handle.request.prompt is None else int(handle.request.prompt.shape[-1])
-                decoder = WindowedDecoder(self.decode, hop, max(1, int(round(chunk_s * self.frame_rate))),
-                                          context_frames, context_frames)
+                decoder = WindowedDecoder(self.decode, hop, max(1, int(round(chunk_s * self.frame_rate))))
                 codes, on_audio = self._stream(handle, decoder, on_audio, prompt_frames * hop, timeout)
         except BaseException:
             handle.cancel()

@@ -18,8 +18,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-#: Frames of context on each side of a window (0.1 s at 50 Hz). See the module docstring.
-CONTEXT_FRAMES = 5
+#: Frames of context after a window's new part (0.1 s at 50 Hz): they delay its audio.
+#: The tiny model's decoder needs 5 for an exact join (its receptive field).
+RIGHT_CONTEXT_FRAMES = 5
+#: Frames of context before it (0.5 s): cheap, and EnCodec's LSTM carries state forwards
+#: (MusicGen's real decoder shape, random weights: 86 dB SNR at the joins with 5, 134 dB
+#: with 25; docs/engine-batching.md).
+LEFT_CONTEXT_FRAMES = 25
 
 
 class WindowedDecoder:
@@ -34,7 +39,7 @@ class WindowedDecoder:
     """
 
     def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], hop: int, chunk_frames: int = 50,
-                 left: int = CONTEXT_FRAMES, right: int = CONTEXT_FRAMES, start_frame: int = 0) -> None:
+                 left: int = LEFT_CONTEXT_FRAMES, right: int = RIGHT_CONTEXT_FRAMES, start_frame: int = 0) -> None:
         if hop < 1 or chunk_frames < 1 or left < 0 or right < 0 or start_frame < 0:
             raise ValueError("hop and chunk_frames must be >= 1; context and start_frame >= 0")
         self.decode = decode
