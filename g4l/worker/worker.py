@@ -240,7 +240,7 @@ class Worker:
             return None
         try:
             return PartialPublisher(self.ctx, job) if partials.wanted(self.ctx.redis, job) else None
-        except redis_wait.UNAVAILABLE:
+        except redis.RedisError:  # streaming is a bonus: the job runs unstreamed
             return None
 
     # ------------------------------------------------------------ run and finish
