@@ -56,6 +56,15 @@ def after_prompt(piece: Piece, stream: LiveStream) -> tuple[int, float]:
     return 0, 0.0
 
 
+def after_lead_in(lead_in_s: float) -> Begin:
+    """Play a continuation from ``lead_in_s`` before its prompt's end, that lead-in
+    crossfaded over the stream's end (a station stretch continuing the previous one)."""
+    def begin(piece: Piece, stream: LiveStream) -> tuple[int, float]:
+        lead = min(int(round(lead_in_s * piece.sample_rate)), piece.prompt_samples)
+        return piece.prompt_samples - lead, lead / piece.sample_rate
+    return begin
+
+
 class PartialFeed:
     """One job's streamed pieces onto ``stream``.
 
