@@ -234,6 +234,15 @@ class Packager:
 
     def _on_partial(self, piece: partials.Piece, kind: str) -> None:
         feed = self.feeds.get(piece.job_id)
+        if feed is not None and piece.index == 0 and feed.next_index > 0:
+            # The job runs again (its worker died, or a station job gave way): its first
+            # run's audio stays as queued, the new run starts like a new generation.
+            feed.close()
+            with self._lock:
+                self.feeds.pop(piece.job_id, None)
+            if feed.stream.kind == ONESHOT:
+                feed.stream.played_jobs.discard(piece.job_id)
+            feed = None
         if feed is None and piece.index == 0:
             feed = self._new_feed(piece, kind)
         if feed is not None:

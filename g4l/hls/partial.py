@@ -97,6 +97,11 @@ class PartialFeed:
         self.completed_at: float | None = None
         self.completion: dict[str, Any] | None = None
 
+    @property
+    def next_index(self) -> int:
+        """The piece this feed waits for (0: none taken yet)."""
+        return self._next
+
     def offer(self, piece: Piece, samples: np.ndarray) -> None:
         """Take piece ``piece.index`` (any order); queue every piece now in sequence."""
         with self._lock:
