@@ -272,7 +272,8 @@ class Packager:
             else:
                 return None
             self.feeds[piece.job_id] = feed
-            return feed
+        feed.stream.log.info("generation streamed while it is generated", job_id=piece.job_id, generation=kind)
+        return feed
 
     def _read_piece(self, feed: PartialFeed, piece: partials.Piece) -> None:
         samples = partials.read(self.ctx.redis_bytes, piece)
