@@ -253,6 +253,9 @@ class Packager:
         runs the stream it plays on."""
         with self._lock:
             if kind == "generate":
+                token = self.ctx.redis.hget(keys.oneshot(piece.job_id), "token") or ""
+                if token and token not in self.streams:
+                    self._try_open(token)  # registered a moment ago: the first piece is here already
                 shots = [s for s in self.streams.values() if s.kind == ONESHOT and s.ref == piece.job_id]
                 if not shots or piece.job_id in shots[0].played_jobs:
                     return None
