@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     recording_bitrate_kbps: int = 192  # AAC in MP4 (.m4a)
     recording_retention_hours: float = 168.0  # older files are deleted (at most G4L_RETENTION_HOURS once stopped)
 
+    # The operator's dashboard (/stations): a station's buffer sampled for its plot.
+    station_history_every_s: float = 10.0  # one sample of the buffer this often (at most)
+    station_history_hours: float = 24.0  # samples older than this are trimmed
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 
