@@ -25,6 +25,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, g, redirect, request
 from markupsafe import escape
 from pydantic import BaseModel
+from werkzeug.wrappers import Response as BaseResponse
 
 from g4l.context import Context
 from g4l.errors import Forbidden, G4LError, StationNotFound, Unauthorized
@@ -51,12 +52,12 @@ _HEADERS = {
 _OPEN = {"dashboard.static", "dashboard.login", "dashboard.logout"}
 
 
-def _secure(resp: Response) -> Response:
+def _secure(resp: BaseResponse) -> BaseResponse:
     resp.headers.update(_HEADERS)
     return resp
 
 
-def _page(name: str, status: int = 200, **values: str) -> Response:
+def _page(name: str, status: int = 200, **values: str) -> BaseResponse:
     """A page of :data:`STATIC_DIR`; ``{{NAME}}`` placeholders get HTML-escaped values."""
     html = (STATIC_DIR / name).read_text()
     for field, value in values.items():
@@ -64,7 +65,7 @@ def _page(name: str, status: int = 200, **values: str) -> Response:
     return _secure(Response(html, status=status, mimetype="text/html"))
 
 
-def _json(model: BaseModel) -> Response:
+def _json(model: BaseModel) -> BaseResponse:
     return _secure(Response(model.model_dump_json(), mimetype="application/json"))
 
 
@@ -79,7 +80,7 @@ def _local(target: str | None) -> str:
     return COOKIE_PATH
 
 
-def _refused(exc: G4LError) -> Response:
+def _refused(exc: G4LError) -> BaseResponse:
     """401 / 403 / 404: JSON for the data routes, a page (with the key form) for people."""
     if _wants_json():
         return _secure(error_response(exc))
@@ -93,13 +94,13 @@ def dashboard_blueprint(ctx: Context, api_keys: ApiKeys) -> Blueprint:
     bp = Blueprint("dashboard", __name__, static_folder=str(STATIC_DIR), static_url_path="/stations-static")
     stations = StationService(ctx)
 
-    def with_cookie(resp: Response, key: str) -> Response:
+    def with_cookie(resp: BaseResponse, key: str) -> BaseResponse:
         resp.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE_S, path=COOKIE_PATH, httponly=True, samesite="Lax",
                         secure=request.is_secure)
         return resp
 
     @bp.before_request
-    def _operator_only() -> Response | None:
+    def _operator_only() -> BaseResponse | None:
         if request.endpoint in _OPEN:
             return None
         if "key" in request.args:  # a link with the key: keep it in the cookie, drop it from the URL
@@ -111,26 +112,26 @@ def dashboard_blueprint(ctx: Context, api_keys: ApiKeys) -> Blueprint:
             rest = [(k, v) for k, v in request.args.items(multi=True) if k != "key"]
             target = request.path + ("?" + urllib.parse.urlencode(rest) if rest else "")
             return _secure(with_cookie(redirect(target, 303), key))
-        key = request.headers.get(HEADER) or request.cookies.get(COOKIE)
+        presented = request.headers.get(HEADER) or request.cookies.get(COOKIE)
         try:
-            caller = api_keys.caller(key, request.remote_addr)
+            caller = api_keys.caller(presented, request.remote_addr)
         except Unauthorized as exc:
-            return _refused(Unauthorized("this page needs the operator's API key") if not key else exc)
+            return _refused(Unauthorized("this page needs the operator's API key") if not presented else exc)
         if not caller.operator:
             return _refused(Forbidden("this key is not an operator key: these pages need one of G4L_OPERATOR_KEYS"))
         g.operator = caller
         return None
 
     @bp.errorhandler(StationNotFound)
-    def _not_found(exc: StationNotFound) -> Response:
+    def _not_found(exc: StationNotFound) -> BaseResponse:
         return _refused(exc)
 
     def operator() -> Caller:
-        return g.operator  # type: ignore[no-any-return]
+        return g.operator
 
     # ---------------------------------------------------------------- the key form
     @bp.post("/stations/login")
-    def login() -> Response:
+    def login() -> BaseResponse:
         key = (request.form.get("key") or "").strip()
         target = _local(request.form.get("next"))
         try:
@@ -140,49 +141,49 @@ def dashboard_blueprint(ctx: Context, api_keys: ApiKeys) -> Blueprint:
         return _secure(with_cookie(redirect(target, 303), key))
 
     @bp.get("/stations/logout")
-    def logout() -> Response:
+    def logout() -> BaseResponse:
         resp = redirect(COOKIE_PATH, 303)
         resp.delete_cookie(COOKIE, path=COOKIE_PATH)
         return _secure(resp)
 
     # ---------------------------------------------------------------- pages
     @bp.get("/stations")
-    def list_page() -> Response:
+    def list_page() -> BaseResponse:
         return _page("stations.html")
 
     @bp.get("/stations/<station_id>/dashboard")
-    def dashboard_page(station_id: str) -> Response:
+    def dashboard_page(station_id: str) -> BaseResponse:
         stations.require(station_id, operator())
         return _page("dashboard.html")
 
     @bp.get("/stations/<station_id>/recordings")
-    def recordings_page(station_id: str) -> Response:
+    def recordings_page(station_id: str) -> BaseResponse:
         stations.require(station_id, operator())
         return _page("recordings.html")
 
     # ---------------------------------------------------------------- what the pages poll
     @bp.get("/stations/list.json")
-    def list_data() -> Response:
+    def list_data() -> BaseResponse:
         return _json(StationList(stations=[StationStatus(**st) for st in stations.list(operator())]))
 
     @bp.get("/stations/<station_id>/status.json")
-    def status_data(station_id: str) -> Response:
+    def status_data(station_id: str) -> BaseResponse:
         return _json(StationStatus(**stations.get(station_id, operator())))
 
     @bp.get("/stations/<station_id>/history.json")
-    def history_data(station_id: str) -> Response:
+    def history_data(station_id: str) -> BaseResponse:
         query = parse_query(StationHistoryQuery)
         assert isinstance(query, StationHistoryQuery)
         return _json(StationHistory(**stations.buffer_history(station_id, operator(), query.since)))
 
     @bp.get("/stations/<station_id>/recordings.json")
-    def recordings_data(station_id: str) -> Response:
+    def recordings_data(station_id: str) -> BaseResponse:
         found = stations.list_recordings(station_id, operator())
         return _json(RecordingList(recordings=[
             Recording(**rec, url=f"/stations/{station_id}/recordings/{rec['recording_id']}") for rec in found]))
 
     @bp.get("/stations/<station_id>/recordings/<recording_id>")
-    def recording(station_id: str, recording_id: str) -> Response:
+    def recording(station_id: str, recording_id: str) -> BaseResponse:
         blob = stations.recording_blob(station_id, recording_id, operator())
         return _secure(send_blob(ctx.blobs, blob, f"{recording_id}.m4a", mimetype="audio/mp4"))
 

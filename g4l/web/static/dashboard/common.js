@@ -98,7 +98,7 @@ var g4l = (function () {
     function run() {
       fn().then(function () {
         text("updated", new Date().toLocaleTimeString());
-        text("problem", "");
+        $("problem").textContent = "";
       }, function (err) {
         $("problem").textContent = "(" + err.message + ")";
       }).then(function () { window.setTimeout(run, ms); });

@@ -28,10 +28,17 @@
     svg.replaceChildren();
     var st = last || {};
     var th = st.buffer_thresholds_s && typeof st.buffer_thresholds_s === "object" ? st.buffer_thresholds_s : null;
-    var top = 1;
-    samples.forEach(function (s) { top = Math.max(top, s.buffered_s); });
-    if (th) STATES.forEach(function (k) { if (isFinite(th[k])) top = Math.max(top, th[k] * 1.15); });
-    else if (isFinite(st.target_buffer_seconds)) top = Math.max(top, st.target_buffer_seconds * 1.15);
+    // The y range: the samples, and the next bound above them (a 24 h threshold over a
+    // 45 s buffer would flatten the line); bounds higher than that are left out.
+    var most = 0;
+    samples.forEach(function (s) { most = Math.max(most, s.buffered_s); });
+    var top = Math.max(1, most * 1.25);
+    if (th) {
+      var above = STATES.map(function (k) { return th[k]; }).filter(function (v) { return isFinite(v) && v > most; });
+      if (above.length) top = Math.max(top, Math.min.apply(null, above) * 1.15);
+    } else if (isFinite(st.target_buffer_seconds)) {
+      top = Math.max(top, st.target_buffer_seconds * 1.15);
+    }
     var now = Date.now() / 1000;
     var t1 = samples.length ? Math.max(samples[samples.length - 1].t, now - 1) : now;
     var t0 = samples.length ? Math.max(samples[0].t, t1 - windowS) : t1 - 60;
@@ -42,8 +49,8 @@
     if (th) {  // bands: each state from its lower bound up to the next one's
       var upper = top;
       STATES.forEach(function (k) {
-        if (!isFinite(th[k])) return;
-        var lo = Math.min(th[k], top);
+        if (!isFinite(th[k]) || th[k] > top) return;
+        var lo = th[k];
         el("rect", { "class": "band band-" + k, x: LEFT, y: y(upper), width: W - LEFT - RIGHT,
                      height: Math.max(0, y(lo) - y(upper)) }, svg);
         el("line", { "class": "bound bound-" + k, x1: LEFT, x2: W - RIGHT, y1: y(lo), y2: y(lo),
