@@ -108,7 +108,7 @@ def test_the_dashboard_draws_the_buffer_and_shows_the_status_in_chromium(dash: D
             # A path of as many points as samples, every one inside the plot.
             coords = [tuple(map(float, xy.split(","))) for xy in re.findall(r"[ML]([\d.]+,[\d.]+)", shown["path"])]
             assert len(coords) == shown["points"] >= 8
-            assert all(64 <= x <= 800 and 0 <= y <= 260 for x, y in coords), coords
+            assert all(60 <= x <= 800 and 0 <= y <= 260 for x, y in coords), coords
             assert [x for x, _ in coords] == sorted(x for x, _ in coords)
 
             # What the page shows is what the API says (a pair read within one poll of each other).

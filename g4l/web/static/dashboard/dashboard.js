@@ -5,7 +5,7 @@
   var id = g4l.stationId();
   var base = "/stations/" + encodeURIComponent(id);
   var SVG = "http://www.w3.org/2000/svg";
-  var W = 800, H = 260, LEFT = 64, RIGHT = 12, TOP = 12, BOTTOM = 28;
+  var W = 800, H = 260, LEFT = 60, RIGHT = 12, TOP = 12, BOTTOM = 28;
   var STATES = ["healthy", "warning", "critical", "emergency"];  // buffer_thresholds_s keys, high to low
   var samples = [];  // {t, buffered_s, state}, oldest first
   var windowS = 86400;
@@ -55,7 +55,7 @@
                      height: Math.max(0, y(lo) - y(upper)) }, svg);
         el("line", { "class": "bound bound-" + k, x1: LEFT, x2: W - RIGHT, y1: y(lo), y2: y(lo),
                      "data-state": k, "data-seconds": th[k] }, svg);
-        el("text", { "class": "bound-label band-" + k, x: W - RIGHT - 4, y: y(lo) - 3, "text-anchor": "end" }, svg,
+        el("text", { "class": "bound-label label-" + k, x: W - RIGHT - 4, y: y(lo) - 3, "text-anchor": "end" }, svg,
            k.toUpperCase() + " \u2265 " + g4l.duration(th[k]));
         upper = lo;
       });
@@ -70,12 +70,14 @@
     el("line", { "class": "axis", x1: LEFT, x2: LEFT, y1: TOP, y2: H - BOTTOM }, svg);
     el("line", { "class": "axis", x1: LEFT, x2: W - RIGHT, y1: H - BOTTOM, y2: H - BOTTOM }, svg);
     [0, top / 2, top].forEach(function (v) {
-      el("text", { "class": "tick", x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, svg, g4l.duration(v));
+      el("text", { "class": "tick", x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, svg, short(v));
     });
-    [t0, (t0 + t1) / 2, t1].forEach(function (t, i) {
-      el("text", { "class": "tick", x: x(t), y: H - 8, "text-anchor": ["start", "middle", "end"][i] }, svg,
-         g4l.clock(t));
-    });
+    // time: how long ago, and the clock time of the newest sample
+    [[t0, "-" + short(t1 - t0)], [(t0 + t1) / 2, "-" + short((t1 - t0) / 2)], [t1, g4l.clock(t1)]].forEach(
+      function (tick, i) {
+        el("text", { "class": "tick", x: x(tick[0]), y: H - 8, "text-anchor": ["start", "middle", "end"][i] }, svg,
+           tick[1]);
+      });
     var shown = samples.filter(function (s) { return s.t >= t0; });
     if (!shown.length) {
       el("text", { "class": "nodata", x: (LEFT + W) / 2, y: H / 2, "text-anchor": "middle" }, svg,
@@ -92,6 +94,13 @@
              g4l.duration(t1 - t0) + " shown (kept: " + g4l.duration(windowS) + ")");
   }
   var everyS = 10;
+
+  /* An axis label: "45 s", "12 min", "5.5 h". */
+  function short(seconds) {
+    if (seconds < 120) return Math.round(seconds) + " s";
+    if (seconds < 7200) return Math.round(seconds / 60) + " min";
+    return (seconds / 3600).toFixed(seconds < 36000 ? 1 : 0) + " h";
+  }
 
   function outputs(list) {
     var body = document.querySelector("#outputs tbody");
@@ -139,7 +148,7 @@
     g4l.text("buffered", g4l.duration(st.buffered_seconds), st.buffered_seconds);
     g4l.text("target", g4l.duration(st.target_buffer_seconds), st.target_buffer_seconds);
     var rtf = st.realtime_factor;
-    g4l.text("rtf", g4l.present(rtf) && isFinite(rtf) ? Number(rtf).toFixed(2) + "\u00d7 real time" : null, rtf);
+    g4l.text("rtf", g4l.present(rtf) && isFinite(rtf) ? Number(rtf).toFixed(2) + "\u00d7" : null, rtf);
     g4l.text("listeners", st.listeners, st.listeners);
     g4l.text("generations", st.generations, st.generations);
     g4l.text("underruns", st.underruns, st.underruns);
@@ -153,7 +162,7 @@
     g4l.text("model", st.model);
     g4l.text("played", g4l.duration(st.played_seconds) + " / " + g4l.duration(st.generated_seconds));
     g4l.text("created", g4l.when(st.created));
-    g4l.text("recording", st.recording ? "(recording now)" : "");
+    g4l.$("recording").textContent = st.recording ? "(recording now)" : "";
     g4l.$("listen-link").href = st.page_url;
     outputs(st.outputs);
     errors(st.errors);
