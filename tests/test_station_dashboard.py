@@ -116,7 +116,7 @@ def test_the_dashboard_draws_the_buffer_and_shows_the_status_in_chromium(dash: D
                 seen, api = page_values(page), dash.status()
                 same = (seen["status"] == api["status"] and seen["listeners"] == str(api["listeners"])
                         and seen["current_prompt"] == api["current_prompt"]
-                        and seen["state"] == api.get("buffer_state", api["buffer_health"])
+                        and seen["state"] == (api.get("buffer_state") or api["buffer_health"])
                         and abs(seen["buffered"] - api["buffered_seconds"]) <= 3.5)
                 return (seen, api) if same else None
 
