@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,46 @@ def load_failure_reason(model_id: str, exc: BaseException) -> str:
     names = {type(e).__name__ for e in chain}
     last = str(chain[-1]).splitlines()[0][:160] if str(chain[-1]) else type(chain[-1]).__name__
     if names & set(_OFFLINE_SIGNS) or any("resolve" in str(e).lower() and "host" in str(e).lower() for e in chain):
+        repo = _hub_repo_fetched(chain)
+        if repo is not None and repo != model_id:
+            # A checkpoint found (a directory, or cached) whose parts are not: released
+            # MusicGens name their text encoder ('t5-base') and codec by hub id.
+            return (f"model {model_id!r} needs {repo!r} from the Hugging Face hub, which is not in the cache "
+                    f"({_hub_cache_dir()}) and could not be downloaded (offline or no network): {last}. "
+                    f"Download {repo!r} once into that cache (HF_HOME), or use G4L_MODELS=debug.")
         return (f"model {model_id!r} could not be downloaded from the Hugging Face hub (no network?): {last}. "
-                "Use G4L_MODELS=debug (a tiny built-in model) or a local checkpoint directory.")
+                "Use G4L_MODELS=debug (a tiny built-in model), a local checkpoint directory, or a Hugging Face "
+                f"cache that holds it (HF_HOME; now {_hub_cache_dir()}).")
     if isinstance(exc, FileNotFoundError):
         return f"model {model_id!r}: {last}. Point G4L_MODELS at an AudioCraft checkpoint directory."
     return f"model {model_id!r} could not be loaded: {type(chain[-1]).__name__}: {last}"
+
+
+#: Argument names under which transformers' ``from_pretrained`` and huggingface_hub's
+#: downloads hold the hub repo they fetch.
+_REPO_ARGS = ("pretrained_model_name_or_path", "repo_id")
+
+
+def _hub_repo_fetched(chain: list[BaseException]) -> str | None:
+    """The hub repo whose files were being fetched when the load failed, read off the
+    failing calls' arguments (the exceptions' own messages do not name it)."""
+    for error in chain:
+        for frame, _line in traceback.walk_tb(error.__traceback__):
+            for name in _REPO_ARGS:
+                value = frame.f_locals.get(name)
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+def _hub_cache_dir() -> str:
+    """The Hugging Face hub cache this process reads (``HF_HOME``/``HF_HUB_CACHE``)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - a dependency
+        return "unknown"
 
 
 def normalize_model_id(model_id: str) -> str:
