@@ -142,7 +142,9 @@ def _submit(engine: BatchedMusicGen, job: tuple[float | None, GenerationParams])
     return engine.submit(None if seconds is None else _prompt(seconds, seed=int(seconds * 10)), params)
 
 
-def _alone(engine: BatchedMusicGen, job: tuple[float | None, GenerationParams]) -> RowHandle:
+def _alone(model, job: tuple[float | None, GenerationParams], **kw: object) -> RowHandle:  # type: ignore[no-untyped-def]
+    """The row run alone in a loop of its own (a fresh cache: its keys cut to its length)."""
+    engine = BatchedMusicGen(model, **kw)  # type: ignore[arg-type]
     handle = _submit(engine, job)
     engine.loop.run_until_idle()
     return handle
@@ -158,32 +160,55 @@ def test_a_lone_row_with_a_t5_description_is_stock_audiocraft_bit_for_bit(model)
         assert torch.equal(handle.result(), _stock_codes(model, [text], seed=9, duration=1.5, prompt=prompt)[0])
 
 
-def test_the_decode_loop_with_t5_rows_of_different_lengths_gives_each_row_its_lone_result(model) -> None:  # type: ignore[no-untyped-def]
-    """Four rows whose T5 conditions have different token counts (and one none) share
-    one batch: each gets its lone codes (sampled); with the lone row padded too
-    (``pad_lone_row``), every step's guided logits are bit-for-bit those alone."""
-    engine = BatchedMusicGen(model, pad_lone_row=True, record_logits=True)
-    alone = [_alone(engine, job) for job in JOBS]
+@pytest.mark.parametrize("pad_lone_row", [False, True])
+def test_the_decode_loop_with_t5_rows_of_different_lengths_gives_each_row_its_lone_result(
+        model, pad_lone_row: bool) -> None:  # type: ignore[no-untyped-def]
+    """Four rows whose T5 conditions have different token counts (and one none) share one
+    batch; each row alone ran in a loop of its own. By default (a lone row runs stock's
+    kernel): the same codes, logits within rounding. With ``pad_lone_row``: every step's
+    guided logits bit for bit."""
+    lengths = model.lm.condition_provider.conditioners["description"].tokenize([LONG, SHORT])["attention_mask"].sum(1)
+    assert int(lengths[0]) > int(lengths[1]) > 0  # the rows' conditions really differ in length
+    alone = [_alone(model, job, pad_lone_row=pad_lone_row, record_logits=True) for job in JOBS]
+    engine = BatchedMusicGen(model, pad_lone_row=pad_lone_row, record_logits=True)
     handles = [_submit(engine, job) for job in JOBS]
     engine.loop.run_until_idle()
-    # The rows' conditions really have different lengths: the cache is padded to the longest.
-    lengths = model.lm.condition_provider.conditioners["description"].tokenize([LONG, SHORT])["attention_mask"].sum(1)
-    assert engine.loop.cache.shape.cross_length == int(lengths[0]) > int(lengths[1])
+    drift = 0.0
     for (_seconds, params), solo, batched in zip(JOBS, alone, handles, strict=True):
         codes = batched.result()
         assert codes.shape == (4, int(params.duration * 50))
         assert torch.equal(codes, solo.result())
         assert len(solo.logits) == len(batched.logits)
-        assert all(torch.equal(a, b) for a, b in zip(solo.logits, batched.logits, strict=True))
+        drift = max([drift] + [(a - b).abs().max().item() for a, b in zip(solo.logits, batched.logits, strict=True)])
+    if pad_lone_row:
+        assert drift == 0.0
+    else:
+        assert drift < 1e-3  # last-bit rounding (measured about 1e-5), not another computation
     # Same seed (7), with and without the description: the text changes the codes.
     assert not torch.equal(alone[0].result()[:, :75], alone[1].result()[:, :75])
 
 
+def test_a_description_longer_than_a_key_block_leaves_its_batch_mates_exact(model) -> None:  # type: ignore[no-untyped-def]
+    """A row whose condition takes two key blocks (85 tokens) beside a short one: each is
+    bit-for-bit its lone self (``pad_lone_row``), the short row read at 64 keys alone and 128
+    in the batch."""
+    very_long = " ".join(["warm dub bass with a slow groove"] * 12)
+    jobs = [(None, GenerationParams(duration=1.0, seed=2, description=very_long)),
+            (0.5, GenerationParams(duration=1.5, seed=2, description=SHORT))]
+    alone = [_alone(model, job, pad_lone_row=True, record_logits=True) for job in jobs]
+    engine = BatchedMusicGen(model, pad_lone_row=True, record_logits=True)
+    handles = [_submit(engine, job) for job in jobs]
+    engine.loop.run_until_idle()
+    assert alone[1].result().shape == (4, 75) and engine.loop.cache.shape.cross_length == 128
+    for solo, batched in zip(alone, handles, strict=True):
+        assert torch.equal(solo.result(), batched.result())
+        assert all(torch.equal(a, b) for a, b in zip(solo.logits, batched.logits, strict=True))
+
+
 def test_the_description_changes_the_loops_output_for_a_seed(model) -> None:  # type: ignore[no-untyped-def]
-    engine = BatchedMusicGen(model)
-    runs = {text: _alone(engine, (None, GenerationParams(duration=1.0, seed=4, description=text))).result()
+    runs = {text: _alone(model, (None, GenerationParams(duration=1.0, seed=4, description=text))).result()
             for text in (LONG, SHORT, None)}
-    again = _alone(engine, (None, GenerationParams(duration=1.0, seed=4, description=LONG))).result()
+    again = _alone(model, (None, GenerationParams(duration=1.0, seed=4, description=LONG))).result()
     assert torch.equal(runs[LONG], again)
     assert not torch.equal(runs[LONG], runs[None]) and not torch.equal(runs[LONG], runs[SHORT])
     assert not torch.equal(runs[SHORT], runs[None])
