@@ -13,10 +13,13 @@ Here both resolve from a Hugging Face cache directory this module writes:
   projection by the name) and one tiny layer;
 
 saved under ``<hf_home>/hub/models--t5-base/snapshots/<revision>/`` with ``refs/main``, the
-layout ``huggingface_hub`` reads with ``HF_HUB_OFFLINE=1``. The MusicGen itself is the tiny
-debug model with the ``description`` conditioner switched to T5, written as
-``state_dict.bin`` + ``compression_state_dict.bin`` (``{'xp.cfg': yaml, 'best_state': ...}``),
-and can also be put in the same cache under a hub id, as ``huggingface-cli download`` would.
+layout ``huggingface_hub`` reads with ``HF_HUB_OFFLINE=1``. Beside it goes the codec the
+released ``compression_state_dict.bin`` names instead of holding weights,
+``facebook/encodec_32khz``: a tiny transformers ``EncodecModel`` (32 kHz, 50 frames/s, 4
+codebooks of 256, as the LM expects). The MusicGen LM is the tiny debug model's with the
+``description`` conditioner switched to T5, written as ``state_dict.bin``
+(``{'xp.cfg': yaml, 'best_state': ...}``); the directory can also be put in the same cache
+under a hub id, as downloading a repo would.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 T5_NAME = "t5-base"
+ENCODEC_NAME = "facebook/encodec_32khz"
 T5_WIDTH = 768  # T5Conditioner.MODELS_DIMS['t5-base']: the conditioner's input width
 #: The revision the fake snapshots are filed under (any 40 hex digits).
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -123,6 +127,34 @@ def build_t5_cache(hf_home: Path, seed: int = 0) -> Path:
     return snapshot
 
 
+def build_encodec_cache(hf_home: Path, seed: int = 0) -> Path:
+    """Write a tiny random ``facebook/encodec_32khz`` (transformers ``EncodecModel``: the
+    class AudioCraft wraps for it) into the hub cache at ``hf_home``; returns its snapshot."""
+    import torch
+    from transformers import EncodecConfig, EncodecModel
+
+    from g4l.engine.debug_model import CARD, FRAME_RATE, N_Q, SAMPLE_RATE
+
+    # AudioCraft derives the codebook count from the bandwidth: kbps * 1000 / (50 * log2(256)) = 4.
+    kbps = N_Q * FRAME_RATE * (CARD.bit_length() - 1) / 1000
+    config = EncodecConfig(target_bandwidths=[kbps], sampling_rate=SAMPLE_RATE, audio_channels=1, normalize=False,
+                           chunk_length_s=None, overlap=None, hidden_size=32, num_filters=4, num_residual_layers=1,
+                           upsampling_ratios=[8, 5, 4, 4], codebook_size=CARD, num_lstm_layers=1,
+                           use_causal_conv=False, compress=2)
+    snapshot = hub_snapshot(hf_home, ENCODEC_NAME)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        codec = EncodecModel(config).eval()
+        # transformers leaves the codebooks at zero (they come from a checkpoint): every code
+        # would decode to the same audio. Random entries, as the debug codec's.
+        for layer in codec.quantizer.layers:
+            layer.codebook.embed.uniform_(-1.0, 1.0)
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+            layer.codebook.inited.fill_(True)
+        codec.save_pretrained(snapshot)
+    return snapshot
+
+
 def t5_musicgen_config() -> dict[str, Any]:
     """The debug model's ``xp.cfg`` with the released models' text conditioner: T5
     (``t5-base``, frozen) on the ``description`` attribute, cross-attention fuser."""
@@ -135,11 +167,13 @@ def t5_musicgen_config() -> dict[str, Any]:
 
 
 def save_t5_musicgen_checkpoint(directory: Path, hf_home: Path, seed: int = 0) -> Path:
-    """Build the T5-conditioned tiny MusicGen (its T5 read from ``hf_home``, which
-    :func:`build_t5_cache` filled) and write it as a released checkpoint directory.
+    """Build the T5-conditioned tiny MusicGen LM (its T5 read from ``hf_home``, which
+    :func:`build_t5_cache` filled) and write a released checkpoint directory.
 
-    As in the released files, ``state_dict.bin`` holds the LM and the conditioner's output
-    projection but not T5's weights (a frozen T5 is kept out of the state dict).
+    As in the released files: ``state_dict.bin`` holds the LM and the conditioner's output
+    projection but not T5's weights (a frozen T5 is kept out of the state dict), and
+    ``compression_state_dict.bin`` only names the codec (:data:`ENCODEC_NAME`, which
+    :func:`build_encodec_cache` provides), as ``audiocraft.utils.export`` writes it.
     """
     import audiocraft
     import torch
@@ -153,13 +187,12 @@ def save_t5_musicgen_checkpoint(directory: Path, hf_home: Path, seed: int = 0) -
     cfg = OmegaConf.create(t5_musicgen_config())
     with offline_hub(hf_home), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        compression_model = builders.get_compression_model(cfg).eval()
         lm = builders.get_lm_model(cfg).eval()
     directory.mkdir(parents=True, exist_ok=True)
-    yaml = OmegaConf.to_yaml(cfg)
-    for file, model in ((LM_FILE, lm), (COMPRESSION_FILE, compression_model)):
-        torch.save({"xp.cfg": yaml, "best_state": model.state_dict(), "version": audiocraft.__version__,
-                    "exported": True}, directory / file)
+    version = audiocraft.__version__
+    torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": lm.state_dict(), "version": version,
+                "exported": True}, directory / LM_FILE)
+    torch.save({"pretrained": ENCODEC_NAME, "exported": True, "version": version}, directory / COMPRESSION_FILE)
     return directory
 
 

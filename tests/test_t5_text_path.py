@@ -1,7 +1,8 @@
 """The real text path (issue 10, item 5): a checkpoint in the released layout whose
 ``description`` conditioner is AudioCraft's ``T5Conditioner``, as ``facebook/musicgen-*``
-and their fine-tunes are, with a tiny random T5 and a locally trained SentencePiece
-tokenizer resolved offline from a Hugging Face cache directory (``tests/t5_checkpoint.py``).
+and their fine-tunes are, with a tiny random T5, a locally trained SentencePiece tokenizer
+and a tiny ``facebook/encodec_32khz``, resolved offline from a Hugging Face cache directory
+(``tests/t5_checkpoint.py``).
 
 It runs through stock AudioCraft, through g4l's decode loop (rows with descriptions of
 different token lengths in one batch), through g4l's model loading (``ModelCache`` with a
@@ -20,8 +21,10 @@ import requests
 import torch
 from conftest import read_wav, start_server
 from t5_checkpoint import (
+    ENCODEC_NAME,
     T5_NAME,
     T5_WIDTH,
+    build_encodec_cache,
     build_t5_cache,
     offline_hub,
     offline_hub_env,
@@ -40,6 +43,7 @@ from g4l.engine.cache import ModelCache, ModelLoadError
 prepare_audiocraft_import()
 
 from audiocraft.models import MusicGen  # noqa: E402
+from audiocraft.models.encodec import HFEncodecCompressionModel  # noqa: E402
 from audiocraft.modules.conditioners import T5Conditioner  # noqa: E402
 
 SR = 32000
@@ -57,6 +61,7 @@ def files(tmp_path_factory) -> SimpleNamespace:  # type: ignore[no-untyped-def]
     hf_home = root / "hf"
     hf_home.mkdir()
     build_t5_cache(hf_home)
+    build_encodec_cache(hf_home)
     checkpoint = save_t5_musicgen_checkpoint(root / "musicgen-t5-tiny", hf_home)
     put_in_hub_cache(hf_home, HUB_ID, checkpoint)
     return SimpleNamespace(hf_home=hf_home, checkpoint=checkpoint)
@@ -96,6 +101,10 @@ def test_the_checkpoint_has_the_released_layout_and_conditions_on_local_t5(files
     assert sorted(p.name for p in files.checkpoint.iterdir()) == ["compression_state_dict.bin", "state_dict.bin"]
     pkg = torch.load(files.checkpoint / "state_dict.bin", map_location="cpu")
     assert f"name: {T5_NAME}" in pkg["xp.cfg"]
+    assert torch.load(files.checkpoint / "compression_state_dict.bin")["pretrained"] == ENCODEC_NAME
+    # The codec the checkpoint names came from the cache too: the tiny one, wrapped as released models are.
+    assert isinstance(model.compression_model, HFEncodecCompressionModel)
+    assert model.compression_model.model.config.hidden_size == 32 and model.compression_model.num_codebooks == 4
     # As released: the conditioner's output projection is saved, the frozen T5 is not.
     cond_keys = [k for k in pkg["best_state"] if k.startswith("condition_provider.")]
     assert cond_keys and all(".output_proj." in k for k in cond_keys), cond_keys
