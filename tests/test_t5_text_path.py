@@ -20,6 +20,7 @@ import pytest
 import requests
 import torch
 from conftest import read_wav, start_server
+from pydantic import ValidationError
 from t5_checkpoint import (
     ENCODEC_NAME,
     T5_NAME,
@@ -39,6 +40,7 @@ from g4l.engine.batched_engine import BatchedEngine
 from g4l.engine.batched_musicgen import BatchedMusicGen
 from g4l.engine.batching import RowHandle
 from g4l.engine.cache import ModelCache, ModelLoadError
+from g4l.settings import Settings
 
 prepare_audiocraft_import()
 
@@ -47,7 +49,8 @@ from audiocraft.models.encodec import HFEncodecCompressionModel  # noqa: E402
 from audiocraft.modules.conditioners import T5Conditioner  # noqa: E402
 
 SR = 32000
-HUB_ID = "g4l-test/musicgen-t5-tiny"
+HUB_ID = "g4l-test/musicgen-t5-tiny"  # in the hub cache
+LOCAL_ID = "studio/musicgen-t5-local"  # not in the cache: G4L_MODEL_PATHS maps it to the directory
 
 # Descriptions of different token lengths (the loop pads their cross-attention keys).
 LONG = "warm dub bass with a slow groove and bright piano chords"
@@ -223,21 +226,27 @@ def test_the_description_changes_the_loops_output_for_a_seed(model) -> None:  # 
     assert not torch.equal(runs[SHORT], runs[None])
 
 
-def test_g4l_loads_the_checkpoint_offline_by_directory_and_by_hub_id(files) -> None:  # type: ignore[no-untyped-def]
+def test_g4l_loads_the_checkpoint_offline_by_directory_by_hub_id_and_by_mapped_id(files) -> None:  # type: ignore[no-untyped-def]
     """What an operator configures for a real model on a server without network: the
-    checkpoint directory, or its hub id, in G4L_MODELS; T5 from the hub cache."""
-    cache = ModelCache([str(files.checkpoint), HUB_ID], device="cpu")
+    checkpoint directory, its hub id (in the hub cache), or the id clients know mapped to
+    the directory (G4L_MODEL_PATHS) in G4L_MODELS; T5 and EnCodec from the hub cache."""
+    settings = Settings(models=[str(files.checkpoint), HUB_ID, LOCAL_ID],
+                        model_paths=[f" {LOCAL_ID} = {files.checkpoint} "])
+    assert settings.model_path_map == {LOCAL_ID: str(files.checkpoint)}
+    cache = ModelCache(settings.models, device="cpu", paths=settings.model_path_map)
     with offline_hub(files.hf_home):
         by_dir = cache.get(str(files.checkpoint))
         by_id = cache.get(HUB_ID)
+        by_mapped_id = cache.get(LOCAL_ID)
     assert cache.failed() == {}
-    for engine in (by_dir, by_id):
+    assert by_mapped_id.model_id == LOCAL_ID  # what clients see and ask for
+    for engine in (by_dir, by_id, by_mapped_id):
         assert isinstance(engine.model.lm.condition_provider.conditioners["description"], T5Conditioner)
         assert engine.sample_rate == SR and engine.channels == 1
     params = GenerationParams(duration=1.0, seed=6, description=LONG)
     out = by_dir.generate(params)
     assert out.shape == (1, SR) and out.dtype == np.float32
-    assert np.array_equal(out, by_id.generate(params))  # the same files, two ways in
+    assert np.array_equal(out, by_id.generate(params)) and np.array_equal(out, by_mapped_id.generate(params))
     assert not np.array_equal(out, by_dir.generate(GenerationParams(duration=1.0, seed=6)))
     continued = by_dir.continue_audio(_prompt(0.5, seed=3), GenerationParams(duration=1.5, seed=6, description=SHORT))
     assert continued.shape == (1, int(1.5 * SR))
@@ -252,6 +261,14 @@ def test_g4l_loads_the_checkpoint_offline_by_directory_and_by_hub_id(files) -> N
         shared.stop()
 
 
+def test_a_mapped_model_path_must_be_id_equals_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not id=directory"):
+        Settings(model_paths=["studio/model"])
+    cache = ModelCache([LOCAL_ID], device="cpu", paths={LOCAL_ID: str(tmp_path / "missing")})
+    with pytest.raises(ModelLoadError, match="no checkpoint directory at .*missing .G4L_MODEL_PATHS."):
+        cache.get(LOCAL_ID)
+
+
 def test_a_checkpoint_whose_t5_is_not_cached_fails_with_a_clear_reason(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     empty = tmp_path / "hf"
     empty.mkdir()
@@ -263,20 +280,23 @@ def test_a_checkpoint_whose_t5_is_not_cached_fails_with_a_clear_reason(files, tm
 
 
 @pytest.mark.slow  # the whole server
-def test_a_server_job_runs_on_the_t5_checkpoint_offline(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The whole server, offline, with the hub id in G4L_MODELS and batching on: three
-    generations (two with descriptions, one without, two sharing a seed) complete with
-    their durations, and the description changes the audio."""
+def test_server_jobs_run_on_the_t5_checkpoint_offline(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole server, offline, batching on, with the hub id and a mapped id in
+    G4L_MODELS: three generations on the hub id (two with descriptions, one without, two
+    sharing a seed) and one on the mapped id complete with their durations; the
+    description changes the audio, and the mapped id gives what the hub id gives."""
     redis_proc, mongo_proc = embedded.start_redis(None), embedded.start_mongo(None)
     server = None
     try:
-        server = start_server(tmp_path, redis_url=redis_proc.url, mongo_url=mongo_proc.url, G4L_MODELS=HUB_ID,
+        server = start_server(tmp_path, redis_url=redis_proc.url, mongo_url=mongo_proc.url,
+                              G4L_MODELS=f"{HUB_ID},{LOCAL_ID}", G4L_MODEL_PATHS=f"{LOCAL_ID}={files.checkpoint}",
                               G4L_MAX_BATCH="8", **offline_hub_env(files.hf_home))
         api = server.url + "/api/v1"
-        requests_ = [{"prompt": LONG, "seed": 5}, {"seed": 5}, {"prompt": SHORT, "seed": 8}]
+        bodies = [{"prompt": LONG, "seed": 5, "model": HUB_ID}, {"seed": 5, "model": HUB_ID},
+                  {"prompt": SHORT, "seed": 8, "model": HUB_ID}, {"prompt": LONG, "seed": 5, "model": LOCAL_ID}]
         ids = []
-        for body in requests_:
-            resp = requests.post(api + "/generate", json={**body, "duration": 2, "model": HUB_ID}, timeout=30)
+        for body in bodies:
+            resp = requests.post(api + "/generate", json={**body, "duration": 2}, timeout=30)
             assert resp.status_code == 202, resp.text
             ids.append(resp.json()["job_id"])
         audio = []
@@ -293,6 +313,7 @@ def test_a_server_job_runs_on_the_t5_checkpoint_offline(files, tmp_path: Path) -
             assert rate == SR and data.shape[0] == 2 * SR, (rate, data.shape)
             audio.append(data)
         assert not np.array_equal(audio[0], audio[1])
+        assert np.array_equal(audio[0], audio[3])
     finally:
         if server is not None:
             server.stop()

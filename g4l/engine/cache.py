@@ -3,10 +3,16 @@
 Model ids resolve as follows:
 
 * ``'debug'``: the tiny random-weight model of :mod:`g4l.engine.debug_model`;
+* an id the operator mapped to a directory (``G4L_MODEL_PATHS``): that directory, as below;
 * an existing local directory: an AudioCraft checkpoint directory
   (``state_dict.bin`` + ``compression_state_dict.bin``), loaded by ``MusicGen.get_pretrained``;
 * anything else (``'facebook/musicgen-small'``, ``'thepatch/vanya_ai_dnb_0.1'``...): a
-  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use).
+  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use, or
+  reads the Hugging Face cache only with ``HF_HUB_OFFLINE=1``).
+
+A released checkpoint also names, by hub id, its text encoder (``t5-base``) and usually its
+codec (``facebook/encodec_32khz``): those come from the Hugging Face cache (``HF_HOME``)
+even when the checkpoint is a directory.
 
 Importing this module is cheap: torch and AudioCraft are imported on the first load.
 """
@@ -17,7 +23,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from g4l.engine.debug_model import DEBUG_MODEL_ID
@@ -114,13 +120,17 @@ class ModelCache:
     Args:
         allowlist: the model ids that may be loaded (normalized, blanks dropped).
         device: ``'cpu'``, ``'cuda'`` or ``'auto'`` (GPU when available).
+        retry_after_s: how long a failed load is refused before it is tried again.
+        paths: model id -> checkpoint directory, for allowed ids served from local files.
     """
 
-    def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0) -> None:
+    def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0,
+                 paths: Mapping[str, str] | None = None) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
         self._allowlist = [m for m in dict.fromkeys(normalize_model_id(x) for x in allowlist) if m]
         self._device = device
+        self._paths = {normalize_model_id(k): v for k, v in (paths or {}).items()}
         self._engines: dict[str, MusicGenEngine] = {}
         # One lock per model id: two threads asking for the same model load it once,
         # while a slow download of one model does not block getting another.
@@ -208,18 +218,23 @@ class ModelCache:
 
                 # The hub and transformers bring their own stderr handlers: structured lines only.
                 adopt_library_loggers()
-                model = MusicGen.get_pretrained(_checkpoint_name(model_id), device=device)
+                model = MusicGen.get_pretrained(self._checkpoint_name(model_id), device=device)
             return MusicGenEngine(model, model_id=model_id)
         except Exception as exc:
             raise ModelLoadError(load_failure_reason(model_id, exc)) from exc
 
-
-def _checkpoint_name(model_id: str) -> str:
-    """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
-    path = os.path.expanduser(model_id)
-    if os.path.isdir(path):
-        return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
-    if model_id.startswith(("/", ".", "~")):
-        # Clearly a path: don't let it fall through to a confusing Hub lookup.
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-    return model_id
+    def _checkpoint_name(self, model_id: str) -> str:
+        """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
+        mapped = self._paths.get(model_id)
+        if mapped is not None:
+            path = os.path.expanduser(mapped)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no checkpoint directory at {path} (G4L_MODEL_PATHS)")
+            return path
+        path = os.path.expanduser(model_id)
+        if os.path.isdir(path):
+            return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
+        if model_id.startswith(("/", ".", "~")):
+            # Clearly a path: don't let it fall through to a confusing Hub lookup.
+            raise FileNotFoundError(f"no checkpoint directory at {path}")
+        return model_id
