@@ -269,14 +269,19 @@ def test_a_mapped_model_path_must_be_id_equals_directory(tmp_path: Path) -> None
         cache.get(LOCAL_ID)
 
 
-def test_a_checkpoint_whose_t5_is_not_cached_fails_with_a_clear_reason(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    empty = tmp_path / "hf"
-    empty.mkdir()
-    cache = ModelCache([str(files.checkpoint)], device="cpu")
-    with offline_hub(empty), pytest.raises(ModelLoadError) as err:
-        cache.get(str(files.checkpoint))
-    reason = str(err.value)
-    assert T5_NAME in reason and "HF_HOME" in reason and str(empty) in reason, reason
+def test_a_checkpoint_whose_t5_or_codec_is_not_cached_fails_naming_it(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Offline, a checkpoint directory whose T5 (then, with T5 cached, whose codec) is not in
+    the hub cache: the one-line reason names the missing repo and the cache directory."""
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    for missing in (T5_NAME, ENCODEC_NAME):
+        cache = ModelCache([str(files.checkpoint)], device="cpu")
+        with offline_hub(hf_home), pytest.raises(ModelLoadError) as err:
+            cache.get(str(files.checkpoint))
+        reason = str(err.value)
+        assert f"needs {missing!r}" in reason and "HF_HOME" in reason and str(hf_home / "hub") in reason, reason
+        assert "\n" not in reason
+        build_t5_cache(hf_home)  # T5 now there: the codec is what is missing next
 
 
 @pytest.mark.slow  # the whole server
