@@ -162,27 +162,29 @@ def _alone(model, job: tuple[float | None, GenerationParams], **kw: object) -> R
     return handle
 
 
-def test_a_lone_row_with_a_t5_description_is_stock_audiocraft_bit_for_bit(model) -> None:  # type: ignore[no-untyped-def]
-    engine = BatchedMusicGen(model)
+@pytest.mark.parametrize("attention", ["math", "sdpa"])
+def test_a_lone_row_with_a_t5_description_is_stock_audiocraft_bit_for_bit(model, attention: str) -> None:  # type: ignore[no-untyped-def]
     for seconds, text in ((0.5, LONG), (None, SHORT), (None, None)):
         params = GenerationParams(duration=1.5, seed=9, description=text)
         prompt = None if seconds is None else _prompt(seconds, seed=2)
+        engine = BatchedMusicGen(model, attention=attention)  # its own cache: the row's own key length
         handle = engine.submit(prompt, params)
         engine.loop.run_until_idle()
         assert torch.equal(handle.result(), _stock_codes(model, [text], seed=9, duration=1.5, prompt=prompt)[0])
 
 
-@pytest.mark.parametrize("pad_lone_row", [False, True])
+@pytest.mark.parametrize(("attention", "pad_lone_row"), [("math", False), ("math", True), ("sdpa", False)])
 def test_the_decode_loop_with_t5_rows_of_different_lengths_gives_each_row_its_lone_result(
-        model, pad_lone_row: bool) -> None:  # type: ignore[no-untyped-def]
+        model, attention: str, pad_lone_row: bool) -> None:  # type: ignore[no-untyped-def]
     """Four rows whose T5 conditions have different token counts (and one none) share one
     batch; each row alone ran in a loop of its own. By default (a lone row runs stock's
     kernel): the same codes, logits within rounding. With ``pad_lone_row``: every step's
     guided logits bit for bit."""
     lengths = model.lm.condition_provider.conditioners["description"].tokenize([LONG, SHORT])["attention_mask"].sum(1)
     assert int(lengths[0]) > int(lengths[1]) > 0  # the rows' conditions really differ in length
-    alone = [_alone(model, job, pad_lone_row=pad_lone_row, record_logits=True) for job in JOBS]
-    engine = BatchedMusicGen(model, pad_lone_row=pad_lone_row, record_logits=True)
+    options = {"attention": attention, "pad_lone_row": pad_lone_row, "record_logits": True}
+    alone = [_alone(model, job, **options) for job in JOBS]
+    engine = BatchedMusicGen(model, **options)  # type: ignore[arg-type]
     handles = [_submit(engine, job) for job in JOBS]
     engine.loop.run_until_idle()
     drift = 0.0
