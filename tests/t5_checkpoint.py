@@ -102,9 +102,14 @@ def train_tokenizer(workdir: Path, seed: int = 0) -> Path:
     return prefix.with_suffix(".model")
 
 
-def build_t5_cache(hf_home: Path, seed: int = 0) -> Path:
+def build_t5_cache(hf_home: Path, seed: int = 0, tokenizer_json: bool = True) -> Path:
     """Write a tiny random ``t5-base`` (tokenizer and encoder) into the hub cache at
-    ``hf_home``; returns its snapshot directory."""
+    ``hf_home``; returns its snapshot directory.
+
+    :param tokenizer_json: also write ``tokenizer.json`` (what transformers 5 reads); without
+        it the snapshot has only ``spiece.model`` for the tokenizer, as in a cache filled by
+        transformers 4, whose sentencepiece ``T5Tokenizer`` fetched nothing else.
+    """
     import sentencepiece as spm
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
@@ -117,8 +122,10 @@ def build_t5_cache(hf_home: Path, seed: int = 0) -> Path:
     sp = spm.SentencePieceProcessor(model_file=str(spiece))
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
-    tokenizer.save_pretrained(snapshot)
-    config = T5Config(vocab_size=len(tokenizer), d_model=T5_WIDTH, d_kv=8, d_ff=32, num_layers=1,
+    if tokenizer_json:
+        tokenizer.save_pretrained(snapshot)
+    # Room for the 100 sentinel ids a T5Tokenizer adds when no tokenizer_config says otherwise.
+    config = T5Config(vocab_size=len(tokenizer) + 100, d_model=T5_WIDTH, d_kv=8, d_ff=32, num_layers=1,
                       num_heads=2, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

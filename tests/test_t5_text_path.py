@@ -286,6 +286,27 @@ def test_a_checkpoint_whose_t5_or_codec_is_not_cached_fails_naming_it(files, tmp
         build_t5_cache(hf_home)  # T5 now there: the codec is what is missing next
 
 
+def test_a_t5_cache_made_by_transformers_4_with_only_spiece_model_loads_the_same(files, model,  # type: ignore[no-untyped-def]
+                                                                                 tmp_path: Path) -> None:
+    """A cache filled by the transformers 4 stack (the sentencepiece ``T5Tokenizer`` fetched
+    ``spiece.model`` and no ``tokenizer.json``), as an operator may copy from an older
+    server: transformers 5 converts it (sentencepiece + protobuf), to the same tokens and
+    the same codes."""
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    snapshot = build_t5_cache(hf_home, tokenizer_json=False)
+    build_encodec_cache(hf_home)
+    assert not (snapshot / "tokenizer.json").exists() and (snapshot / "spiece.model").exists()
+    with offline_hub(hf_home):
+        legacy = MusicGen.get_pretrained(str(files.checkpoint), device="cpu")
+    texts: list[str | None] = [LONG, SHORT, None]
+    tokens = legacy.lm.condition_provider.conditioners["description"].tokenize(texts)
+    expected = model.lm.condition_provider.conditioners["description"].tokenize(texts)
+    assert torch.equal(tokens["input_ids"], expected["input_ids"])
+    codes = _stock_codes(legacy, [LONG], seed=4, duration=1.0)
+    assert torch.equal(codes, _stock_codes(model, [LONG], seed=4, duration=1.0))
+
+
 @pytest.mark.slow  # the whole server
 def test_server_jobs_run_on_the_t5_checkpoint_offline(files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The whole server, offline, batching on, with the hub id and a mapped id in
