@@ -6,7 +6,10 @@ and a tiny ``facebook/encodec_32khz``, resolved offline from a Hugging Face cach
 
 It runs through stock AudioCraft, through g4l's decode loop (rows with descriptions of
 different token lengths in one batch), through g4l's model loading (``ModelCache`` with a
-checkpoint directory and with a hub id from the cache) and through a real server job.
+checkpoint directory, a hub id from the cache, and an id mapped to the directory by
+``G4L_MODEL_PATHS``; a missing T5 or codec named in the reason; a T5 cache left by
+transformers 4) and through real server jobs. Measured figures: docs/engine-batching.md,
+"The text path".
 """
 
 from __future__ import annotations
