@@ -28,6 +28,7 @@ import contextlib
 import os
 import random
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,12 @@ def build_t5_cache(hf_home: Path, seed: int = 0, tokenizer_json: bool = True) ->
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     snapshot = hub_snapshot(hf_home, T5_NAME)
-    spiece = train_tokenizer(hf_home, seed)
-    shutil.copy(spiece, snapshot / "spiece.model")
+    with tempfile.TemporaryDirectory() as work:
+        spiece = train_tokenizer(Path(work), seed)
+        shutil.copy(spiece, snapshot / "spiece.model")
     # transformers 5 builds its tokenizer from tokenizer.json (reading spiece.model alone
-    # would need protobuf): write it from the trained pieces, as the hub repo ships both.
-    sp = spm.SentencePieceProcessor(model_file=str(spiece))
+    # takes protobuf): write it from the trained pieces, as the hub repo ships both.
+    sp = spm.SentencePieceProcessor(model_file=str(snapshot / "spiece.model"))
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     if tokenizer_json:
