@@ -180,3 +180,8 @@ def station_recordings(station_id: str) -> str:
 def station_recording(station_id: str, recording_id: str) -> str:
     """One recording (hash: blob, started_at, duration_s, bytes)."""
     return f"{PREFIX}:station:{station_id}:recording:{recording_id}"
+
+
+def station_history(station_id: str) -> str:
+    """Sorted set of a station's buffer samples (member ``"t|buffered_s|state"``, score t)."""
+    return f"{PREFIX}:station:{station_id}:history"

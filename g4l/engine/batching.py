@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from g4l.engine.base import Cancelled, ProgressCallback
-from g4l.engine.batch_lm import BatchedLM, RowCondition
+from g4l.engine.batch_lm import KEY_BLOCK, BatchedLM, RowCondition
 from g4l.engine.kv_cache import CacheShape, KVBudgetExceeded, KVCache, round_up
 from g4l.engine.sampling import SamplingParams, guided, new_generator, sample
 
@@ -213,8 +213,11 @@ class DecodeLoop:
         self.record_logits = record_logits
         self._autocast = autocast or nullcontext
         m = self.model
+        # Batch-invariant mode: text conditions are read in whole key blocks too (a T5
+        # description's length varies per row; see docs/engine-batching.md, "The text path").
+        cross_step = KEY_BLOCK if pad_lone_row and attention == "math" else 1
         self.cache = KVCache(len(m.layers), m.num_heads, m.head_dim, m.has_cross, m.device,
-                             cache_dtype or m.dtype, budget_bytes=kv_budget_bytes)
+                             cache_dtype or m.dtype, budget_bytes=kv_budget_bytes, cross_step=cross_step)
         self.rows: list[_Row] = []  # active rows; row i holds half-row slots 2i, 2i+1
         self._pending: list[_Row] = []
         self._lock = threading.Condition()
