@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from g4l.engine._compat import prepare_audiocraft_import
-from g4l.engine.base import GenerationParams, ProgressCallback
+from g4l.engine.base import AudioCallback, GenerationParams, PartialAudio, ProgressCallback
 from g4l.log import get_logger
 
 prepare_audiocraft_import()
@@ -25,14 +25,16 @@ import torch  # noqa: E402  (after the import shims)
 
 from g4l.engine.batching import DecodeLoop, RowHandle, RowRequest  # noqa: E402
 from g4l.engine.sampling import SamplingParams  # noqa: E402
+from g4l.engine.streaming import WindowedDecoder  # noqa: E402
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
 
 log = get_logger(__name__)
 
-#: How often a waiting caller reports its row's progress (seconds).
-PROGRESS_POLL_S = 0.05
+#: How often a waiting caller reports its row's progress and, when streamed, looks for
+#: newly final frames (seconds).
+POLL_S = 0.05
 
 
 def sampling_of(params: GenerationParams) -> SamplingParams:
@@ -99,19 +101,32 @@ class BatchedMusicGen:
 
     def generate(self, prompt: np.ndarray | None, params: GenerationParams,
                  on_progress: ProgressCallback | None = None, priority: int = 0,
-                 timeout: float | None = None) -> np.ndarray:
+                 timeout: float | None = None, on_audio: AudioCallback | None = None,
+                 chunk_s: float = 1.0) -> np.ndarray:
         """Submit, wait (the loop must be running: :meth:`start`) and decode one generation.
 
         ``on_progress`` runs in the calling thread, not on the loop's: a worker's progress
         callback talks to Redis (progress notices, the cancel and give-way checks), and on
         the shared loop thread every row's round trips were added to every other row's
         steps (measured: 0.04 s a row over a 30 s generation, 7% of an 8-row loop). It is
-        called every :data:`PROGRESS_POLL_S` with the row's latest step counts; whatever it
-        raises (``Cancelled``...) drops the row before its next step and is raised here.
+        called every :data:`POLL_S` with the row's latest step counts; whatever it raises
+        (``Cancelled``...) drops the row before its next step and is raised here.
+
+        With ``on_audio`` the generation is streamed: while the row decodes, this (the
+        caller's) thread decodes its newly final frames every ``chunk_s`` seconds of audio
+        in overlapping windows (:class:`~g4l.engine.streaming.WindowedDecoder`) and hands
+        each piece to ``on_audio``; the last piece is the rest of the whole decode, which
+        is still what this returns. A failing ``on_audio`` stops the streaming, not the job.
         """
         handle = self.submit(prompt, params, None, priority)
+        decoder: WindowedDecoder | None = None
+        hop = int(round(self.sample_rate / self.frame_rate))
+        prompt_frames = 0
         try:
-            codes = self._wait(handle, on_progress, timeout)
+            if on_audio is not None:
+                prompt_frames = 0 if handle.request.prompt is None else int(handle.request.prompt.shape[-1])
+                decoder = WindowedDecoder(self.decode, hop, max(1, int(round(chunk_s * self.frame_rate))))
+            codes, on_audio = self._wait(handle, on_progress, decoder, on_audio, prompt_frames * hop, timeout)
         except BaseException:
             handle.cancel()
             raise
@@ -122,20 +137,37 @@ class BatchedMusicGen:
         log.info("row generated", wait_s=round(joined - handle.submitted_at, 3),
                  loop_s=round(finished - joined, 3), codec_s=round(time.monotonic() - decoding, 3),
                  steps=int(codes.shape[-1]))
+        if on_audio is not None and decoder is not None:
+            rest = decoder.rest(audio)
+            _hand_out(on_audio, PartialAudio(rest, decoder.emitted_samples, self.sample_rate,
+                                             prompt_frames * hop, final=True))
         return audio
 
-    @staticmethod
-    def _wait(handle: RowHandle, on_progress: ProgressCallback | None, timeout: float | None) -> torch.Tensor:
-        """The row's codes, reporting its progress from this thread meanwhile."""
+    def _wait(self, handle: RowHandle, on_progress: ProgressCallback | None, decoder: WindowedDecoder | None,
+              on_audio: AudioCallback | None, prompt_samples: int,
+              timeout: float | None) -> tuple[torch.Tensor, AudioCallback | None]:
+        """Wait for the row in this (the caller's) thread, reporting its progress and, when
+        streamed, handing out its audio as it becomes final; returns its codes and the
+        audio callback (``None`` once it failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         reported = (0, 0)
-        while not handle.wait(PROGRESS_POLL_S):
+        while not handle.wait(POLL_S):
             if on_progress is not None and handle.progress != reported:
                 reported = handle.progress
                 on_progress(*reported)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("the row has not finished")
-        return handle.result(0)
+            if on_audio is None or decoder is None or not decoder.ready(handle.steps_taken):
+                continue  # (the cheap bound first: the codes are read about once a piece)
+            codes = handle.codes_so_far()
+            if not decoder.ready(int(codes.shape[-1])):
+                continue
+            start = decoder.emitted_samples
+            piece = decoder.feed(codes)
+            if piece is not None and not _hand_out(on_audio, PartialAudio(piece, start, self.sample_rate,
+                                                                          prompt_samples)):
+                on_audio = None
+        return handle.result(0), on_audio
 
     # ------------------------------------------------------------ the loop thread
     def start(self) -> None:
@@ -156,3 +188,14 @@ class BatchedMusicGen:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+def _hand_out(on_audio: AudioCallback, piece: PartialAudio) -> bool:
+    """Give ``piece`` to ``on_audio``; whether it took it (a failure is logged once and
+    ends the streaming of that generation, never the generation)."""
+    try:
+        on_audio(piece)
+        return True
+    except Exception:
+        log.exception("streaming a generation's audio failed; it goes on unstreamed")
+        return False

@@ -21,6 +21,8 @@ from g4l.context import Context
 from g4l.hls.stream import LiveStream
 from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
+from g4l.services.listen import buffer_health
+from g4l.services.station_history import StationHistory
 from g4l.services.stations import StationService, prompt_for
 
 log = get_logger(__name__)
@@ -48,6 +50,7 @@ class StationDriver:
         self.stream = stream
         self.key = keys.station(station_id)
         self.stations = StationService(ctx)
+        self.history = StationHistory(ctx)  # the dashboard's buffer plot
         self.log = log.bind(station_id=station_id, stream=stream.token[:8])
         self._lock = threading.Lock()
         self._backoff_until = 0.0
@@ -119,6 +122,9 @@ class StationDriver:
             self.log.warning("station buffer low", buffered_s=round(self.stream.buffer.buffered_seconds, 2),
                              low_s=self.settings.station_low_buffer_s)
         self._low_reported = low and started
+        self.history.record(self.station_id, self.stream.buffer.buffered_seconds,
+                            buffer_health(self.stream.buffer.buffered_seconds, self.settings.station_low_buffer_s,
+                                          started))
 
     # ------------------------------------------------------------ generations
     def _plan(self, st: dict[str, str]) -> tuple[int, str, float, float]:

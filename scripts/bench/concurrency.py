@@ -10,6 +10,13 @@ result. It does this with ``G4L_MAX_BATCH=--max-batch`` (default 8) and then, un
 The last lines are ``batched t(8)/t(1) = X`` and ``serial t(8)/t(1) = Y`` (for the largest
 N). Speed is printed, never asserted.
 
+Streamed generation (``--listen``, default 1 and 8): N sessions, each with a listener on
+its HLS stream (a playlist poller decoding each new segment with ffmpeg), continue at the
+same instant; per client it prints the time from ``processing_started`` (as the device
+received it) to the first audible segment listed in its playlist (``listened`` lines).
+The servers run with ``G4L_HLS_SESSION_PREROLL_S=0`` so a stream is silent until its
+job's audio arrives.
+
 After each round, where its time and work went: the worker's account of its jobs (waiting
 to join the batch, decoding loop, EnCodec decode, post-processing: medians and maxima of
 its ``row generated``/``job completed`` log records), the CPU seconds of each process
@@ -25,8 +32,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (re-execs under the venv)
-
 import argparse  # noqa: E402
 import base64  # noqa: E402
 import os  # noqa: E402
@@ -34,6 +39,9 @@ import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+import common  # noqa: E402  (re-execs under the venv)
+
+from g4l.hls.watch import PlaylistWatcher, decode_ts  # noqa: E402
 from plugin_protocol import events  # noqa: E402
 from plugin_protocol.client import DeviceClient  # noqa: E402
 
@@ -192,10 +200,86 @@ def _load() -> str:
         return "?"
 
 
-def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
-    print(f"G4L_MAX_BATCH={max_batch}: starting the server (tiny model, 1 worker)", flush=True)
+def first_audible(watcher: PlaylistWatcher, after: float, decoded: dict[str, bool]) -> float | None:
+    """``time.time()`` at which the first segment with sound, listed after ``after``, was seen."""
+    import numpy as np
+
+    for seg in watcher.ordered():
+        if seg.seen_at < after:
+            continue
+        if seg.uri not in decoded:
+            x = decode_ts(seg.data)
+            decoded[seg.uri] = bool(x.size) and float(np.sqrt(np.mean(x ** 2))) > 1e-3
+        if decoded[seg.uri]:
+            return seg.seen_at
+    return None
+
+
+def listened_round(url: str, n: int, wav: bytes) -> tuple[list[float], list[float]]:
+    """N listened sessions continue at once: (each client's processing_started -> first
+    audible segment of its listener, each client's processing_started -> result)."""
+    clients = [DeviceClient(url, timeout=600).connect() for _ in range(n)]
+    watchers: list[PlaylistWatcher] = []
+    try:
+        sids = []
+        for c in clients:  # a session each, with a listener
+            sid = c.bang(wav, model_name="debug", prompt_duration=4).session_id
+            since = c.mark()
+            c.emit(events.GET_LISTEN_URL, {"session_id": sid})
+            _, link = c.wait_for(events.LISTEN_URL, since, session_id=sid)
+            sids.append(sid)
+            watchers.append(PlaylistWatcher(url + link["playlist_url"], interval=0.1).start())
+        deadline = time.monotonic() + 60
+        while any(not w.ordered() for w in watchers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        clock = time.time() - time.monotonic()  # watcher times are wall clock, the client's monotonic
+        marks = [c.mark() for c in clients]
+        sent = time.time()
+        go = threading.Barrier(n + 1)
+
+        def emit(i: int) -> None:
+            go.wait()
+            clients[i].emit(events.CONTINUE_MUSIC, {"session_id": sids[i]})
+
+        threads = [threading.Thread(target=emit, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        go.wait()
+        for t in threads:
+            t.join()
+        heard, results = [], []
+        for c, since, sid, w in zip(clients, marks, sids, watchers, strict=True):
+            c.wait_for(events.MUSIC_CONTINUED, since, session_id=sid)
+            with c._cond:
+                got = c.received[since:]
+            started = [t for t, name, d in got if name == events.PROCESSING_STARTED
+                       and isinstance(d, dict) and d.get("session_id") == sid][0] + clock
+            done = [t for t, name, _d in got if name == events.MUSIC_CONTINUED][0] + clock
+            decoded: dict[str, bool] = {}
+            at = None
+            deadline = time.monotonic() + 30
+            while at is None and time.monotonic() < deadline:
+                at = first_audible(w, sent, decoded)
+                if at is None:
+                    time.sleep(0.1)
+            heard.append(at - started if at is not None else float("nan"))
+            results.append(done - started)
+        return heard, results
+    finally:
+        for w in watchers:
+            w.stop()
+        for c in clients:
+            c.close()
+
+
+def run_server(max_batch: int, ns: list[int], wav: bytes, listen: list[int] | None = None,
+               stream_chunk_s: float = 1.0) -> dict[int, float]:
+    print(f"G4L_MAX_BATCH={max_batch}: starting the server (tiny model, 1 worker"
+          f"{', streamed generation off' if stream_chunk_s <= 0 else ''})", flush=True)
     totals: dict[int, float] = {}
-    with common.Server(extra_env={"G4L_MAX_BATCH": str(max_batch), "G4L_WORKERS": "1"}) as server:
+    env = {"G4L_MAX_BATCH": str(max_batch), "G4L_WORKERS": "1", "G4L_HLS_SESSION_PREROLL_S": "0",
+           "G4L_STREAM_CHUNK_S": str(stream_chunk_s)}
+    with common.Server(extra_env=env) as server:
         one_round(server.url, 1, wav)  # warm-up: model loaded, loop thread started
         for n in ns:
             seen = len(_log_records(server))
@@ -216,6 +300,12 @@ def run_server(max_batch: int, ns: list[int], wav: bytes) -> dict[int, float]:
                   f"{sum(cpu.values()) / cores:.2f} s on {cores} cores", flush=True)
             if threads_cpu.pid:
                 print(f"  N={n} worker threads CPU seconds: {threads_cpu.summary()}", flush=True)
+        for n in listen or []:
+            heard, results = listened_round(server.url, n, wav)
+            hs = ", ".join(f"{x:.2f}" for x in heard)
+            print(f"  N={n} listened: processing_started -> first audible HLS segment [{hs}] s "
+                  f"(median {statistics.median(heard):.2f}, max {max(heard):.2f}); "
+                  f"-> result median {statistics.median(results):.2f} s", flush=True)
     return totals
 
 
@@ -265,6 +355,10 @@ def main() -> None:
     parser.add_argument("--loop-only", type=int, metavar="REPEATS", default=0,
                         help="no server: time the decoding loop and EnCodec decodes in this process "
                              "(CPU seconds, min of REPEATS)")
+    parser.add_argument("--unstreamed", action="store_true",
+                        help="also run the rounds with streamed generation off (G4L_STREAM_CHUNK_S=0)")
+    parser.add_argument("--listen", default="1,8",
+                        help="comma-separated numbers of listened sessions continuing at once ('' to skip)")
     args = parser.parse_args()
     ns = sorted({int(x) for x in args.n.split(",") if x.strip()})
     if args.loop_only:
@@ -272,7 +366,10 @@ def main() -> None:
         return
     wav = common.make_wav(4)
     started = time.monotonic()
-    batched = run_server(args.max_batch, ns, wav)
+    listen = sorted({int(x) for x in args.listen.split(",") if x.strip()})
+    batched = run_server(args.max_batch, ns, wav, listen)
+    if args.unstreamed:
+        run_server(args.max_batch, ns, wav, listen, stream_chunk_s=0)
     serial = {} if args.no_serial else run_server(1, [ns[0], ns[-1]], wav)
     print(f"total {time.monotonic() - started:.0f} s")
     top = ns[-1]
