@@ -95,6 +95,7 @@ class StationDriver:
         #: The next audio to decode: chunk seq and seconds into it (None: not on the air).
         self._cursor: tuple[int, float] | None = None
         self._last_fed_index: int | None = None
+        self._pieces_fed = 0
 
     # ------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -265,6 +266,11 @@ class StationDriver:
             frame = buffer.last_new_frame
         self.stream.last_audio = time.time()
         self._pieces.append(Piece(int(entry["seq"]), offset, offset + seconds, frame))
+        if not self._pieces_fed:  # where this packager's program starts (after a restart: the saved position)
+            self.ctx.redis.hset(self.key, "feed_started", json.dumps({"seq": int(entry["seq"]), "offset_s": offset,
+                                                                      "at": time.time()}))
+            self.log.info("station program from storage", chunk=int(entry["seq"]), offset_s=round(offset, 3))
+        self._pieces_fed += 1
         self._cursor = (int(entry["seq"]), offset + seconds)
         index = int(entry.get("prompt_index") or 0)
         if first and entry.get("rotated"):
