@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -277,20 +278,30 @@ def test_the_stored_buffer_survives_a_packager_kill_and_a_full_restart_in_order(
 
 # ---------------------------------------------------------------------- (a) slow generator
 def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_slate(stack: Stack) -> None:
-    st, sid = create(stack, prompt="deep house", chunk_seconds=10, buffer_thresholds_s=THRESHOLDS)
+    # Back on the air only at 25 s (WARNING): two chunks after a depletion, not one.
+    st, sid = create(stack, prompt="deep house", chunk_seconds=10, buffer_thresholds_s=THRESHOLDS,
+                     buffer_resume_s=25)
     healthy = wait_until(lambda: (lambda s: s if s["buffer_state"] == "HEALTHY" else None)(status(stack, sid)), 60,
                          "a HEALTHY buffer (unpaced)")
     print(f"\nprefilled: {healthy['buffered_seconds']:.1f} s buffered, HEALTHY, rtf {healthy['realtime_factor']}")
-    # The worker becomes a slow CPU box: a 10 s chunk now takes ~67 s. (The program is
-    # paused while the server restarts; the buffer it had is stored, so it goes on.)
-    stack.restart(G4L_DEBUG_MODEL_RTF="0.15")
+    # The worker becomes a slow CPU box: a 10 s chunk now takes ~67 s. The new packager
+    # plays the stored buffer on before the web is up, so until then the state is read
+    # where the packager publishes it (the station's hash, what the status reports).
+    restarting = threading.Thread(target=stack.restart, kwargs={"G4L_DEBUG_MODEL_RTF": "0.15"})
+    restarting.start()
     restarted = time.time()
-    watcher = PlaylistWatcher(stack.url + st["playlist_url"]).start()
-    states, depleted_at = ["HEALTHY"], 0.0
+    states, depleted_at, watcher = ["HEALTHY"], 0.0, None
+    r = stack.r()
     try:
         deadline = time.monotonic() + 80
         while time.monotonic() < deadline:
-            info = status(stack, sid)
+            if restarting.is_alive():
+                h = r.hgetall(f"g4l:station:{sid}")
+                info = {"buffer_state": h.get("buffer_state"), "buffered_seconds": float(h.get("buffered_s") or 0),
+                        "on_air": h.get("on_air") == "1", "realtime_factor": "(web restarting)"}
+            else:
+                watcher = watcher or PlaylistWatcher(stack.url + st["playlist_url"]).start()
+                info = status(stack, sid)
             if not states or states[-1] != info["buffer_state"]:
                 states.append(info["buffer_state"])
                 print(f"{time.time() - restarted:5.1f} s  {info['buffer_state']:9s} buffered "
@@ -301,24 +312,39 @@ def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_sla
                     break
             time.sleep(0.5)
     finally:
-        watcher.stop()
-    assert depleted_at, states
+        restarting.join()
+        if watcher is not None:
+            watcher.stop()
+    assert depleted_at and watcher is not None, states
     assert states[-5:] == ["HEALTHY", "WARNING", "CRITICAL", "EMERGENCY", "DEPLETED"], states
     info = status(stack, sid)
     assert not info["on_air"] and info["buffer_health"] == "empty" and info["generating"]
     assert 0 < info["buffered_seconds"] < THRESHOLDS["emergency"]  # kept for later, not played
     assert info["realtime_factor"] is not None
     assert watcher.problems == [] and watcher.gaps() == []
-    [(t0, heard)] = program(watcher)
+    t0, heard = program(watcher)[-1]  # since the restart (an older run may still be listed)
     begin = int(np.argmax(np.abs(heard) > 0.01)) + RATE // 10
     off = int((depleted_at - t0) * RATE)
     # Played on without a gap: no silence from its first audio until the slate.
     gaps = [(s, n) for s, n in silent_runs(heard[begin: off - RATE])]
     assert gaps == [], gaps
-    assert (off - begin) / RATE > 15  # it did play the stored buffer down for a while
+    assert (off - begin) / RATE > 8  # it did play the stored buffer down for a while (as watched)
     # Then the slate: its tones, looping, not silence.
     slate = heard[off + 2 * RATE:]
     assert len(slate) >= 3 * RATE and silent_runs(slate) == []
     assert tones_of_the_slate(slate) > 20
     assert tones_of_the_slate(heard[begin: begin + 4 * RATE]) < 20  # the music is not the slate
+
+    # The generator is fast again: the buffer refills off the air, and the program comes
+    # back only at buffer_resume_s (hysteresis), from where it stopped (nothing was lost).
+    saved = (lambda h: (int(h["play_seq"]), float(h["play_offset_s"])))(r.hgetall(f"g4l:station:{sid}"))
+    stack.restart()
+    seen = []
+    back = wait_until(lambda: (lambda s: (seen.append((s["buffer_state"], s["on_air"], s["buffered_seconds"]))
+                                          or (s if s["on_air"] else None)))(status(stack, sid)), 60, "on the air")
+    print("refilling:", sorted(set(seen)))
+    assert any(state in ("EMERGENCY", "CRITICAL") and not on_air for state, on_air, _ in seen), seen
+    assert back["buffered_seconds"] >= 25 - 1.0
+    started = json.loads(r.hget(f"g4l:station:{sid}", "feed_started"))
+    assert (started["seq"], started["offset_s"]) == pytest.approx(saved, abs=0.01), (started, saved)
     requests.delete(f"{stack.url}/api/v1/stations/{sid}", timeout=10)
