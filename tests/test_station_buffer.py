@@ -207,6 +207,24 @@ def test_a_rotation_comes_on_schedule_with_its_break_or_crossfade(stack: Stack, 
         assert rms.min() > 0.5 * np.median(rms), rms
 
 
+# ---------------------------------------------------------------------- chunk length
+def test_minute_long_chunks_are_generated_past_the_model_window_and_stored_whole(stack: Stack) -> None:
+    """chunk_seconds 60: each generation (a continuation of 3 + 60 s) runs AudioCraft's
+    extension past the tiny model's 30 s window; the stored chunks are 60 s of FLAC."""
+    st, sid = create(stack, prompt="long form ambient", chunk_seconds=60, buffer_thresholds_s=THRESHOLDS)
+    r = stack.r()
+    entries = wait_until(lambda: (lambda e: e if len(e) >= 2 else None)(
+        [json.loads(x) for x in r.lrange(f"g4l:station:{sid}:chunks", 0, -1)]), 80, "two 60 s chunks")
+    info = status(stack, sid)
+    requests.delete(f"{stack.url}/api/v1/stations/{sid}", timeout=10)
+    assert info["chunk_seconds"] == 60 and info["errors"] == []
+    assert [round(e["seconds"], 1) for e in entries[:2]] == [60.0, 60.0]
+    assert entries[0]["lead_in_s"] == 0 and entries[1]["lead_in_s"] > 0  # the second continues the first
+    second = stored_chunk(stack, entries[1]["blob"])
+    assert len(second) / RATE == pytest.approx(60.0 + entries[1]["lead_in_s"], abs=0.05)
+    assert silent_runs(second) == []  # music all the way, past the 30 s window
+
+
 # ---------------------------------------------------------------------- (b) restarts
 def stored_chunk(stack: Stack, blob_id: str) -> np.ndarray:
     """A stored chunk, as 48 kHz mono (straight from GridFS)."""
