@@ -262,8 +262,12 @@ class StationService:
         return self.outputs.stop(station_id, output_id)
 
     def broadcasting(self, station_id: str) -> bool:
-        """Whether the station pushes to an RTMP output or records (then it is never idle)."""
-        return bool(self.outputs.live(station_id)) or self.r.hget(keys.station(station_id), "record") == "1"
+        """Whether the station pushes to an RTMP output, records, or keeps a buffer longer
+        than ``G4L_STATION_BUFFER_S`` (it builds hours ahead for an audience elsewhere):
+        then it is never idle."""
+        record, raw = self.r.hmget(keys.station(station_id), ["record", "buffer_policy"])
+        long_buffer = BufferPolicy.loads(raw, self.ctx.settings).healthy_s > self.ctx.settings.station_buffer_s
+        return bool(self.outputs.live(station_id)) or record == "1" or long_buffer
 
     # ------------------------------------------------------------ recordings
     def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
