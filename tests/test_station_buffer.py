@@ -366,3 +366,21 @@ def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_sla
     started = json.loads(r.hget(f"g4l:station:{sid}", "feed_started"))
     assert (started["seq"], started["offset_s"]) == pytest.approx(saved, abs=0.01), (started, saved)
     requests.delete(f"{stack.url}/api/v1/stations/{sid}", timeout=10)
+
+
+# ---------------------------------------------------------------------- the RTMP card
+def test_the_rtmp_card_says_be_right_back_while_the_station_is_off_the_air(ctx, tmp_path) -> None:
+    from g4l import keys
+    from g4l.hls.outputs import PROMPT_FILE, StationOutputs
+    from g4l.hls.stream import LiveStream
+
+    stream = LiveStream("t" * 32, "station", "s1", ctx.settings.model_copy(update={"hls_dir": tmp_path}))
+    outputs = StationOutputs(ctx, "s1", stream)  # the card of every output of the station
+    ctx.redis.hset(keys.station("s1"), mapping={"name": "Night Shift", "generating_prompt": "deep house",
+                                                "on_air": "1", "ever_on_air": "1"})
+    outputs._refresh_card()
+    assert (stream.directory / PROMPT_FILE).read_text() == "deep house"
+    ctx.redis.hset(keys.station("s1"), "on_air", "0")  # DEPLETED: the slate plays
+    outputs._refresh_card()
+    assert (stream.directory / PROMPT_FILE).read_text() == "Be right back"
+    outputs.close()
