@@ -55,6 +55,17 @@ def result(job_id: str) -> str:
     return f"{PREFIX}:result:{job_id}"
 
 
+def partial(job_id: str, index: int) -> str:
+    """Piece ``index`` of a running job's streamed audio (raw float32, short TTL)."""
+    return f"{PREFIX}:partial:{job_id}:{index}"
+
+
+def partial_wanted(job_id: str) -> str:
+    """Set when a job's audio is to be streamed although no session stream or one-shot
+    stream asks for it (a station driver that has nothing left to play)."""
+    return f"{PREFIX}:partial:{job_id}:wanted"
+
+
 def prompt(job_id: str) -> str:
     """A queued job's prompt window (a small WAV at the model's rate), left by the web
     node so the worker can start without waiting for the full input in GridFS."""
@@ -175,3 +186,8 @@ def station_recordings(station_id: str) -> str:
 def station_recording(station_id: str, recording_id: str) -> str:
     """One recording (hash: blob, started_at, duration_s, bytes)."""
     return f"{PREFIX}:station:{station_id}:recording:{recording_id}"
+
+
+def station_history(station_id: str) -> str:
+    """Sorted set of a station's buffer samples (member ``"t|buffered_s|state"``, score t)."""
+    return f"{PREFIX}:station:{station_id}:history"

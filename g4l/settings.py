@@ -39,10 +39,18 @@ class Settings(BaseSettings):
     # "id=size,...": the size (small | medium | large) of allowlisted models, for clients
     # that group them (GET /api/models); unnamed ones: what a worker that loaded it reports.
     model_sizes: Annotated[list[str], NoDecode] = []
+    # "id=/dir,...": allowlisted ids whose checkpoint is a local directory (state_dict.bin +
+    # compression_state_dict.bin), so clients keep asking for the id they know (an offline
+    # server; the T5 and EnCodec a released checkpoint names still come from the Hugging
+    # Face cache, HF_HOME).
+    model_paths: Annotated[list[str], NoDecode] = []
     workers: int = 1
     # Jobs one worker holds at once; those of one model share one decoding loop (continuous
     # batching, docs/engine-batching.md). 1: one job at a time on the stock engine.
     max_batch: int = Field(default=8, ge=1)
+    # Streamed generation: seconds of audio between two decoded pieces of a running job
+    # that someone listens to (docs/engine-batching.md, "Streamed decoding"); 0: off.
+    stream_chunk_s: float = Field(default=1.0, ge=0.0, le=30.0)
     torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
     device: str = "auto"  # auto | cpu | cuda
@@ -153,6 +161,10 @@ class Settings(BaseSettings):
     recording_bitrate_kbps: int = 192  # AAC in MP4 (.m4a)
     recording_retention_hours: float = 168.0  # older files are deleted (at most G4L_RETENTION_HOURS once stopped)
 
+    # The operator's dashboard (/stations): a station's buffer sampled for its plot.
+    station_history_every_s: float = 10.0  # one sample of the buffer this often (at most)
+    station_history_hours: float = 24.0  # samples older than this are trimmed
+
     log_level: str = "INFO"
     log_format: str = "json"  # json | console
 
@@ -165,7 +177,7 @@ class Settings(BaseSettings):
             raise ValueError("rtmp_video_size must be WxH with even sides, at most 3840x2160")
         return f"{int(w)}x{int(h)}"
 
-    @field_validator("models", "api_keys", "operator_keys", "model_sizes", mode="before")
+    @field_validator("models", "api_keys", "operator_keys", "model_sizes", "model_paths", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         # G4L_MODELS and G4L_API_KEYS are comma-separated lists, not JSON.
@@ -183,6 +195,21 @@ class Settings(BaseSettings):
         """``model_sizes`` as a dict (entries without ``=`` are ignored)."""
         pairs = (item.rsplit("=", 1) for item in self.model_sizes if "=" in item)
         return {model.strip(): size.strip().lower() for model, size in pairs}
+
+    @field_validator("model_paths")
+    @classmethod
+    def _check_model_paths(cls, value: list[str]) -> list[str]:
+        for item in value:
+            model, _, path = item.partition("=")
+            if not model.strip() or not path.strip():
+                raise ValueError(f"G4L_MODEL_PATHS entry {item!r} is not id=directory")
+        return value
+
+    @property
+    def model_path_map(self) -> dict[str, str]:
+        """``model_paths`` as a dict: model id -> checkpoint directory."""
+        pairs = (item.partition("=") for item in self.model_paths)
+        return {model.strip(): path.strip() for model, _, path in pairs}
 
     @property
     def keys_enabled(self) -> bool:

@@ -18,6 +18,32 @@ import numpy as np
 ProgressCallback = Callable[[int, int], None]
 
 
+@dataclass(frozen=True)
+class PartialAudio:
+    """A piece of a generation's audio, handed out while it runs (streamed generation).
+
+    :param samples: ``(channels, frames)`` float32 at ``sample_rate``: the output's samples
+        ``start`` to ``start + frames`` (the output as the engine returns it, prompt included).
+    :param prompt_samples: where the (re-decoded) prompt ends in the output (0 without one).
+    :param final: the last piece: the rest of the final, whole decode.
+    """
+
+    samples: np.ndarray
+    start: int
+    sample_rate: int
+    prompt_samples: int = 0
+    final: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.samples.shape[1])
+
+
+#: Called with each :class:`PartialAudio` of a streamed generation, in order, from the
+#: job's own thread; the final WAV is still the engine call's return value.
+AudioCallback = Callable[[PartialAudio], None]
+
+
 class Cancelled(Exception):
     """Raised by an ``on_progress`` callback to stop a generation between model steps.
 

@@ -8,14 +8,17 @@ row's codes are decoded. Progress, ``Cancelled`` and any other exception raised 
 progress callback end this row only, between steps (the loop's rule).
 
 Outputs past the model's window (AudioCraft's windowed extension) are not batched: they
-run on the wrapped stock engine, one at a time, as before.
+run on the wrapped stock engine, one at a time, as before (and are not streamed).
+
+With ``on_audio`` the job's audio is also handed out while it is generated
+(:meth:`BatchedMusicGen.generate`, streamed generation).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from g4l.engine.base import Engine, GenerationParams, ProgressCallback
+from g4l.engine.base import AudioCallback, Engine, GenerationParams, ProgressCallback
 from g4l.engine.batched_musicgen import BatchedMusicGen
 from g4l.engine.musicgen import MusicGenEngine
 
@@ -30,12 +33,17 @@ class BatchedEngine(Engine):
     :param base: the model's stock engine (validation, metadata, windowed extension).
     :param shared: the model's decode loop, started (:meth:`BatchedMusicGen.start`).
     :param priority: the job's place in the loop's join queue (:data:`INTERACTIVE` first).
+    :param on_audio: stream the job's audio to this while it is generated (``None``: not).
+    :param chunk_s: with ``on_audio``, seconds of audio between two pieces.
     """
 
-    def __init__(self, base: MusicGenEngine, shared: BatchedMusicGen, priority: int = BACKGROUND) -> None:
+    def __init__(self, base: MusicGenEngine, shared: BatchedMusicGen, priority: int = BACKGROUND,
+                 on_audio: AudioCallback | None = None, chunk_s: float = 1.0) -> None:
         self.base = base
         self.shared = shared
         self.priority = priority
+        self.on_audio = on_audio
+        self.chunk_s = chunk_s
 
     @property
     def model_id(self) -> str:
@@ -68,9 +76,11 @@ class BatchedEngine(Engine):
             raise ValueError(f"prompt ({prompt_seconds:.2f} s) must be shorter than the "
                              f"output duration ({params.duration:.2f} s)")
         samples = wav.detach().to("cpu").numpy()
-        return self.shared.generate(samples, params, on_progress, self.priority)
+        return self.shared.generate(samples, params, on_progress, self.priority, on_audio=self.on_audio,
+                                    chunk_s=self.chunk_s)
 
     def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> np.ndarray:
         if params.duration > self.base.max_duration:
             return self.base.generate(params, on_progress)
-        return self.shared.generate(None, params, on_progress, self.priority)
+        return self.shared.generate(None, params, on_progress, self.priority, on_audio=self.on_audio,
+                                    chunk_s=self.chunk_s)

@@ -10,12 +10,14 @@ and decoding run in the submitting thread; only the token loop is shared.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from g4l.engine._compat import prepare_audiocraft_import
-from g4l.engine.base import GenerationParams, ProgressCallback
+from g4l.engine.base import AudioCallback, GenerationParams, PartialAudio, ProgressCallback
+from g4l.log import get_logger
 
 prepare_audiocraft_import()
 
@@ -23,9 +25,15 @@ import torch  # noqa: E402  (after the import shims)
 
 from g4l.engine.batching import DecodeLoop, RowHandle, RowRequest  # noqa: E402
 from g4l.engine.sampling import SamplingParams  # noqa: E402
+from g4l.engine.streaming import WindowedDecoder  # noqa: E402
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
+
+log = get_logger(__name__)
+
+#: How often a streamed row's thread looks for newly final frames.
+STREAM_POLL_S = 0.05
 
 
 def sampling_of(params: GenerationParams) -> SamplingParams:
@@ -92,15 +100,57 @@ class BatchedMusicGen:
 
     def generate(self, prompt: np.ndarray | None, params: GenerationParams,
                  on_progress: ProgressCallback | None = None, priority: int = 0,
-                 timeout: float | None = None) -> np.ndarray:
-        """Submit, wait (the loop must be running: :meth:`start`) and decode one generation."""
+                 timeout: float | None = None, on_audio: AudioCallback | None = None,
+                 chunk_s: float = 1.0) -> np.ndarray:
+        """Submit, wait (the loop must be running: :meth:`start`) and decode one generation.
+
+        With ``on_audio`` the generation is streamed: while the row decodes, this (the
+        caller's) thread decodes its newly final frames every ``chunk_s`` seconds of audio
+        in overlapping windows (:class:`~g4l.engine.streaming.WindowedDecoder`) and hands
+        each piece to ``on_audio``; the last piece is the rest of the whole decode, which
+        is still what this returns. A failing ``on_audio`` stops the streaming, not the job.
+        """
         handle = self.submit(prompt, params, on_progress, priority)
+        decoder: WindowedDecoder | None = None
+        prompt_frames = 0
         try:
-            codes = handle.result(timeout)
+            if on_audio is None:
+                codes = handle.result(timeout)
+            else:
+                hop = int(round(self.sample_rate / self.frame_rate))
+                prompt_frames = 0 if handle.request.prompt is None else int(handle.request.prompt.shape[-1])
+                decoder = WindowedDecoder(self.decode, hop, max(1, int(round(chunk_s * self.frame_rate))))
+                codes, on_audio = self._stream(handle, decoder, on_audio, prompt_frames * hop, timeout)
         except BaseException:
             handle.cancel()
             raise
-        return self.decode(codes)
+        audio = self.decode(codes)
+        if on_audio is not None and decoder is not None:
+            rest = decoder.rest(audio)
+            _hand_out(on_audio, PartialAudio(rest, decoder.emitted_samples, self.sample_rate,
+                                             prompt_frames * hop, final=True))
+        return audio
+
+    def _stream(self, handle: RowHandle, decoder: WindowedDecoder, on_audio: AudioCallback | None,
+                prompt_samples: int, timeout: float | None) -> tuple[torch.Tensor, AudioCallback | None]:
+        """Wait for the row, handing out its audio as it becomes final; returns its codes
+        and the callback (``None`` once it failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not handle.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the row has not finished")
+            handle.wait(STREAM_POLL_S)
+            if on_audio is None or handle.done() or not decoder.ready(handle.steps_taken):
+                continue  # (the cheap bound first: the codes are read about once a piece)
+            codes = handle.codes_so_far()
+            if not decoder.ready(int(codes.shape[-1])):
+                continue
+            start = decoder.emitted_samples
+            piece = decoder.feed(codes)
+            if piece is not None and not _hand_out(on_audio, PartialAudio(piece, start, self.sample_rate,
+                                                                          prompt_samples)):
+                on_audio = None
+        return handle.result(0), on_audio
 
     # ------------------------------------------------------------ the loop thread
     def start(self) -> None:
@@ -121,3 +171,14 @@ class BatchedMusicGen:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+def _hand_out(on_audio: AudioCallback, piece: PartialAudio) -> bool:
+    """Give ``piece`` to ``on_audio``; whether it took it (a failure is logged once and
+    ends the streaming of that generation, never the generation)."""
+    try:
+        on_audio(piece)
+        return True
+    except Exception:
+        log.exception("streaming a generation's audio failed; it goes on unstreamed")
+        return False

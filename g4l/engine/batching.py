@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from g4l.engine.base import Cancelled, ProgressCallback
-from g4l.engine.batch_lm import BatchedLM, RowCondition
+from g4l.engine.batch_lm import KEY_BLOCK, BatchedLM, RowCondition
 from g4l.engine.kv_cache import CacheShape, KVBudgetExceeded, KVCache, round_up
 from g4l.engine.sampling import SamplingParams, guided, new_generator, sample
 
@@ -93,6 +93,34 @@ class RowHandle:
         self.finished_at: float | None = None
         #: The guided logits of each of the row's steps, when the loop records them.
         self.logits: list[torch.Tensor] = []
+        self._row: _Row | None = None  # set by the loop; read by codes_so_far
+
+    @property
+    def steps_taken(self) -> int:
+        """Sequence steps the row has filled, prompt included: a cheap upper bound of the
+        frames :meth:`codes_so_far` returns."""
+        row = self._row
+        return 0 if row is None else row.offset
+
+    def codes_so_far(self) -> torch.Tensor:
+        """The row's frames whose every codebook is sampled, prompt included: ``[K, n]``.
+
+        Safe from any thread while the loop runs: a sequence step is written before the
+        row's offset passes it and is never written again, so the steps before the offset
+        read here are final. With MusicGen's delay pattern ``n`` trails the steps taken by
+        the number of codebooks. Streamed decoding (:mod:`g4l.engine.streaming`) reads it.
+        """
+        row = self._row
+        if row is None:
+            return torch.empty((0, 0), dtype=torch.long)
+        offset = row.offset
+        seq = torch.full_like(row.seq, UNKNOWN)
+        seq[:, :offset] = row.seq[:, :offset]
+        codes, _, _ = row.pattern.revert_pattern_sequence(seq[None], special_token=UNKNOWN)
+        codes = codes[0, :, :self.request.max_gen_len]
+        sampled = (codes != UNKNOWN).all(dim=0)
+        n = int(sampled.shape[0]) if bool(sampled.all()) else int(torch.argmin(sampled.int()))
+        return codes[:, :n]
 
     def cancel(self) -> None:
         """Ask the loop to drop the row before its next step (or before it joins)."""
@@ -105,6 +133,10 @@ class RowHandle:
     def done(self) -> bool:
         """Whether the row has ended (codes, cancel or error)."""
         return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the row to end; whether it has."""
+        return self._done.wait(timeout)
 
     def result(self, timeout: float | None = None) -> torch.Tensor:
         """The row's ``[K, max_gen_len]`` codes, prompt included.
@@ -181,8 +213,11 @@ class DecodeLoop:
         self.record_logits = record_logits
         self._autocast = autocast or nullcontext
         m = self.model
+        # Batch-invariant mode: text conditions are read in whole key blocks too (a T5
+        # description's length varies per row; see docs/engine-batching.md, "The text path").
+        cross_step = KEY_BLOCK if pad_lone_row and attention == "math" else 1
         self.cache = KVCache(len(m.layers), m.num_heads, m.head_dim, m.has_cross, m.device,
-                             cache_dtype or m.dtype, budget_bytes=kv_budget_bytes)
+                             cache_dtype or m.dtype, budget_bytes=kv_budget_bytes, cross_step=cross_step)
         self.rows: list[_Row] = []  # active rows; row i holds half-row slots 2i, 2i+1
         self._pending: list[_Row] = []
         self._lock = threading.Condition()
@@ -224,8 +259,10 @@ class DecodeLoop:
         seq, _, valid = pattern.build_pattern_sequence(codes, self.model.lm.special_token_id)
         first = pattern.get_first_step_with_timesteps(prompt_len)
         assert first is not None
-        return _Row(handle=handle, order=next(self._order), seq=seq[0], valid=valid.bool(), pattern=pattern,
-                    first=first, offset=first, generator=new_generator(request.seed, model.device))
+        row = _Row(handle=handle, order=next(self._order), seq=seq[0], valid=valid.bool(), pattern=pattern,
+                   first=first, offset=first, generator=new_generator(request.seed, model.device))
+        handle._row = row
+        return row
 
     # ------------------------------------------------------------ the loop
     @property

@@ -3,10 +3,16 @@
 Model ids resolve as follows:
 
 * ``'debug'``: the tiny random-weight model of :mod:`g4l.engine.debug_model`;
+* an id the operator mapped to a directory (``G4L_MODEL_PATHS``): that directory, as below;
 * an existing local directory: an AudioCraft checkpoint directory
   (``state_dict.bin`` + ``compression_state_dict.bin``), loaded by ``MusicGen.get_pretrained``;
 * anything else (``'facebook/musicgen-small'``, ``'thepatch/vanya_ai_dnb_0.1'``...): a
-  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use).
+  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use, or
+  reads the Hugging Face cache only with ``HF_HUB_OFFLINE=1``).
+
+A released checkpoint also names, by hub id, its text encoder (``t5-base``) and usually its
+codec (``facebook/encodec_32khz``): those come from the Hugging Face cache (``HF_HOME``)
+even when the checkpoint is a directory.
 
 Importing this module is cheap: torch and AudioCraft are imported on the first load.
 """
@@ -16,7 +22,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+import traceback
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from g4l.engine.debug_model import DEBUG_MODEL_ID
@@ -49,11 +56,46 @@ def load_failure_reason(model_id: str, exc: BaseException) -> str:
     names = {type(e).__name__ for e in chain}
     last = str(chain[-1]).splitlines()[0][:160] if str(chain[-1]) else type(chain[-1]).__name__
     if names & set(_OFFLINE_SIGNS) or any("resolve" in str(e).lower() and "host" in str(e).lower() for e in chain):
+        repo = _hub_repo_fetched(chain)
+        if repo is not None and repo != model_id:
+            # A checkpoint found (a directory, or cached) whose parts are not: released
+            # MusicGens name their text encoder ('t5-base') and codec by hub id.
+            return (f"model {model_id!r} needs {repo!r} from the Hugging Face hub, which is not in the cache "
+                    f"({_hub_cache_dir()}) and could not be downloaded (offline or no network): {last}. "
+                    f"Download {repo!r} once into that cache (HF_HOME), or use G4L_MODELS=debug.")
         return (f"model {model_id!r} could not be downloaded from the Hugging Face hub (no network?): {last}. "
-                "Use G4L_MODELS=debug (a tiny built-in model) or a local checkpoint directory.")
+                "Use G4L_MODELS=debug (a tiny built-in model), a local checkpoint directory, or a Hugging Face "
+                f"cache that holds it (HF_HOME; now {_hub_cache_dir()}).")
     if isinstance(exc, FileNotFoundError):
         return f"model {model_id!r}: {last}. Point G4L_MODELS at an AudioCraft checkpoint directory."
     return f"model {model_id!r} could not be loaded: {type(chain[-1]).__name__}: {last}"
+
+
+#: Argument names under which transformers' ``from_pretrained`` and huggingface_hub's
+#: downloads hold the hub repo they fetch.
+_REPO_ARGS = ("pretrained_model_name_or_path", "repo_id")
+
+
+def _hub_repo_fetched(chain: list[BaseException]) -> str | None:
+    """The hub repo whose files were being fetched when the load failed, read off the
+    failing calls' arguments (the exceptions' own messages do not name it)."""
+    for error in chain:
+        for frame, _line in traceback.walk_tb(error.__traceback__):
+            for name in _REPO_ARGS:
+                value = frame.f_locals.get(name)
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+def _hub_cache_dir() -> str:
+    """The Hugging Face hub cache this process reads (``HF_HOME``/``HF_HUB_CACHE``)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - a dependency
+        return "unknown"
 
 
 def normalize_model_id(model_id: str) -> str:
@@ -78,13 +120,17 @@ class ModelCache:
     Args:
         allowlist: the model ids that may be loaded (normalized, blanks dropped).
         device: ``'cpu'``, ``'cuda'`` or ``'auto'`` (GPU when available).
+        retry_after_s: how long a failed load is refused before it is tried again.
+        paths: model id -> checkpoint directory, for allowed ids served from local files.
     """
 
-    def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0) -> None:
+    def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0,
+                 paths: Mapping[str, str] | None = None) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
         self._allowlist = [m for m in dict.fromkeys(normalize_model_id(x) for x in allowlist) if m]
         self._device = device
+        self._paths = {normalize_model_id(k): v for k, v in (paths or {}).items()}
         self._engines: dict[str, MusicGenEngine] = {}
         # One lock per model id: two threads asking for the same model load it once,
         # while a slow download of one model does not block getting another.
@@ -172,18 +218,23 @@ class ModelCache:
 
                 # The hub and transformers bring their own stderr handlers: structured lines only.
                 adopt_library_loggers()
-                model = MusicGen.get_pretrained(_checkpoint_name(model_id), device=device)
+                model = MusicGen.get_pretrained(self._checkpoint_name(model_id), device=device)
             return MusicGenEngine(model, model_id=model_id)
         except Exception as exc:
             raise ModelLoadError(load_failure_reason(model_id, exc)) from exc
 
-
-def _checkpoint_name(model_id: str) -> str:
-    """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
-    path = os.path.expanduser(model_id)
-    if os.path.isdir(path):
-        return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
-    if model_id.startswith(("/", ".", "~")):
-        # Clearly a path: don't let it fall through to a confusing Hub lookup.
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-    return model_id
+    def _checkpoint_name(self, model_id: str) -> str:
+        """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
+        mapped = self._paths.get(model_id)
+        if mapped is not None:
+            path = os.path.expanduser(mapped)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no checkpoint directory at {path} (G4L_MODEL_PATHS)")
+            return path
+        path = os.path.expanduser(model_id)
+        if os.path.isdir(path):
+            return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
+        if model_id.startswith(("/", ".", "~")):
+            # Clearly a path: don't let it fall through to a confusing Hub lookup.
+            raise FileNotFoundError(f"no checkpoint directory at {path}")
+        return model_id

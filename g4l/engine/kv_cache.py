@@ -59,11 +59,14 @@ class KVCache:
     :param budget_bytes: most bytes the tensors may take (``None``: no limit).
     :param length_step: self-attention capacity grows in multiples of this many positions,
         so a stream of jobs of slightly different lengths does not reallocate every time.
+    :param cross_step: cross-attention capacity, likewise. Above 1 (a whole key block), a
+        row's text condition is read at the same padded length whether its batch mates'
+        conditions are shorter or longer than its own, so its sums round the same.
     """
 
     def __init__(self, num_layers: int, num_heads: int, head_dim: int, cross: bool,
                  device: torch.device, dtype: torch.dtype, budget_bytes: int | None = None,
-                 length_step: int = 256) -> None:
+                 length_step: int = 256, cross_step: int = 1) -> None:
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -72,6 +75,7 @@ class KVCache:
         self.dtype = dtype
         self.budget_bytes = budget_bytes
         self.length_step = length_step
+        self.cross_step = cross_step
         self.shape = CacheShape(0, 0, 0)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -90,7 +94,7 @@ class KVCache:
     def padded(self, shape: CacheShape) -> CacheShape:
         """``shape`` with its lengths rounded up the way :meth:`reserve` allocates them."""
         return CacheShape(shape.half_rows, round_up(max(shape.length, 1), self.length_step),
-                          max(shape.cross_length, 1))
+                          round_up(max(shape.cross_length, 1), self.cross_step))
 
     def fits(self, shape: CacheShape) -> bool:
         """Whether growing to cover ``shape`` stays within the budget."""

@@ -9,6 +9,9 @@
   :class:`StationDriver`; a one-shot stream (the realtime API) gets its job's audio
   once. Audio is read through :mod:`g4l.jobs.delivery` (the short-lived
   Redis hand-off, or GridFS), never from the notice itself.
+- Streamed generation: a running job's ``partial`` notices (:mod:`g4l.jobs.partials`)
+  feed its session's or one-shot's stream piece by piece (:class:`~g4l.hls.partial.PartialFeed`);
+  its completion then appends nothing more (or, were a piece lost, only the rest).
 - Each tick publishes every stream's status (buffered seconds, health, prompt playing)
   into its Redis hash and stops streams that were stopped or idled out.
 
@@ -30,10 +33,11 @@ from g4l import audio, keys
 from g4l.context import Context
 from g4l.hls.buffer import RATE
 from g4l.hls.outputs import StationOutputs
+from g4l.hls.partial import PartialFeed, after_prompt, whole_output
 from g4l.hls.recorder import StationRecorder
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
-from g4l.jobs import delivery, notices
+from g4l.jobs import delivery, notices, partials
 from g4l.jobs.records import JobStatus
 from g4l.jobs.spec import Assembly
 from g4l.log import get_logger
@@ -47,6 +51,10 @@ LEASE_S = 10
 CLEANUP_EVERY_S = 10.0
 #: How long to wait for a session result to show up in storage.
 RESULT_WAIT_S = 30.0
+#: A streamed job that completed with pieces still missing this long gets the rest from its result.
+FEED_GRACE_S = 3.0
+#: A feed that heard nothing this long is dropped (its job's end notice was missed).
+FEED_STALE_S = 600.0
 
 
 class Packager:
@@ -61,6 +69,8 @@ class Packager:
         self.drivers: dict[str, StationDriver] = {}
         self.outputs: dict[str, StationOutputs] = {}
         self.recorders: dict[str, StationRecorder] = {}
+        #: Job id -> the feed playing its streamed pieces (:meth:`follow`).
+        self.feeds: dict[str, PartialFeed] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hls-audio")
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -127,6 +137,7 @@ class Packager:
                 except Exception:
                     log.exception("station outputs tick failed", station_id=stream.ref)
             self._publish(token, stream)
+        self._tend_feeds()
         if time.monotonic() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.monotonic()
             idle_streams.stop_idle(self.ctx)
@@ -192,10 +203,16 @@ class Packager:
 
     def on_notice(self, notice: dict[str, Any]) -> None:
         """React to a job's end: a station's driver consumes it; a session with a running
-        stream gets that generation's new audio."""
+        stream gets that generation's new audio. A streamed job's pieces go to its feed."""
+        if notice.get("type") == notices.PARTIAL:
+            self._on_partial(partials.Piece.of(notice), str(notice.get("kind") or ""))
+            return
         if notice.get("type") not in notices.FINAL:
             return
-        if notice.get("type") == notices.COMPLETED:
+        feed = self.feeds.get(notice.get("job_id") or "")
+        if feed is not None:
+            self._feed_ended(feed, notice)
+        if notice.get("type") == notices.COMPLETED and feed is None:
             for shot in [s for s in list(self.streams.values()) if s.kind == ONESHOT]:
                 if shot.ref == notice.get("job_id"):
                     self.pool.submit(self._guard, self._append_oneshot, shot)
@@ -203,12 +220,122 @@ class Packager:
         drivers = [d for d in list(self.drivers.values()) if d.station_id == ref]
         for driver in drivers:
             self.pool.submit(self._guard, driver.tick)
-        if drivers or not ref or notice.get("type") != notices.COMPLETED:
+        if drivers or not ref or notice.get("type") != notices.COMPLETED or feed is not None:
             return
         token = self.ctx.redis.hget(keys.session(ref), "listen_token") or ""
         stream = self.streams.get(token)
         if stream is not None:
             self.pool.submit(self._guard, self._append_session_result, stream, notice)
+
+    # ------------------------------------------------------------ streamed generation
+    def follow(self, job_id: str, feed: PartialFeed) -> None:
+        """Play ``job_id``'s streamed pieces through ``feed`` (a station driver's way in;
+        session and one-shot streams are followed on their job's first piece)."""
+        with self._lock:
+            self.feeds[job_id] = feed
+
+    def _on_partial(self, piece: partials.Piece, kind: str) -> None:
+        feed = self.feeds.get(piece.job_id)
+        if feed is not None and piece.index == 0 and feed.next_index > 0:
+            # The job runs again (its worker died, or a station job gave way): its first
+            # run's audio stays as queued, the new run starts like a new generation.
+            feed.close()
+            with self._lock:
+                self.feeds.pop(piece.job_id, None)
+            if feed.stream.kind == ONESHOT:
+                feed.stream.played_jobs.discard(piece.job_id)
+            feed = None
+        if feed is None and piece.index == 0:
+            feed = self._new_feed(piece, kind)
+        if feed is not None:
+            self.pool.submit(self._guard, self._read_piece, feed, piece)
+
+    def _new_feed(self, piece: partials.Piece, kind: str) -> PartialFeed | None:
+        """The feed of a session's or one-shot's job on its first piece, if this process
+        runs the stream it plays on."""
+        with self._lock:
+            if kind == "generate":
+                token = self.ctx.redis.hget(keys.oneshot(piece.job_id), "token") or ""
+                if token and token not in self.streams:
+                    self._try_open(token)  # registered a moment ago: the first piece is here already
+                shots = [s for s in self.streams.values() if s.kind == ONESHOT and s.ref == piece.job_id]
+                if not shots or piece.job_id in shots[0].played_jobs:
+                    return None
+                job = self.ctx.jobs.get(piece.job_id)
+                shots[0].played_jobs.add(piece.job_id)  # its completion appends nothing more
+                feed = PartialFeed(shots[0], piece.job_id, whole_output,
+                                   {"job_id": piece.job_id, "kind": kind,
+                                    "prompt": (job.spec.description if job else "") or ""})
+            elif kind in partials.SESSION_KINDS and piece.session_id:
+                token = self.ctx.redis.hget(keys.session(piece.session_id), "listen_token") or ""
+                stream = self.streams.get(token)
+                job = self.ctx.jobs.get(piece.job_id)
+                if stream is None or stream.kind != SESSION or job is None:
+                    return None
+                begin = after_prompt if job.spec.assembly is Assembly.SPLICE else whole_output
+                feed = PartialFeed(stream, piece.job_id, begin, {"job_id": piece.job_id, "kind": kind})
+            else:
+                return None
+            self.feeds[piece.job_id] = feed
+        feed.stream.log.info("generation streamed while it is generated", job_id=piece.job_id, generation=kind)
+        return feed
+
+    def _read_piece(self, feed: PartialFeed, piece: partials.Piece) -> None:
+        samples = partials.read(self.ctx.redis_bytes, piece)
+        if samples is not None:  # expired: the rest comes from the result
+            feed.offer(piece, samples)
+
+    def _feed_ended(self, feed: PartialFeed, notice: dict[str, Any]) -> None:
+        """A streamed job ended: done if every piece is queued; a failed or cancelled one
+        keeps what was queued; a completed one missing pieces gets the rest later."""
+        if notice.get("type") != notices.COMPLETED:
+            feed.close()
+        # A station's driver finishes its own feeds (it appends its results itself).
+        if feed.done.is_set() or notice.get("type") != notices.COMPLETED or feed.stream.kind == STATION:
+            with self._lock:
+                self.feeds.pop(feed.job_id, None)
+            return
+        feed.completion = notice
+        feed.completed_at = time.monotonic()
+
+    def _tend_feeds(self) -> None:
+        """Finish feeds whose job completed (rest from the result when pieces are still
+        missing after :data:`FEED_GRACE_S`) and drop stale ones."""
+        now = time.monotonic()
+        with self._lock:
+            feeds = list(self.feeds.items())
+        for job_id, feed in feeds:
+            if feed.completed_at is not None and (feed.done.is_set() or now - feed.completed_at > FEED_GRACE_S):
+                with self._lock:
+                    self.feeds.pop(job_id, None)
+                if not feed.done.is_set():
+                    self.pool.submit(self._guard, self._feed_rest, feed)
+            elif now - feed.updated > FEED_STALE_S:
+                feed.close()
+                with self._lock:
+                    self.feeds.pop(job_id, None)
+
+    def _feed_rest(self, feed: PartialFeed) -> None:
+        """Queue what a completed job's lost pieces would have, from its result."""
+        notice = feed.completion or {}
+        job = self.ctx.jobs.get(feed.job_id)
+        if job is None or not job.output_blob:
+            feed.close()
+            return
+        spliced = job.spec.assembly is Assembly.SPLICE
+        decoded = audio.decode_wav(self._result_wav(job.id, job.output_blob,
+                                                    job.spec.output_seconds if spliced else None), max_seconds=1e9)
+        output = audio.tail(decoded.samples, decoded.sample_rate, job.spec.output_seconds) if spliced \
+            else decoded.samples
+        feed.stream.log.warning("streamed pieces missing; the rest comes from the result", job_id=job.id)
+        if not feed.rest_from(output, decoded.sample_rate):
+            feed.close()
+            if feed.stream.kind == ONESHOT:
+                feed.stream.played_jobs.discard(job.id)
+                self._append_oneshot(feed.stream)
+            else:
+                self._append_session_result(feed.stream, {"job_id": job.id, "blob_id": notice.get("blob_id")
+                                                          or job.output_blob})
 
     @staticmethod
     def _guard(fn: Any, *args: Any) -> None:

@@ -40,6 +40,7 @@ from g4l.hls.slate import slate_loop
 from g4l.hls.stream import LiveStream, to_stream_format
 from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
+from g4l.services.station_history import StationHistory
 from g4l.services.station_policy import DEPLETED, HEALTHY, BufferPolicy, Transition
 from g4l.services.stations import StationService, prompt_for
 
@@ -86,6 +87,7 @@ class StationDriver:
         self.key = keys.station(station_id)
         self.stations = StationService(ctx)
         self.chunks = ChunkQueue(ctx, station_id)
+        self.history = StationHistory(ctx)  # the dashboard's buffer plot
         self.log = log.bind(station_id=station_id, stream=stream.token[:8])
         self._lock = threading.Lock()
         self._backoff_until = 0.0
@@ -302,6 +304,7 @@ class StationDriver:
             self.log.info("station buffer state", state=state, was=st.get("buffer_state") or None,
                           buffered_s=round(buffered, 2))
         self.ctx.redis.hset(self.key, mapping=fields)
+        self.history.record(self.station_id, buffered, state)  # the whole buffer: stored and in memory
 
     # ------------------------------------------------------------ generations
     def _plan(self, st: dict[str, str], policy: BufferPolicy) -> tuple[int, str, float, float, float, bool]:

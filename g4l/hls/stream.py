@@ -83,6 +83,26 @@ class LiveStream:
                       buffered_s=round(self.buffer.buffered_seconds, 2), starts_at_s=round(start / RATE, 2))
         return start / RATE
 
+    def append_contiguous(self, samples: np.ndarray, before: np.ndarray, *,
+                          meta: dict[str, Any] | None = None) -> None:
+        """Queue 48 kHz stereo ``samples`` that continue, sample for sample, audio queued
+        last, whose final frames are ``before``: joined with no crossfade, so the stream
+        plays them as one signal (streamed generation's pieces). Should the queue have run
+        dry meanwhile, the buffer fades them in as any audio after a gap.
+
+        The buffer crossfades every append over its queue's tail; the head given to it
+        here is the tail pre-divided so that the equal-power crossfade gives back the tail
+        itself (``tail * fade_out + head * fade_in == tail``)."""
+        x = np.ascontiguousarray(samples, dtype=np.float32)
+        n = min(self.buffer.crossfade_frames, before.shape[1])
+        if x.shape[1] == 0:
+            return
+        t = (np.arange(n, dtype=np.float64) + 0.5) / max(n, 1)
+        gain = ((1.0 - np.cos(t * np.pi / 2)) / np.sin(t * np.pi / 2)).astype(np.float32)
+        head = before[:, before.shape[1] - n:] * gain
+        self.buffer.append(np.concatenate([head, x], axis=1), overlap_frames=n, meta=meta)
+        self.last_audio = time.time()
+
     def _on_segment(self, sequence: int, duration: float) -> None:
         self.segments += 1
         self.last_segment = time.time()

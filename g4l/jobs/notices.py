@@ -27,6 +27,8 @@ COMPLETED = JobStatus.COMPLETED.value
 FAILED = JobStatus.FAILED.value
 CANCELED = JobStatus.CANCELED.value
 QUEUE_CHANGED = "queue_changed"
+#: A piece of a running job's audio is in Redis (streamed generation, :mod:`g4l.jobs.partials`).
+PARTIAL = "partial"
 #: Notices after which a job has ended.
 FINAL = (COMPLETED, FAILED, CANCELED)
 #: Seconds between two attempts to subscribe again after the connection was lost.

@@ -62,13 +62,15 @@ class JobService:
     # ------------------------------------------------------------ generate
     def generate(self, caller: Caller, *, duration: float, prompt: str | None = None, audio_b64: str | None = None,
                  model: str | None = None, prompt_duration: int | None = None, seed: int | None = None,
-                 sampling: dict[str, Any] | None = None) -> JobView:
+                 sampling: dict[str, Any] | None = None, job_id: str | None = None) -> JobView:
         """Queue a generation of ``duration`` seconds from a text prompt, audio, or both.
 
         With audio, the model continues its last ``prompt_duration`` seconds and the result
         (which begins with them) keeps the audio's rate, channels and sample format.
 
         :param sampling: ``top_k`` / ``top_p`` / ``temperature`` / ``cfg_coef`` given.
+        :param job_id: the new job's id, when the caller needs it before the job is queued
+            (``new_job_id()``; default: a fresh one).
         """
         resolver = self.sessions.specs
         spec = resolver.generate_spec(duration=duration, description=prompt, model=model, given=sampling or {},
@@ -83,7 +85,7 @@ class JobService:
                 fmt=AudioFormat(sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype),
                 audio_seconds=a.duration)
         self.sessions.check_rate(caller)
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()
         if upload is not None:
             window = self.sessions.offload(prompt_wav, spec, upload.audio.samples, upload.audio.sample_rate)
             spec = spec.model_copy(update={"prompt_blob": self.ctx.blobs.put(window, session_id="", kind="prompt",

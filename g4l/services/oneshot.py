@@ -26,8 +26,8 @@ import gevent
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import Internal, InvalidRequest, NotFound, NotReady, StationsFull
-from g4l.jobs import lifecycle
-from g4l.jobs.records import Job, JobStatus
+from g4l.jobs import lifecycle, partials
+from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.log import get_logger
 from g4l.media import ENCODE_TIMEOUT_S, MediaError, wav_to_mp4
 from g4l.services.auth import Caller
@@ -116,8 +116,11 @@ class OneShotStreams:
         if len(self.open_streams(caller)) >= MAX_PER_OWNER:
             raise StationsFull(f"this key already has {MAX_PER_OWNER} realtime streams open; "
                                "clean one up (POST /api/cleanup) first")
-        view = self.jobs.generate(caller, duration=seconds, prompt=text, model=model)
-        stream_id = view.job.id
+        # Streamed generation: the worker decides whether to stream when it starts the job,
+        # which may be before the stream below is registered.
+        stream_id = new_job_id()
+        partials.want(self.ctx.redis, stream_id, ttl_s=3600)
+        self.jobs.generate(caller, duration=seconds, prompt=text, model=model, job_id=stream_id)
         token = new_token()
         with self.ctx.redis.pipeline() as p:
             p.hset(keys.oneshot(stream_id), mapping={

@@ -32,6 +32,7 @@ from g4l.services.models import ModelCatalog
 from g4l.services.outputs import OutputStore
 from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
+from g4l.services.station_history import StationHistory
 from g4l.services.station_policy import (
     DEPLETED,
     BufferPolicy,
@@ -91,6 +92,7 @@ class StationService:
         self._take_slot = ctx.redis.register_script(_TAKE_SLOT)
         self.outputs = OutputStore(ctx)
         self.recordings = RecordingStore(ctx)
+        self.history = StationHistory(ctx)
 
     def create(self, caller: Caller, *, prompts: list[str], model: str | None = None, temperature: float | None = None,
                top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0,
@@ -234,6 +236,7 @@ class StationService:
             p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
             p.execute()
         self.outputs.stop_all(station_id, reason)
+        self.history.keep_for(station_id, self.ctx.settings.retention_seconds)
         job_id = st.get("job_id") or ""
         if job_id:
             lifecycle.request_cancel(self.ctx, job_id)
@@ -279,6 +282,13 @@ class StationService:
         """The stored file of one recording. :raises StationNotFound, NotFound:"""
         self.require(station_id, caller)
         return self.recordings.blob(station_id, recording_id)
+
+    def buffer_history(self, station_id: str, caller: Caller, since: float | None = None) -> dict[str, Any]:
+        """The station's buffer samples (:mod:`g4l.services.station_history`), oldest
+        first, after ``since`` when given. :raises StationNotFound:"""
+        self.require(station_id, caller)
+        return {"station_id": station_id, "every_s": self.history.every_s, "window_s": self.history.window_s,
+                "samples": self.history.read(station_id, since)}
 
     # ------------------------------------------------------------ generations
     @staticmethod

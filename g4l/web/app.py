@@ -13,7 +13,7 @@ from g4l.context import Context
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
-from g4l.web import health, listen, metrics, nodes, transport
+from g4l.web import dashboard, health, listen, metrics, nodes, transport
 from g4l.web.api.install import install as install_api
 from g4l.web.compat import juce, swift
 from g4l.web.offload import offload
@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> WebApp:
     app.register_blueprint(metrics.blueprint(ctx))
     install_api(app, socketio, ctx, service, relay)  # Socket.IO events; /api/v1; docs; API keys
     listen.install(app, ctx)  # HLS files and the listen page (public, token-guarded)
+    dashboard.install(app, ctx)  # the operator's station pages (their own key check: cookie or header)
     app.register_blueprint(juce.blueprint(service))  # the JUCE plugin's and musicgen-server's routes
     app.register_blueprint(swift.blueprint(service))  # the Swift app's recovery route
     if settings.trusted_proxies:  # outermost, so Socket.IO and /ws see the client's address too

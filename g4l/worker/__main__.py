@@ -32,7 +32,8 @@ def main() -> None:
     from g4l.engine.musicgen import disable_mkldnn
 
     disable_mkldnn()
-    cache = ModelCache(settings.models, settings.device, retry_after_s=settings.model_retry_s)
+    cache = ModelCache(settings.models, settings.device, retry_after_s=settings.model_retry_s,
+                       paths=settings.model_path_map)
     threads = settings.torch_threads
     if not threads and cache.device == "cpu":
         # A CPU worker shares the machine with the web process and the stores: leaving

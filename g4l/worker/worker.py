@@ -27,10 +27,10 @@ from structlog.stdlib import BoundLogger
 
 from g4l import keys
 from g4l.context import Context
-from g4l.engine.base import Cancelled, Engine
+from g4l.engine.base import AudioCallback, Cancelled, Engine
 from g4l.engine.cache import ModelCache
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
-from g4l.jobs import handoff, lifecycle, recovery
+from g4l.jobs import handoff, lifecycle, partials, recovery
 from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, Priority
@@ -38,6 +38,7 @@ from g4l.log import get_logger
 from g4l.store import redis_wait, retention
 from g4l.worker import kinds
 from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.partial_audio import PartialPublisher
 from g4l.worker.progress import Preempted, ProgressReporter
 from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
 
@@ -214,9 +215,10 @@ class Worker:
             return True
 
     # ------------------------------------------------------------ engines
-    def engine_for(self, job: Job) -> Engine:
+    def engine_for(self, job: Job, on_audio: AudioCallback | None = None) -> Engine:
         """The engine a job runs on: the stock one with a batch of 1, else its model's
-        shared decoding loop (started on first use), at the job's priority."""
+        shared decoding loop (started on first use), at the job's priority; ``on_audio``
+        streams its audio while it is generated (batching workers only)."""
         base = self.cache.get(job.model)
         if self.max_batch == 1:
             return base
@@ -228,7 +230,18 @@ class Worker:
             if loop is None:
                 loop = self._loops[base.model_id] = BatchedMusicGen(base.model, max_batch=self.max_batch)
                 loop.start()
-        return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND)
+        return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND,
+                             on_audio=on_audio, chunk_s=self.ctx.settings.stream_chunk_s)
+
+    def _streamed(self, job: Job) -> AudioCallback | None:
+        """A publisher of the job's audio while it runs, when someone can hear it (and the
+        engine can stream: the batched one); ``None`` costs the job nothing."""
+        if self.max_batch == 1 or self.ctx.settings.stream_chunk_s <= 0:
+            return None
+        try:
+            return PartialPublisher(self.ctx, job) if partials.wanted(self.ctx.redis, job) else None
+        except redis.RedisError:  # streaming is a bonus: the job runs unstreamed
+            return None
 
     # ------------------------------------------------------------ run and finish
     def run(self, job: Job, claimed: Claimed) -> None:
@@ -243,7 +256,7 @@ class Worker:
             return
         run = None
         try:
-            engine = self.engine_for(job)
+            engine = self.engine_for(job, self._streamed(job))
             expected = int(job.spec.new_seconds * float(getattr(engine, "frame_rate", 0.0)))
             progress = ProgressReporter(self.ctx, job, expected, may_give_way=self._may_give_way)
             run = kinds.Run(self.ctx, job, engine, self.ctx.blobs.new_id(), progress)

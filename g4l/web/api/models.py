@@ -380,6 +380,28 @@ class StationList(_Response):
     stations: list[StationStatus] = Field(description="The running stations this key started")
 
 
+class StationHistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    since: float | None = Field(default=None, ge=0.0, description="Only samples after this time (epoch s)")
+
+
+class BufferSample(_Response):
+    """The station's buffer at one moment."""
+
+    t: float = Field(description="When (epoch s)")
+    buffered_s: float = Field(description="Seconds of music generated ahead of the listeners")
+    state: str = Field(description="Its health state then")
+
+
+class StationHistory(_Response):
+    """A station's buffer over time (the dashboard's plot)."""
+
+    station_id: str
+    every_s: float = Field(description="Spacing of the samples (G4L_STATION_HISTORY_EVERY_S)")
+    window_s: float = Field(description="How far back samples are kept (G4L_STATION_HISTORY_HOURS)")
+    samples: list[BufferSample] = Field(description="Oldest first")
+
+
 class StationStopped(_Response):
     station_id: str
     status: Literal["stopped"]

@@ -26,6 +26,8 @@ from g4l.web.api.models import (
     Recording,
     RecordingList,
     StationCreated,
+    StationHistory,
+    StationHistoryQuery,
     StationList,
     StationRequest,
     StationStatus,
@@ -75,6 +77,14 @@ def blueprint(service: SessionService) -> Blueprint:
                responses={200: StationStatus})
     def get_station(station_id: str) -> Any:
         return StationStatus(**stations.get(station_id, http_caller()))
+
+    @bp.get("/stations/<station_id>/history")
+    @operation("getStationHistory", "A station's buffer over time (samples for a plot)", tags=["stations"],
+               query=StationHistoryQuery, responses={200: StationHistory}, errors=(404,),
+               description="One sample every `G4L_STATION_HISTORY_EVERY_S` (seconds buffered and health state), "
+                           "the last `G4L_STATION_HISTORY_HOURS`; `since` returns only newer ones.")
+    def station_history(station_id: str, query: StationHistoryQuery) -> Any:
+        return StationHistory(**stations.buffer_history(station_id, http_caller(), query.since))
 
     @bp.delete("/stations/<station_id>")
     @operation("stopStation", "Stop a station (its stream and generations)", tags=["stations"],
