@@ -234,6 +234,8 @@ class StationService:
             p.srem(keys.STATIONS, station_id)
             p.srem(keys.owner_stations(st.get("owner") or ""), station_id)
             p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
+            # The packager deletes the stored audio (StationDriver.discard); the list expires anyway.
+            p.expire(keys.station_chunks(station_id), self.ctx.settings.retention_seconds)
             p.execute()
         self.outputs.stop_all(station_id, reason)
         self.history.keep_for(station_id, self.ctx.settings.retention_seconds)
