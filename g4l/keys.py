@@ -122,6 +122,12 @@ def rate_log(client: str) -> str:
     return f"{PREFIX}:ratelog:{client}"
 
 
+def station_chunks(station_id: str) -> str:
+    """List of a station's stored chunks not yet wholly played, in play order (JSON each:
+    blob id, seconds, prompt...); the play position is in its hash (:func:`station`)."""
+    return f"{PREFIX}:station:{station_id}:chunks"
+
+
 def owner_stations(owner: str) -> str:
     """Set of the station ids an owner started (its per-key quota counts the running ones)."""
     return f"{PREFIX}:owner:{owner}:stations"

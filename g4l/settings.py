@@ -126,6 +126,22 @@ class Settings(BaseSettings):
     station_buffer_s: float = 45.0  # audio a station keeps generated ahead of its listeners
     station_low_buffer_s: float = 12.0  # below this a station reports buffer_health "low"
     station_prompt_seconds: float = 6.0  # how much of its own audio a station continues from
+    # Long station buffers (docs/hls.md "Long buffers"): a station's unplayed audio waits in
+    # GridFS; only this much is decoded into memory ahead of the listeners.
+    station_memory_s: float = 20.0
+    # The health thresholds of a station created with "buffer_thresholds_s": "long" (the lower
+    # bound of HEALTHY, WARNING, CRITICAL and EMERGENCY; under the last one it is DEPLETED).
+    # A station given no thresholds scales them to G4L_STATION_BUFFER_S (x1, 1/2, 1/4, 1/12).
+    station_healthy_s: float = 86_400.0
+    station_warning_s: float = 43_200.0
+    station_critical_s: float = 21_600.0
+    station_emergency_s: float = 7_200.0
+    station_max_chunk_s: float = 600.0  # longest chunk_seconds a station may ask for
+    station_max_break_s: float = 60.0  # longest silent break between two prompts
+    station_max_crossfade_s: float = 8.0  # longest crossfade between two prompts (< G4L_STATION_MEMORY_S / 2)
+    # Test/dev knob: paces generation to this real-time factor (0.3: a 10 s stretch takes
+    # at least 33 s), to play a slow CPU box with the tiny model. 0: off. Never in production.
+    debug_model_rtf: float = Field(default=0.0, ge=0.0)
     max_stations: int = 4
     stations_per_key: int = 2  # stations one API key may run at once (keys on)
     stream_seconds: float = 30.0  # length of a realtime API one-shot (POST /api/stream/start)

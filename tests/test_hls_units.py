@@ -150,3 +150,92 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     assert cmd[-1] == target and "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
     wrapped = card_text("a very long prompt " * 20, 1280, 27)
     assert len(wrapped.splitlines()) == 4 and wrapped.endswith("\u2026")
+
+
+# ---------------------------------------------------------------------- stored buffers
+def test_pieces_of_one_recording_butt_join_exactly_and_report_where_they_start() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    x = tone(3.0, 220.0)
+    first = buf.append(x[:, : RATE])
+    second = buf.append(x[:, RATE:], join="butt")
+    assert (first, second) == (0, RATE)
+    out = drain(buf, 4.0)
+    # Past the first fade-in and before the last fade-out, it is the recording, bit for bit.
+    np.testing.assert_array_equal(out[:, 2400: 3 * RATE - 2400], x[:, 2400: 3 * RATE - 2400])
+
+
+def test_a_lead_in_crossfade_reports_the_frame_of_the_first_new_sample() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    buf.append(tone(2.0, 220.0))
+    start = buf.append(tone(2.0, 330.0), overlap_frames=4800)
+    assert buf.last_new_frame == start + 4800 == 2 * RATE  # where the previous audio ends
+
+
+def test_a_break_is_silence_between_two_fades() -> None:
+    buf = PcmBuffer(crossfade_frames=2400)
+    buf.append(tone(1.0, 220.0))
+    buf.append(np.zeros((2, 2 * RATE), np.float32), join="fade")
+    buf.append(tone(1.0, 330.0), join="fade")
+    out = drain(buf, 5.0)
+    loud = np.abs(out[0]) > 1e-4
+    silent = np.flatnonzero(~loud[2400:]) + 2400
+    runs = np.split(silent, np.flatnonzero(np.diff(silent) > 1) + 1)
+    assert abs(max(len(r) for r in runs[:-1]) / RATE - 2.0) < 0.01
+    assert max_step(out) <= max_step(tone(1.0, 330.0)) * MIX
+
+
+def test_off_the_air_the_slate_loops_without_a_click_and_music_crossfades_back_in() -> None:
+    from g4l.hls.slate import slate_loop
+
+    slate = slate_loop()
+    assert np.max(np.abs(slate)) > 0.05  # audible, not silence
+    buf = PcmBuffer(crossfade_frames=2400)
+    buf.append(tone(3.0, 220.0))
+    drain(buf, 1.0)
+    dropped = buf.interrupt(slate)
+    assert abs(dropped - (2 * RATE - 2400 - 2400)) <= 2400  # the unheard audio is dropped, not played
+    off = drain(buf, 5.0)
+    assert buf.buffered_frames == 0 and not buf.playing
+    spectrum = np.abs(np.fft.rfft(off[0, RATE:]))
+    freqs = np.fft.rfftfreq(off.shape[1] - RATE, 1 / RATE)
+    for hz in (220.0, 440.0, 660.0):
+        assert spectrum[np.argmin(np.abs(freqs - hz))] > 20 * np.median(spectrum)
+    assert max_step(off) <= max(max_step(slate), max_step(tone(1.0, 220.0))) * MIX
+    buf.resume()
+    buf.append(tone(2.0, 330.0))
+    back = drain(buf, 1.5)
+    assert max_step(back) <= max(max_step(slate), max_step(tone(1.0, 330.0))) * MIX
+
+
+def test_the_buffer_policy_defaults_keep_todays_station_and_bad_ones_are_refused() -> None:
+    import pytest
+
+    from g4l.errors import InvalidRequest
+    from g4l.services.station_policy import build_policy, build_transition, default_policy
+    from g4l.settings import Settings
+
+    settings = Settings(station_buffer_s=45.0)
+    policy = build_policy(settings, None, None, None)
+    assert policy == default_policy(settings)
+    assert policy.thresholds() == {"healthy": 45.0, "warning": 22.5, "critical": 11.25, "emergency": 3.75}
+    assert policy.resume_s == 7.5 < 8.0  # the first 8 s stretch goes on the air at once
+    assert [policy.state(s) for s in (50, 30, 12, 5, 1)] == ["HEALTHY", "WARNING", "CRITICAL", "EMERGENCY",
+                                                               "DEPLETED"]
+    long = build_policy(settings, "long", None, 300)
+    assert long.thresholds() == {"healthy": 86400.0, "warning": 43200.0, "critical": 21600.0, "emergency": 7200.0}
+    assert long.chunk_s == 300 and long.resume_s == 14400
+    for bad, words in [({"healthy": 10, "warning": 20, "critical": 5, "emergency": 1}, "decrease"),
+                       ({"healthy": 10, "warning": 5}, "missing: critical, emergency"),
+                       ({"healthy": 10, "warning": 5, "critical": 2, "emergency": 1, "x": 0}, "unknown: x"),
+                       ("short", '"long"')]:
+        with pytest.raises(InvalidRequest, match=words):
+            build_policy(settings, bad, None, None)
+    with pytest.raises(InvalidRequest, match="buffer_resume_s"):
+        build_policy(settings, None, 1.0, None)
+    with pytest.raises(InvalidRequest, match="chunk_seconds"):
+        build_policy(settings, None, None, 3600)
+    with pytest.raises(InvalidRequest, match="break"):
+        build_transition(settings, {"kind": "break", "seconds": 0})
+    with pytest.raises(InvalidRequest, match="kind"):
+        build_transition(settings, {"kind": "jump", "seconds": 2})
+    assert build_transition(settings, {"kind": "crossfade", "seconds": 4}).seconds == 4.0

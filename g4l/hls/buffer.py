@@ -89,6 +89,9 @@ class PcmBuffer:
         self._history: deque[np.ndarray] = deque()
         self._history_frames = 0
         self._markers: list[Marker] = []
+        self._slate: np.ndarray | None = None
+        #: See :meth:`append`.
+        self.last_new_frame = 0
         #: Frames handed to the encoder so far: the stream clock.
         self.position = 0
         #: Times the queue ran dry while audio had been playing.
@@ -96,7 +99,8 @@ class PcmBuffer:
         self.playing = False
 
     # ------------------------------------------------------------ producer side
-    def append(self, samples: np.ndarray, *, overlap_frames: int = 0, meta: dict[str, Any] | None = None) -> int:
+    def append(self, samples: np.ndarray, *, overlap_frames: int = 0, meta: dict[str, Any] | None = None,
+               join: str = "crossfade") -> int:
         """Queue ``samples`` (float32 ``(2, frames)`` at :data:`RATE`) after what is queued.
 
         :param overlap_frames: how many leading frames of ``samples`` re-state the end of
@@ -105,7 +109,11 @@ class PcmBuffer:
             ``crossfade_frames`` is used.
         :param meta: remembered with the stream frame at which this audio starts (see
             :meth:`playing_meta`).
-        :returns: the stream frame at which the new audio starts.
+        :param join: ``"crossfade"`` (above); ``"butt"``: ``samples`` follow the queue
+            exactly, no frame mixed (the next piece of one recording); ``"fade"``: the
+            queue's tail fades out and ``samples`` fade in, butted (around a break).
+        :returns: the stream frame at which the new audio starts. :attr:`last_new_frame`
+            is then the stream frame of ``samples[overlap_frames]`` (its first new frame).
         """
         x = np.ascontiguousarray(samples, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != CHANNELS:
@@ -114,13 +122,22 @@ class PcmBuffer:
             return self.position
         with self._lock:
             xf = self.crossfade_frames
-            if self._real > 0:
+            if self._real > 0 and join != "crossfade":
+                base = self._pending[:, : self._real]
+                if join == "fade":
+                    base, x = _fade(base, xf, out=True), _fade(x, xf, out=False)
+                start = self.position + base.shape[1]
+                self.last_new_frame = start + overlap_frames
+                joined = np.concatenate([base, x], axis=1)
+            elif self._real > 0:
                 base = self._pending[:, : self._real]
                 n = min(overlap_frames or xf, base.shape[1], x.shape[1])
                 start = self.position + base.shape[1] - n
+                self.last_new_frame = start + overlap_frames
                 joined = audio.crossfade(base, x, RATE, n / RATE)
             else:
-                x = x[:, min(overlap_frames, max(x.shape[1] - xf, 0)):]
+                cut = min(overlap_frames, max(x.shape[1] - xf, 0))
+                x = x[:, cut:]
                 filler = self._pending[:, : min(xf, self._pending.shape[1])]
                 if filler.shape[1] and np.any(filler):  # a held loop is playing: crossfade out of it
                     start = self.position
@@ -128,6 +145,7 @@ class PcmBuffer:
                 else:
                     start = self.position + filler.shape[1]
                     joined = np.concatenate([filler, _fade(x, xf, out=False)], axis=1)
+                self.last_new_frame = start + overlap_frames - cut
             self._pending = joined
             self._real = joined.shape[1]
             self._markers.append(Marker(start, dict(meta or {})))
@@ -174,7 +192,7 @@ class PcmBuffer:
 
     def _filler(self, frames: int) -> np.ndarray:
         while self._pending.shape[1] < frames:
-            more = self._loop if (self.fill == "loop" and self._loop is not None) else None
+            more = self._loop if (self.fill == "loop" and self._loop is not None) else self._slate
             if more is None:
                 more = np.zeros((CHANNELS, frames - self._pending.shape[1]), np.float32)
             self._pending = np.concatenate([self._pending, more], axis=1)
@@ -191,6 +209,34 @@ class PcmBuffer:
         self._history_frames += x.shape[1]
         while self._history and self._history_frames - self._history[0].shape[1] >= self.loop_frames:
             self._history_frames -= self._history.popleft().shape[1]
+
+    # ------------------------------------------------------------ off the air
+    def interrupt(self, slate: np.ndarray | None) -> int:
+        """Take the program off the air: the queued audio fades out over one crossfade and
+        is dropped, and ``slate`` (a seamless loop, or None for silence) plays until audio
+        is appended again (then it crossfades out of the slate).
+
+        :returns: how many queued frames were dropped (never heard).
+        """
+        with self._lock:
+            keep = min(self._real, self.crossfade_frames)
+            dropped = self._real - keep
+            tail = _fade(self._pending[:, :keep], keep, out=True)
+            self._slate = None if slate is None else np.ascontiguousarray(slate, dtype=np.float32)
+            if self._slate is not None and keep:
+                head = self._slate[:, : min(keep, self._slate.shape[1])]
+                tail = audio.crossfade(tail, np.tile(self._slate, (1, 2)), RATE, head.shape[1] / RATE)
+            elif self._slate is not None:
+                tail = np.tile(self._slate, (1, 2))
+            self._pending = tail
+            self._real = 0
+            self.playing = False
+            return dropped
+
+    def resume(self) -> None:
+        """Stop looping the slate; audio appended next crossfades out of it."""
+        with self._lock:
+            self._slate = None
 
     # ------------------------------------------------------------ status
     @property

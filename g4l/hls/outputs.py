@@ -359,10 +359,12 @@ class StationOutputs:
 
     def _refresh_card(self) -> None:
         """The card's texts: the station's name and the prompt now playing."""
-        st = self.ctx.redis.hmget(keys.station(self.station_id), ["name", "generating_prompt"])
+        st = self.ctx.redis.hmget(keys.station(self.station_id), ["name", "generating_prompt", "on_air", "ever_on_air"])
         playing = self.stream.buffer.playing_meta() or {}
         title = st[0] or "g4l station"
         prompt = playing.get("prompt") or st[1] or ""
+        if st[3] == "1" and st[2] != "1":  # off the air (buffer depleted): the slate plays
+            prompt = "Be right back"
         if self._card == (title, prompt):
             return
         width, height = (int(v) for v in self.ctx.settings.rtmp_video_size.split("x"))

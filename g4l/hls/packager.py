@@ -169,7 +169,9 @@ class Packager:
 
     def _close(self, token: str, *, delete: bool) -> None:
         stream = self.streams.pop(token, None)
-        self.drivers.pop(token, None)
+        driver = self.drivers.pop(token, None)
+        if driver is not None and delete:
+            self.pool.submit(self._guard, driver.discard)  # a stopped station's stored buffer goes
         outputs = self.outputs.pop(token, None)
         if outputs is not None:
             outputs.close()

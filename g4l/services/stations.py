@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from g4l import keys
@@ -27,12 +27,20 @@ from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
 from g4l.jobs.spec import Sampling
 from g4l.log import get_logger
 from g4l.services.auth import Caller
-from g4l.services.listen import STATION, ListenService, buffer_health, links, new_token
+from g4l.services.listen import STATION, ListenService, links, new_token
 from g4l.services.models import ModelCatalog
 from g4l.services.outputs import OutputStore
 from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
 from g4l.services.station_history import StationHistory
+from g4l.services.station_policy import (
+    DEPLETED,
+    BufferPolicy,
+    Transition,
+    build_policy,
+    build_transition,
+    next_rotation,
+)
 
 log = get_logger(__name__)
 
@@ -61,6 +69,18 @@ def prompt_for(prompts: list[str], rotate_every_s: float, audio_s: float) -> tup
     return index, prompts[index]
 
 
+def old_health(st: dict[str, str], policy: BufferPolicy, buffered: float, running: bool, on_air: bool) -> str:
+    """``buffer_health`` for clients from before the five states: ``starting`` (nothing
+    generated yet), ``empty`` (off the air), ``low`` (CRITICAL and below), ``ok``."""
+    if not running:
+        return "stopped"
+    if int(st.get("generations") or 0) == 0:
+        return "starting"
+    if not on_air or buffered <= 0.05:
+        return "empty"
+    return "ok" if buffered >= policy.critical_s else "low"
+
+
 class StationService:
     """Create, describe, stop and feed stations."""
 
@@ -76,13 +96,19 @@ class StationService:
 
     def create(self, caller: Caller, *, prompts: list[str], model: str | None = None, temperature: float | None = None,
                top_k: int | None = None, cfg_coef: float | None = None, rotate_every_s: float = 0.0,
-               name: str | None = None, record: bool = False) -> dict[str, Any]:
+               name: str | None = None, record: bool = False,
+               buffer_thresholds_s: Mapping[str, Any] | str | None = None, buffer_resume_s: float | None = None,
+               chunk_seconds: float | None = None, transition: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
-        music when there are several); ``name`` is shown on its outputs' video card; with
-        ``record`` its program is recorded into files (:mod:`g4l.services.recordings`).
+        music when there are several, handing over by ``transition``); ``name`` is shown on
+        its outputs' video card; with ``record`` its program is recorded into files
+        (:mod:`g4l.services.recordings`). ``buffer_thresholds_s``, ``buffer_resume_s`` and
+        ``chunk_seconds`` set its buffer policy (:func:`~g4l.services.station_policy.build_policy`;
+        none given: ~45 s ahead, as stations always were).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
-        :raises InvalidRequest: no prompt, or a rotation under :data:`MIN_ROTATE_S`.
+        :raises InvalidRequest: no prompt, a rotation under :data:`MIN_ROTATE_S`, a bad
+            buffer policy or transition (nothing is created).
         :raises ModelNotAllowed: a model outside the allowlist.
         :raises StationsFull: ``max_stations`` stations already run, or this key's quota.
         """
@@ -92,6 +118,12 @@ class StationService:
         if 0 < rotate_every_s < MIN_ROTATE_S:
             raise InvalidRequest(f"rotate_every_s must be 0 (never) or at least {MIN_ROTATE_S:g}")
         settings = self.ctx.settings
+        policy = build_policy(settings, buffer_thresholds_s, buffer_resume_s, chunk_seconds)
+        handover = build_transition(settings, transition)
+        if handover.kind != "continue" and (rotate_every_s <= 0 or len(prompts) < 2):
+            raise InvalidRequest("a transition needs a rotation: several prompts and rotate_every_s")
+        if handover.kind == "crossfade" and handover.seconds * 2 > rotate_every_s:
+            raise InvalidRequest("a crossfade lasts at most half of rotate_every_s")
         model = self.specs.model(model)
         ModelCatalog(self.ctx).require_available(model)
         sampling = self.specs.sampling({"temperature": temperature, "top_k": top_k, "cfg_coef": cfg_coef})
@@ -110,11 +142,13 @@ class StationService:
             "prompts": json.dumps(prompts), "rotate_every_s": rotate_every_s, "sampling": sampling.model_dump_json(),
             "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
             "generating_prompt": first, "errors": "[]", "rotations": "[]", "name": (name or "").strip(),
-            "record": "1" if record else "0",
+            "record": "1" if record else "0", "buffer_policy": policy.dumps(), "transition": handover.dumps(),
+            "queue_s": 0, "play_seq": 0, "play_offset_s": 0, "on_air": "0",
         })
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
-                 rotate_every_s=rotate_every_s)
+                 rotate_every_s=rotate_every_s, thresholds_s=policy.thresholds(), chunk_s=policy.chunk_s,
+                 transition=handover.kind)
         return {"station_id": station_id, **links(token), "status": "starting"}
 
     def require(self, station_id: str, caller: Caller) -> dict[str, str]:
@@ -125,29 +159,49 @@ class StationService:
         return info
 
     def get(self, station_id: str, caller: Caller) -> dict[str, Any]:
-        """Status: buffer (seconds, health), current prompt, listeners, rotations, errors."""
+        """Status: buffer (seconds stored and in memory, health state and thresholds),
+        current and next prompt, generation speed, listeners, rotations, errors."""
         st = self.require(station_id, caller)
         token = st.get("token", "")
         stream = self.r.hgetall(keys.listen(token)) if token else {}
-        buffered = float(stream.get("buffered_s") or 0)
         running = st.get("status") == "running"
-        started = int(st.get("generations") or 0) > 0
-        health = stream.get("buffer_health") or buffer_health(buffered, self.ctx.settings.station_low_buffer_s,
-                                                               started)
+        policy = BufferPolicy.loads(st.get("buffer_policy"), self.ctx.settings)
+        buffered = float(st.get("buffered_s") or 0) if running else 0.0
+        state = st.get("buffer_state") or policy.state(buffered)
+        on_air = st.get("on_air") == "1"
         job_id = st.get("job_id") or ""
         job = self.ctx.jobs.get(job_id) if job_id else None
+        prompts = json.loads(st.get("prompts") or "[]")
+        rotate = float(st.get("rotate_every_s") or 0)
+        transition = Transition.loads(st.get("transition"))
+        playing_s = float(st.get("playing_audio_s") or 0)
+        upcoming = next_rotation(prompts, rotate, playing_s)
+        next_in = None
+        if upcoming is not None:
+            next_in = round(max(0.0, upcoming[1] - playing_s) + (transition.seconds if transition.kind == "break"
+                                                                  else 0.0), 2)
+        speed = json.loads(st.get("rtf") or "[]")
+        wall = sum(w for _, w in speed)
         return {
             "station_id": station_id, "name": st.get("name") or None, **links(token), "status": st.get("status"),
             "stopped_reason": st.get("stopped_reason") or None,
             "model": st.get("model"), "temperature": self.sampling(st).temperature,
-            "prompts": json.loads(st.get("prompts") or "[]"),
-            "rotate_every_s": float(st.get("rotate_every_s") or 0),
+            "prompts": prompts, "rotate_every_s": rotate,
+            "transition": {"kind": transition.kind, "seconds": transition.seconds},
             "current_prompt": stream.get("playing_prompt") or st.get("generating_prompt") or None,
+            "next_prompt": upcoming[0] if upcoming else None, "next_prompt_in_s": next_in,
             "generating_prompt": st.get("generating_prompt") or None,
-            "buffered_seconds": buffered if running else 0.0,
-            "target_buffer_seconds": self.ctx.settings.station_buffer_s,
-            "buffer_health": health if running else "stopped",
-            "buffer_low": running and health in ("low", "empty"),
+            "buffered_seconds": round(buffered, 3),
+            "buffer_state": state if running else DEPLETED,
+            "buffer_state_since": float(st.get("buffer_state_since") or 0) or None,
+            "buffer_thresholds_s": policy.thresholds(),
+            "buffer_resume_s": policy.resume_s,
+            "chunk_seconds": policy.chunk_s or None,
+            "on_air": running and on_air,
+            "target_buffer_seconds": policy.healthy_s,
+            "buffer_health": old_health(st, policy, buffered, running, on_air),
+            "buffer_low": running and old_health(st, policy, buffered, running, on_air) in ("low", "empty"),
+            "realtime_factor": round(sum(a for a, _ in speed) / wall, 3) if wall else None,
             "underruns": int(stream.get("underruns") or 0),
             "played_seconds": float(stream.get("position_s") or 0),
             "generated_seconds": float(st.get("audio_s") or 0),
@@ -180,6 +234,8 @@ class StationService:
             p.srem(keys.STATIONS, station_id)
             p.srem(keys.owner_stations(st.get("owner") or ""), station_id)
             p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
+            # The packager deletes the stored audio (StationDriver.discard); the list expires anyway.
+            p.expire(keys.station_chunks(station_id), self.ctx.settings.retention_seconds)
             p.execute()
         self.outputs.stop_all(station_id, reason)
         self.history.keep_for(station_id, self.ctx.settings.retention_seconds)
@@ -211,8 +267,12 @@ class StationService:
         return self.outputs.stop(station_id, output_id)
 
     def broadcasting(self, station_id: str) -> bool:
-        """Whether the station pushes to an RTMP output or records (then it is never idle)."""
-        return bool(self.outputs.live(station_id)) or self.r.hget(keys.station(station_id), "record") == "1"
+        """Whether the station pushes to an RTMP output, records, or keeps a buffer longer
+        than ``G4L_STATION_BUFFER_S`` (it builds hours ahead for an audience elsewhere):
+        then it is never idle."""
+        record, raw = self.r.hmget(keys.station(station_id), ["record", "buffer_policy"])
+        long_buffer = BufferPolicy.loads(raw, self.ctx.settings).healthy_s > self.ctx.settings.station_buffer_s
+        return bool(self.outputs.live(station_id)) or record == "1" or long_buffer
 
     # ------------------------------------------------------------ recordings
     def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
@@ -240,13 +300,18 @@ class StationService:
         return Sampling.model_validate_json(raw) if raw else Sampling()
 
     def queue_stretch(self, station_id: str, st: dict[str, str], *, index: int, prompt: str, audio_start_s: float,
-                      new_seconds: float) -> Job:
+                      new_seconds: float, fresh: bool = False, overhang_s: float = 0.0) -> Job:
         """Queue the station's next stretch: ``new_seconds`` of music continuing its last
-        one with ``prompt`` (number ``index`` of its rotation) at ``audio_start_s`` on its
-        own timeline; background priority (interactive jobs go first)."""
+        one (from nothing when ``fresh``: a new prompt after a break or crossfade) with
+        ``prompt`` (number ``index`` of its rotation) at ``audio_start_s`` on its own
+        timeline, of which ``overhang_s`` lie past the rotation boundary (under a
+        crossfade); background priority (interactive jobs go first). Past the model's
+        window AudioCraft extends the generation (``G4L_STATION_MAX_CHUNK_S`` at most)."""
+        previous = None if fresh else (st.get("last_blob") or None)
         spec = self.specs.station_spec(model=st.get("model") or "", sampling=self.sampling(st), description=prompt,
-                                       previous_blob=st.get("last_blob") or None, new_seconds=round(new_seconds, 3),
-                                       labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3)})
+                                       previous_blob=previous, new_seconds=round(new_seconds, 3),
+                                       labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3),
+                                               "overhang_s": round(overhang_s, 3)})
         # No owner on the job: a station's stretches are not the key's jobs (GET /api/v1/jobs).
         job = Job(id=new_job_id(), kind="station", session_id=station_id, spec=spec, priority=Priority.BACKGROUND)
         self.ctx.queue.enqueue(job)

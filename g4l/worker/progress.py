@@ -45,6 +45,9 @@ class ProgressReporter:
         self._last_check = 0.0
         self._last_percent = -1
         self._waiting_seen = 0
+        # G4L_DEBUG_MODEL_RTF (a test/dev knob): generation is held to that real-time factor.
+        self._pace_rtf = ctx.settings.debug_model_rtf
+        self._pace_start = 0.0
 
     def __call__(self, step: int, total: int) -> None:
         """Check cancel / preemption and report progress; while Redis is unavailable the
@@ -53,6 +56,19 @@ class ProgressReporter:
             self._report(step, total)
         except UNAVAILABLE:
             pass
+        if self._pace_rtf > 0:
+            self._pace(step, total)
+
+    def _pace(self, step: int, total: int) -> None:
+        """Sleep until ``step`` is due at the paced speed: the job's new audio takes
+        ``new_seconds / rtf`` wall seconds (a worker thread, never a gevent hub)."""
+        now = time.monotonic()
+        if not self._pace_start:
+            self._pace_start = now
+        done = min(1.0, step / max(total, self.expected_steps, 1))
+        due = self._pace_start + done * self.job.spec.new_seconds / self._pace_rtf
+        if due > now:
+            time.sleep(due - now)
 
     def _report(self, step: int, total: int) -> None:
         now = time.monotonic()

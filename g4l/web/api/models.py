@@ -286,6 +286,21 @@ class StationRequest(_Request):
         default=None, description="Shown on the video card of its RTMP outputs")
     record: bool = Field(default=False, description="Record the program into files of G4L_RECORDING_SECONDS "
                                                     "(GET /stations/{id}/recordings)")
+    buffer_thresholds_s: dict[str, float] | Literal["long"] | None = Field(
+        default=None, description="Lower bounds (seconds) of the HEALTHY, WARNING, CRITICAL and EMERGENCY states "
+                                  "(`{healthy, warning, critical, emergency}`, strictly decreasing), or `\"long\"` "
+                                  "(G4L_STATION_HEALTHY_S.. : 24/12/6/2 h). None: scaled to G4L_STATION_BUFFER_S "
+                                  "(45 / 22.5 / 11.25 / 3.75 s). Generation rests while HEALTHY; DEPLETED goes off "
+                                  "the air (a slate)")
+    buffer_resume_s: float | None = Field(default=None, description="Buffer needed to go (back) on the air; "
+                                                                     "default twice the emergency bound")
+    chunk_seconds: float | None = Field(default=None, description="Seconds per generation (10 to "
+                                                                   "G4L_STATION_MAX_CHUNK_S, e.g. 60, 300, 600); "
+                                                                   "None: up to the model's window")
+    transition: dict[str, Any] | None = Field(
+        default=None, description="How a rotation hands over: `{kind: \"break\", seconds: N}` (N s of silence), "
+                                  "`{kind: \"crossfade\", seconds: N}` or `{kind: \"continue\"}` (the default: "
+                                  "the new prompt continues the music)")
 
 
 class StationCreated(_Response):
@@ -330,11 +345,22 @@ class StationStatus(_Response):
     temperature: float
     prompts: list[str]
     rotate_every_s: float
+    transition: dict[str, Any] = Field(description="{kind: continue | break | crossfade, seconds}")
     current_prompt: str | None
+    next_prompt: str | None = Field(description="The prompt after the current one (null: no rotation)")
+    next_prompt_in_s: float | None = Field(description="Seconds of program until the next prompt is heard")
     generating_prompt: str | None
-    buffered_seconds: float
+    buffered_seconds: float = Field(description="Audio generated and not yet played: stored and in memory")
+    buffer_state: Literal["HEALTHY", "WARNING", "CRITICAL", "EMERGENCY", "DEPLETED"]
+    buffer_state_since: float | None = Field(description="When the state last changed (epoch s)")
+    buffer_thresholds_s: dict[str, float] = Field(description="The lower bound of each state: "
+                                                              "{healthy, warning, critical, emergency}")
+    buffer_resume_s: float = Field(description="Buffer needed to go back on the air after DEPLETED")
+    chunk_seconds: float | None = Field(description="Seconds per generation (null: up to the model's window)")
+    on_air: bool = Field(description="The program plays (false: before the start, or DEPLETED: the slate)")
+    realtime_factor: float | None = Field(description="Audio seconds generated per wall second, last few chunks")
     target_buffer_seconds: float
-    buffer_health: str = Field(description="starting | ok | low | empty | stopped")
+    buffer_health: str = Field(description="starting | ok | low | empty | stopped (before buffer_state)")
     buffer_low: bool
     underruns: int
     played_seconds: float

@@ -61,7 +61,9 @@ def blueprint(service: SessionService) -> Blueprint:
         prompts = [p for p in (body.prompt or body.genre,) if p] + list(body.prompts or [])
         created = stations.create(http_caller(), prompts=prompts, model=body.model, temperature=body.temperature,
                                   top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0,
-                                  name=body.name, record=body.record)
+                                  name=body.name, record=body.record, buffer_thresholds_s=body.buffer_thresholds_s,
+                                  buffer_resume_s=body.buffer_resume_s, chunk_seconds=body.chunk_seconds,
+                                  transition=body.transition)
         return StationCreated(**created), 201
 
     @bp.get("/stations")

@@ -2,9 +2,10 @@
 
 The first job of a station generates from its text prompt; every later one continues the
 last ``prompt.seconds`` of the previous stretch (``input_blob``) with the (possibly
-rotated) prompt, so the music flows on. The stored result is the NEW audio only, plus a
+rotated) prompt, so the music flows on; a first job after a prompt change with a break or a
+crossfade starts afresh. The stored result (24-bit FLAC) is the NEW audio only, plus a
 short lead-in (the re-decoded end of the prompt) that the packager crossfades over the
-previous stretch's end.
+previous stretch's end. Stretches past the model's window use AudioCraft's extension.
 
 Station jobs run at background priority: interactive jobs go first, and a running station
 job gives way between model steps when one waits (:class:`~g4l.worker.progress.Preempted`).
@@ -25,7 +26,8 @@ class Station(JobKind):
         rate = engine.sample_rate
         lead_in_s = 0.0
         if spec.input_blob and spec.prompt is not None:
-            previous = audio.decode_wav(ctx.blobs.get(spec.input_blob), max_seconds=3600)
+            # The previous chunk (FLAC, maybe minutes long): only its end is decoded.
+            previous = audio.read_span(ctx.blobs.get(spec.input_blob), -(spec.prompt.seconds + 1.0))
             prompt = spec.prompt.cut(audio.resample(previous.samples, previous.sample_rate, rate), rate)
             prompt_s = prompt.shape[1] / rate  # the previous stretch may be shorter than planned
             output = run.model(engine.continue_audio, prompt, spec.engine_params(prompt_s + spec.new_seconds))
@@ -34,9 +36,11 @@ class Station(JobKind):
             lead_in_s = lead / rate
         else:
             new = run.model(engine.generate, spec.engine_params(spec.new_seconds))
-        wav = audio.encode_wav(new, rate, "FLOAT")
+        # FLAC, not float WAV: a station may keep hours of these waiting in GridFS.
+        flac = audio.encode_flac(new, rate)
         seconds = new.shape[1] / rate - lead_in_s
         meta = {"session_id": job.session_id, "kind": "station", "job_id": job.id, "station_id": job.session_id,
-                "sample_rate": rate, "channels": int(new.shape[0]), "subtype": "FLOAT", "duration": seconds,
+                "sample_rate": rate, "channels": int(new.shape[0]), "subtype": "PCM_24", "format": "FLAC",
+                "duration": seconds,
                 "lead_in_s": lead_in_s, "prompt": spec.description or "", **spec.labels}
-        return Outcome(wav=lambda: wav, meta=meta, record={"output_seconds": round(seconds, 2)})
+        return Outcome(wav=lambda: flac, meta=meta, record={"output_seconds": round(seconds, 2)})
