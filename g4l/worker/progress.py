@@ -70,6 +70,17 @@ class ProgressReporter:
         if due > now:
             time.sleep(due - now)
 
+    def hold_pace(self, started: float) -> None:
+        """With ``G4L_DEBUG_MODEL_RTF``, wait until the whole job is due (``started``: the
+        ``time.monotonic()`` when its engine call began). A batched row's callback runs
+        beside the decoding loop, not on it, so sleeping there cannot hold the row back;
+        this hold is what paces such a job."""
+        if self._pace_rtf > 0:
+            due = started + self.job.spec.new_seconds / self._pace_rtf
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
     def _report(self, step: int, total: int) -> None:
         now = time.monotonic()
         if now - self._last_check >= CHECK_EVERY_S:

@@ -85,8 +85,9 @@ class Run:
     def model(self, fn: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
         """Run an engine call (``continue_audio`` / ``generate``) with this job's progress
         callback, timing it."""
-        started = time.perf_counter()
+        started, paced_from = time.perf_counter(), time.monotonic()
         output = fn(*args, self.progress)
+        self.progress.hold_pace(paced_from)
         self.model_done = time.perf_counter()
         self.model_seconds = self.model_done - started
         return output
