@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,53 @@ def start_server(tmp: Path, *, redis_url: str | None, mongo_url: str | None, **e
         log = (tmp / "server.log").read_text()[-4000:]
         raise RuntimeError(f"server did not become ready; log tail:\n{log}")
     return server
+
+
+@dataclass
+class ServerStack:
+    """A g4l server on a Redis and a store of its own, for tests that restart or break it."""
+
+    tmp: Path
+    redis: embedded.ManagedProcess
+    mongo: embedded.ManagedProcess
+    server: RunningServer
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def hls_dir(self) -> Path:
+        return self.tmp / "hls"
+
+    def restart(self, **env: str) -> None:
+        """Stop the whole server (web, worker, packager) and start it again on the same
+        stores and data folder, with ``env`` over the stack's own settings."""
+        assert self.server.stop() == 0
+        self.server = start_server(self.tmp, redis_url=self.redis.url, mongo_url=self.mongo.url,
+                                   **{**self.env, **env})
+
+    def redis_client(self):  # type: ignore[no-untyped-def]
+        import redis
+
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+
+@contextmanager
+def server_stack(tmp: Path, **env: str) -> Iterator[ServerStack]:
+    """Start Redis, the store and a server in ``tmp``; stop all three afterwards."""
+    r = embedded.start_redis(tmp / "redis")
+    m = embedded.start_mongo(tmp / "mongo")
+    stack = None
+    try:
+        stack = ServerStack(tmp, r, m, start_server(tmp, redis_url=r.url, mongo_url=m.url, **env), env)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.server.stop()
+        m.stop()
+        r.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,16 +12,13 @@ import json
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import m3u8
 import numpy as np
 import pytest
 import requests
-from conftest import RunningServer, make_wav, start_server, wait_until
+from conftest import ServerStack, make_wav, server_stack, wait_until
 
-from g4l import embedded
 from g4l.hls.watch import PlaylistWatcher, check_playlist, decode_ts, max_step
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError
@@ -32,43 +29,13 @@ ENV = {"G4L_OUTPUT_SECONDS": "10", "G4L_HLS_SESSION_PREROLL_S": "10", "G4L_STATI
        "G4L_STATION_PROMPT_SECONDS": "3", "G4L_STATION_LOW_BUFFER_S": "6"}
 
 
-@dataclass
-class HlsServer:
-    tmp: Path
-    redis: embedded.ManagedProcess
-    mongo: embedded.ManagedProcess
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def hls_dir(self) -> Path:
-        return self.tmp / "hls"
-
-    def restart(self) -> None:
-        """Stop the whole g4l server (web, worker, packager) and start it again on the same
-        stores and data folder."""
-        assert self.server.stop() == 0
-        self.server = start_server(self.tmp, redis_url=self.redis.url, mongo_url=self.mongo.url, **ENV)
-
-    def redis_client(self):
-        import redis
-
-        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+HlsServer = ServerStack
 
 
 @pytest.fixture(scope="module")
 def hls(tmp_path_factory) -> Iterator[HlsServer]:
-    tmp = tmp_path_factory.mktemp("hls-server")
-    r = embedded.start_redis(tmp / "redis")
-    m = embedded.start_mongo(tmp / "mongo")
-    s = HlsServer(tmp, r, m, start_server(tmp, redis_url=r.url, mongo_url=m.url, **ENV))
-    yield s
-    s.server.stop()
-    m.stop()
-    r.stop()
+    with server_stack(tmp_path_factory.mktemp("hls-server"), **ENV) as stack:
+        yield stack
 
 
 def stream_info(hls: HlsServer, token: str) -> dict:

@@ -15,17 +15,15 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from conftest import RunningServer, start_server, wait_until
+from conftest import ServerStack, server_stack, wait_until
 from test_station_outputs import child_pid
 
-from g4l import audio, embedded
+from g4l import audio
 from g4l.hls.watch import PlaylistWatcher, decode_ts
 
 RATE = 48_000
@@ -36,38 +34,13 @@ THRESHOLDS = {"healthy": 30, "warning": 22, "critical": 15, "emergency": 8}
 SILENT_RMS = 0.003  # the tiny model's music is ~0.044 RMS, steady; the slate ~0.05
 
 
-@dataclass
-class Stack:
-    tmp: Path
-    redis: embedded.ManagedProcess
-    mongo: embedded.ManagedProcess
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def restart(self, **env: str) -> None:
-        """Stop everything (web, worker, packager) and start again on the same stores."""
-        assert self.server.stop() == 0
-        self.server = start_server(self.tmp, redis_url=self.redis.url, mongo_url=self.mongo.url, **{**ENV, **env})
-
-    def r(self):
-        import redis
-
-        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+Stack = ServerStack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("station-buffer")
-    r = embedded.start_redis(tmp / "redis")
-    m = embedded.start_mongo(tmp / "mongo")
-    s = Stack(tmp, r, m, start_server(tmp, redis_url=r.url, mongo_url=m.url, **ENV))
-    yield s
-    s.server.stop()
-    m.stop()
-    r.stop()
+    with server_stack(tmp_path_factory.mktemp("station-buffer"), **ENV) as s:
+        yield s
 
 
 def create(stack: Stack, **body) -> tuple[dict, str]:
@@ -138,7 +111,7 @@ def tones_of_the_slate(x: np.ndarray) -> float:
 # ---------------------------------------------------------------------- (d) checks
 def test_bad_buffer_and_schedule_parameters_get_a_clear_400_and_change_nothing(stack: Stack) -> None:
     before = requests.get(f"{stack.url}/api/v1/stations", timeout=10).json()["stations"]
-    keys_before = set(stack.r().keys("g4l:station:*"))
+    keys_before = set(stack.redis_client().keys("g4l:station:*"))
     two = {"prompts": ["a", "b"], "rotate_every_s": 20}
     cases = [
         ({"prompt": "x", "buffer_thresholds_s": {"healthy": 10, "warning": 20, "critical": 5, "emergency": 1}},
@@ -161,7 +134,7 @@ def test_bad_buffer_and_schedule_parameters_get_a_clear_400_and_change_nothing(s
         assert resp.json()["error"]["code"] == "INVALID_REQUEST", resp.text
         assert words in resp.json()["error"]["message"], (words, resp.text)
     assert requests.get(f"{stack.url}/api/v1/stations", timeout=10).json()["stations"] == before
-    assert set(stack.r().keys("g4l:station:*")) == keys_before
+    assert set(stack.redis_client().keys("g4l:station:*")) == keys_before
 
 
 # ---------------------------------------------------------------------- (c) schedule
@@ -212,7 +185,7 @@ def test_minute_long_chunks_are_generated_past_the_model_window_and_stored_whole
     """chunk_seconds 60: each generation (a continuation of 3 + 60 s) runs AudioCraft's
     extension past the tiny model's 30 s window; the stored chunks are 60 s of FLAC."""
     st, sid = create(stack, prompt="long form ambient", chunk_seconds=60, buffer_thresholds_s=THRESHOLDS)
-    r = stack.r()
+    r = stack.redis_client()
     entries = wait_until(lambda: (lambda e: e if len(e) >= 2 else None)(
         [json.loads(x) for x in r.lrange(f"g4l:station:{sid}:chunks", 0, -1)]), 80, "two 60 s chunks")
     info = status(stack, sid)
@@ -240,7 +213,7 @@ def stored_chunk(stack: Stack, blob_id: str) -> np.ndarray:
 
 def test_the_stored_buffer_survives_a_packager_kill_and_a_full_restart_in_order(stack: Stack) -> None:
     st, sid = create(stack, prompt="lofi beats", chunk_seconds=10, buffer_thresholds_s=THRESHOLDS)
-    r = stack.r()
+    r = stack.redis_client()
     wait_until(lambda: status(stack, sid)["buffer_state"] == "HEALTHY", 60, "a HEALTHY buffer")
     info = status(stack, sid)
     assert info["on_air"] and info["buffered_seconds"] >= 30 and info["buffer_thresholds_s"] == THRESHOLDS
@@ -309,7 +282,7 @@ def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_sla
     restarting.start()
     restarted = time.time()
     states, depleted_at, watcher = ["HEALTHY"], 0.0, None
-    r = stack.r()
+    r = stack.redis_client()
     try:
         deadline = time.monotonic() + 80
         while time.monotonic() < deadline:
