@@ -67,6 +67,8 @@ MAX_ROTATIONS_KEPT = 50
 RTF_KEPT = 5
 #: Chunk seqs heard lately, newest last (their order shows none was lost or repeated).
 PLAYED_KEPT = 50
+#: Where the last chunks start in the stream (``chunk_starts``), newest last.
+STARTS_KEPT = 20
 #: A streamed stretch whose job completed with pieces still being read waits this long for
 #: them before the rest is queued from the stored chunk.
 STREAM_GRACE_S = 2.0
@@ -307,6 +309,8 @@ class StationDriver:
             frame = buffer.last_new_frame
         self.stream.last_audio = time.time()
         self._pieces.append(Piece(int(entry["seq"]), offset, offset + seconds, frame))
+        if first:
+            self._record_start(int(entry["seq"]), frame, streamed=False)
         if not self._pieces_fed:  # where this packager's program starts (after a restart: the saved position)
             self.ctx.redis.hset(self.key, "feed_started", json.dumps({"seq": int(entry["seq"]), "offset_s": offset,
                                                                       "at": time.time()}))
@@ -317,6 +321,15 @@ class StationDriver:
         if first and entry.get("rotated"):
             self._record_rotation(st, entry, frame)
         self._last_fed_index = index
+
+    def _record_start(self, seq: int, frame: int, *, streamed: bool) -> None:
+        """Note where chunk ``seq``'s first new frame plays in the stream (``stream_s``:
+        seconds of the stream's audio, as its segments count them): the program's joins,
+        for the dashboard and for checking that nothing plays twice or leaves a gap."""
+        starts = json.loads(self.ctx.redis.hget(self.key, "chunk_starts") or "[]")
+        starts.append({"seq": seq, "stream_s": round((frame + self.stream.encoder.prefill_frames) / RATE, 4),
+                       "streamed": streamed})
+        self.ctx.redis.hset(self.key, "chunk_starts", json.dumps(starts[-STARTS_KEPT:]))
 
     def _record_rotation(self, st: dict[str, str], entry: dict[str, Any], frame: int) -> None:
         """Note when the listeners hear the new prompt (``plays_at``: wall clock)."""
@@ -414,6 +427,7 @@ class StationDriver:
             return
         streamed.on_air = True
         self._pieces.append(Piece(streamed.seq, 0.0, 0.0, feed.start_frame))
+        self._record_start(streamed.seq, feed.start_frame, streamed=True)
         self.ctx.redis.hset(self.key, mapping={
             "on_air": "1", "ever_on_air": "1", "on_air_at": time.time(),
             "feed_started": json.dumps({"seq": streamed.seq, "offset_s": 0.0, "at": time.time(), "streamed": True})})
