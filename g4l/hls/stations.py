@@ -70,8 +70,10 @@ PLAYED_KEPT = 50
 #: Where the last chunks start in the stream (``chunk_starts``), newest last.
 STARTS_KEPT = 20
 #: A streamed stretch whose job completed with pieces still being read waits this long for
-#: them before the rest is queued from the stored chunk.
+#: them before the rest is queued from the stored chunk; one none of whose pieces came (run
+#: on the stock engine, which does not stream) waits :data:`NO_PIECE_GRACE_S`.
 STREAM_GRACE_S = 2.0
+NO_PIECE_GRACE_S = 0.5
 
 
 @dataclass
@@ -410,7 +412,8 @@ class StationDriver:
         station's first stretch (nothing stored, never on the air). Later there is always
         stored audio before it: on the air the buffer is above the emergency bound, and
         off the air the program waits for ``resume_s`` stored (the hysteresis holds)."""
-        return (self._follow is not None and self._cursor is None and self._streamed is None
+        streaming = self.settings.stream_chunk_s > 0 and self.settings.max_batch > 1  # else no pieces
+        return (streaming and self._follow is not None and self._cursor is None and self._streamed is None
                 and st.get("ever_on_air") != "1" and not st.get("last_blob") and not self.chunks.entries(0, 0))
 
     # ------------------------------------------------------------ streamed stretch
@@ -442,7 +445,9 @@ class StationDriver:
             return True
         if streamed.completed_at is None:
             streamed.completed_at = time.monotonic()
-        return time.monotonic() - streamed.completed_at > STREAM_GRACE_S
+        feed = streamed.feed.latest()
+        grace = STREAM_GRACE_S if feed.started or feed.next_index else NO_PIECE_GRACE_S
+        return time.monotonic() - streamed.completed_at > grace
 
     def _stream_ended(self, job: Job) -> None:
         """The streamed job failed or was cancelled: what was queued of it plays out, then
