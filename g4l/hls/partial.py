@@ -161,9 +161,9 @@ class PartialFeed:
     def follow_on(self) -> PartialFeed:
         """Close this feed and return the one for the job's next run (it gave way and
         runs again from piece 0): it plays the new run from the output sample where this
-        feed's queued audio ends, its previous crossfade's worth crossfaded over the
-        stream's end (seamless when the run repeats its audio: same seed, same batch-free
-        result), or from where this feed would have started if it queued nothing."""
+        feed's queued audio ends, one crossfade's worth before it crossfaded over the
+        stream's end (a new run need not repeat the first one's audio exactly), or from
+        where this feed would have started if it queued nothing."""
         with self._lock:
             self.closed = True
             self._waiting.clear()
