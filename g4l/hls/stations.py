@@ -99,6 +99,16 @@ class Streamed:
     on_air: bool = False
     completed_at: float | None = None
 
+    def started(self) -> list[PartialFeed]:
+        """The feeds of its runs that queued audio, first run first."""
+        feeds, feed = [], self.feed
+        while True:
+            if feed.started:
+                feeds.append(feed)
+            if feed.successor is None:
+                return feeds
+            feed = feed.successor
+
 
 class StationDriver:
     """Feeds the :class:`LiveStream` of station ``station_id``.
@@ -421,11 +431,11 @@ class StationDriver:
         """The streamed stretch's first audio is queued: the station is on the air, and
         the play position follows the listeners through it."""
         streamed = self._streamed
-        if streamed is not None and not streamed.on_air and streamed.feed.started:
+        if streamed is not None and not streamed.on_air and streamed.started():
             self._stream_on_air_now(streamed)
 
     def _stream_on_air_now(self, streamed: Streamed) -> None:
-        feed = streamed.feed
+        feed = streamed.started()[0]
         if feed.start_frame is None:
             return
         streamed.on_air = True
@@ -472,16 +482,17 @@ class StationDriver:
         self._streamed = None
         if streamed is None:
             return
-        feed = streamed.feed.latest()
+        runs = streamed.started()
         seq, seconds = int(entry["seq"]), float(entry["seconds"])
+        streamed.feed.latest().close()
+        if not runs:
+            self.chunks.save_position(seq, 0.0)
+            return  # nothing was queued: the chunk plays from storage as any other
+        feed = runs[-1]  # the last run that queued audio goes on from the stored chunk
         if not feed.finished:
             decoded = self.chunks.read(entry, 0.0, float(entry.get("lead_in_s") or 0.0) + seconds)
             self.log.warning("streamed pieces missing; the rest comes from the stored chunk", job_id=job.id)
             feed.rest_from(decoded.samples, decoded.sample_rate)
-        if not streamed.on_air and not feed.started:
-            feed.close()
-            self.chunks.save_position(seq, 0.0)
-            return  # nothing was heard: the chunk plays from storage as any other
         if not streamed.on_air:
             self._stream_on_air_now(streamed)
         for piece in self._pieces:
