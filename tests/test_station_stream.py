@@ -14,8 +14,8 @@ polling, ffmpeg decoding).
 ``G4L_DEBUG_MODEL_RTF`` 2.5 holds each finished job to 1/2.5 of its audio's length (the
 tiny model is far faster than real time; a real one on a GPU is a few times real time):
 the first stretch (8 s) completes at 3.2 s, after its first audible segment, and the
-second (7 s) is stored about 2.5 s before the first has played out (at 2 the margin is
-about a second, which a loaded box can eat: docs/hls.md, "Streamed first stretch").
+second (7 s) is stored about 2.5 s before the first has played out (at 2, just under what
+these lengths need, it can run dry: docs/hls.md, "Streamed first stretch").
 """
 
 from __future__ import annotations
