@@ -14,8 +14,9 @@ Each tick:
    silent break or a crossfade);
 5. below HEALTHY the next chunk is queued at background priority (none while HEALTHY).
 
-A new station's first stretch is streamed: nothing is stored and the program waits for
-that job, so its pieces (:mod:`g4l.jobs.partials`) are played as they are generated (a
+A new station's first stretch is streamed when it alone would put the station on the air
+(``resume_s`` at most its length): nothing is stored and the program waits for that job,
+so its pieces (:mod:`g4l.jobs.partials`) are played as they are generated (a
 :class:`~g4l.hls.partial.PartialFeed`), under the chunk number it will be stored as; once
 stored, the chunk counts as decoded and heard so far, so it is never played twice. Every
 later job is queued whole: on the air, stored audio plays before it; off the air, the
@@ -402,7 +403,7 @@ class StationDriver:
 
     def _enqueue(self, st: dict[str, str], policy: BufferPolicy) -> None:
         index, prompt, audio_s, new_s, overhang, fresh = self._plan(st, policy)
-        job_id, streamed = new_job_id(), self._program_waits(st)
+        job_id, streamed = new_job_id(), self._program_waits(st, policy, new_s - overhang)
         if streamed and self._follow is not None:
             seq = int(st.get("chunk_seq") or 0) + 1  # what push() will number it
             feed = PartialFeed(self.stream, job_id, whole_output,
@@ -417,14 +418,17 @@ class StationDriver:
                       audio_start_s=round(audio_s, 2), fresh=fresh, buffered_s=round(self.chunks.buffered_s(), 2),
                       streamed=streamed)
 
-    def _program_waits(self, st: dict[str, str]) -> bool:
+    def _program_waits(self, st: dict[str, str], policy: BufferPolicy, new_s: float) -> bool:
         """Whether the next job's audio is what plays next with nothing before it: a new
-        station's first stretch (nothing stored, never on the air). Later there is always
-        stored audio before it: on the air the buffer is above the emergency bound, and
-        off the air the program waits for ``resume_s`` stored (the hysteresis holds)."""
+        station's first stretch (nothing stored, never on the air) that would put it on the
+        air by itself (``resume_s`` at most its ``new_s``: a long-profile station building
+        hours before it goes on is not waiting for it). Later there is always stored audio
+        before a job: on the air the buffer is above the emergency bound, and off the air
+        the program waits for ``resume_s`` stored (the hysteresis holds)."""
         streaming = self.settings.stream_chunk_s > 0 and self.settings.max_batch > 1  # else no pieces
         return (streaming and self._follow is not None and self._cursor is None and self._streamed is None
-                and st.get("ever_on_air") != "1" and not st.get("last_blob") and not self.chunks.entries(0, 0))
+                and policy.resume_s <= new_s + 1e-6 and st.get("ever_on_air") != "1" and not st.get("last_blob")
+                and not self.chunks.entries(0, 0))
 
     # ------------------------------------------------------------ streamed stretch
     def _stream_on_air(self) -> None:
