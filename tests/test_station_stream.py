@@ -176,3 +176,24 @@ def test_a_new_station_is_heard_while_its_first_stretch_is_generated_and_plays_o
     assert streamed == {first}, streamed
     assert r.exists(keys.partial_wanted(first)) and not any(r.exists(keys.partial_wanted(j)) for j in jobs[1:])
     requests.delete(f"{stack.url}/api/v1/stations/{sid}", timeout=10)
+
+
+def test_a_station_that_would_stay_off_the_air_after_its_first_stretch_streams_nothing(stack: Stack) -> None:
+    """``buffer_resume_s`` above the first stretch (8 s): the station was going to wait
+    for more than that job anyway (pre-generation), so nothing is streamed."""
+    r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    notices = Notices(r).start()
+    resp = requests.post(f"{stack.url}/api/v1/stations", json={
+        "model": "debug", "prompt": "slow strings", "buffer_thresholds_s": THRESHOLDS, "buffer_resume_s": 12},
+        timeout=10)
+    assert resp.status_code == 201, resp.text
+    sid = resp.json()["station_id"]
+    try:
+        first = wait_until(lambda: notices.job_of(sid, 0.0), 60, "the station's first job to start")
+        wait_until(lambda: notices.of(first, "completed"), 60, "its completion")
+        wait_until(lambda: r.llen(f"g4l:station:{sid}:chunks") >= 1, 30, "its chunk stored")
+        assert notices.of(first, "partial") == [] and not r.exists(keys.partial_wanted(first))
+        assert r.hget(f"g4l:station:{sid}", "on_air") != "1"  # 8 s stored, 12 s needed
+    finally:
+        notices.stop()
+        requests.delete(f"{stack.url}/api/v1/stations/{sid}", timeout=10)
