@@ -155,7 +155,7 @@ class Packager:
         stream.start()
         self.streams[token] = stream
         if kind == STATION:
-            driver = StationDriver(self.ctx, ref, stream)
+            driver = StationDriver(self.ctx, ref, stream, follow=self.follow)
             self.drivers[token] = driver
             self.outputs[token] = StationOutputs(self.ctx, ref, stream)
             if r.hget(keys.station(ref), "record") == "1":
@@ -236,8 +236,15 @@ class Packager:
 
     def _on_partial(self, piece: partials.Piece, kind: str) -> None:
         feed = self.feeds.get(piece.job_id)
-        if feed is not None and piece.index == 0 and feed.next_index > 0:
-            # The job runs again (its worker died, or a station job gave way): its first
+        if feed is not None and piece.index == 0 and feed.next_index > 0 and feed.stream.kind == STATION:
+            # A station's stretch runs again (it gave way, or its worker died): the new
+            # run's audio goes on where the first run's stopped (the driver keeps the chain).
+            successor = feed.follow_on()
+            with self._lock:
+                self.feeds[piece.job_id] = successor
+            feed = successor
+        elif feed is not None and piece.index == 0 and feed.next_index > 0:
+            # The job runs again (its worker died, or a session's job gave way): its first
             # run's audio stays as queued, the new run starts like a new generation.
             feed.close()
             with self._lock:

@@ -13,7 +13,10 @@ packager appends the rest from the final result instead (:meth:`PartialFeed.rest
 
 Usable by any driver of a stream (a station's included): make a feed, register it with
 :meth:`g4l.hls.packager.Packager.follow` and ask for the job's pieces with
-:func:`g4l.jobs.partials.want` before the job starts.
+:func:`g4l.jobs.partials.want` before the job starts. A job that gives way and runs again
+numbers its pieces from 0 again: :meth:`PartialFeed.follow_on` makes the feed that plays
+the new run from where this one's audio stopped (a station's stretch; a session's new run
+plays like a new generation).
 """
 
 from __future__ import annotations
@@ -90,6 +93,12 @@ class PartialFeed:
         #: any; the done event is set after the final piece (or when the feed is closed).
         self.queued_frames = 0
         self.started = False
+        #: The final piece was taken (every piece queued), or the rest came from the result.
+        self.finished = False
+        #: The stream frame of the job's first frame queued (:attr:`PcmBuffer.last_new_frame`).
+        self.start_frame: int | None = None
+        #: The feed of the job's next run (:meth:`follow_on`), if it ran again.
+        self.successor: PartialFeed | None = None
         self.done = threading.Event()
         self.closed = False
         self.updated = time.monotonic()
@@ -134,7 +143,7 @@ class PartialFeed:
             self._queue(self._held)
             self._held = self._held[:, :0]
         if piece.final:
-            self.closed = True
+            self.closed = self.finished = True
             self.done.set()
 
     def _queue(self, y: np.ndarray) -> None:
@@ -142,11 +151,42 @@ class PartialFeed:
             return
         if not self.started:
             self.stream.append(y, RATE, overlap_s=self._overlap_s, meta=self.meta)
+            self.start_frame = self.stream.buffer.last_new_frame
             self.started = True
         else:
             self.stream.append_contiguous(y, self._tail, meta=self.meta)
         self.queued_frames += y.shape[1]
         self._tail = np.concatenate([self._tail, y], axis=1)[:, -self.stream.buffer.crossfade_frames:]
+
+    def follow_on(self) -> PartialFeed:
+        """Close this feed and return the one for the job's next run (it gave way and
+        runs again from piece 0): it plays the new run from the output sample where this
+        feed's queued audio ends, one crossfade's worth before it crossfaded over the
+        stream's end (a new run need not repeat the first one's audio exactly), or from
+        where this feed would have started if it queued nothing."""
+        with self._lock:
+            self.closed = True
+            self._waiting.clear()
+            started, first, rate, queued = self.started, self._from, self._rate, self.queued_frames
+        self.done.set()
+        if not started:
+            successor = PartialFeed(self.stream, self.job_id, self.begin, self.meta)
+        else:
+            resume = first + int(round(queued * rate / RATE))
+
+            def begin(piece: Piece, stream: LiveStream) -> tuple[int, float]:
+                lead = min(int(round(stream.crossfade_frames * piece.sample_rate / RATE)), resume)
+                return resume - lead, lead / piece.sample_rate
+            successor = PartialFeed(self.stream, self.job_id, begin, self.meta)
+        self.successor = successor
+        return successor
+
+    def latest(self) -> PartialFeed:
+        """The feed of the job's latest run (this one unless it ran again)."""
+        feed = self
+        while feed.successor is not None:
+            feed = feed.successor
+        return feed
 
     def rest_from(self, output: np.ndarray, rate: int) -> bool:
         """Queue what the pieces did not of the job's ``output`` (the model's output from
@@ -161,7 +201,7 @@ class PartialFeed:
             self._held = self._held[:, :0]
             if begin < y.shape[1]:
                 self.stream.append_contiguous(y[:, begin:], self._tail, meta=self.meta)
-            self.closed = True
+            self.closed = self.finished = True
             self._waiting.clear()
         self.done.set()
         return True

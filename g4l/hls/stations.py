@@ -14,6 +14,14 @@ Each tick:
    silent break or a crossfade);
 5. below HEALTHY the next chunk is queued at background priority (none while HEALTHY).
 
+A new station's first stretch is streamed when it alone would put the station on the air
+(``resume_s`` at most its length): nothing is stored and the program waits for that job,
+so its pieces (:mod:`g4l.jobs.partials`) are played as they are generated (a
+:class:`~g4l.hls.partial.PartialFeed`), under the chunk number it will be stored as; once
+stored, the chunk counts as decoded and heard so far, so it is never played twice. Every
+later job is queued whole: on the air, stored audio plays before it; off the air, the
+program comes back only with ``resume_s`` stored (docs/hls.md "Streamed first stretch").
+
 Prompts rotate on the station's own music timeline: chunk ``k`` covering ``[t, t + d)``
 uses the prompt scheduled at ``t``, and a chunk is shortened to end on the next rotation
 boundary (lengthened by the crossfade when the transition is one), so the prompt changes
@@ -27,6 +35,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +45,10 @@ from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.chunks import ChunkQueue
+from g4l.hls.partial import PartialFeed, whole_output
 from g4l.hls.slate import slate_loop
 from g4l.hls.stream import LiveStream, to_stream_format
-from g4l.jobs.records import Job, JobStatus
+from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.log import get_logger
 from g4l.services.station_history import StationHistory
 from g4l.services.station_policy import DEPLETED, HEALTHY, BufferPolicy, Transition
@@ -58,6 +68,13 @@ MAX_ROTATIONS_KEPT = 50
 RTF_KEPT = 5
 #: Chunk seqs heard lately, newest last (their order shows none was lost or repeated).
 PLAYED_KEPT = 50
+#: Where the last chunks start in the stream (``chunk_starts``), newest last.
+STARTS_KEPT = 20
+#: A streamed stretch whose job completed with pieces still being read waits this long for
+#: them before the rest is queued from the stored chunk; one none of whose pieces came (run
+#: on the stock engine, which does not stream) waits :data:`NO_PIECE_GRACE_S`.
+STREAM_GRACE_S = 2.0
+NO_PIECE_GRACE_S = 0.5
 
 
 @dataclass
@@ -71,15 +88,41 @@ class Piece:
     frame: int
 
 
+@dataclass
+class Streamed:
+    """The stretch being played while it is generated: job ``job_id``, to be stored as
+    chunk ``seq``; ``feed`` is its first run's feed (:meth:`PartialFeed.latest` its
+    current one); ``on_air``: its first audio is queued (the station went on the air)."""
+
+    job_id: str
+    seq: int
+    feed: PartialFeed
+    on_air: bool = False
+    completed_at: float | None = None
+
+    def started(self) -> list[PartialFeed]:
+        """The feeds of its runs that queued audio, first run first."""
+        feeds, feed = [], self.feed
+        while True:
+            if feed.started:
+                feeds.append(feed)
+            if feed.successor is None:
+                return feeds
+            feed = feed.successor
+
+
 class StationDriver:
     """Feeds the :class:`LiveStream` of station ``station_id``.
 
     :param ctx: stores and queue.
     :param station_id: the station.
     :param stream: its running stream.
+    :param follow: how a job's streamed pieces reach a feed
+        (:meth:`g4l.hls.packager.Packager.follow`); None: nothing is streamed.
     """
 
-    def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
+    def __init__(self, ctx: Context, station_id: str, stream: LiveStream,
+                 follow: Callable[[str, PartialFeed], None] | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.station_id = station_id
@@ -98,6 +141,8 @@ class StationDriver:
         self._cursor: tuple[int, float] | None = None
         self._last_fed_index: int | None = None
         self._pieces_fed = 0
+        self._follow = follow
+        self._streamed: Streamed | None = None
 
     # ------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -140,12 +185,16 @@ class StationDriver:
                 if job is None:
                     self._clear_job(job_id)
                 elif job.status is JobStatus.COMPLETED:
-                    self._consume(st, job)
-                    self._failures = 0
+                    if self._stream_settled(job):
+                        self._consume(st, job)
+                        self._failures = 0
                 elif job.status.final:
+                    self._stream_ended(job)
                     if self._clear_job(job_id) and job.status is JobStatus.FAILED:
                         self._record_error(st, job.error or "generation failed", job.error_code or "")
                 st = self.ctx.redis.hgetall(self.key)
+            if self._streamed is not None:
+                self._stream_on_air()
             policy = BufferPolicy.loads(st.get("buffer_policy"), self.settings)
             self._account(st)
             buffered = self.chunks.buffered_s()
@@ -178,6 +227,11 @@ class StationDriver:
         position = self.stream.buffer.position
         while self._pieces:
             piece = self._pieces[0]
+            if self._streamed is not None and piece.seq == self._streamed.seq:
+                # Still being generated (not stored yet): only where the listeners are.
+                if position >= piece.frame:
+                    self.chunks.save_position(piece.seq, (position - piece.frame) / RATE)
+                break
             end = piece.frame + int(round((piece.to_s - piece.from_s) * RATE))
             later = self._pieces[1] if len(self._pieces) > 1 else None
             if position < end:
@@ -268,6 +322,8 @@ class StationDriver:
             frame = buffer.last_new_frame
         self.stream.last_audio = time.time()
         self._pieces.append(Piece(int(entry["seq"]), offset, offset + seconds, frame))
+        if first:
+            self._record_start(int(entry["seq"]), frame, streamed=False)
         if not self._pieces_fed:  # where this packager's program starts (after a restart: the saved position)
             self.ctx.redis.hset(self.key, "feed_started", json.dumps({"seq": int(entry["seq"]), "offset_s": offset,
                                                                       "at": time.time()}))
@@ -278,6 +334,15 @@ class StationDriver:
         if first and entry.get("rotated"):
             self._record_rotation(st, entry, frame)
         self._last_fed_index = index
+
+    def _record_start(self, seq: int, frame: int, *, streamed: bool) -> None:
+        """Note where chunk ``seq``'s first new frame plays in the stream (``stream_s``:
+        seconds of the stream's audio, as its segments count them): the program's joins,
+        for the dashboard and for checking that nothing plays twice or leaves a gap."""
+        starts = json.loads(self.ctx.redis.hget(self.key, "chunk_starts") or "[]")
+        starts.append({"seq": seq, "stream_s": round((frame + self.stream.encoder.prefill_frames) / RATE, 4),
+                       "streamed": streamed})
+        self.ctx.redis.hset(self.key, "chunk_starts", json.dumps(starts[-STARTS_KEPT:]))
 
     def _record_rotation(self, st: dict[str, str], entry: dict[str, Any], frame: int) -> None:
         """Note when the listeners hear the new prompt (``plays_at``: wall clock)."""
@@ -338,10 +403,109 @@ class StationDriver:
 
     def _enqueue(self, st: dict[str, str], policy: BufferPolicy) -> None:
         index, prompt, audio_s, new_s, overhang, fresh = self._plan(st, policy)
+        job_id, streamed = new_job_id(), self._program_waits(st, policy, new_s - overhang)
+        if streamed and self._follow is not None:
+            seq = int(st.get("chunk_seq") or 0) + 1  # what push() will number it
+            feed = PartialFeed(self.stream, job_id, whole_output,
+                               {"prompt": prompt, "prompt_index": index, "job_id": job_id,
+                                "audio_start_s": round(audio_s, 3), "chunk": seq})
+            self._streamed = Streamed(job_id, seq, feed)
+            self._follow(job_id, feed)  # before the job can start: its first piece finds the feed
         job = self.stations.queue_stretch(self.station_id, st, index=index, prompt=prompt, audio_start_s=audio_s,
-                                          new_seconds=new_s, fresh=fresh, overhang_s=overhang)
+                                          new_seconds=new_s, fresh=fresh, overhang_s=overhang, job_id=job_id,
+                                          streamed=streamed)
         self.log.info("station generation queued", job_id=job.id, prompt_index=index, new_seconds=round(new_s, 2),
-                      audio_start_s=round(audio_s, 2), fresh=fresh, buffered_s=round(self.chunks.buffered_s(), 2))
+                      audio_start_s=round(audio_s, 2), fresh=fresh, buffered_s=round(self.chunks.buffered_s(), 2),
+                      streamed=streamed)
+
+    def _program_waits(self, st: dict[str, str], policy: BufferPolicy, new_s: float) -> bool:
+        """Whether the next job's audio is what plays next with nothing before it: a new
+        station's first stretch (nothing stored, never on the air) that would put it on the
+        air by itself (``resume_s`` at most its ``new_s``: a long-profile station building
+        hours before it goes on is not waiting for it). Later there is always stored audio
+        before a job: on the air the buffer is above the emergency bound, and off the air
+        the program waits for ``resume_s`` stored (the hysteresis holds)."""
+        streaming = self.settings.stream_chunk_s > 0 and self.settings.max_batch > 1  # else no pieces
+        return (streaming and self._follow is not None and self._cursor is None and self._streamed is None
+                and policy.resume_s <= new_s + 1e-6 and st.get("ever_on_air") != "1" and not st.get("last_blob")
+                and not self.chunks.entries(0, 0))
+
+    # ------------------------------------------------------------ streamed stretch
+    def _stream_on_air(self) -> None:
+        """The streamed stretch's first audio is queued: the station is on the air, and
+        the play position follows the listeners through it."""
+        streamed = self._streamed
+        if streamed is not None and not streamed.on_air and streamed.started():
+            self._stream_on_air_now(streamed)
+
+    def _stream_on_air_now(self, streamed: Streamed) -> None:
+        feed = streamed.started()[0]
+        if feed.start_frame is None:
+            return
+        streamed.on_air = True
+        self._pieces.append(Piece(streamed.seq, 0.0, 0.0, feed.start_frame))
+        self._record_start(streamed.seq, feed.start_frame, streamed=True)
+        self.ctx.redis.hset(self.key, mapping={
+            "on_air": "1", "ever_on_air": "1", "on_air_at": time.time(),
+            "feed_started": json.dumps({"seq": streamed.seq, "offset_s": 0.0, "at": time.time(), "streamed": True})})
+        self.log.info("station on the air: first stretch streamed while it is generated", job_id=streamed.job_id,
+                      chunk=streamed.seq)
+
+    def _stream_settled(self, job: Job) -> bool:
+        """Whether a completed job can be consumed: not streamed, or its feed has taken
+        its last piece (or waited :data:`STREAM_GRACE_S` for it)."""
+        streamed = self._streamed
+        if streamed is None or streamed.job_id != job.id or streamed.feed.latest().finished:
+            return True
+        if streamed.completed_at is None:
+            streamed.completed_at = time.monotonic()
+        feed = streamed.feed.latest()
+        grace = STREAM_GRACE_S if feed.started or feed.next_index else NO_PIECE_GRACE_S
+        return time.monotonic() - streamed.completed_at > grace
+
+    def _stream_ended(self, job: Job) -> None:
+        """The streamed job failed or was cancelled: what was queued of it plays out, then
+        the slate, and the play position goes back to before it (it is never stored)."""
+        streamed = self._streamed
+        if streamed is None or streamed.job_id != job.id:
+            return
+        self._streamed = None
+        streamed.feed.latest().close()
+        self._pieces = deque(p for p in self._pieces if p.seq != streamed.seq)
+        self.chunks.save_position(streamed.seq - 1, 0.0)
+        if streamed.on_air:
+            self.stream.buffer.interrupt(slate_loop())
+            self.ctx.redis.hset(self.key, mapping={"on_air": "0", "off_air_at": time.time()})
+        self.log.warning("streamed stretch ended without a result", job_id=job.id, status=job.status.value)
+
+    def _stream_stored(self, entry: dict[str, Any], job: Job) -> None:
+        """The streamed stretch is stored as chunk ``entry``: what its pieces did not
+        queue comes from the stored audio, and the chunk counts as decoded (the cursor is
+        past it), heard as far as the listeners are."""
+        streamed = self._streamed
+        self._streamed = None
+        if streamed is None:
+            return
+        runs = streamed.started()
+        seq, seconds = int(entry["seq"]), float(entry["seconds"])
+        streamed.feed.latest().close()
+        if not runs:
+            self.chunks.save_position(seq, 0.0)
+            return  # nothing was queued: the chunk plays from storage as any other
+        feed = runs[-1]  # the last run that queued audio goes on from the stored chunk
+        if not feed.finished:
+            decoded = self.chunks.read(entry, 0.0, float(entry.get("lead_in_s") or 0.0) + seconds)
+            self.log.warning("streamed pieces missing; the rest comes from the stored chunk", job_id=job.id)
+            feed.rest_from(decoded.samples, decoded.sample_rate)
+        if not streamed.on_air:
+            self._stream_on_air_now(streamed)
+        for piece in self._pieces:
+            if piece.seq == streamed.seq:
+                piece.seq, piece.to_s = seq, seconds
+        self._cursor = (seq, seconds)
+        self._pieces_fed += 1
+        self.log.info("streamed stretch stored", job_id=job.id, chunk=seq, seconds=round(seconds, 2),
+                      queued_s=round(feed.queued_frames / RATE, 2))
 
     @staticmethod
     def _entry(blob: str, meta: dict[str, Any], join: str, join_s: float) -> dict[str, Any]:
@@ -381,6 +545,8 @@ class StationDriver:
         if self.ctx.redis.hget(self.key, "job_id") != job.id:
             return  # consumed meanwhile (a notice and a tick raced)
         entry = self.chunks.push(entry, fields)
+        if self._streamed is not None and self._streamed.job_id == job.id:
+            self._stream_stored(entry, job)
         older = st.get("last_blob") or ""
         if older and older != job.output_blob and older not in self.chunks.blobs():
             self.ctx.blobs.delete(older)  # heard already, and no longer the next prompt
@@ -391,6 +557,9 @@ class StationDriver:
     def discard(self) -> None:
         """The station was stopped: its stored chunks are deleted."""
         with self._lock:
+            if self._streamed is not None:
+                self._streamed.feed.latest().close()
+                self._streamed = None
             blobs = set(self.chunks.clear())
             last = self.ctx.redis.hget(self.key, "last_blob") or ""
             for blob in blobs | ({last} if last else set()):

@@ -22,7 +22,7 @@ from typing import Any
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import InvalidRequest, StationNotFound, StationsFull
-from g4l.jobs import lifecycle
+from g4l.jobs import lifecycle, partials
 from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
 from g4l.jobs.spec import Sampling
 from g4l.log import get_logger
@@ -300,20 +300,27 @@ class StationService:
         return Sampling.model_validate_json(raw) if raw else Sampling()
 
     def queue_stretch(self, station_id: str, st: dict[str, str], *, index: int, prompt: str, audio_start_s: float,
-                      new_seconds: float, fresh: bool = False, overhang_s: float = 0.0) -> Job:
+                      new_seconds: float, fresh: bool = False, overhang_s: float = 0.0,
+                      job_id: str | None = None, streamed: bool = False) -> Job:
         """Queue the station's next stretch: ``new_seconds`` of music continuing its last
         one (from nothing when ``fresh``: a new prompt after a break or crossfade) with
         ``prompt`` (number ``index`` of its rotation) at ``audio_start_s`` on its own
         timeline, of which ``overhang_s`` lie past the rotation boundary (under a
         crossfade); background priority (interactive jobs go first). Past the model's
-        window AudioCraft extends the generation (``G4L_STATION_MAX_CHUNK_S`` at most)."""
+        window AudioCraft extends the generation (``G4L_STATION_MAX_CHUNK_S`` at most).
+        ``streamed``: its pieces are published while it is generated (asked before it is
+        queued, so its first piece is too); ``job_id``: the id to give it (the driver
+        follows it before it can start)."""
         previous = None if fresh else (st.get("last_blob") or None)
         spec = self.specs.station_spec(model=st.get("model") or "", sampling=self.sampling(st), description=prompt,
                                        previous_blob=previous, new_seconds=round(new_seconds, 3),
                                        labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3),
                                                "overhang_s": round(overhang_s, 3)})
         # No owner on the job: a station's stretches are not the key's jobs (GET /api/v1/jobs).
-        job = Job(id=new_job_id(), kind="station", session_id=station_id, spec=spec, priority=Priority.BACKGROUND)
+        job = Job(id=job_id or new_job_id(), kind="station", session_id=station_id, spec=spec,
+                  priority=Priority.BACKGROUND)
+        if streamed:
+            partials.want(self.r, job.id)
         self.ctx.queue.enqueue(job)
         self.r.hset(keys.station(station_id), mapping={"job_id": job.id, "generating_prompt": prompt,
                                                        "generating_index": index})
