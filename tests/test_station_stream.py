@@ -24,18 +24,15 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import requests
 import soundfile as sf
-from conftest import RunningServer, start_server, wait_until
+from conftest import ServerStack, server_stack, wait_until
 from test_streamed_hls import Notices, _audible
 
-from g4l import audio, embedded, keys
+from g4l import audio, keys
 from g4l.hls.watch import PlaylistWatcher, decode_ts
 
 RATE = 48_000
@@ -46,28 +43,13 @@ THRESHOLDS = {"healthy": 24, "warning": 16, "critical": 8, "emergency": 1}
 SILENT_RMS = 0.003  # the tiny model's music is ~0.044 RMS
 
 
-@dataclass
-class Stack:
-    tmp: Path
-    redis: embedded.ManagedProcess
-    mongo: embedded.ManagedProcess
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+Stack = ServerStack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("station-stream")
-    r = embedded.start_redis(tmp / "redis")
-    m = embedded.start_mongo(tmp / "mongo")
-    s = Stack(tmp, r, m, start_server(tmp, redis_url=r.url, mongo_url=m.url, **ENV))
-    yield s
-    s.server.stop()
-    m.stop()
-    r.stop()
+    with server_stack(tmp_path_factory.mktemp("station-stream"), **ENV) as stack:
+        yield stack
 
 
 def stored(stack: Stack, blob_id: str) -> np.ndarray:
@@ -95,7 +77,7 @@ def started_jobs(notices: Notices, station_id: str) -> list[str]:
 
 
 def test_a_new_station_is_heard_while_its_first_stretch_is_generated_and_plays_on_seamlessly(stack: Stack) -> None:
-    r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    r = stack.redis_client()
     notices = Notices(r).start()
     resp = requests.post(f"{stack.url}/api/v1/stations", json={
         "model": "debug", "prompt": "warm synth pads", "buffer_thresholds_s": THRESHOLDS}, timeout=10)
@@ -181,7 +163,7 @@ def test_a_new_station_is_heard_while_its_first_stretch_is_generated_and_plays_o
 def test_a_station_that_would_stay_off_the_air_after_its_first_stretch_streams_nothing(stack: Stack) -> None:
     """``buffer_resume_s`` above the first stretch (8 s): the station was going to wait
     for more than that job anyway (pre-generation), so nothing is streamed."""
-    r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    r = stack.redis_client()
     notices = Notices(r).start()
     resp = requests.post(f"{stack.url}/api/v1/stations", json={
         "model": "debug", "prompt": "slow strings", "buffer_thresholds_s": THRESHOLDS, "buffer_resume_s": 12},

@@ -19,16 +19,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 import requests
-from conftest import RunningServer, make_wav, start_server, wait_until
+from conftest import ServerStack, make_wav, server_stack, wait_until
 
-from g4l import audio, embedded
+from g4l import audio
 from g4l.hls.watch import PlaylistWatcher, decode_ts, max_step
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient
@@ -39,28 +38,13 @@ MIX = 1.5  # as tests/test_hls.py: an equal-power crossfade may sum two signals'
 ENV = {"G4L_MAX_BATCH": "8", "G4L_OUTPUT_SECONDS": str(int(OUTPUT_S)), "G4L_HLS_SESSION_PREROLL_S": "0"}
 
 
-@dataclass
-class Server:
-    tmp: Path
-    redis: embedded.ManagedProcess
-    mongo: embedded.ManagedProcess
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+Server = ServerStack
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("streamed")
-    r = embedded.start_redis(tmp / "redis")
-    m = embedded.start_mongo(tmp / "mongo")
-    s = Server(tmp, r, m, start_server(tmp, redis_url=r.url, mongo_url=m.url, **ENV))
-    yield s
-    s.server.stop()
-    m.stop()
-    r.stop()
+    with server_stack(tmp_path_factory.mktemp("streamed"), **ENV) as stack:
+        yield stack
 
 
 @dataclass
@@ -145,7 +129,7 @@ def _align(program: np.ndarray, ref: np.ndarray) -> int:
 
 
 def test_a_listener_hears_a_generation_before_it_completes_and_it_matches_the_final_wav(srv: Server) -> None:
-    r = redis.Redis.from_url(srv.redis.url, decode_responses=True)
+    r = srv.redis_client()
     notices = Notices(r).start()
     with DeviceClient(srv.url, timeout=120) as client:
         first = client.bang(make_wav(6), model_name="debug", prompt_duration=2)
@@ -215,7 +199,7 @@ def test_a_listener_hears_a_generation_before_it_completes_and_it_matches_the_fi
 
 
 def test_a_job_cancelled_mid_stream_leaves_the_stream_consistent(srv: Server) -> None:
-    r = redis.Redis.from_url(srv.redis.url, decode_responses=True)
+    r = srv.redis_client()
     notices = Notices(r).start()
     with DeviceClient(srv.url, timeout=120) as client:
         first = client.bang(make_wav(6, freq=440.0), model_name="debug", prompt_duration=2)
@@ -278,7 +262,7 @@ def test_a_job_cancelled_mid_stream_leaves_the_stream_consistent(srv: Server) ->
 
 
 def test_a_one_shot_stream_plays_its_generation_as_it_is_made_once(srv: Server) -> None:
-    r = redis.Redis.from_url(srv.redis.url, decode_responses=True)
+    r = srv.redis_client()
     notices = Notices(r).start()
     try:
         crowd = _crowd(srv.url, 7)
