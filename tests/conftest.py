@@ -248,9 +248,20 @@ def ctx(redis_server, mongo_server):
 #: Fixtures that start the whole server (launcher, worker, packager): tests that use one
 #: are the slow lane. ``scripts/test -m "not slow"`` runs the rest in about a minute.
 SERVER_FIXTURES = {"server", "client", "api", "hls", "own_stores", "own_store", "scaled", "embedded_server"}
+#: A test, or a fixture it uses, that calls one of these starts a server too (module
+#: fixtures such as the station tests' ``stack`` need no entry above).
+SERVER_STARTERS = {"start_server", "server_stack"}
+
+
+def _starts_server(fn: object) -> bool:
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(SERVER_STARTERS & set(code.co_names))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        info = getattr(item, "_fixtureinfo", None)
+        fixture_fns = [d.func for defs in (info.name2fixturedefs.values() if info else ()) for d in defs]
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or _starts_server(getattr(item, "function", None)) or any(map(_starts_server, fixture_fns)):
             item.add_marker(pytest.mark.slow)

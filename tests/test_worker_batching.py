@@ -284,6 +284,7 @@ def _final(ctx, jobs: list[Job]) -> list[Job]:  # type: ignore[no-untyped-def]
     return [j for j in out if j is not None and j.status.final]
 
 
+@pytest.mark.slow  # a worker runs the model end to end
 def test_a_full_batching_worker_makes_room_for_an_interactive_job(ctx) -> None:
     """Two background jobs (stations' priority) fill a worker of batch 2; an interactive job
     that arrives starts before either of them finishes: one gives way (back in the queue,
@@ -310,6 +311,7 @@ def test_a_full_batching_worker_makes_room_for_an_interactive_job(ctx) -> None:
     assert all(j.finished is not None and j.finished > first.started for j in bg)
 
 
+@pytest.mark.slow  # a worker runs the model end to end
 def test_the_worker_sets_its_loops_kv_budget(ctx) -> None:
     """G4L_KV_BUDGET_MB reaches each model's decoding loop: with a budget below two rows'
     cache, two jobs held at once still both complete, decoding one after the other (a lone
