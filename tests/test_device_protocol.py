@@ -174,6 +174,10 @@ def test_chunk_gap_is_reported_missing(client: DeviceClient) -> None:
     parts = [text[:1000], text[1000:2000], text[2000:]]
     since = client.mark()
     client.emit(events.AUDIO_CHUNK, {"session_id": sid, "chunk": parts[0], "chunk_index": 0, "total_chunks": 3})
+    # The server handles each event in its own greenlet: chunk 0 is acknowledged before the
+    # last one is sent, so the gap is chunk 1 alone (not 0 still being stored).
+    client.wait_for(events.CHUNK_RECEIVED, since)
+    since = client.mark()
     client.emit(events.AUDIO_CHUNK, {"session_id": sid, "chunk": parts[2], "chunk_index": 2, "total_chunks": 3,
                                      "is_last": True})
     _, missing = client.wait_for(events.CHUNKS_MISSING, since)
