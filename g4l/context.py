@@ -38,7 +38,7 @@ class Context:
             settings=settings,
             redis=r,
             blobs=BlobStore(settings.mongo_url, settings.mongo_db),
-            sessions=SessionStore(r, ttl),
+            sessions=SessionStore(r, ttl, history_max=settings.history_max),
             jobs=jobs,
             queue=JobQueue(r, jobs, default_job_seconds=20.0),
             redis_bytes=redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5),

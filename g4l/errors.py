@@ -77,6 +77,34 @@ class NothingToRetry(G4LError):
     http_status = 409
 
 
+class NothingToUndo(G4LError):
+    """Undo at a root of the session's history (or before it has any audio)."""
+
+    code = "NOTHING_TO_UNDO"
+    http_status = 409
+
+
+class NothingToRedo(G4LError):
+    """Redo from a version that has no child to go back to."""
+
+    code = "NOTHING_TO_REDO"
+    http_status = 409
+
+
+class VersionNotFound(G4LError):
+    """A version the session's history does not have, or whose audio was pruned."""
+
+    code = "VERSION_NOT_FOUND"
+    http_status = 404
+
+
+class VersionPruned(VersionNotFound):
+    """A version whose audio ``G4L_HISTORY_MAX`` pruned: listed in the history, not restorable."""
+
+    code = "VERSION_PRUNED"
+    http_status = 410
+
+
 class RateLimited(G4LError):
     """Too many requests from one client; ``retry_after`` seconds to wait."""
 

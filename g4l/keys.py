@@ -32,6 +32,11 @@ def session(session_id: str) -> str:
     return f"{PREFIX}:session:{session_id}"
 
 
+def session_versions(session_id: str) -> str:
+    """A session's history: its versions' records (:mod:`g4l.store.history`)."""
+    return f"{PREFIX}:session:{session_id}:versions"
+
+
 def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 

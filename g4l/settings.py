@@ -76,6 +76,10 @@ class Settings(BaseSettings):
 
     # Sessions and jobs.
     retention_hours: float = 72.0
+    # Versions of a session whose audio is kept (undo/redo/checkout); the oldest beyond
+    # are pruned from GridFS, never the current version or its ancestors.
+    history_max: int = Field(default=50, ge=1)
+    history_moves_per_minute: int = 120  # undo/redo/checkout per client (0: off); each may send a whole take
     job_max_attempts: int = 2
     worker_heartbeat_s: float = 2.0
     worker_dead_after_s: float = 10.0

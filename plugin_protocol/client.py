@@ -46,6 +46,16 @@ class Result:
     job_id: str = ""  # from the *_received acknowledgement
 
 
+@dataclass
+class Version:
+    """The session's current version after an undo, redo or checkout, with its audio."""
+
+    session_id: str
+    version: int
+    operation: str
+    audio: bytes
+
+
 class DeviceClient:
     """Blocking client; every received event is appended to :attr:`received`.
 
@@ -174,6 +184,32 @@ class DeviceClient:
     def progress_status(self, session_id: str, last_progress: int = 0) -> dict[str, Any]:
         return self._call(events.REQUEST_PROGRESS_STATUS, {"session_id": session_id, "last_progress": last_progress},
                           events.SESSION_STATUS, session_id)
+
+    # ------------------------------------------------------------ history
+    def _move(self, event: str, payload: dict[str, Any], reply: str) -> Version:
+        data = self._call(event, payload, reply, payload["session_id"])
+        return Version(data["session_id"], int(data["version"]), str(data["operation"]),
+                       base64.b64decode(data["audio_data"]))
+
+    def undo(self, session_id: str) -> Version:
+        """Make the current version's parent current; its audio comes back."""
+        return self._move(events.UNDO, {"session_id": session_id}, events.UNDO_COMPLETE)
+
+    def redo(self, session_id: str) -> Version:
+        """Go back to the version undo came from."""
+        return self._move(events.REDO, {"session_id": session_id}, events.REDO_COMPLETE)
+
+    def checkout(self, session_id: str, version: int) -> Version:
+        """Make any kept version current."""
+        return self._move(events.CHECKOUT, {"session_id": session_id, "version": version}, events.CHECKOUT_COMPLETE)
+
+    def undo_transform(self, session_id: str) -> Version:
+        """Restore the audio the last transform started from."""
+        return self._move(events.UNDO_TRANSFORM, {"session_id": session_id}, events.TRANSFORM_UNDONE)
+
+    def history(self, session_id: str) -> dict[str, Any]:
+        """The session's versions (``{session_id, current, versions: [...]}``, no audio)."""
+        return self._call(events.HISTORY, {"session_id": session_id}, events.HISTORY_RESULT, session_id)
 
     def restore_chunked(self, wav: bytes, chunk_size: int | None = None, **params: Any) -> str:
         """Upload ``wav`` in chunks (begin_restore_audio / audio_chunk); returns the session id."""

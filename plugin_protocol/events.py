@@ -11,6 +11,12 @@ REQUEST_PROGRESS_STATUS = "request_progress_status"
 BEGIN_RESTORE_AUDIO = "begin_restore_audio"
 AUDIO_CHUNK = "audio_chunk"
 GET_LISTEN_URL = "get_listen_url"  # {session_id} -> listen_url (read-only HLS link)
+# The session history (g4l's own): every version kept, undo/redo/checkout move the current one.
+UNDO = "undo_request"  # {session_id} -> undo_complete
+REDO = "redo_request"  # {session_id} -> redo_complete
+CHECKOUT = "checkout_request"  # {session_id, version} -> checkout_complete
+HISTORY = "history_request"  # {session_id} -> history
+UNDO_TRANSFORM = "undo_transform_request"  # {session_id} -> transform_undone (the device's terry undo)
 
 # Server -> client
 PROCESS_AUDIO_RECEIVED = "process_audio_received"
@@ -31,6 +37,11 @@ CHUNK_RECEIVED = "chunk_received"
 RESTORE_COMPLETE = "restore_complete"
 CHUNKS_MISSING = "chunks_missing"
 LISTEN_URL = "listen_url"  # {playlist_url, page_url, session_id}
+UNDO_COMPLETE = "undo_complete"  # {audio_data, session_id, version, operation}
+REDO_COMPLETE = "redo_complete"
+CHECKOUT_COMPLETE = "checkout_complete"
+HISTORY_RESULT = "history"  # {session_id, current, versions: [...]} (no audio)
+TRANSFORM_UNDONE = "transform_undone"  # {audio_data, session_id}
 ERROR = "error"
 
 #: The result event for each generation kind.

@@ -132,6 +132,19 @@ class SessionRef(_Payload):
     _sid = field_validator("session_id", mode="before")(_clean_session_id)
 
 
+class CheckoutRequest(SessionRef):
+    """``checkout_request``: make a version of the session's history current."""
+
+    version: int = Field(ge=1, le=2**53, description="A version number from the session's history")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _no_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("version must be a whole number")
+        return value
+
+
 class ProgressStatusRequest(SessionRef):
     """``request_progress_status``: sent when no progress arrived for 5 s."""
 
@@ -218,6 +231,39 @@ class SessionStatus(_Payload):
     model_name: str | None = None
     version: int = 0
     seed: int | None = Field(default=None, description="The seed of the session's last generation")
+
+
+class VersionAudio(_Payload):
+    """``undo_complete`` / ``redo_complete`` / ``checkout_complete`` / ``transform_undone``:
+    the session's new current audio (byte for byte the version's file)."""
+
+    audio_data: str
+    session_id: str
+    version: int = Field(description="The session's current version now")
+    operation: str = Field(description="What made that version (bang, continue, retry, crop, upload, transform...)")
+
+
+class VersionInfo(_Payload):
+    """One version in ``history``."""
+
+    version: int
+    parent: int | None = Field(description="The version it was made from (null: a root)")
+    operation: str
+    created: float = Field(description="Unix time")
+    duration: float | None = None
+    params: dict[str, object] = Field(default_factory=dict, description="Model, seed, prompt window, sampling...")
+    children: list[int] = Field(default_factory=list)
+    redo_to: int | None = Field(default=None, description="Where redo from this version goes")
+    pruned: bool = Field(default=False, description="Its audio was deleted by the history bound")
+    current: bool = False
+
+
+class HistoryPayload(_Payload):
+    """``history``: the session's tree of versions, oldest first (no audio)."""
+
+    session_id: str
+    current: int | None
+    versions: list[VersionInfo]
 
 
 class ReadyForChunks(_Payload):

@@ -43,6 +43,16 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     events.READY_FOR_CHUNKS: payloads.ReadyForChunks,
     events.CHUNK_RECEIVED: payloads.ChunkReceived,
     events.CHUNKS_MISSING: payloads.ChunksMissing,
+    events.UNDO: payloads.SessionRef,
+    events.REDO: payloads.SessionRef,
+    events.CHECKOUT: payloads.CheckoutRequest,
+    events.HISTORY: payloads.SessionRef,
+    events.UNDO_TRANSFORM: payloads.SessionRef,
+    events.UNDO_COMPLETE: payloads.VersionAudio,
+    events.REDO_COMPLETE: payloads.VersionAudio,
+    events.CHECKOUT_COMPLETE: payloads.VersionAudio,
+    events.HISTORY_RESULT: payloads.HistoryPayload,
+    events.TRANSFORM_UNDONE: payloads.VersionAudio,
     events.ERROR: payloads.ErrorPayload,
 }
 

@@ -110,6 +110,21 @@ def test_a_whole_session_from_a_shell(shell: Shell, server) -> None:
     status = shell.json("status")
     assert status["exists"] is True and status["status"] == "idle" and status["version"] == 5
 
+    # history, undo, redo, checkout: each move writes the version's audio, byte for byte.
+    tree = shell.json("history")
+    assert tree["current"] == 5 and [(v["version"], v["parent"], v["operation"]) for v in tree["versions"]] == [
+        (1, None, "bang"), (2, 1, "continue"), (3, 1, "retry"), (4, 3, "crop"), (5, 4, "continue")]
+    assert "* v5" in shell.ok("history").stdout
+    undo = shell.json("undo", "-o", "undo1.wav")
+    assert undo["version"] == 4 and undo["operation"] == "crop"
+    assert (cwd / "undo1.wav").read_bytes() == (cwd / "cropped.wav").read_bytes()
+    assert shell.json("undo")["version"] == 3
+    assert Path(shell.json("redo")["output"]).read_bytes() == (cwd / "cropped.wav").read_bytes()
+    back = shell.json("checkout", "2", "-o", "v2.wav")
+    assert back["version"] == 2 and (cwd / "v2.wav").read_bytes() == (cwd / "take2.wav").read_bytes()
+    missing = shell.run("checkout", "99")
+    assert missing.returncode == 1 and "VERSION_NOT_FOUND" in missing.stderr
+
     # A file and --new: continue that file as a new session (the device's continue without an id).
     fresh = shell.json("continue", "take1.wav", "--new", "-o", "fresh.wav", "-p", "4", "-d", "10")
     assert fresh["session_id"] != sid and fresh["seconds"] == pytest.approx(30 - 4 + 10, abs=0.05)

@@ -26,7 +26,7 @@ from g4l import wav_splice
 
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
         "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8",
-        "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11"}
+        "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11", "history": "key-history-12"}
 OPERATOR_KEY = "key-operator-9"
 RATE_LIMIT = 6
 MAX_SECONDS = 90
@@ -75,6 +75,10 @@ class OpenApiClient:
         url = self.base + re.sub(r"{(\w+)}", lambda m: params.pop(m.group(1)), path)
         return self.http.request(method.upper(), url, json=body, params=params or None, headers=headers,
                                  timeout=30)
+
+    def get_link(self, link: str) -> requests.Response:
+        """Follow a link the server handed out."""
+        return self.http.get(self.base + link, timeout=30)
 
     def wait(self, job_id: str, until: tuple[str, ...], timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -246,6 +250,69 @@ def test_session_twins_bang_continue_retry_crop_cleanup(api):
     gone = c.call("pollSession", session_id=sid)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "SESSION_NOT_FOUND"
     assert c.call("cleanupSession", session_id=made.json()["session_id"]).status_code == 200
+
+
+def test_session_history_over_http(api):
+    """bang, continue, continue, undo, undo, continue (a branch), redo refused, checkout of
+    the first continue, retry: every answer's audio is what the client got at that version."""
+    c = OpenApiClient(api.url, KEYS["history"])
+    got: dict[int, bytes] = {}
+
+    def run(op: str, body: dict, **params: str) -> tuple[str, bytes]:
+        resp = c.call(op, body, **params)
+        assert resp.status_code == 202, resp.text
+        state = _poll_session(c, resp.json()["session_id"])
+        assert state["status"] == "idle" and state["error"] is None, state
+        got[state["version"]] = base64.b64decode(state["audio_data"])
+        return state["session_id"], got[state["version"]]
+
+    sid, bang = run("bangSession", {"audio_data": _b64(make_wav(8.0)), "prompt_duration": 4})
+    _, first = run("continueSession", {}, session_id=sid)
+    run("continueSession", {}, session_id=sid)
+    for expect, audio in ((2, first), (1, bang)):
+        moved = c.call("undoSession", session_id=sid)
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["version"]["version"] == expect and moved.json()["version"]["current"] is True
+        assert c.call("getSessionAudio", session_id=sid).content == audio
+        assert c.get_link(moved.json()["links"]["audio"]).content == audio
+    refused = c.call("undoSession", session_id=sid)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "NOTHING_TO_UNDO"
+    _, branch = run("continueSession", {}, session_id=sid)                     # v4 <- v1
+    refused = c.call("redoSession", session_id=sid)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "NOTHING_TO_REDO"
+    tree = c.call("getSessionHistory", session_id=sid).json()
+    assert tree["current"] == 4
+    assert {v["version"]: (v["parent"], v["operation"]) for v in tree["versions"]} == {
+        1: (None, "bang"), 2: (1, "continue"), 3: (2, "continue"), 4: (1, "continue")}
+    assert tree["versions"][0]["children"] == [2, 4] and tree["versions"][0]["params"]["prompt_seconds"] == 4
+    assert c.call("checkoutVersion", session_id=sid, version="2").json()["version"]["version"] == 2
+    assert c.call("getSessionAudio", session_id=sid).content == first
+    # Retry redoes the first continue from its input (the bang's audio): a sibling of it.
+    _, retried = run("retrySession", {}, session_id=sid)
+    assert c.call("pollSession", session_id=sid).json()["version"] == 5
+    assert retried != first and _wav_seconds(retried)[0] == _wav_seconds(first)[0]
+    tree = c.call("getSessionHistory", session_id=sid).json()
+    assert {v["version"]: v["parent"] for v in tree["versions"]}[5] == 1
+    # Every version's file, byte for byte what the client got; a Range of one too.
+    assert got.keys() == {1, 2, 3, 4, 5} and got[4] == branch
+    for version, audio in got.items():
+        assert c.call("getVersionAudio", session_id=sid, version=str(version)).content == audio, version
+    part = c.call("getVersionAudio", session_id=sid, version="2", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == first[:100]
+    # Bad input: a clear error, nothing changed.
+    for version, status, code in (("0", 400, "INVALID_REQUEST"), ("x1", 400, "INVALID_REQUEST"),
+                                  ("99", 404, "VERSION_NOT_FOUND")):
+        resp = c.call("checkoutVersion", session_id=sid, version=version)
+        assert resp.status_code == status and resp.json()["error"]["code"] == code, resp.text
+        resp = c.call("getVersionAudio", session_id=sid, version=version)
+        assert resp.status_code == status and resp.json()["error"]["code"] == code, resp.text
+    other = OpenApiClient(api.url, KEYS["other"])
+    for op in ("undoSession", "redoSession", "getSessionHistory"):
+        resp = other.call(op, session_id=sid)
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "SESSION_NOT_FOUND", op
+    assert other.call("getVersionAudio", session_id=sid, version="1").status_code == 404
+    assert other.call("checkoutVersion", session_id=sid, version="1").status_code == 404
+    assert c.call("getSessionHistory", session_id=sid).json() == tree
 
 
 # ---------------------------------------------------------------- live progress

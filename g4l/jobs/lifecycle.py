@@ -24,6 +24,8 @@ from g4l.jobs import handoff, notices
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, JobStatus
 from g4l.log import get_logger
+from g4l.store.history import VersionRecord
+from g4l.store.retention import prune_history
 
 log = get_logger(__name__)
 
@@ -36,12 +38,15 @@ class Completion:
     :param session: the fields its session learns (kind-specific: see the job kinds).
     :param record: extra fields for the job record (timings, the result's metadata).
     :param notice: extra fields of the COMPLETED notice.
+    :param version: the session version it adds (a device session's generation), made
+        current with the session's other fields in one atomic write.
     """
 
     blob_id: str
     session: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     notice: dict[str, Any] = field(default_factory=dict)
+    version: VersionRecord | None = None
 
 
 def start(ctx: Context, job: Job, worker: str, claimed: Claimed) -> None:
@@ -74,7 +79,12 @@ def complete(ctx: Context, job: Job, done: Completion, claimed: Claimed | None) 
     now = time.time()
     job.status, job.output_blob, job.finished, job.progress = JobStatus.COMPLETED, done.blob_id, now, 100
     ctx.jobs.update(job.id, status=job.status, output_blob=done.blob_id, finished=now, progress=100, **done.record)
-    _session(ctx, job, status="idle", progress=100, error="", error_code="", **done.session)
+    ended = {"status": "idle", "progress": 100, "error": "", "error_code": "", **done.session}
+    if done.version is not None and job.session_id:
+        # The new version and the session's pointer move together (a stale job adds nothing).
+        ctx.sessions.append_version(job.session_id, done.version, job_id=job.id, **ended)
+    else:
+        _session(ctx, job, **ended)
     if job.started:
         ctx.queue.record_duration(now - job.started)
     if claimed is not None:
@@ -83,6 +93,8 @@ def complete(ctx: Context, job: Job, done: Completion, claimed: Claimed | None) 
         ctx.queue.release(job.id)  # no longer running; the entry stays until acknowledge()
     notices.publish(ctx.redis, notices.COMPLETED, job_id=job.id, session_id=job.session_id, kind=job.kind,
                     blob_id=done.blob_id, **done.notice)
+    if done.version is not None and job.session_id:
+        prune_history(ctx.blobs, ctx.sessions, job.session_id)
 
 
 def acknowledge(ctx: Context, claimed: Claimed) -> None:

@@ -55,6 +55,8 @@ class Job:
     :param spec: what to generate, resolved by the service layer.
     :param hold_input: the web node that queued it keeps the input in memory, so the
         result may come back as new audio only (:mod:`g4l.jobs.handoff`).
+    :param parent_version: the session version its result is made from (its parent in the
+        session's history; None: a root, such as a bang's).
     """
 
     id: str
@@ -74,6 +76,7 @@ class Job:
     worker: str | None = None
     owner: str | None = None
     hold_input: bool = False
+    parent_version: int | None = None
     #: Read from a record without a readable spec (written by an earlier server version):
     #: it can be shown, and failed clearly, but not run.
     stale: bool = field(default=False, compare=False)
@@ -89,7 +92,7 @@ class Job:
             "progress": self.progress, "attempts": self.attempts, "created": self.created, "started": self.started,
             "finished": self.finished, "output_blob": self.output_blob, "error": self.error,
             "error_code": self.error_code, "worker": self.worker, "owner": self.owner,
-            "hold_input": "1" if self.hold_input else "",
+            "hold_input": "1" if self.hold_input else "", "parent_version": self.parent_version,
         }
         return {k: "" if v is None else str(v) for k, v in data.items()}
 
@@ -114,6 +117,7 @@ class Job:
             created=float(data.get("created") or 0), started=optf("started"), finished=optf("finished"),
             output_blob=opt("output_blob"), error=opt("error"), error_code=opt("error_code"),
             worker=opt("worker"), owner=opt("owner"), hold_input=bool(data.get("hold_input")),
+            parent_version=int(data["parent_version"]) if data.get("parent_version") else None,
         )
 
 

@@ -187,26 +187,19 @@ class JobService:
         """The upstream poll route's answer: ``session_id, generation_in_progress, progress,
         status, error, audio_data`` (``None`` until done), ``queue_status``, plus the
         session's model and parameters."""
-        session = self.sessions.require(session_id, caller)
-        status = self.sessions.status(session_id, caller)
-        job_id = session.get("job_id") or None
-        queue_status = None
-        if job_id and status["generation_in_progress"]:
-            queue_status = self.sessions.queue_status(job_id, session_id)
-        blob = session.get("current_blob") or None
+        self.sessions.require(session_id, caller)
+        snap = self.sessions.snapshot(session_id, caller)
         audio_data = None
-        if include_audio and blob and not status["generation_in_progress"]:
-            data = delivery.session_audio(self.ctx, session, held=self.sessions.held.get, offload=self.sessions.offload)
+        if include_audio and snap.has_audio and not snap.busy:
+            data = self.sessions.current_audio(snap)
             audio_data = self.sessions.offload(_b64, data) if data is not None else None
-        params = self.sessions.params(session)
-        fields = params.as_fields() if params else dict.fromkeys(PARAM_FIELDS)
+        fields = snap.params.as_fields() if snap.params else dict.fromkeys(PARAM_FIELDS)
         return {
-            "session_id": session_id, "generation_in_progress": status["generation_in_progress"],
-            "progress": status["progress"], "status": status["status"], "error": status["error"],
-            "error_code": session.get("error_code") or None, "audio_data": audio_data,
-            "has_audio": bool(blob), "queue_status": queue_status, "queue_position": status["queue_position"],
-            "job_id": job_id, "model_name": status["model_name"], "parameters": fields,
-            "version": status["version"], "seed": status["seed"],
+            "session_id": session_id, "generation_in_progress": snap.busy, "progress": snap.progress,
+            "status": snap.status.value, "error": snap.error, "error_code": snap.error_code,
+            "audio_data": audio_data, "has_audio": snap.has_audio, "queue_status": snap.queue,
+            "queue_position": snap.queue_position, "job_id": snap.job_id, "model_name": snap.model_name,
+            "parameters": fields, "version": snap.version, "seed": snap.seed,
         }
 
     def session_audio_blob(self, caller: Caller, session_id: str) -> tuple[str, str | None]:

@@ -31,18 +31,22 @@ from g4l.errors import (
     StoreUnavailable,
     TooLarge,
 )
-from g4l.jobs import lifecycle
+from g4l.jobs import delivery, lifecycle
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, prompt_wav
 from g4l.log import get_logger
+from g4l.services import snapshot
 from g4l.services.auth import Caller
 from g4l.services.held_inputs import HeldInputs
 from g4l.services.models import ModelCatalog
 from g4l.services.ratelimit import RateLimiter
+from g4l.services.snapshot import SessionSnapshot
 from g4l.services.specs import SessionParams, SpecResolver
 from g4l.services.uploads import Offload, Upload, decode_upload
-from g4l.store.sessions import Session, format_field, new_session_id, parse_format
+from g4l.store.history import Operation, VersionRecord
+from g4l.store.retention import prune_history
+from g4l.store.sessions import Session, SessionStatus, format_field, new_session_id, parse_format
 from plugin_protocol.payloads import (
     ContinueMusicRequest,
     GenerationParams,
@@ -144,7 +148,7 @@ class SessionService:
         upload = self._upload(req.audio_data)
         self.check_rate(caller)
         session_id, job_id = new_session_id(), new_job_id()
-        self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
+        self.ctx.sessions.create(session_id, status=SessionStatus.QUEUED, job_id=job_id, owner=caller.owner,
                                  params=params.model_dump_json())
         return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True,
                             seed=req.seed, output_seconds=output_s)
@@ -169,27 +173,33 @@ class SessionService:
         job_id = new_job_id()
         if session is None:
             session_id = new_session_id()
-            self.ctx.sessions.create(session_id, status=JobStatus.QUEUED, job_id=job_id, owner=caller.owner,
+            self.ctx.sessions.create(session_id, status=SessionStatus.QUEUED, job_id=job_id, owner=caller.owner,
                                      params=params.model_dump_json())
         else:
             session_id = session.id
             self.ctx.sessions.begin_job(session_id, job_id)
             self.ctx.sessions.update(session_id, params=params.model_dump_json())
         if upload is not None:
+            # The continue builds on the session's current version, from the file the client sent.
             return self._submit("continue", session_id, job_id, params, caller, upload=upload, hold=hold_input,
-                                new_session=session is None, seed=req.seed, output_seconds=output_s)
+                                new_session=session is None, seed=req.seed, output_seconds=output_s,
+                                parent=session.current_version if session is not None else None)
         assert session is not None
         return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"],
-                            seed=req.seed, output_seconds=output_s)
+                            seed=req.seed, output_seconds=output_s, parent=session.current_version)
 
     def retry(self, req: RetryMusicRequest, caller: Caller) -> Accepted:
-        """Redo the last continue from the input it used."""
+        """Redo the continue that made the current version (or its nearest ancestor made by
+        a continue or retry) from the input it used. The new version is that one's sibling:
+        undo from it goes where undo from the retried version went."""
         session = self.require(req.session_id, caller)
         if session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
-        source = session.get("retry_input_blob")
-        if not source:
-            raise NothingToRetry("nothing to retry: this session has had no continue yet", session_id=session.id)
+        target = self.ctx.sessions.history(session.id).retry_target()
+        if target is None or not target.input_blob:
+            raise NothingToRetry("nothing to retry: no continue made this session's current audio",
+                                 session_id=session.id)
+        source = target.input_blob
         params = self.specs.session_params(req.given(), self.params(session))
         output_s = self.specs.output_seconds(req.duration)
         self.check_capacity(params.model)
@@ -198,7 +208,7 @@ class SessionService:
         self.ctx.sessions.begin_job(session.id, job_id)
         self.ctx.sessions.update(session.id, params=params.model_dump_json())
         return self._submit("retry", session.id, job_id, params, caller, input_blob=source, seed=req.seed,
-                            output_seconds=output_s)
+                            output_seconds=output_s, parent=target.parent)
 
     def crop(self, req: UpdateCroppedAudio, caller: Caller) -> str:
         """The given audio becomes the session's current audio. Returns the session id."""
@@ -219,23 +229,20 @@ class SessionService:
         self.ctx.sessions.delete(session_id)
 
     # ------------------------------------------------------------ status
+    def snapshot(self, session_id: str, caller: Caller) -> SessionSnapshot:
+        """The one view of a session that every status answer, poll and reconnect formats."""
+        return snapshot.take(self.ctx, session_id, self.find(session_id, caller), self.queue_status)
+
     def status(self, session_id: str, caller: Caller) -> dict[str, Any]:
-        """What verify_session / request_progress_status / the poll route answer."""
-        session = self.find(session_id, caller)
-        if session is None:
-            return {"session_id": session_id, "exists": False, "status": "missing",
-                    "generation_in_progress": False, "progress": 0, "queue_position": None,
-                    "error": None, "model_name": None, "version": 0, "seed": None}
-        position = None
-        job_id = session.get("job_id")
-        if session.status == JobStatus.QUEUED and job_id:
-            position = self.ctx.queue.position(job_id).position
-        params = self.params(session)
-        return {"session_id": session_id, "exists": True, "status": session.status,
-                "generation_in_progress": session.busy, "progress": session.progress,
-                "queue_position": position, "error": session.text("error"),
-                "model_name": params.model if params else None, "version": session.version,
-                "seed": session.integer("seed")}
+        """What verify_session / request_progress_status answer (``session_status``)."""
+        return self.snapshot(session_id, caller).status_payload()
+
+    def current_audio(self, snap: SessionSnapshot) -> bytes | None:
+        """The snapshot's session's current audio: its last job's hand-off while GridFS is
+        still writing it (joined to the upload this node holds), else the stored file."""
+        if snap.session is None:
+            return None
+        return delivery.session_audio(self.ctx, snap.session, held=self.held.get, offload=self.offload)
 
     def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
         """The ``queue_status`` payload for a job."""
@@ -335,21 +342,33 @@ class SessionService:
 
     # ------------------------------------------------------------ internals
     def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None) -> str:
+        """The upload becomes a new version of the session (a new session without one),
+        made from its current version."""
         session_id = session.id if session else new_session_id()
         if session is None:
             self.ctx.sessions.create(session_id, owner=owner or "")
-        version = (session.version if session else 0) + 1
+        version = self.ctx.sessions.allocate_version(session_id) or 1
+        parent = session.current_version if session is not None else None
         a = upload.audio
         blob = self.ctx.blobs.put(upload.wav, session_id=session_id, kind=kind, version=version,
-                                  sample_rate=a.sample_rate, channels=a.channels, subtype=a.subtype,
-                                  duration=a.duration)
-        self.ctx.sessions.update(session_id, current_blob=blob, version=version, error="", error_code="",
-                                 current_format=format_field(a.sample_rate, a.channels, a.subtype))
+                                  parent_version=parent, operation=kind, sample_rate=a.sample_rate,
+                                  channels=a.channels, subtype=a.subtype, duration=a.duration)
+        record = VersionRecord(version=version, parent=parent, operation=Operation(kind), blob=blob,
+                               format=format_field(a.sample_rate, a.channels, a.subtype),
+                               duration=round(a.duration, 4), created=time.time())
+        state = self.ctx.sessions.append_version(session_id, record, error="", error_code="")
+        if state != "OK":  # a job started meanwhile, or the session ended: nothing changes
+            self.ctx.blobs.delete(blob)
+            if state == "BUSY":
+                raise Busy("Generation already in progress", session_id=session_id)
+            raise SessionNotFound(f"no session {session_id} (it ended or expired)", session_id=session_id)
+        prune_history(self.ctx.blobs, self.ctx.sessions, session_id)
         return session_id
 
     def _submit(self, kind: str, session_id: str, job_id: str, params: SessionParams, caller: Caller, *,
                 upload: Upload | None = None, input_blob: str | None = None, hold: bool = False,
-                new_session: bool = False, seed: int | None = None, output_seconds: float | None = None) -> Accepted:
+                new_session: bool = False, seed: int | None = None, output_seconds: float | None = None,
+                parent: int | None = None) -> Accepted:
         """Store what the job needs and queue it. With a fresh upload, only the small
         prompt window is stored before queueing; the full file is written while the
         model runs (the worker needs it only to assemble the result)."""
@@ -369,7 +388,8 @@ class SessionService:
                 assert input_blob is not None
                 spec = self.specs.session_spec(kind, params, self._stored_format(session_id, input_blob),
                                                input_blob, seed, output_seconds)
-            job = Job(id=job_id, kind=kind, session_id=session_id, spec=spec, owner=caller.owner, hold_input=held)
+            job = Job(id=job_id, kind=kind, session_id=session_id, spec=spec, owner=caller.owner, hold_input=held,
+                      parent_version=parent)
             self.ctx.sessions.update(session_id, seed=spec.seed)
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
@@ -377,7 +397,7 @@ class SessionService:
             if new_session:  # the session was made for this job alone
                 self.ctx.sessions.delete(session_id)
             else:
-                self.ctx.sessions.update_if_job(session_id, job_id, status="idle", progress=0)
+                self.ctx.sessions.update_if_job(session_id, job_id, status=SessionStatus.IDLE, progress=0)
             raise
         if upload is not None:
             self.spawn(self._store_input, upload, job)

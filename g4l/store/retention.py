@@ -32,3 +32,20 @@ def sweep_if_due(r: redis.Redis, blobs: BlobStore, sessions: SessionStore, reten
     if not r.set(f"{keys.MAINTENANCE_LOCK}:retention", "1", nx=True, ex=SWEEP_EVERY_S):
         return 0
     return sweep(blobs, sessions, retention_s)
+
+
+def prune_history(blobs: BlobStore, sessions: SessionStore, session_id: str) -> int:
+    """Apply ``G4L_HISTORY_MAX`` to one session: its oldest versions beyond the bound lose
+    their audio (never the current version or its ancestors). Best effort: a failed delete
+    leaves a file the retention sweep takes later. Returns how many files were deleted."""
+    deleted = 0
+    for blob_id in sessions.prune(session_id):
+        try:
+            blobs.delete(blob_id)
+            deleted += 1
+        except Exception as exc:  # the store is down: the sweep gets it once the session ends
+            log.warning("pruning a version's audio failed", session_id=session_id, blob_id=blob_id,
+                        error=str(exc)[:200])
+    if deleted:
+        log.info("history pruned", session_id=session_id, deleted_blobs=deleted)
+    return deleted

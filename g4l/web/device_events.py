@@ -73,15 +73,14 @@ class DeviceEvents:
 
     def on_request_progress_status(self, raw: Any = None, *_: Any) -> None:
         req = parse_payload(raw, ProgressStatusRequest)
-        session = self.service.find(req.session_id, socket_caller())
-        status = self.service.status(req.session_id, socket_caller())
-        if session is not None:
+        snap = self.service.snapshot(req.session_id, socket_caller())
+        if snap.exists:
             join_room(req.session_id)
-            emit(events.PROGRESS_UPDATE, {"progress": status["progress"], "session_id": req.session_id})
-            if status["generation_in_progress"] and session.get("job_id"):
-                emit(events.QUEUE_STATUS, self.service.queue_status(session["job_id"], req.session_id))
-        emit(events.SESSION_STATUS, status)
-        if session is not None:
+            emit(events.PROGRESS_UPDATE, {"progress": snap.progress, "session_id": req.session_id})
+            if snap.queue is not None:
+                emit(events.QUEUE_STATUS, snap.queue)
+        emit(events.SESSION_STATUS, snap.status_payload())
+        if snap.exists:
             self._redeliver(req.session_id)
 
     def on_get_listen_url(self, raw: Any = None, *_: Any) -> dict[str, str]:

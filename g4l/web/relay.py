@@ -165,11 +165,14 @@ class Relay:
                                                                   "estimated_seconds")}, job.session_id)
 
 
-def audio_event_frames(event: str, wav: bytes | np.ndarray, session_id: str) -> Frames:
+def audio_event_frames(event: str, wav: bytes | np.ndarray, session_id: str,
+                       extra: dict[str, Any] | None = None) -> Frames:
     """The Socket.IO text packet ``2["<event>",{"audio_data":"<base64>","session_id":...}]``
     in three parts, so the tens of MB of base64 are never copied into one string (the
-    base64 alphabet needs no JSON escaping). Runs in the thread pool."""
+    base64 alphabet needs no JSON escaping). ``extra`` fields follow ``session_id``. Runs
+    in the thread pool."""
     head = b'2["' + event.encode("ascii") + b'",{"audio_data":"'
-    tail = b'","session_id":' + orjson.dumps(session_id) + b"}]"
+    more = b"".join(b"," + orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in (extra or {}).items())
+    tail = b'","session_id":' + orjson.dumps(session_id) + more + b"}]"
     data = wav.data if isinstance(wav, np.ndarray) else wav
     return Frames((head, pybase64.b64encode(data), tail), text=True)

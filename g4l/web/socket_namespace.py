@@ -22,6 +22,7 @@ from g4l import keys
 from g4l.errors import G4LError, Internal, InvalidRequest, StoreUnavailable, Unauthorized
 from g4l.log import get_logger
 from g4l.services.auth import ApiKeys
+from g4l.services.history import HistoryService
 from g4l.services.jobs import JobService
 from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
@@ -29,6 +30,7 @@ from g4l.web import metrics
 from g4l.web.api.access import connect_socket
 from g4l.web.api.live import JobEvents, LiveEvents
 from g4l.web.device_events import DeviceEvents
+from g4l.web.history_events import HistoryEvents
 from g4l.web.packets import INVALID_PACKET
 from g4l.web.relay import Relay
 from plugin_protocol import events
@@ -79,7 +81,7 @@ def _mapped(event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-class SocketNamespace(DeviceEvents, LiveEvents, Namespace):
+class SocketNamespace(DeviceEvents, HistoryEvents, LiveEvents, Namespace):
     """Every event of the default namespace ``/``."""
 
     def __init__(self, service: SessionService, jobs: JobService, relay: Relay, keys: ApiKeys) -> None:
@@ -89,6 +91,7 @@ class SocketNamespace(DeviceEvents, LiveEvents, Namespace):
         self.relay = relay
         self.keys = keys
         self.listen = ListenService(service.ctx)
+        self.history = HistoryService(service)
         self.job_events = JobEvents(relay, jobs)
         relay.hooks.append(self.job_events.on_notice)
 

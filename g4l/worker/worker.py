@@ -315,7 +315,8 @@ class Worker:
         """Hand the result over and complete the job: stored first, or (a kind whose client
         waits on a socket) handed to the web nodes first and stored by the writer."""
         record = {"model_seconds": round(run.model_seconds, 3), **outcome.record}
-        done = Completion(run.blob_id, session=outcome.session, record=record, notice=outcome.notice)
+        done = Completion(run.blob_id, session=outcome.session, record=record, notice=outcome.notice,
+                          version=outcome.version)
         if not kind.deliver_first:
             stored = time.perf_counter()
             self.ctx.blobs.put(outcome.wav(), blob_id=run.blob_id, **outcome.meta)

@@ -41,14 +41,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "Without: the session's current audio on the server (its last result or crop).")
     p.add_argument("input", nargs="?", help="the WAV to continue (default: the session's current audio)")
     p.add_argument("-o", "--output", help="where to write the result (default: g4l-<session>-continue.wav)")
-    _session_option(p, new=True)
+    session_option(p, new=True)
     add_session_params(p, prompt_default=None)
     p.set_defaults(run=run_continue)
 
     p = sub.add_parser("retry", parents=parents, help="redo the session's last continue",
                        description="Redo the last continue from the input it used (a new take of it).")
     p.add_argument("-o", "--output", help="where to write the result (default: g4l-<session>-retry.wav)")
-    _session_option(p)
+    session_option(p)
     add_session_params(p, prompt_default=None)
     p.set_defaults(run=run_retry)
 
@@ -56,28 +56,36 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="Upload a cropped take (update_cropped_audio): it becomes the session's current "
                                    "audio, what `g4l continue` without a file continues.")
     p.add_argument("input", help="the cropped WAV")
-    _session_option(p, new=True)
+    session_option(p, new=True)
     p.set_defaults(run=run_crop)
 
     p = sub.add_parser("listen", parents=parents, help="the session's live listen link (HLS)",
                        description="Print the session's read-only live stream: the HLS playlist and the listen page.")
-    _session_option(p)
+    session_option(p)
     p.add_argument("--play", action="store_true", help="play it with ffplay -nodisp (Ctrl-C stops)")
     p.set_defaults(run=run_listen)
 
     p = sub.add_parser("status", parents=parents, help="the current session's state on the server",
                        description="verify_session: whether the session exists, its status, version and seed.")
-    _session_option(p)
+    session_option(p)
     p.add_argument("--forget", action="store_true", help="forget the current session (no server call)")
     p.set_defaults(run=run_status)
 
 
-def _session_option(parser: argparse.ArgumentParser, *, new: bool = False) -> None:
+def session_option(parser: argparse.ArgumentParser, *, new: bool = False) -> None:
+    """``--session ID`` (and ``--new`` where a new session can be made)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--session", "-s", metavar="ID", help="the session (default: the current one, from the "
                                                              "last bang/continue/retry/crop)")
     if new:
         group.add_argument("--new", action="store_true", help="start a new session (ignore the current one)")
+
+
+def session_or_current(args: argparse.Namespace, opts: Options) -> str:
+    """``--session``, else the current session. :raises CliError: neither (usage)."""
+    sid = _session(args, opts, required=True)
+    assert sid is not None
+    return sid
 
 
 def _session(args: argparse.Namespace, opts: Options, *, required: bool) -> str | None:

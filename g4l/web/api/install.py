@@ -9,10 +9,11 @@ from flask_socketio import SocketIO
 
 from g4l.context import Context
 from g4l.services.auth import HEADER, ApiKeys
+from g4l.services.history import HistoryService
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
 from g4l.web import job_socket
-from g4l.web.api import access, jobs, openapi, prompts, routing, sessions, streams
+from g4l.web.api import access, history, jobs, openapi, prompts, routing, sessions, streams
 from g4l.web.compat import generative, realtime, tellurstori
 from g4l.web.relay import Relay
 from g4l.web.socket_namespace import SocketNamespace
@@ -33,6 +34,7 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     job_service = JobService(ctx, service)
     app.register_blueprint(jobs.blueprint(job_service))
     app.register_blueprint(sessions.blueprint(service, job_service))
+    app.register_blueprint(history.blueprint(HistoryService(service)))
     app.register_blueprint(streams.blueprint(service))
     app.register_blueprint(prompts.blueprint())
     # The brief's own HTTP systems, in their shapes (g4l/web/compat/).

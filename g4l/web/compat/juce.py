@@ -19,11 +19,10 @@ from werkzeug.exceptions import HTTPException
 
 from g4l import audio
 from g4l.errors import G4LError, Internal
-from g4l.jobs import delivery
-from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
 from g4l.services.models import ModelCatalog
 from g4l.services.sessions import Accepted, SessionService
+from g4l.store.sessions import SessionStatus
 from g4l.web.api.access import http_caller
 from g4l.web.api.routing import parse_body
 from plugin_protocol.payloads import ContinueMusicRequest, ProcessAudioRequest, RetryMusicRequest, UpdateCroppedAudio
@@ -119,31 +118,27 @@ def blueprint(service: SessionService) -> Blueprint:
 
 
 def poll(service: SessionService, session_id: str) -> dict[str, Any]:
-    """The upstream poll answer (see the module docstring); every reply but ``unknown``
-    names the session and its last seed. While a job is queued or running,
-    ``queue_status.status`` is never empty (the plugin gives up after 9 s without one)."""
-    caller = http_caller()
-    session = service.find(session_id, caller)
+    """The upstream poll answer (see the module docstring), formatted from the session's
+    snapshot; every reply but ``unknown`` names the session and its last seed. While a job is
+    queued or running, ``queue_status.status`` is never empty (the plugin gives up after 9 s
+    without one)."""
+    snap = service.snapshot(session_id, http_caller())
     base: dict[str, Any] = {"session_id": session_id, "generation_in_progress": False,
                             "transform_in_progress": False}
-    if session is None:
+    if not snap.exists:
         return {**base, "status": UNKNOWN}
-    seed = session.integer("seed")
-    base.update(seed=seed, generation_seed=seed)
-    job_id = session.get("job_id") or ""
-    if session.busy:
-        queue = service.queue_status(job_id, session_id)
-        state = QUEUED if session.status == JobStatus.QUEUED else PROCESSING
+    base.update(seed=snap.seed, generation_seed=snap.seed)
+    if snap.busy and snap.queue is not None:
+        queue = snap.queue
+        state = QUEUED if snap.status is SessionStatus.QUEUED else PROCESSING
         eta = float(queue["estimated_seconds"])
-        return {**base, "generation_in_progress": True, "status": state, "progress": session.progress,
+        return {**base, "generation_in_progress": True, "status": state, "progress": snap.progress,
                 "queue_status": {"status": state, "message": queue["message"], "position": queue["position"],
                                  "total_queued": queue["total_queued"], "estimated_seconds": eta,
                                  "estimated_time": f"{round(eta)}s"}}
-    job = service.ctx.jobs.get(job_id) if job_id else None
-    if session.get("error") or (job is not None and job.status is JobStatus.CANCELED):
-        return {**base, "status": FAILED, "progress": 0,
-                "error": session.get("error") or "the generation was canceled"}
-    wav = delivery.session_audio(service.ctx, session, held=service.held.get, offload=service.offload)
+    if snap.error or snap.canceled:
+        return {**base, "status": FAILED, "progress": 0, "error": snap.error or "the generation was canceled"}
+    wav = service.current_audio(snap)
     if wav is None:
         return {**base, "status": UNKNOWN}
     info = service.offload(audio.probe_wav, wav)

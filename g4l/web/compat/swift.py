@@ -11,7 +11,6 @@ from __future__ import annotations
 import pybase64
 from flask import Blueprint, Response, jsonify
 
-from g4l.jobs import delivery
 from g4l.services.sessions import SessionService
 from g4l.web.api.access import http_caller
 
@@ -26,17 +25,17 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.get("/api/latest_generated_audio/<session_id>")
     def latest_generated_audio(session_id: str) -> Response:
-        session = service.find(session_id[:64], http_caller())
-        if session is None:
+        snap = service.snapshot(session_id[:64], http_caller())
+        if not snap.exists:
             return reply(404, status="not_found")
-        if session.busy:
+        if snap.busy:
             return reply(202, status="in_progress")
-        data = delivery.session_audio(service.ctx, session, held=service.held.get, offload=service.offload)
+        data = service.current_audio(snap)
         if data is None:
             return reply(404, status="no_audio")
-        params = service.params(session)
+        params = snap.params
         audio_data = service.offload(lambda raw: pybase64.b64encode(raw).decode("ascii"), data)
-        return reply(200, status="success", audio_data=audio_data, session_id=session.id,
+        return reply(200, status="success", audio_data=audio_data, session_id=snap.session_id,
                      model_name=params.model if params else None,
                      prompt_duration=params.prompt_seconds if params else None)
 

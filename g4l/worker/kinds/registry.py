@@ -25,6 +25,7 @@ from g4l.engine.base import Engine
 from g4l.errors import GenerationFailed
 from g4l.jobs import handoff
 from g4l.jobs.records import Job
+from g4l.store.history import VersionRecord
 from g4l.worker.progress import ProgressReporter
 
 #: How long a job waits for its input file, which the web node stores while the model runs.
@@ -132,6 +133,7 @@ class Outcome:
     :param wav: builds the whole result file (a splice may run later, in the writer).
     :param meta: the result's GridFS metadata (``session_id`` and ``kind`` included).
     :param session: what the job's session learns.
+    :param version: the version its session's history gains (made current).
     :param splice: for a kind that delivers first: the result as the input's kept part
         plus new audio, so only ``new_wav`` needs to travel (``handoff.put_spliced``).
     """
@@ -143,6 +145,7 @@ class Outcome:
     notice: dict[str, Any] = field(default_factory=dict)
     new_wav: bytes | None = None
     splice: handoff.Splice | None = None
+    version: VersionRecord | None = None
 
 
 class JobKind(abc.ABC):

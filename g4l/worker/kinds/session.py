@@ -2,16 +2,20 @@
 back to the client's socket first (the Redis hand-off) and into GridFS right after.
 
 Each of the three is a subclass in its own module that only says what its session learns.
+The result is a new version in the session's history (:mod:`g4l.store.history`), made
+from the version the job names as its parent.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from g4l import audio
 from g4l.jobs import handoff
 from g4l.jobs.records import Job
-from g4l.jobs.spec import Assembly
+from g4l.jobs.spec import Assembly, GenerationSpec
+from g4l.store.history import Operation, VersionRecord
 from g4l.store.sessions import format_field
 from g4l.worker.assembly import build_result
 from g4l.worker.kinds.registry import JobKind, Outcome, Run
@@ -40,17 +44,32 @@ class SessionKind(JobKind):
         output = run.model(engine.continue_audio, prompt, spec.engine_params())
         source_wav = run.input_wav() if spec.assembly is Assembly.SPLICE else None
         result = build_result(spec, output, engine.sample_rate, source_wav)
-        session = ctx.sessions.get(job.session_id)
-        version = (session.version if session else 0) + 1
+        # A number of its own in the session's history (never reused, even by a rerun of this job).
+        version = ctx.sessions.allocate_version(job.session_id) or 1
+        duration = result.frames / result.rate
         meta = {"session_id": job.session_id, "kind": "output", "job_id": job.id, "version": version,
+                "parent_version": job.parent_version, "operation": job.kind,
                 "sample_rate": result.rate, "channels": result.channels, "subtype": result.subtype,
-                "duration": result.frames / result.rate, "source": spec.input_blob}
-        learned = {"current_blob": run.blob_id, "last_output_blob": run.blob_id, "version": version,
-                   "last_kind": job.kind, "delivered": "",
-                   "current_format": format_field(result.rate, result.channels, result.subtype), **self.learns(job)}
+                "duration": duration, "source": spec.input_blob}
+        fmt_field = format_field(result.rate, result.channels, result.subtype)
+        record = VersionRecord(version=version, parent=job.parent_version, operation=Operation.parse(job.kind),
+                               blob=run.blob_id, input_blob=spec.input_blob, job_id=job.id,
+                               params=version_params(spec), format=fmt_field, duration=round(duration, 4),
+                               created=time.time())
+        learned = {"last_output_blob": run.blob_id, "last_kind": job.kind, "delivered": "", **self.learns(job)}
         splice = None
         if result.kept is not None and spec.input_blob:
             splice = handoff.Splice(spec.input_blob, result.drop_frames, result.rate, result.channels, result.subtype)
         return Outcome(wav=result.wav, meta=meta, session=learned, notice={"version": version},
-                       record={"output_seconds": round(result.frames / result.rate, 2)},
-                       new_wav=result.new_wav if splice else None, splice=splice)
+                       record={"output_seconds": round(duration, 2)},
+                       new_wav=result.new_wav if splice else None, splice=splice, version=record)
+
+
+def version_params(spec: GenerationSpec) -> dict[str, Any]:
+    """What a version's record keeps of the generation that made it."""
+    out: dict[str, Any] = {"model": spec.model, "seed": spec.seed, "description": spec.description,
+                           "output_seconds": spec.output_seconds, **spec.sampling.model_dump()}
+    if spec.prompt is not None:
+        out["prompt_seconds"] = spec.prompt.seconds
+        out["prompt_end"] = spec.prompt.end
+    return out
