@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # Sessions and jobs.
     retention_hours: float = 72.0
     # Versions of a session whose audio is kept (undo/redo/checkout); the oldest beyond
-    # are pruned from GridFS, never the current version or its ancestors.
+    # are pruned from GridFS, never the current version nor its nearest ancestors within the bound.
     history_max: int = Field(default=50, ge=1)
     history_moves_per_minute: int = 120  # undo/redo/checkout per client (0: off); each may send a whole take
     job_max_attempts: int = 2

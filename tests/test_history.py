@@ -131,7 +131,7 @@ def test_a_session_without_audio_has_nothing_to_undo(services) -> None:
     assert history.history(sid, ME).versions == {}
 
 
-def test_history_max_prunes_the_oldest_never_the_current_branch(ctx, services) -> None:
+def test_history_max_prunes_the_oldest_never_the_current_line(ctx, services) -> None:
     sessions, history = services
     ctx.sessions.history_max = 3
     sid = _crop(sessions, None, make_wav(1))                          # v1
@@ -139,9 +139,9 @@ def test_history_max_prunes_the_oldest_never_the_current_branch(ctx, services) -
         _crop(sessions, sid, make_wav(1, freq=300.0 + i))             # v2, v3
     history.undo(sid, ME)
     history.undo(sid, ME)                                             # at v1
-    _crop(sessions, sid, make_wav(1, freq=500.0))                     # v4 <- v1: 4 kept > 3
+    _crop(sessions, sid, make_wav(1, freq=500.0))                     # v4 <- v1: 4 versions > 3
     tree = history.history(sid, ME)
-    # v1 is the current version's ancestor: kept. The oldest unprotected (v2) went.
+    # v4 and its parent v1 are the current line: kept. The oldest other one (v2) went.
     assert [v for v, r in tree.versions.items() if r.pruned] == [2]
     assert ctx.blobs.info(tree.versions[2].blob) is None
     assert ctx.blobs.info(tree.versions[1].blob) is not None
@@ -149,15 +149,23 @@ def test_history_max_prunes_the_oldest_never_the_current_branch(ctx, services) -
         history.checkout(sid, 2, ME)
     with pytest.raises(VersionPruned):
         history.version(sid, 2, ME)
+    assert history.checkout(sid, 3, ME).version.version == 3          # v3 is kept: its line is v3 <- v2(pruned)
+    with pytest.raises(NothingToUndo, match="were pruned"):
+        history.undo(sid, ME)
+    history.checkout(sid, 4, ME)
     _crop(sessions, sid, make_wav(1, freq=600.0))                     # v5 <- v4
     _crop(sessions, sid, make_wav(1, freq=700.0))                     # v6 <- v5
     tree = history.history(sid, ME)
     kept = sorted(v for v, r in tree.versions.items() if not r.pruned)
-    # The current branch is v1 <- v4 <- v5 <- v6: all of it stays, beyond the bound.
-    assert kept == [1, 4, 5, 6]
+    # The bound holds: the current version and its two nearest ancestors.
+    assert kept == [4, 5, 6]
     stored = {f.metadata["version"] for f in ctx.blobs.for_session(sid)}
-    assert stored == {1, 4, 5, 6}
+    assert stored == {4, 5, 6}
     assert history.undo(sid, ME).version.version == 5
+    assert history.undo(sid, ME).version.version == 4
+    with pytest.raises(NothingToUndo, match="were pruned"):
+        history.undo(sid, ME)
+    assert ctx.sessions.require(sid).version == 4  # the refused undo changed nothing
 
 
 def test_undo_transform_restores_what_the_transform_started_from_after_a_continue(ctx, services) -> None:

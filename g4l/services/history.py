@@ -128,8 +128,8 @@ class HistoryService:
 
     def _pruned(self, session_id: str, version: int) -> VersionPruned:
         keep = self.ctx.sessions.history_max
-        return VersionPruned(f"version {version} was pruned: a session keeps the audio of its last {keep} versions "
-                             f"(G4L_HISTORY_MAX) and the current one's ancestors", session_id=session_id)
+        return VersionPruned(f"version {version} was pruned: a session keeps the audio of {keep} versions "
+                             f"(G4L_HISTORY_MAX), the current one's line first", session_id=session_id)
 
     def _refusal(self, refused: MoveRefused, session_id: str, mode: str, target: int | None) -> Exception:
         state = refused.state
@@ -150,6 +150,10 @@ class HistoryService:
         if state == "PRUNED":
             if mode == "redo":
                 return NothingToRedo("nothing to redo: the newer version was pruned (G4L_HISTORY_MAX)",
+                                     session_id=session_id)
+            if mode == "undo":
+                return NothingToUndo(f"nothing to undo: the versions before {refused.current} were pruned (a "
+                                     f"session keeps its last {self.ctx.sessions.history_max}, G4L_HISTORY_MAX)",
                                      session_id=session_id)
             return self._pruned(session_id, target or 0)
         return VersionNotFound(f"session {session_id} has no version {target}", session_id=session_id)

@@ -9,7 +9,8 @@ session's ``version`` field is a pointer into this tree:
   that is the newest one); any version can be made current (checkout);
 * a new operation after an undo starts a branch: nothing is thrown away;
 * ``G4L_HISTORY_MAX`` bounds the versions whose audio is kept; the oldest are pruned,
-  never the current one or its ancestors (:meth:`HistoryScripts.prune`).
+  never the current one nor its nearest ancestors within the bound, so undo always goes
+  back ``G4L_HISTORY_MAX - 1`` steps (:meth:`HistoryScripts.prune`).
 
 Layout: ``g4l:session:<id>:versions`` is a hash. Field ``"<n>"`` is version *n*'s record
 (JSON, written once); ``"<n>.child"`` is the child redo goes to; ``"<n>.pruned"`` marks a
@@ -222,6 +223,7 @@ else
     local p = cjson.decode(currec)['parent']
     if p == nil or p == cjson.null then return {'AT_ROOT', cur} end
     target = tostring(p)
+    if redis.call('HEXISTS', KEYS[2], target .. '.pruned') == 1 then return {'PRUNED', cur} end
     redis.call('HSET', KEYS[2], target .. '.child', cur)
   else
     target = redis.call('HGET', KEYS[2], cur .. '.child')
@@ -266,10 +268,12 @@ end
 for k, _ in pairs(recs) do if not pruned[k] then table.insert(live, tonumber(k)) end end
 local over = #live - tonumber(ARGV[1])
 if over <= 0 then return {} end
-local protected = {}
+-- The current version and its nearest ancestors, as many as the bound keeps, are kept.
+local protected, walked = {}, 0
 local cur = redis.call('HGET', KEYS[1], 'version')
-while cur and recs[cur] and not protected[cur] do
+while cur and recs[cur] and not protected[cur] and walked < tonumber(ARGV[1]) do
   protected[cur] = true
+  walked = walked + 1
   local p = cjson.decode(recs[cur])['parent']
   if p == nil or p == cjson.null then break end
   cur = tostring(p)
@@ -339,8 +343,9 @@ class HistoryScripts:
         return int(current)
 
     def prune(self, session_id: str, keep: int) -> list[int]:
-        """Mark the oldest versions beyond ``keep`` pruned (never the current one or its
-        ancestors). Returns the versions marked; their audio is the caller's to delete."""
+        """Mark the oldest versions beyond ``keep`` pruned: never the current one nor its
+        ``keep - 1`` nearest ancestors. Returns the versions marked; their audio is the
+        caller's to delete."""
         return [int(v) for v in self._prune(keys=self._keys(session_id), args=[max(1, keep)])]
 
     def read(self, session_id: str) -> History:

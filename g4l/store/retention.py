@@ -36,7 +36,7 @@ def sweep_if_due(r: redis.Redis, blobs: BlobStore, sessions: SessionStore, reten
 
 def prune_history(blobs: BlobStore, sessions: SessionStore, session_id: str) -> int:
     """Apply ``G4L_HISTORY_MAX`` to one session: its oldest versions beyond the bound lose
-    their audio (never the current version or its ancestors). Best effort: a failed delete
+    their audio (never the current version nor its nearest ancestors). Best effort: a failed delete
     leaves a file the retention sweep takes later. Returns how many files were deleted."""
     deleted = 0
     for blob_id in sessions.prune(session_id):

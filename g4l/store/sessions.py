@@ -229,7 +229,8 @@ class SessionStore:
 
     def prune(self, session_id: str) -> list[str]:
         """Apply the history bound: mark the oldest versions beyond ``history_max`` pruned
-        and return the GridFS ids no kept version refers to any more (the caller deletes
+        (never the current one nor its nearest ancestors within the bound) and return the
+        GridFS ids no kept version refers to any more (the caller deletes
         them; :func:`g4l.store.retention.prune_history`)."""
         marked = self._history.prune(session_id, self.history_max)
         if not marked:
