@@ -25,6 +25,7 @@ from g4l.services.auth import Caller
 from g4l.services.history import HistoryService, history_document
 from g4l.services.sessions import SessionService
 from g4l.store.history import Operation, VersionRecord
+from g4l.store.retention import prune_history
 from g4l.store.sessions import SessionStatus
 from plugin_protocol.payloads import BeginRestoreAudio, HistoryPayload, RetryMusicRequest, UpdateCroppedAudio
 
@@ -200,7 +201,9 @@ def test_a_session_written_before_histories_gets_its_current_audio_as_root(ctx, 
         "id": sid, "status": "idle", "version": "4", "current_blob": blob, "last_output_blob": blob,
         "last_kind": "continue", "retry_input_blob": source_blob, "current_format": "48000,2,PCM_16",
         "owner": ME.owner, "params": "", "job_id": "old-job"})
+    ctx.redis.expire(keys.session(sid), 3600)
     tree = history.history(sid, ME)
+    assert 0 < ctx.redis.ttl(keys.session_versions(sid)) <= 3600  # adopted with its session's lifetime
     assert tree.current == 4 and tree.versions[4].operation is Operation.CONTINUE
     assert tree.versions[4].input_blob == source_blob and history.audio(tree.versions[4]) == wav
     with pytest.raises(NothingToUndo):
@@ -215,9 +218,11 @@ def test_a_session_written_before_histories_gets_its_current_audio_as_root(ctx, 
 
 def test_a_flood_of_concurrent_moves_leaves_the_tree_and_pointer_agreeing(ctx, services) -> None:
     sessions, history = services
-    sid = _crop(sessions, None, make_wav(1))
+    takes = {1: make_wav(1)}
+    sid = _crop(sessions, None, takes[1])
     for i in range(5):
-        _crop(sessions, sid, make_wav(1, freq=250.0 + 10 * i))        # a line of six
+        takes[i + 2] = make_wav(1, freq=250.0 + 10 * i)
+        _crop(sessions, sid, takes[i + 2])                            # a line of six
     errors: list[BaseException] = []
     limited: list[RateLimited] = []
 
@@ -247,4 +252,86 @@ def test_a_flood_of_concurrent_moves_leaves_the_tree_and_pointer_agreeing(ctx, s
     assert session.status is SessionStatus.IDLE
     assert tree.current is not None and session["current_blob"] == tree.versions[tree.current].blob
     assert sorted(tree.versions) == [1, 2, 3, 4, 5, 6]
-    assert _current_audio(history, sid) == ctx.blobs.get(tree.versions[tree.current].blob)
+    assert _current_audio(history, sid) == takes[tree.current]
+
+
+def _synthetic(ctx, sid: str, operation: Operation, parent: int | None, wav: bytes,
+               input_blob: str | None = None) -> int:
+    """A version written the way a job's completion writes one (for kinds not run here)."""
+    version = ctx.sessions.allocate_version(sid)
+    blob = ctx.blobs.put(wav, session_id=sid, kind="output", version=version)
+    record = VersionRecord(version=version, parent=parent, operation=operation, blob=blob, input_blob=input_blob,
+                           format="48000,2,PCM_16", created=1.0)
+    assert ctx.sessions.append_version(sid, record) == "OK"
+    return version
+
+
+def test_the_bound_keeps_what_a_retry_redoes_and_a_pruned_continue_is_not_retried(ctx, services) -> None:
+    sessions, history = services
+    ctx.sessions.history_max = 3
+    sid = _crop(sessions, None, make_wav(1))                                           # v1
+    source = ctx.blobs.put(make_wav(2, freq=440.0), session_id=sid, kind="input")
+    _synthetic(ctx, sid, Operation.CONTINUE, 1, make_wav(2, freq=450.0), input_blob=source)  # v2
+    for i in range(4):
+        _crop(sessions, sid, make_wav(1, freq=600.0 + i))                              # v3..v6
+    tree = history.history(sid, ME)
+    # The last three, and the continue a retry would redo (with its input).
+    assert sorted(v for v, r in tree.versions.items() if not r.pruned) == [2, 4, 5, 6]
+    assert ctx.blobs.info(source) is not None
+    target = tree.retry_target()
+    assert target is not None and target.version == 2 and target.input_blob == source
+    # A newer continue is what a retry redoes now: the old one goes, its input with it.
+    newer = ctx.blobs.put(make_wav(2, freq=460.0), session_id=sid, kind="input")
+    _synthetic(ctx, sid, Operation.CONTINUE, 6, make_wav(2, freq=470.0), input_blob=newer)  # v7
+    prune_history(ctx.blobs, ctx.sessions, sid)
+    tree = history.history(sid, ME)
+    assert sorted(v for v, r in tree.versions.items() if not r.pruned) == [5, 6, 7]
+    assert ctx.blobs.info(source) is None and ctx.blobs.info(newer) is not None
+    # From v5 the nearest continue is the pruned v2: a retry is refused, not queued on a lost input.
+    history.checkout(sid, 5, ME)
+    with pytest.raises(NothingToRetry):
+        sessions.retry(RetryMusicRequest(session_id=sid), ME)
+
+
+def test_a_job_adds_one_version_however_often_it_completes(ctx, services) -> None:
+    sessions, history = services
+    sid = _crop(sessions, None, make_wav(1))
+    ctx.sessions.begin_job(sid, "job-a")
+    blob = ctx.blobs.put(make_wav(2), session_id=sid, kind="output")
+    version = ctx.sessions.allocate_version(sid)
+    record = VersionRecord(version=version, parent=1, operation=Operation.CONTINUE, blob=blob, job_id="job-a",
+                           format="48000,2,PCM_16", created=1.0)
+    assert ctx.sessions.append_version(sid, record, job_id="job-a", status="idle") == "OK"
+    assert history.undo(sid, ME).version.version == 1
+    # A second completion of the same job (an attempt taken for dead that finished anyway)
+    # adds nothing and does not undo the undo.
+    again = VersionRecord(version=ctx.sessions.allocate_version(sid), parent=1, operation=Operation.CONTINUE,
+                          blob=blob, job_id="job-a", format="48000,2,PCM_16", created=2.0)
+    assert ctx.sessions.append_version(sid, again, job_id="job-a", status="idle") == "STALE"
+    tree = history.history(sid, ME)
+    assert sorted(tree.versions) == [1, 2] and tree.current == 1
+
+
+def test_after_an_undo_the_undone_result_is_neither_redelivered_nor_served(ctx, services) -> None:
+    from g4l.jobs.records import Job, JobStatus
+    from g4l.jobs.spec import GenerationSpec
+    from g4l.services.jobs import JobService
+
+    sessions, history = services
+    sid = _crop(sessions, None, make_wav(1))
+    ctx.sessions.begin_job(sid, "job-b")
+    ctx.jobs.save(Job(id="job-b", kind="continue", session_id=sid, status=JobStatus.COMPLETED,
+                      spec=GenerationSpec(model="debug", output_seconds=30.0), output_blob="x", owner=ME.owner))
+    result = make_wav(2, freq=700.0)
+    blob = ctx.blobs.put(result, session_id=sid, kind="output")
+    record = VersionRecord(version=ctx.sessions.allocate_version(sid), parent=1, operation=Operation.CONTINUE,
+                           blob=blob, job_id="job-b", format="48000,2,PCM_16", created=1.0)
+    # Finished while the device was away: not delivered yet.
+    assert ctx.sessions.append_version(sid, record, job_id="job-b", status="idle", last_output_blob=blob,
+                                       delivered="") == "OK"
+    assert sessions.missed_result(sid) is not None
+    assert JobService(ctx, sessions).session_audio_blob(ME, sid) == (blob, "job-b")
+    history.undo(sid, ME)  # another client of the session undoes meanwhile
+    assert sessions.missed_result(sid) is None  # the returning device is not sent the undone take
+    current, job = JobService(ctx, sessions).session_audio_blob(ME, sid)
+    assert current == history.history(sid, ME).versions[1].blob and job is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from g4l import keys
 from g4l.errors import (
     Busy,
     NothingToRedo,
@@ -106,15 +107,32 @@ class HistoryService:
 
     # ------------------------------------------------------------ internals
     def _move(self, session_id: str, caller: Caller, mode: str, target: int | None = None) -> Moved:
-        self.sessions.require(session_id, caller)
+        session = self.sessions.require(session_id, caller)
         self._check_rate(caller)
+        before = session.current_version
         try:
             current = self.ctx.sessions.move(session_id, mode, target)
         except MoveRefused as refused:
             raise self._refusal(refused, session_id, mode, target) from None
         record = self.ctx.sessions.history(session_id).versions[current]
+        if not self._readable(record):
+            # Its file is gone (a lost write, the retention sweep): the session goes back to
+            # where it was rather than pointing at audio nobody can get.
+            if before is not None and before != current:
+                try:
+                    self.ctx.sessions.move(session_id, "to", before)
+                except MoveRefused:
+                    log.warning("could not move back", session_id=session_id, version=before)
+            raise VersionNotFound(f"the audio of version {current} is gone; the session stays at version {before}",
+                                  session_id=session_id)
         log.info("session version changed", session_id=session_id, operation=mode, version=current)
         return Moved(session_id, record)
+
+    def _readable(self, record: VersionRecord) -> bool:
+        """Whether the version's audio can be read: stored, or still in its job's hand-off."""
+        if record.job_id and self.ctx.redis_bytes.exists(keys.result(record.job_id)):
+            return True
+        return self.ctx.blobs.info(record.blob) is not None
 
     def _check_rate(self, caller: Caller) -> None:
         """A flood of moves is refused: each one may send a whole take back."""

@@ -208,7 +208,9 @@ class JobService:
         blob = session.get("current_blob")
         if not blob:
             raise NotReady("this session has no audio yet", session_id=session_id)
-        return blob, session.get("job_id") or None
+        # Its last job's hand-off is this audio only while that job's result is current.
+        job_id = session.get("job_id") if blob == session.get("last_output_blob") else None
+        return blob, job_id or None
 
 
 def _b64(data: bytes) -> str:

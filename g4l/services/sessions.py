@@ -272,6 +272,8 @@ class SessionService:
         job_id = session.get("job_id")
         if not job_id or not session.get("last_output_blob") or session.get("delivered") == job_id:
             return None
+        if session.get("current_blob") != session.get("last_output_blob"):
+            return None  # undone or replaced since (a move, a crop): the client gets what is current
         job = self.ctx.jobs.get(job_id)
         if job is None or job.status is not JobStatus.COMPLETED or not job.output_blob:
             return None

@@ -58,8 +58,13 @@ class Operation(StrEnum):
 
 
 #: Operations a retry can redo: it re-runs the nearest of these at or above the current
-#: version, from the input that one used.
-RETRYABLE = (Operation.CONTINUE, Operation.RETRY)
+#: version, from the input that one used (a LEGACY root only when it kept that input).
+RETRYABLE = (Operation.CONTINUE, Operation.RETRY, Operation.LEGACY)
+
+
+def retryable(operation: Operation) -> bool:
+    """Whether a version made by ``operation`` can be redone by a retry."""
+    return operation in RETRYABLE
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,11 @@ class History:
 
     def retry_target(self) -> VersionRecord | None:
         """The version a retry redoes: the nearest continue or retry at or above the
-        current version that still has its input."""
+        current version (or an older server's root that remembered one's input). None when
+        there is none, or when it was pruned (its input may be gone with it)."""
         for record in self.ancestors(self.current):
-            if record.operation in RETRYABLE and record.input_blob:
-                return record
+            if retryable(record.operation) and record.input_blob:
+                return None if record.pruned else record
         return None
 
     def last_of(self, operation: Operation) -> VersionRecord | None:
@@ -161,13 +167,22 @@ local function adopt(s, v, now)
   if ver < 1 then ver = 1 end
   local kind = redis.call('HGET', s, 'last_kind')
   if (not kind) or kind == '' then kind = 'legacy' end
-  local input = ''
-  if kind == 'continue' or kind == 'retry' then input = redis.call('HGET', s, 'retry_input_blob') or '' end
   local job = ''
-  if blob == redis.call('HGET', s, 'last_output_blob') then job = redis.call('HGET', s, 'job_id') or '' end
+  if blob == redis.call('HGET', s, 'last_output_blob') then
+    job = redis.call('HGET', s, 'job_id') or ''
+  else
+    kind = 'legacy'  -- a crop or upload since the last generation (older servers kept no word for it)
+  end
+  -- The input of the last continue, which a retry redoes (older servers kept it through crops).
+  local input = ''
+  if kind == 'continue' or kind == 'retry' or kind == 'legacy' then
+    input = redis.call('HGET', s, 'retry_input_blob') or ''
+  end
   local rec = cjson.encode({version = ver, operation = kind, blob = blob, input_blob = input, job_id = job,
                             format = redis.call('HGET', s, 'current_format') or '', created = tonumber(now)})
   redis.call('HSET', v, tostring(ver), rec)
+  local ttl = redis.call('TTL', s)
+  if ttl > 0 then redis.call('EXPIRE', v, ttl) end  -- the history lives as long as its session
   redis.call('HSET', s, 'version', ver)
   if redis.call('HEXISTS', s, 'versions_made') == 0 then redis.call('HSET', s, 'versions_made', ver) end
 end
@@ -187,10 +202,13 @@ return redis.call('HINCRBY', KEYS[1], 'versions_made', 1)
 # ttl, now, field, value, ... -> OK | NOT_FOUND | STALE (another job is the session's) | BUSY
 _APPEND = _ADOPT + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOT_FOUND' end
+local st = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
+  -- Only the session's job, and only once: a second attempt of the same job (a worker taken
+  -- for dead that finished anyway) finds the session idle and adds nothing.
   if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[1] then return 'STALE' end
+  if st ~= 'queued' and st ~= 'running' then return 'STALE' end
 else
-  local st = redis.call('HGET', KEYS[1], 'status')
   if st == 'queued' or st == 'running' then return 'BUSY' end
 end
 adopt(KEYS[1], KEYS[2], ARGV[6])
@@ -275,6 +293,22 @@ while cur and recs[cur] and not protected[cur] and walked < tonumber(ARGV[1]) do
   protected[cur] = true
   walked = walked + 1
   local p = cjson.decode(recs[cur])['parent']
+  if p == nil or p == cjson.null then break end
+  cur = tostring(p)
+end
+-- So is what a retry would redo: the nearest continue or retry above, with its input.
+cur = redis.call('HGET', KEYS[1], 'version')
+local seen = {}
+while cur and recs[cur] and not seen[cur] do
+  seen[cur] = true
+  local r = cjson.decode(recs[cur])
+  local op = r['operation']
+  if (op == 'continue' or op == 'retry' or op == 'legacy') and r['input_blob'] and r['input_blob'] ~= ''
+     and r['input_blob'] ~= cjson.null then
+    if not pruned[cur] then protected[cur] = true end
+    break
+  end
+  local p = r['parent']
   if p == nil or p == cjson.null then break end
   cur = tostring(p)
 end

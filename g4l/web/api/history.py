@@ -22,7 +22,7 @@ from plugin_protocol.payloads import HistoryPayload, VersionInfo
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,15}$")
-_MOVE_ERRORS = (404, 409, 410)
+_MOVE_ERRORS = (404, 409, 410, 429)
 
 
 class VersionLinks(_Response):
