@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Chunked uploads.
     chunk_size: int = 8 * 1024 * 1024
     upload_ttl_s: int = 3600
+    # What one client (API key, or address without keys) may hold in unfinished chunked
+    # uploads at once, all of them together (g4l/services/upload_quota.py; 0: no bound).
+    uploads_per_owner_mb: int = Field(default=96, ge=0)
 
     cors_origins: str = "*"  # origins allowed to call /health and open sockets ("*" or a list)
 
