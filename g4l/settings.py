@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # What one client (API key, or address without keys) may hold in unfinished chunked
     # uploads at once, all of them together (g4l/services/upload_quota.py; 0: no bound).
     uploads_per_owner_mb: int = Field(default=96, ge=0)
+    # An upload that has stored a chunk expires this long after its last one (within its
+    # G4L_UPLOAD_TTL_S lifetime): what a client that left holds is freed in minutes (0: off).
+    upload_idle_s: int = Field(default=300, ge=0)
 
     cors_origins: str = "*"  # origins allowed to call /health and open sockets ("*" or a list)
 

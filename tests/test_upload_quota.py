@@ -1,7 +1,8 @@
 """One client cannot park more than ``G4L_UPLOADS_PER_OWNER_MB`` in unfinished chunked
 uploads, however many it opens (g4l/services/upload_quota.py): the chunk past the bound is
 refused with TOO_LARGE and not stored, other clients go on, and the room comes back when
-an upload completes, expires, or is abandoned and its owner needs the room. The device
+an upload completes or expires: at the end of its lifetime, or when no chunk came for
+``G4L_UPLOAD_IDLE_S``. The device
 operations themselves (``SessionService.begin_restore`` / ``add_chunk``, what
 ``begin_restore_audio`` / ``audio_chunk`` call) run against the real Redis and store."""
 
@@ -18,7 +19,6 @@ from conftest import make_wav
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import SessionNotFound, TooLarge
-from g4l.services import upload_quota
 from g4l.services.auth import Caller
 from g4l.services.sessions import SessionService
 from g4l.settings import Settings
@@ -122,33 +122,39 @@ def test_a_completed_upload_gives_its_room_back(make_service) -> None:
         service.add_chunk(again, 1, 9, "B", False, ALICE)
 
 
-def test_an_expired_upload_gives_its_room_back(make_service) -> None:
+def test_an_upload_expires_at_the_end_of_its_lifetime(make_service) -> None:
     service = make_service(uploads_per_owner_mb=1, upload_ttl_s=2)
     first = _begin(service, ALICE)
     service.add_chunk(first, 0, 5, "A" * MB, False, ALICE)
     with pytest.raises(TooLarge):
         _begin(service, ALICE)
-    time.sleep(2.5)  # G4L_UPLOAD_TTL_S: the upload is gone, and so is its share
-    second_sid = _begin(service, ALICE)
-    service.add_chunk(second_sid, 0, 5, "B" * MB, False, ALICE)
+    time.sleep(2.5)  # G4L_UPLOAD_TTL_S (the idle time, 300 s, does not extend it)
+    second = _begin(service, ALICE)
+    service.add_chunk(second, 0, 5, "B" * MB, False, ALICE)
     with pytest.raises(SessionNotFound):
         service.add_chunk(first, 1, 5, "A", False, ALICE)
 
 
-def test_an_abandoned_upload_is_let_go_when_its_owner_needs_the_room(make_service, monkeypatch) -> None:
-    monkeypatch.setattr(upload_quota, "ABANDONED_AFTER_S", 1.0)
-    service = make_service(uploads_per_owner_mb=1)
+def test_a_client_that_left_frees_its_room_after_the_idle_time(make_service) -> None:
+    # The probe's client: fills its uploads, leaves. An hour-long lifetime, 3 s idle time.
+    service = make_service(uploads_per_owner_mb=1, upload_idle_s=3)
     r = service.ctx.redis
-    crashed = _begin(service, ALICE)  # a device fills an upload, then crashes
-    service.add_chunk(crashed, 0, 5, "A" * (MB - 1000), False, ALICE)
-    retry = _begin(service, ALICE)  # and starts over at once: no room yet
-    with pytest.raises(TooLarge):
-        service.add_chunk(retry, 0, 5, "B" * CHUNK, False, ALICE)
-    time.sleep(1.5)  # the first has had no chunk for longer than ABANDONED_AFTER_S
-    service.add_chunk(retry, 0, 5, "B" * CHUNK, False, ALICE)
-    assert not r.exists(keys.upload(crashed))
-    with pytest.raises(SessionNotFound):  # its device gets a clear answer if it comes back
-        service.add_chunk(crashed, 1, 5, "A", False, ALICE)
+    left = _begin(service, ALICE)
+    service.add_chunk(left, 0, 9, "A" * (MB - 1000), False, ALICE)
+    assert 0 < r.ttl(keys.upload(left)) <= 3
+    # Meanwhile an upload that keeps sending is kept past the idle time.
+    active = _begin(service, BOB)
+    for index in range(5):
+        service.add_chunk(active, index, 9, "B" * 1000, False, BOB)
+        time.sleep(1)
+    assert not r.exists(keys.upload(left))  # gone after 3 s without a chunk
+    assert r.exists(keys.upload(active))
+    # Alice comes back (a device that crashed and starts over): the room is hers again, and
+    # the old upload answers clearly.
+    again = _begin(service, ALICE)
+    service.add_chunk(again, 0, 9, "C" * (MB - 1000), False, ALICE)
+    with pytest.raises(SessionNotFound):
+        service.add_chunk(left, 1, 9, "A", False, ALICE)
 
 
 def test_the_bound_can_be_turned_off(make_service) -> None:
@@ -157,4 +163,4 @@ def test_the_bound_can_be_turned_off(make_service) -> None:
     for index in range(3):
         service.add_chunk(sid, index, 5, "A" * MB, False, ALICE)
     assert _stored(service.ctx.redis, sid) == 3 * MB
-    assert not service.ctx.redis.exists(keys.owner_uploads(ALICE.owner))
+    _begin(service, ALICE)
