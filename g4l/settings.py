@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     web_processes: int = 1
     # This web process's name: its heartbeat in /health's web_nodes and the prefix of the
     # Engine.IO session ids it hands out, which the balancer routes polling requests by.
-    # Empty: ``<hostname>-<pid>``.
+    # Empty: ``web-<random>`` (never the host or pid: every client sees its session id).
     web_node: str = ""
     # Proxies in front of the web process whose X-Forwarded-For / -Proto it believes (the
     # launcher's balancer sets 1): per-address limits then see the client, not the proxy.

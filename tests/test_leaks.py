@@ -7,6 +7,7 @@ elsewhere."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -110,6 +111,16 @@ def test_health_tells_anyone_how_many_and_only_an_operator_where(keyed) -> None:
         assert status == 200 and doc["web_nodes_alive"] == 1
         [node] = doc["web_nodes"]
         assert node["pid"] == pid and node["host"] == socket.gethostname() and str(node["port"]) == port
+
+
+def test_session_ids_name_no_host_or_pid(keyed) -> None:
+    # Every Engine.IO session id starts with its web process's name (the balancer routes by
+    # it); without G4L_WEB_NODE that name is random, not <host>-<pid>.
+    resp = requests.get(keyed.url + "/socket.io/", params={"EIO": "4", "transport": "polling"}, timeout=30)
+    sid = json.loads(resp.text[resp.text.index("{"):])["sid"]
+    node = sid.split(".")[0]
+    assert re.fullmatch(r"web-[0-9a-f]{12}", node), sid
+    assert socket.gethostname() not in sid and str(_web_pid(keyed)) not in node
 
 
 # ---------------------------------------------------------------- the CLI's key
