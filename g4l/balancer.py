@@ -47,11 +47,23 @@ class Backend:
         return f"{self.host}:{self.port}"
 
 
+def _nginx_time(seconds: float) -> str:
+    """nginx's time syntax: whole seconds as ``20s``, else milliseconds (tests use 2.5 s)."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def render_config(backends: Sequence[Backend], listen: str, *, max_body_mb: int, prefix: Path | None = None,
-                  pid_file: str | None = None) -> str:
+                  pid_file: str | None = None, header_timeout_s: float = 20.0,
+                  keepalive_timeout_s: float = 75.0) -> str:
     """An nginx configuration balancing ``listen`` (``host:port``) over ``backends``.
 
     :param max_body_mb: the largest request body passed on (the web's own limit decides).
+    :param header_timeout_s: a client's request line and headers must arrive within this
+        (``G4L_HTTP_HEADER_TIMEOUT_S``); else nginx resets the connection. nginx holds
+        the client's connection itself, so the web processes' deadline never sees a stall.
+    :param keepalive_timeout_s: an idle client connection is closed after this
+        (``G4L_HTTP_KEEPALIVE_TIMEOUT_S``).
     :param prefix: where nginx keeps its pid, temp files and error log (a launcher's data
         directory); None for a deployment's image defaults (docker/nginx.conf).
     """
@@ -80,6 +92,11 @@ worker_processes auto;
 http {{
     access_log off;
 {http_paths}    client_max_body_size {max_body_mb}m;
+    # Slow clients: the web processes' own header and keep-alive deadlines, held here,
+    # where the client's connection is; a stalled one is reset, not left half-closed.
+    client_header_timeout {_nginx_time(header_timeout_s)};
+    keepalive_timeout {_nginx_time(keepalive_timeout_s)};
+    reset_timedout_connection on;
     # Websocket upgrades pass through; other requests reuse upstream connections.
     map $http_upgrade $connection_upgrade {{
         default upgrade;
@@ -127,14 +144,16 @@ def nginx_binary() -> str:
     return found
 
 
-def start(backends: Sequence[Backend], host: str, port: int, data_dir: Path, *, max_body_mb: int) -> ManagedProcess:
+def start(backends: Sequence[Backend], host: str, port: int, data_dir: Path, *, max_body_mb: int,
+          header_timeout_s: float = 20.0, keepalive_timeout_s: float = 75.0) -> ManagedProcess:
     """Write the configuration under ``data_dir`` and run nginx in the foreground on
-    ``host:port``; returns once it accepts connections."""
+    ``host:port``; returns once it accepts connections (timeouts: :func:`render_config`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (data_dir / "temp" / name).mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nginx.conf"
-    conf.write_text(render_config(backends, f"{host}:{port}", max_body_mb=max_body_mb, prefix=data_dir))
+    conf.write_text(render_config(backends, f"{host}:{port}", max_body_mb=max_body_mb, prefix=data_dir,
+                                  header_timeout_s=header_timeout_s, keepalive_timeout_s=keepalive_timeout_s))
     binary = nginx_binary()
     check = subprocess.run([binary, "-t", "-q", "-p", str(data_dir), "-c", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:

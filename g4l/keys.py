@@ -138,6 +138,12 @@ def owner_stations(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:stations"
 
 
+def owner_uploads(owner: str) -> str:
+    """Hash of an owner's unfinished chunked uploads: session id -> bytes of chunks stored
+    (:mod:`g4l.services.upload_quota`)."""
+    return f"{PREFIX}:owner:{owner}:uploads"
+
+
 def owner_jobs(owner: str) -> str:
     """Sorted set of an owner's (API key hash or IP) recent job ids, by creation time."""
     return f"{PREFIX}:owner:{owner}:jobs"

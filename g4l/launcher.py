@@ -140,7 +140,8 @@ def main() -> int:
                       G4L_TRUSTED_PROXIES=str(settings.trusted_proxies + 1))
             starters["balancer"] = lambda port: balancer.start(
                 backends, settings.host, port or settings.port, data_dir / "balancer",
-                max_body_mb=settings.max_payload_mb + 1)
+                max_body_mb=settings.max_payload_mb + 1, header_timeout_s=settings.http_header_timeout_s,
+                keepalive_timeout_s=settings.http_keepalive_timeout_s)
             managed["balancer"] = starters["balancer"](0)
             log.info("balancer started", url=managed["balancer"].url, pid=managed["balancer"].proc.pid,
                      web_processes=len(backends))
@@ -176,7 +177,7 @@ def main() -> int:
             if not announced:
                 doc = _readiness(f"{url}/health/ready")
                 if doc is not None and doc.get("status") == "ready" and \
-                        len(doc.get("web_nodes") or []) >= settings.web_processes:  # every web process up
+                        (doc.get("web_nodes_alive") or 0) >= settings.web_processes:  # every web process up
                     print(f"g4l ready on {url}", flush=True)
                     print(_models_line(doc), flush=True)
                     announced = True

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     web_processes: int = 1
     # This web process's name: its heartbeat in /health's web_nodes and the prefix of the
     # Engine.IO session ids it hands out, which the balancer routes polling requests by.
-    # Empty: ``<hostname>-<pid>``.
+    # Empty: ``web-<random>`` (never the host or pid: every client sees its session id).
     web_node: str = ""
     # Proxies in front of the web process whose X-Forwarded-For / -Proto it believes (the
     # launcher's balancer sets 1): per-address limits then see the client, not the proxy.
@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # Chunked uploads.
     chunk_size: int = 8 * 1024 * 1024
     upload_ttl_s: int = 3600
+    # What one client (API key, or address without keys) may hold in unfinished chunked
+    # uploads at once, all of them together (g4l/services/upload_quota.py; 0: no bound).
+    uploads_per_owner_mb: int = Field(default=96, ge=0)
+    # An upload that has stored a chunk expires this long after its last one (within its
+    # G4L_UPLOAD_TTL_S lifetime): what a client that left holds is freed in minutes (0: off).
+    upload_idle_s: int = Field(default=300, ge=0)
 
     cors_origins: str = "*"  # origins allowed to call /health and open sockets ("*" or a list)
 

@@ -73,7 +73,7 @@ def test_the_first_lines_say_the_default_model_is_unusable_and_why(unready) -> N
     assert status == 503 and doc["status"] == "not ready"
     assert MISSING in doc["pytorch"] and "\n" not in doc["pytorch"]
     assert list(doc["models_failed"]) == [MISSING]
-    assert _get(url + "/health")[0] == 500
+    assert _get(url + "/health")[0] == 503  # a dependency (here the model) is unavailable
 
 
 def test_a_bang_for_the_failed_model_fails_at_once_and_other_models_work(unready) -> None:

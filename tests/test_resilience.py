@@ -131,9 +131,9 @@ def test_health_reports_a_store_that_is_down(own_stores, tmp_path) -> None:
         embedded.wait_for_port(port, web, 60, "web")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30)
-            raise AssertionError("expected a 500")
+            raise AssertionError("expected a 503")
         except urllib.error.HTTPError as exc:
-            assert exc.code == 500
+            assert exc.code == 503  # the store is down: Service Unavailable, the reason in the body
             body = json.load(exc)
         assert body["status"] == "degraded" and body["mongodb"].startswith("down")
         assert body["redis"] == "live"

@@ -43,7 +43,7 @@ def test_requests_while_the_store_is_gone_are_refused_clearly_and_work_again_aft
             # HTTP reads of stored audio: 503 STORE_UNAVAILABLE, not a 500.
             resp = requests.get(f"{server.url}/api/v1/sessions/{first.session_id}/audio", timeout=60)
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "STORE_UNAVAILABLE", resp.text
-            assert server.health()[0] == 500 and server.health()[1]["mongodb"].startswith("down")
+            assert server.health()[0] == 503 and server.health()[1]["mongodb"].startswith("down")
             # The store comes back on its port, with its data: the session goes on.
             restarted = embedded.start_mongo(tmp_path / "mongo", port=own_store.port)
             own_store.proc = restarted.proc

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -17,21 +17,66 @@ API = "/api/v1"
 #: Seconds for one request without audio (connect and each read).
 REQUEST_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
+#: The header that carries the API key (g4l/services/auth.py's ``HEADER``).
+KEY_HEADER = "X-API-Key"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host and port (the scheme's default port when none is
+    written), lower-cased, so ``HTTP://Host`` and ``http://host:80`` are one origin."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: an origin of its own, matching nothing
+        return scheme, (parts.hostname or "").lower(), -1
+    return scheme, (parts.hostname or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+class KeyedSession(requests.Session):
+    """A ``requests`` session that sends the API key to one origin only.
+
+    The server's replies carry absolute URLs (a playlist under ``G4L_PUBLIC_URL``, say) and
+    a reply may redirect anywhere: the key goes with a request, or a redirect, only when it
+    goes to the scheme, host and port the key was given for. ``requests`` itself strips
+    only ``Authorization`` from a redirect to another host, never a custom header.
+
+    :param url: the server the key belongs to.
+    :param api_key: the key, or None to send none.
+    """
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        super().__init__()
+        self._origin = origin(url)
+        self._key = api_key or None
+
+    def request(self, method: str, url: str, **kw: Any) -> requests.Response:  # type: ignore[override]
+        """``requests.Session.request`` (keyword arguments only), with the key added for this origin."""
+        headers = {k: v for k, v in (kw.pop("headers", None) or {}).items() if k.lower() != KEY_HEADER.lower()}
+        if self._key and origin(url) == self._origin:
+            headers[KEY_HEADER] = self._key
+        return super().request(method, url, headers=headers, **kw)
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        """On a redirect: drop the key when the next hop is another origin."""
+        super().rebuild_auth(prepared_request, response)
+        if origin(prepared_request.url or "") != self._origin:
+            prepared_request.headers.pop(KEY_HEADER, None)
 
 
 class Api:
     """A small JSON client of one server.
 
     :param url: the server's base URL (``http://host:port``).
-    :param api_key: sent as ``X-API-Key`` when given.
+    :param api_key: sent as ``X-API-Key`` when given, to that server's origin only (see
+        :class:`KeyedSession`).
     """
 
     def __init__(self, url: str, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self.http = requests.Session()
+        self.http = KeyedSession(self.url, api_key)
         self.http.headers["User-Agent"] = "g4l-cli"
-        if api_key:
-            self.http.headers["X-API-Key"] = api_key
 
     def absolute(self, path: str) -> str:
         """A server-relative URL (``/hls/...``) made absolute."""
@@ -41,7 +86,7 @@ class Api:
                 accept: tuple[int, ...] = (), timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
         """Send one request and parse its JSON reply.
 
-        :param accept: error statuses that are answers, not failures (``/health``'s 500).
+        :param accept: error statuses that are answers, not failures (``/health``'s 503).
         :returns: the status and the JSON object.
         :raises CliError: the server's ``{"error": {code, message}}`` (exit 1), or no
             answer / no JSON (exit 3).
@@ -101,7 +146,8 @@ class Api:
         return size
 
     def status(self, url: str) -> int | None:
-        """The HTTP status of ``GET url`` (an absolute URL of this server), None when there is no answer."""
+        """The HTTP status of ``GET url`` (an absolute URL the server gave), None when there
+        is no answer. The key goes along only when ``url`` is on this server's origin."""
         try:
             with self.http.get(url, timeout=REQUEST_TIMEOUT_S, stream=True) as resp:
                 return resp.status_code

@@ -67,6 +67,15 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._owners)
 
+    def is_operator_key(self, key: str | None) -> bool:
+        """Whether ``key`` is one of ``G4L_OPERATOR_KEYS`` (never true when none are set:
+        unlike :meth:`caller`, "keys off" makes nobody an operator here). For what only an
+        operator may *see*, such as where the processes run."""
+        if not self._operators or not isinstance(key, str) or not key.strip():
+            return False
+        owner = key_owner(key.strip())
+        return any(hmac.compare_digest(owner, known) for known in self._operators)
+
     def caller(self, key: str | None, address: str | None) -> Caller:
         """The caller presenting ``key`` from ``address``.
 

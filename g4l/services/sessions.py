@@ -43,6 +43,7 @@ from g4l.services.models import ModelCatalog
 from g4l.services.ratelimit import RateLimiter
 from g4l.services.snapshot import SessionSnapshot
 from g4l.services.specs import SessionParams, SpecResolver
+from g4l.services.upload_quota import UploadQuota
 from g4l.services.uploads import Offload, Upload, decode_upload
 from g4l.store.history import Operation, VersionRecord
 from g4l.store.retention import prune_history
@@ -93,6 +94,7 @@ class SessionService:
         self._limiter = RateLimiter(ctx.redis)
         #: Continue uploads kept until their result is sent (see :mod:`g4l.jobs.handoff`).
         self.held = HeldInputs(self.settings.held_inputs_mb * 1024 * 1024)
+        self.upload_quota = UploadQuota(ctx.redis, self.settings)  # bytes per client in open chunked uploads
 
     # ------------------------------------------------------------ access and limits
     def find(self, session_id: str, caller: Caller) -> Session | None:
@@ -286,6 +288,7 @@ class SessionService:
     # ------------------------------------------------------------ chunked restore
     def begin_restore(self, params: GenerationParams, caller: Caller) -> tuple[str, int]:
         """Start a chunked upload into a new session. Returns (session id, chunk size)."""
+        self.upload_quota.admit(caller.owner)
         given = params.given()
         fields: dict[str, Any] = {"owner": caller.owner}
         if given:
@@ -309,6 +312,7 @@ class SessionService:
                                   session_id=session_id)
         if index >= total:
             raise InvalidRequest(f"chunk_index {index} is outside 0..{total - 1}", session_id=session_id)
+        self.upload_quota.reserve(caller.owner, session_id, index, chunk)
         with self.ctx.redis.pipeline() as p:
             p.hset(key, str(index), chunk)
             p.hkeys(key)
@@ -340,6 +344,7 @@ class SessionService:
             self._set_current(session, upload, kind="upload")
         finally:
             self.ctx.redis.delete(key)  # done, or refused: either way the upload is over
+            self.upload_quota.release(caller.owner, session_id)
         return received, [], True
 
     # ------------------------------------------------------------ internals

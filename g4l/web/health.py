@@ -1,4 +1,13 @@
-"""``/health`` in the upstream shape, plus ``/health/live`` and ``/health/ready``."""
+"""``/health`` in the upstream shape, plus ``/health/live`` and ``/health/ready``.
+
+Anyone may read them (status pages, load balancers, the launcher): they say what works and
+how much there is (``web_nodes_alive``, ``workers``), never where the processes run. The
+hosts, pids and ports of the web processes (``web_nodes``) are shown only to a request
+that presents an operator key (``G4L_OPERATOR_KEYS``) in ``X-API-Key``.
+
+A degraded server answers 503 (Service Unavailable) with the same body, its reason in the
+fields that are not ``live``: a dependency is down, which is no fault of the web process.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,15 @@ import json
 from typing import Any
 
 import gevent
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from g4l.context import Context
 from g4l.jobs import recovery
+from g4l.services.auth import HEADER, ApiKeys
 from g4l.web import nodes
+
+#: The status of a degraded ``/health`` and of a ``/health/ready`` that is not ready.
+UNAVAILABLE = 503
 
 #: A store that has not answered a ping within this is reported down (a status page, and an
 #: orchestrator's probe, must get an answer at once, not when a paused store wakes up).
@@ -39,8 +52,12 @@ def _checks(**pings: Any) -> dict[str, str]:
     return out
 
 
-def report(ctx: Context) -> tuple[dict[str, Any], bool]:
-    """The health document and whether the server can serve generations."""
+def report(ctx: Context, details: bool = False) -> tuple[dict[str, Any], bool]:
+    """The health document and whether the server can serve generations.
+
+    :param details: include ``web_nodes`` (each web process's node name, host, pid, port
+        and sockets): for an operator only.
+    """
     states = _checks(mongodb=ctx.blobs.ping, redis=ctx.redis.ping)
     mongodb, redis_state = states["mongodb"], states["redis"]
     workers: list[dict[str, Any]] = []
@@ -79,21 +96,27 @@ def report(ctx: Context) -> tuple[dict[str, Any], bool]:
         # A batching worker holds several jobs (heartbeat job_ids; job_id alone before batching).
         "jobs_running": sum(len(w.get("job_ids") or ([w["job_id"]] if w.get("job_id") else [])) for w in workers),
         "queue_depth": queue_depth,
-        "web_nodes": web_nodes,
+        "web_nodes_alive": len(web_nodes),
         "models_loaded": models,
         "models_failed": failed,
         "models_allowed": ctx.settings.models,
     }
+    if details:
+        body["web_nodes"] = web_nodes
     return body, ok
 
 
 def blueprint(ctx: Context) -> Blueprint:
     bp = Blueprint("health", __name__)
+    api_keys = ApiKeys(ctx.settings)
+
+    def operator() -> bool:
+        return api_keys.is_operator_key(request.headers.get(HEADER))
 
     @bp.get("/health")
     def health() -> Any:
-        body, ok = report(ctx)
-        return jsonify(body), 200 if ok else 500
+        body, ok = report(ctx, details=operator())
+        return jsonify(body), 200 if ok else UNAVAILABLE
 
     @bp.get("/health/live")
     def live() -> Any:
@@ -101,7 +124,7 @@ def blueprint(ctx: Context) -> Blueprint:
 
     @bp.get("/health/ready")
     def ready() -> Any:
-        body, ok = report(ctx)
-        return jsonify({**body, "status": "ready" if ok else "not ready"}), 200 if ok else 503
+        body, ok = report(ctx, details=operator())
+        return jsonify({**body, "status": "ready" if ok else "not ready"}), 200 if ok else UNAVAILABLE
 
     return bp

@@ -3,7 +3,10 @@ sends, so a slow or stalled client cannot hold a connection (and its buffers) fo
 
 - An idle connection (a new one, or a keep-alive one between requests) is closed after
   ``G4L_HTTP_KEEPALIVE_TIMEOUT_S`` without a request; once a request has begun, its line
-  and headers must arrive within ``G4L_HTTP_HEADER_TIMEOUT_S``.
+  and headers must arrive within ``G4L_HTTP_HEADER_TIMEOUT_S``. A request whose line or
+  headers stall is reset (TCP RST, as nginx's ``reset_timedout_connection``), with no
+  answer: no reader waits for one, and the socket is freed at once on both sides rather
+  than lingering in FIN-WAIT for a client that never closes its end.
 - A request body must arrive within ``G4L_HTTP_BODY_GRACE_S`` plus its length at
   ``G4L_HTTP_BODY_MIN_KBPS``: a stalled upload ends there, however it trickles.
 
@@ -14,13 +17,19 @@ limit (:mod:`g4l.web.websocket`).
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from typing import Any
 
 import gevent
 from gevent import pywsgi
 
+from g4l.log import get_logger
 from g4l.settings import Settings
+
+log = get_logger(__name__)
+#: SO_LINGER on, zero seconds: ``close()`` sends RST and drops what is unsent.
+_RESET = struct.pack("ii", 1, 0)
 
 
 class SlowClient(socket.timeout):
@@ -83,10 +92,18 @@ def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
             self.deadlines.deadline, self.deadlines.what = time.monotonic() + keepalive_s, "next request"
             self.deadlines.peek(1)
             self.deadlines.deadline, self.deadlines.what = time.monotonic() + header_s, "request line and headers"
-            return super().read_requestline()
+            try:
+                return super().read_requestline()
+            except SlowClient:
+                self._reset()
+                raise  # a socket error: gevent ends the connection quietly
 
         def read_request(self, raw_requestline: str) -> Any:
-            ok = super().read_request(raw_requestline)  # headers, still under the header deadline
+            try:
+                ok = super().read_request(raw_requestline)  # headers, still under the header deadline
+            except SlowClient:
+                self._reset()
+                raise  # to _handle_client_error
             length = self.content_length
             chunked = (self.headers.get("Transfer-Encoding") or "").lower() == "chunked"
             if length or chunked:
@@ -95,5 +112,19 @@ def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
             else:
                 self.deadlines.deadline = None
             return ok
+
+        def _handle_client_error(self, ex: Exception) -> Any:
+            if isinstance(ex, SlowClient):  # only the headers are read by then
+                return None  # reset already: no 400, and no traceback on stderr per stalled client
+            return super()._handle_client_error(ex)
+
+        def _reset(self) -> None:
+            """Make the coming close a reset (see the module's docstring)."""
+            log.debug("request headers stalled; connection reset", client=str(self.client_address)[:64],
+                      seconds=header_s)
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:  # already gone
+                pass
 
     return TimedHandler

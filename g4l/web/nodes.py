@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -38,8 +39,11 @@ SID_SEPARATOR = "."
 
 
 def node_name(settings: Settings) -> str:
-    """This process's node name: ``G4L_WEB_NODE``, else ``<hostname>-<pid>``."""
-    name = settings.web_node or f"{socket.gethostname()}-{os.getpid()}"
+    """This process's node name: ``G4L_WEB_NODE``, else ``web-<12 random hex>``.
+
+    Not the host and pid: the name prefixes every Engine.IO session id, which every client
+    sees (the heartbeat has the host and pid, for ``/health``'s operator view)."""
+    name = settings.web_node or f"web-{secrets.token_hex(6)}"
     name = re.sub(r"[^A-Za-z0-9_-]", "-", name)[:48]
     if not _NAME.match(name):
         raise ValueError(f"G4L_WEB_NODE {settings.web_node!r}: use 1-48 of A-Z a-z 0-9 _ -")

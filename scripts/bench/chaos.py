@@ -35,7 +35,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, VENV_PYTHON, install_alarm, install_term_handler, make_wav  # noqa: E402
 
-from g4l import embedded  # noqa: E402
+from g4l import embedded, keys  # noqa: E402
 from plugin_protocol import events  # noqa: E402
 from plugin_protocol.client import DeviceClient, ProtocolError  # noqa: E402
 
@@ -105,8 +105,10 @@ class Launcher:
         return int(name.rsplit("-", 2)[-2])
 
     def web_pid(self, node: str) -> int:
-        with urllib.request.urlopen(self.url + "/health", timeout=10) as resp:
-            return next(n["pid"] for n in json.load(resp)["web_nodes"] if n["node"] == node)
+        """The pid of web node ``node``, from its heartbeat (``/health`` shows it to operator keys only)."""
+        beat = self.redis().get(keys.web_node(node))
+        assert beat, f"web node {node} is not beating"
+        return int(json.loads(beat)["pid"])
 
     def store_pid(self, store: str) -> int:
         url = self.events(f"embedded {'redis' if store == 'redis' else 'mongodb-compatible store'} started")[-1]["url"]
