@@ -26,7 +26,8 @@ from g4l import wav_splice
 
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
         "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8",
-        "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11", "history": "key-history-12"}
+        "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11", "history": "key-history-12",
+        "import": "key-import-13"}
 OPERATOR_KEY = "key-operator-9"
 RATE_LIMIT = 6
 MAX_SECONDS = 90
@@ -313,6 +314,37 @@ def test_session_history_over_http(api):
     assert other.call("getVersionAudio", session_id=sid, version="1").status_code == 404
     assert other.call("checkoutVersion", session_id=sid, version="1").status_code == 404
     assert c.call("getSessionHistory", session_id=sid).json() == tree
+
+
+def test_a_text_to_audio_job_imported_into_a_session_is_a_version_undo_leaves(api):
+    c = OpenApiClient(api.url, KEYS["import"])
+    job_id = c.call("createGenerateJob", {"prompt": "warm pads", "duration": 4, "seed": 11}).json()["job_id"]
+    assert c.wait(job_id, ("completed", "failed"))["status"] == "completed"
+    made = c.call("getJobAudio", job_id=job_id).content
+    # A new session from it: version 1, operation generate, the job's parameters.
+    resp = c.call("importJobAsSession", {"job_id": job_id})
+    assert resp.status_code == 201, resp.text
+    sid = resp.json()["session_id"]
+    assert c.call("getSessionAudio", session_id=sid).content == made
+    [v1] = c.call("getSessionHistory", session_id=sid).json()["versions"]
+    assert v1["operation"] == "generate" and v1["params"]["seed"] == 11 and v1["params"]["job_id"] == job_id
+    # Into a session that has audio: a new version from the current one; undo gives it back.
+    crop = make_wav(3.0)
+    assert c.call("cropSession", {"audio_data": _b64(crop)}, session_id=sid).status_code == 200
+    assert c.call("importJob", {"job_id": job_id}, session_id=sid).status_code == 200
+    tree = c.call("getSessionHistory", session_id=sid).json()
+    assert [(v["version"], v["parent"], v["operation"]) for v in tree["versions"]] == [
+        (1, None, "generate"), (2, 1, "crop"), (3, 2, "generate")]
+    assert c.call("getSessionAudio", session_id=sid).content == made
+    assert c.call("undoSession", session_id=sid).json()["version"]["version"] == 2
+    assert c.call("getSessionAudio", session_id=sid).content == crop
+    # Refusals change nothing: another key's job, an unknown job, a session job.
+    other = OpenApiClient(api.url, KEYS["other"])
+    resp = other.call("importJobAsSession", {"job_id": job_id})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "NOT_FOUND"
+    resp = c.call("importJob", {"job_id": "no-such-job"}, session_id=sid)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "NOT_FOUND"
+    assert c.call("getSessionHistory", session_id=sid).json()["current"] == 2
 
 
 # ---------------------------------------------------------------- live progress
@@ -671,6 +703,15 @@ def test_fuzzed_http_requests_never_crash_and_refusals_change_nothing(api, files
                 "job": {k: v for k, v in r.hgetall(f"g4l:job:{ref_job}").items() if k not in volatile},
                 "files": files}
 
+    # A result reaches its client before (or while) the worker stores it: wait for both
+    # reference files, or one appearing mid-run reads as a change.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        kinds = {(f["metadata"].get("session_id"), f["metadata"].get("kind")) for f in files_db.find(
+            {"$or": [{"metadata.session_id": ref_session}, {"metadata.job_id": ref_job}]}, {"metadata": 1})}
+        if (ref_session, "output") in kinds and any(k == "output" and s != ref_session for s, k in kinds):
+            break
+        time.sleep(0.2)
     before = snapshot()
     assert before["session"] and before["job"] and before["files"]
     routes = [(m, p) for p, item in owner.doc["paths"].items() for m in item if m in ("get", "post", "delete")

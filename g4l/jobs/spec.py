@@ -11,7 +11,7 @@ assembled all live here.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,6 +101,15 @@ class GenerationSpec(_Frozen):
     lead_in_s: float = Field(default=0.0, ge=0.0)
     #: Free labels stored with the result (a station's prompt index and timeline).
     labels: dict[str, str | int | float] = Field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What a session version's record keeps of the generation that made it."""
+        out: dict[str, Any] = {"model": self.model, "seed": self.seed, "description": self.description,
+                               "output_seconds": self.output_seconds, **self.sampling.model_dump()}
+        if self.prompt is not None:
+            out["prompt_seconds"] = self.prompt.seconds
+            out["prompt_end"] = self.prompt.end
+        return out
 
     def engine_params(self, output_seconds: float | None = None) -> GenerationParams:
         """The engine's parameters; ``output_seconds`` overrides the output length (a

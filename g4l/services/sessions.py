@@ -24,7 +24,9 @@ from g4l.errors import (
     Busy,
     Internal,
     InvalidRequest,
+    NotFound,
     NothingToRetry,
+    NotReady,
     QueueFull,
     RateLimited,
     SessionNotFound,
@@ -44,7 +46,7 @@ from g4l.services.ratelimit import RateLimiter
 from g4l.services.snapshot import SessionSnapshot
 from g4l.services.specs import SessionParams, SpecResolver
 from g4l.services.upload_quota import UploadQuota
-from g4l.services.uploads import Offload, Upload, decode_upload
+from g4l.services.uploads import Offload, Upload, decode_stored, decode_upload
 from g4l.store.history import Operation, VersionRecord
 from g4l.store.retention import prune_history
 from g4l.store.sessions import Session, SessionStatus, format_field, new_session_id, parse_format
@@ -220,6 +222,29 @@ class SessionService:
         upload = self._upload(req.audio_data)
         return self._set_current(session, upload, kind="crop", owner=caller.owner)
 
+    def import_job(self, session_id: str | None, job_id: str, caller: Caller) -> str:
+        """A finished text-to-audio job's result becomes the session's current audio: a new
+        version (operation ``generate``, with the job's parameters) that continue and retry
+        act on; without ``session_id`` a new session holding it. Returns the session id.
+        :raises NotFound: no such job of the caller's. :raises NotReady: not a finished
+        ``generate`` job. :raises Busy: the session has a job queued or running."""
+        session = self.require(session_id, caller) if session_id else None
+        if session is not None and session.busy:
+            raise Busy("Generation already in progress", session_id=session.id)
+        job = self.ctx.jobs.get(job_id) if keys.valid_id(job_id) else None
+        if job is None or not caller.can_see(job.owner):
+            raise NotFound(f"no job {job_id}" if keys.valid_id(job_id) else "no job with that id")
+        if job.kind != "generate" or job.status is not JobStatus.COMPLETED or not job.output_blob:
+            raise NotReady(f"job {job.id} is a {job.kind} job, {job.status}: only a completed generate job's "
+                           "audio can be imported", session_id=session_id)
+        try:
+            wav = self.ctx.blobs.get(job.output_blob)
+        except KeyError:
+            raise NotFound(f"the audio of job {job.id} is gone (retention)", session_id=session_id) from None
+        upload = decode_stored(wav, self.settings, self.offload)
+        return self._set_current(session, upload, kind="generate", owner=caller.owner,
+                                 params={**job.spec.summary(), "job_id": job.id})
+
     def cleanup(self, session_id: str, caller: Caller) -> None:
         """Free the session: cancel its job, forget its state. Its audio stays in GridFS
         until the retention sweep, so an accidental cleanup loses nothing at once."""
@@ -348,7 +373,8 @@ class SessionService:
         return received, [], True
 
     # ------------------------------------------------------------ internals
-    def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None) -> str:
+    def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None,
+                     params: dict[str, Any] | None = None) -> str:
         """The upload becomes a new version of the session (a new session without one),
         made from its current version."""
         session_id = session.id if session else new_session_id()
@@ -362,7 +388,7 @@ class SessionService:
                                   channels=a.channels, subtype=a.subtype, duration=a.duration)
         record = VersionRecord(version=version, parent=parent, operation=Operation(kind), blob=blob,
                                format=format_field(a.sample_rate, a.channels, a.subtype),
-                               duration=round(a.duration, 4), created=time.time())
+                               duration=round(a.duration, 4), created=time.time(), params=params or {})
         state = self.ctx.sessions.append_version(session_id, record, error="", error_code="")
         if state != "OK":  # a job started meanwhile, or the session ended: nothing changes
             self.ctx.blobs.delete(blob)

@@ -60,6 +60,11 @@ def decode_upload(text: str, settings: Settings, offload: Offload) -> Upload:
     return Upload(wav, decoded)
 
 
+def decode_stored(wav: bytes, settings: Settings, offload: Offload) -> Upload:
+    """A WAV the server holds (a job's result) as an upload: checked like the client's."""
+    return Upload(wav, offload(_decode_wav, wav, settings))
+
+
 def _decode_wav(wav: bytes, settings: Settings) -> audio.Audio:
     return audio.decode_wav(wav, max_seconds=settings.max_input_seconds, max_channels=settings.max_channels,
                             max_rate=settings.max_sample_rate)

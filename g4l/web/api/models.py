@@ -188,6 +188,12 @@ class AudioBody(_Request):
     audio_data: str = Field(min_length=1, description="base64 WAV", json_schema_extra=_AUDIO)
 
 
+class ImportBody(_Request):
+    """A finished text-to-audio job whose result a session takes as its current audio."""
+
+    job_id: str = Field(min_length=1, max_length=64, description="A completed `generate` job of the caller's")
+
+
 class QueueStatus(payloads.QueueStatus):
     """The device protocol's ``queue_status`` payload, as the HTTP twins return it."""
 

@@ -23,6 +23,7 @@ from g4l.web.api.models import (
     AudioBody,
     BangRequest,
     ContinueRequest,
+    ImportBody,
     QueueStatus,
     RetryRequest,
     SessionAccepted,
@@ -94,6 +95,25 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
         session_id = service.crop(UpdateCroppedAudio(audio_data=body.audio_data), http_caller())
         return SessionMessage(message="Session created", session_id=session_id,
                               links=session_links(session_id)), 201
+
+    @bp.post("/sessions/import")
+    @operation("importJobAsSession", "A new session holding a finished text-to-audio job's result",
+               tags=["sessions"], body=ImportBody, responses={201: SessionMessage}, errors=(404, 409),
+               description="The job's WAV becomes version 1 of a new session (operation `generate`, with the "
+                           "job's parameters): continue it next. 409 `NOT_READY` for a job that is not a "
+                           "completed generate job.")
+    def import_new(body: ImportBody) -> Any:
+        sid = service.import_job(None, body.job_id, http_caller())
+        return SessionMessage(message="Session created", session_id=sid, links=session_links(sid)), 201
+
+    @bp.post("/sessions/<session_id>/import")
+    @operation("importJob", "Make a finished text-to-audio job's result the session's current audio",
+               tags=["sessions"], body=ImportBody, responses={200: SessionMessage}, errors=(404, 409, 429),
+               description="A new version of the session (operation `generate`), made from its current one: "
+                           "undo returns to what was there. 409 `BUSY` while a generation of the session runs.")
+    def import_into(session_id: str, body: ImportBody) -> Any:
+        sid = service.import_job(_checked(session_id), body.job_id, http_caller())
+        return SessionMessage(message="Job audio imported", session_id=sid, links=session_links(sid))
 
     @bp.get("/sessions/<session_id>")
     @operation("pollSession", "Poll a session (the upstream poll route)", tags=["sessions"],

@@ -14,7 +14,7 @@ from typing import Any
 from g4l import audio
 from g4l.jobs import handoff
 from g4l.jobs.records import Job
-from g4l.jobs.spec import Assembly, GenerationSpec
+from g4l.jobs.spec import Assembly
 from g4l.store.history import Operation, VersionRecord
 from g4l.store.sessions import format_field
 from g4l.worker.assembly import build_result
@@ -54,7 +54,7 @@ class SessionKind(JobKind):
         fmt_field = format_field(result.rate, result.channels, result.subtype)
         record = VersionRecord(version=version, parent=job.parent_version, operation=Operation.parse(job.kind),
                                blob=run.blob_id, input_blob=spec.input_blob, job_id=job.id,
-                               params=version_params(spec), format=fmt_field, duration=round(duration, 4),
+                               params=spec.summary(), format=fmt_field, duration=round(duration, 4),
                                created=time.time())
         learned = {"last_output_blob": run.blob_id, "last_kind": job.kind, "delivered": "", **self.learns(job)}
         splice = None
@@ -64,12 +64,3 @@ class SessionKind(JobKind):
                        record={"output_seconds": round(duration, 2)},
                        new_wav=result.new_wav if splice else None, splice=splice, version=record)
 
-
-def version_params(spec: GenerationSpec) -> dict[str, Any]:
-    """What a version's record keeps of the generation that made it."""
-    out: dict[str, Any] = {"model": spec.model, "seed": spec.seed, "description": spec.description,
-                           "output_seconds": spec.output_seconds, **spec.sampling.model_dump()}
-    if spec.prompt is not None:
-        out["prompt_seconds"] = spec.prompt.seconds
-        out["prompt_end"] = spec.prompt.end
-    return out
