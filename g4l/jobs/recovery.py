@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import time
 
+import pymongo
+
 from g4l import keys
 from g4l.context import Context
 from g4l.errors import GenerationFailed, StoreUnavailable
@@ -26,6 +28,8 @@ log = get_logger(__name__)
 #: How long recovery waits for a spliced result's input in GridFS (it runs in a worker's
 #: job loop; the input is normally stored long before).
 ORPHAN_INPUT_WAIT_S = 2.0
+#: The longest storing one orphaned result may take in one pass (then the next pass retries).
+ORPHAN_STORE_TIMEOUT_S = 60.0
 
 
 def alive_workers(ctx: Context) -> dict[str, str]:
@@ -67,16 +71,17 @@ def _store_orphan_result(ctx: Context, job: Job, claimed: Claimed) -> bool:
     ``G4L_RESULT_STORE_MAX_S`` since the job finished). A store that refuses it sooner
     raises: the entry stays pending for the next pass, the copy kept readable."""
     try:
-        if not job.output_blob or ctx.blobs.exists(job.output_blob):
-            return True
-        data = delivery.read_result(ctx, job.id, None, input_wait_s=ORPHAN_INPUT_WAIT_S)
-        meta = ctx.redis.hget(keys.job(job.id), "output_meta")
-        if data is None or not meta:
-            lifecycle.result_not_stored(ctx, job, claimed, StoreUnavailable(
-                "the worker that made this result stopped before the audio store had it; it was not kept, "
-                "please send the request again", session_id=job.session_id or None))
-            return False
-        ctx.blobs.put(bytes(data), blob_id=job.output_blob, **json.loads(meta))
+        with pymongo.timeout(ORPHAN_STORE_TIMEOUT_S):  # a paused store must not hold maintenance
+            if not job.output_blob or ctx.blobs.exists(job.output_blob):
+                return True
+            data = delivery.read_result(ctx, job.id, None, input_wait_s=ORPHAN_INPUT_WAIT_S)
+            meta = ctx.redis.hget(keys.job(job.id), "output_meta")
+            if data is None or not meta:
+                lifecycle.result_not_stored(ctx, job, claimed, StoreUnavailable(
+                    "the worker that made this result stopped before the audio store had it; it was not kept, "
+                    "please send the request again", session_id=job.session_id or None))
+                return False
+            ctx.blobs.put(bytes(data), blob_id=job.output_blob, **json.loads(meta))
     except redis_wait.UNAVAILABLE:
         raise
     except Exception as exc:

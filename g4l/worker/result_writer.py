@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
+
 from g4l.context import Context
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle
@@ -42,6 +44,8 @@ BACKLOG = 4
 #: Pauses between two attempts to store a result: doubling from the first to the most.
 RETRY_FIRST_S = 1.0
 RETRY_MOST_S = 30.0
+#: The longest one attempt may take (a result of tens of MB stores in seconds).
+ATTEMPT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,10 @@ def store_result(ctx: Context, w: PendingWrite, *, max_s: float | None = None) -
     attempt = 0
     while True:
         try:
-            ctx.blobs.put(wav, blob_id=w.blob_id, **w.meta)
+            # A deadline on every store call of the attempt: a paused store never answers,
+            # and without one the write (and the job's entry) would wait as long as it does.
+            with pymongo.timeout(min(ATTEMPT_TIMEOUT_S, max(1.0, deadline - time.monotonic()))):
+                ctx.blobs.put(wav, blob_id=w.blob_id, **w.meta)
             break
         except Exception as exc:
             left = deadline - time.monotonic()
