@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from g4l.engine import Cancelled, GenerationParams, build_debug_musicgen
+from g4l.engine import Cancelled, GenerationParams, build_debug_musicgen, memory
 from g4l.engine.batched_musicgen import BatchedMusicGen
 from g4l.engine.batching import DecodeLoop, RowHandle
 from g4l.engine.kv_cache import CacheShape
 from g4l.engine.sampling import SamplingParams, new_generator, sample_rows
+from g4l.errors import GpuOutOfMemory
 
 SR = 32000
 
@@ -448,3 +449,55 @@ def test_generate_reports_progress_and_cancels_from_the_callers_thread(model) ->
         assert engine.loop.steps - before < 1500  # it did not run to its end (1503 steps)
     finally:
         engine.stop()
+
+
+# ---------------------------------------------------------------- out of memory
+def test_a_batch_that_runs_out_of_memory_is_split_and_every_row_completes(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A forward pass over more than two rows runs out of memory (the test-only fault at the
+    engine boundary, as a GPU would): the batch is split and retried, and every row ends
+    with the codes it gets alone (greedy: a resumed row's prefill recomputes its cache)."""
+    jobs = [(seconds, _greedy(params)) for seconds, params in JOBS]
+    engine = BatchedMusicGen(model)
+    alone = [_alone(engine, job) for job in jobs]
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 2)
+    split = BatchedMusicGen(model)
+    handles = [_submit(split, job) for job in jobs]
+    split.loop.run_until_idle()
+    assert split.loop.out_of_memory >= 2  # four rows, then three, did not fit
+    for solo, handle in zip(alone, handles, strict=True):
+        assert torch.equal(handle.result(), solo)
+
+
+def test_a_row_that_does_not_fit_alone_fails_with_gpu_out_of_memory_and_the_loop_goes_on(  # type: ignore[no-untyped-def]
+        model, monkeypatch) -> None:
+    """Every forward pass runs out of memory: the row retries its prefill in smaller chunks,
+    then fails alone with GPU_OUT_OF_MEMORY; the loop thread serves the next row as usual."""
+    seconds, params = JOBS[0]
+    prompt = _prompt(seconds, seed=int(seconds * 10))
+    engine = BatchedMusicGen(model)
+    solo = engine.decode(_alone(engine, JOBS[0]))
+    engine.start()
+    try:
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+        with pytest.raises(GpuOutOfMemory) as failed:
+            engine.generate(prompt, params, timeout=60)
+        assert failed.value.code == "GPU_OUT_OF_MEMORY"
+        assert engine.loop.out_of_memory > 1  # smaller prefill chunks were tried first
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+        again = engine.generate(prompt, params, timeout=60)
+    finally:
+        engine.stop()
+    assert np.array_equal(again, solo)
+    assert engine.loop.prefill_chunk is None  # the next row prefills whole again
+
+
+def test_the_stock_engine_fails_a_generation_that_does_not_fit_with_gpu_out_of_memory(  # type: ignore[no-untyped-def]
+        model, monkeypatch) -> None:
+    from g4l.engine.musicgen import MusicGenEngine
+
+    engine = MusicGenEngine(model)
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+    with pytest.raises(GpuOutOfMemory):
+        engine.generate(GenerationParams(duration=1.0, seed=1))
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+    assert engine.generate(GenerationParams(duration=1.0, seed=1)).shape[1] == SR

@@ -243,9 +243,9 @@ def test_queue_eta_counts_the_slots_of_live_workers(ctx) -> None:
     assert ctx.queue.slots() == 9  # a worker from before batching counts as one slot
 
 
-def _generate_job(ctx, priority: Priority, seed: int) -> Job:  # type: ignore[no-untyped-def]
+def _generate_job(ctx, priority: Priority, seed: int, seconds: float = 30) -> Job:  # type: ignore[no-untyped-def]
     job = Job(id=new_job_id(), kind="generate", session_id="",
-              spec=GenerationSpec(model="debug", output_seconds=30, seed=seed), priority=priority)
+              spec=GenerationSpec(model="debug", output_seconds=seconds, seed=seed), priority=priority)
     ctx.queue.enqueue(job)
     return job
 
@@ -329,3 +329,30 @@ def test_the_worker_sets_its_loops_kv_budget(ctx) -> None:
             assert loop.most_active == most_rows, (budget_mb, loop.most_active)
         finally:
             _stop(worker, thread)
+
+
+@pytest.mark.slow  # a worker runs the model end to end
+def test_a_job_that_does_not_fit_the_gpu_fails_alone_and_the_worker_goes_on(ctx, monkeypatch) -> None:
+    """Out of GPU memory, injected at the engine boundary (the test-only switch): two jobs
+    whose shared batch does not fit are split and both complete; a job that does not fit
+    even alone fails with GPU_OUT_OF_MEMORY; the same worker then serves the next job."""
+    from g4l.engine import memory
+
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 1)
+    pair = [_generate_job(ctx, Priority.INTERACTIVE, seed, seconds=6) for seed in (1, 2)]
+    worker, thread = _worker(ctx, "w-oom", max_batch=2)
+    try:
+        _wait(lambda: len(_final(ctx, pair)) == 2, 240, "both jobs to end")
+        assert [j.status.value for j in _final(ctx, pair)] == ["completed", "completed"]
+        assert worker._loops["debug"].loop.out_of_memory >= 1  # they met in one batch, which was split
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+        too_big = _generate_job(ctx, Priority.INTERACTIVE, 3, seconds=2)
+        _wait(lambda: len(_final(ctx, [too_big])) == 1, 120, "the job that does not fit to end")
+        failed = ctx.jobs.get(too_big.id)
+        assert failed.status.value == "failed" and failed.error_code == "GPU_OUT_OF_MEMORY", failed
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+        after = _generate_job(ctx, Priority.INTERACTIVE, 4, seconds=2)
+        _wait(lambda: len(_final(ctx, [after])) == 1, 120, "the next job to end")
+        assert ctx.jobs.get(after.id).status.value == "completed"
+    finally:
+        _stop(worker, thread)

@@ -247,6 +247,8 @@ class DecodeLoop:
         self.prefills = 0
         #: The most rows that decoded together so far (diagnostics and tests).
         self.most_active = 0
+        #: Out-of-memory errors met (a batch split, a prefill retried smaller, a row failed).
+        self.out_of_memory = 0
 
     # ------------------------------------------------------------ submit
     def submit(self, request: RowRequest) -> RowHandle:
@@ -378,6 +380,7 @@ class DecodeLoop:
             try:
                 self._prefill(row, index)
             except memory.OutOfMemory:
+                self.out_of_memory += 1
                 # The joining row waits (the rows already decoding keep their places) until
                 # the batch empties; alone, it retries in smaller prefill chunks.
                 self._batch_limit = max(1, len(self.rows))
@@ -435,6 +438,7 @@ class DecodeLoop:
                 self._forward_all()
                 return
             except memory.OutOfMemory:
+                self.out_of_memory += 1
                 if len(self.rows) <= 1:
                     memory.release()
                     self._leave(self.rows[0], None, memory.too_big())
