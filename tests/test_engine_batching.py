@@ -501,3 +501,48 @@ def test_the_stock_engine_fails_a_generation_that_does_not_fit_with_gpu_out_of_m
         engine.generate(GenerationParams(duration=1.0, seed=1))
     monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
     assert engine.generate(GenerationParams(duration=1.0, seed=1)).shape[1] == SR
+
+
+# ---------------------------------------------------------------- each generation its own generator
+def test_a_seeded_stock_generation_is_what_audiocraft_gives_after_manual_seed(model) -> None:  # type: ignore[no-untyped-def]
+    """The stock engine draws from a generator of its own now, seeded as torch.manual_seed
+    seeds the global one: a seed gives the audio it gave before."""
+    from g4l.engine.musicgen import MusicGenEngine
+
+    params = GenerationParams(duration=2.0, seed=7, description="dub")
+    ours = MusicGenEngine(model).generate(params)
+    model.set_generation_params(use_sampling=True, top_k=params.top_k, top_p=params.top_p,
+                                temperature=params.temperature, duration=params.duration, cfg_coef=params.cfg_coef)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        stock = model.generate([params.text])[0].numpy()
+    assert np.array_equal(ours, stock)
+
+
+def test_same_seed_same_audio_past_the_window_beside_another_models_generation(model) -> None:  # type: ignore[no-untyped-def]
+    """Two models in one worker, each generating past its 30 s window on the stock engine
+    (AudioCraft's windowed extension) in its own job thread: the seeded one gives the audio
+    it gives alone, although the other (unseeded) draws and seeds all the while."""
+    from g4l.engine.musicgen import MusicGenEngine
+
+    ours, other = MusicGenEngine(model), MusicGenEngine(build_debug_musicgen(seed=1))
+    params = GenerationParams(duration=31.0, seed=7, description="dub")
+    alone = ours.generate(params)
+    assert alone.shape[1] == pytest.approx(31.0 * SR, abs=SR * 0.05)
+    done = threading.Event()
+    others: list[np.ndarray] = []
+
+    def beside() -> None:
+        while not done.is_set():
+            others.append(other.generate(GenerationParams(duration=31.0, description="ambient")))
+
+    thread = threading.Thread(target=beside, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # the other generation is under way first
+        together = ours.generate(params)
+    finally:
+        done.set()
+        thread.join(120)
+    assert others or thread.is_alive()  # it ran beside ours
+    assert np.array_equal(together, alone)
