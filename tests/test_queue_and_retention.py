@@ -253,3 +253,18 @@ def test_a_recovered_result_whose_copy_is_gone_fails_clearly(ctx: Context) -> No
     assert state.output_blob is None
     assert ctx.sessions.get(job.session_id)["error_code"] == "STORE_UNAVAILABLE"
     assert all(ctx.redis.xpending(name, keys.WORKER_GROUP)["pending"] == 0 for name in ctx.queue.streams())
+
+
+def test_a_waiting_claim_takes_a_job_queued_during_its_wait(ctx: Context) -> None:
+    """A worker waiting on an empty queue is woken by a job of any class and takes it."""
+    import threading
+
+    station = _job(ctx, Priority.BACKGROUND)
+    timer = threading.Timer(0.3, lambda: ctx.queue.enqueue(station))
+    timer.start()
+    try:
+        claimed = ctx.queue.claim("w1", block_ms=5000)
+    finally:
+        timer.join()
+    assert claimed is not None and claimed.job_id == station.id
+    assert ctx.queue.claim("w1", block_ms=0) is None

@@ -46,7 +46,9 @@ redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1])
 return seq
 """
 
-# The first new entry of the first stream that has one, in the order of KEYS.
+# The first new entry of the first stream that has one, in the order of KEYS. With none:
+# ``{'', newest id of each stream}``, what a wait for the next entry starts after (every
+# entry up to those was delivered already).
 _CLAIM_FIRST = """
 for _, name in ipairs(KEYS) do
   local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', name, '>')
@@ -55,7 +57,12 @@ for _, name in ipairs(KEYS) do
     return {name, entry[1], entry[2]}
   end
 end
-return false
+local newest = {''}
+for i, name in ipairs(KEYS) do
+  local last = redis.call('XREVRANGE', name, '+', '-', 'COUNT', 1)
+  newest[i + 1] = last[1] and last[1][1] or '0-0'
+end
+return newest
 """
 
 
@@ -207,28 +214,25 @@ class JobQueue:
     def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
         """Take the next job in the waiting order: interactive first (jobs put back before
         new ones), background only when no interactive job waits. With nothing waiting,
-        waits up to ``block_ms`` for a new interactive job (a background or put-back one
-        is seen by the next look)."""
+        waits up to ``block_ms`` for a new entry in any stream, then takes the first in
+        that order (so a wait never takes a newer job before one put back meanwhile)."""
         self.ensure_groups()
-        claimed = self._take_first(consumer)
+        claimed, newest = self._take_first(consumer)
         if claimed is not None or not block_ms:
             return claimed
-        name = keys.stream(Priority.INTERACTIVE)
-        got = self.r.xreadgroup(keys.WORKER_GROUP, consumer, {name: ">"}, count=1, block=block_ms)
-        if got:
-            _stream, entries = got[0]
-            entry_id, fields = entries[0]
-            return Claimed(fields.get("job_id", ""), name, entry_id)
-        return self._take_first(consumer)
+        if self.r.xread(dict(zip(self.streams(), newest, strict=True)), count=1, block=block_ms):
+            claimed, _ = self._take_first(consumer)
+        return claimed
 
-    def _take_first(self, consumer: str) -> Claimed | None:
-        """The first entry of the first stream that has one (no waiting)."""
+    def _take_first(self, consumer: str) -> tuple[Claimed | None, list[str]]:
+        """The first new entry of the first stream that has one (no waiting); else the
+        newest entry id of every stream."""
         got = self._claim_first(keys=self.streams(), args=[keys.WORKER_GROUP, consumer])
-        if not got:
-            return None
+        if _text(got[0]) == "":
+            return None, [_text(v) for v in got[1:]]
         name, entry_id, flat = got
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claimed(_text(fields.get("job_id", b"")), _text(name), _text(entry_id))
+        fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return Claimed(fields.get("job_id", ""), _text(name), _text(entry_id)), []
 
     def mark_running(self, claimed: Claimed) -> None:
         with self.r.pipeline() as p:
