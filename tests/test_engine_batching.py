@@ -546,3 +546,27 @@ def test_same_seed_same_audio_past_the_window_beside_another_models_generation(m
         thread.join(120)
     assert others or thread.is_alive()  # it ran beside ours
     assert np.array_equal(together, alone)
+
+
+def test_a_cache_that_cannot_grow_stays_what_it_was() -> None:
+    """Growing the KV cache fails part-way (its first layer's self-attention grown, then a
+    cross-attention allocation no allocator can give): every layer keeps its old shape
+    and content, and a later growth that fits works on top of it."""
+    from g4l.engine.kv_cache import KVCache
+
+    cache = KVCache(2, 2, 4, True, torch.device("cpu"), torch.float32)
+    cache.reserve(CacheShape(4, 10, 3))
+    for tensors in (cache.k, cache.v, cache.ck, cache.cv):
+        for t in tensors:
+            t.normal_()
+    before = [[t.clone() for t in ts] for ts in (cache.k, cache.v, cache.ck, cache.cv)]
+    shape = cache.shape
+    with pytest.raises(RuntimeError):
+        cache.reserve(CacheShape(4, 300, 2**40))  # cross-attention of 2**40 positions: terabytes
+    assert cache.shape == shape
+    for old, now in zip(before, (cache.k, cache.v, cache.ck, cache.cv), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(old, now, strict=True))
+    cache.reserve(CacheShape(8, 300, 3))
+    assert cache.k[0].shape[2] == 512 and cache.k[1].shape[0] == 8
+    assert torch.equal(cache.k[1][:4, :, :shape.length], before[0][1])
+    assert torch.equal(cache.ck[0][:4, :, :shape.cross_length], before[2][0])

@@ -364,17 +364,28 @@ class DecodeLoop:
             row = self._next_pending()
             if row is None:
                 return
-            if row.condition is None:
-                with torch.inference_mode(), self._autocast():
-                    row.condition = self.model.condition(row.handle.request.attributes)
             index = len(self.rows)
-            wanted = CacheShape(self._lines(index + 1), row.length,
-                                row.condition.length)
             try:
+                if row.condition is None:
+                    with torch.inference_mode(), self._autocast():
+                        row.condition = self.model.condition(row.handle.request.attributes)
+                wanted = CacheShape(self._lines(index + 1), row.length, row.condition.length)
                 # A lone row always gets its cache: a job never fails for the budget alone.
                 self.cache.reserve(wanted, enforce_budget=bool(self.rows))
             except KVBudgetExceeded:
                 return  # waits for a row to leave
+            except memory.OutOfMemory:
+                # Its conditions or a cache grown for it do not fit (the cache is left as it
+                # was): it waits for the batch to empty; alone, nothing smaller can be tried.
+                self.out_of_memory += 1
+                memory.release()
+                if self.rows:
+                    self._batch_limit = len(self.rows)
+                    return
+                with self._lock:
+                    self._pending.remove(row)
+                row.handle._finish(None, memory.too_big())
+                continue
             with self._lock:
                 self._pending.remove(row)
             try:
