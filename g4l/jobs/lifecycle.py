@@ -9,7 +9,8 @@ entry when it ends, so a job is never "in progress" in one place and finished in
        |                 |   \\-cancel----> canceled
        +----requeue------+   (a dead worker's job, a background job giving way)
 
-A queued job can be canceled or failed directly (:func:`request_cancel`, recovery).
+A queued job can be canceled or failed directly (:func:`request_cancel`, recovery). A
+completed job whose result the store never took ends failed (:func:`result_not_stored`).
 """
 
 from __future__ import annotations
