@@ -145,6 +145,14 @@ class GenerationFailed(G4LError):
     http_status = 500
 
 
+class GpuOutOfMemory(G4LError):
+    """The generation does not fit the GPU's memory even alone (a batch that runs out is
+    split and retried first): a shorter output or a smaller model may fit."""
+
+    code = "GPU_OUT_OF_MEMORY"
+    http_status = 503
+
+
 class Internal(G4LError):
     """An unexpected server fault; details are in the server log, not in the message."""
 

@@ -28,6 +28,12 @@ def stream(priority: str) -> str:
     return f"{PREFIX}:jobs:{priority}"
 
 
+def front_stream(priority: str) -> str:
+    """The stream of a priority class's jobs put back at the front (recovered, requeued):
+    workers read it before :func:`stream`, so those jobs run before newer ones."""
+    return f"{PREFIX}:jobs:{priority}:front"
+
+
 def session(session_id: str) -> str:
     return f"{PREFIX}:session:{session_id}"
 

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # How long a worker holding a finished generation waits for Redis to come back before
     # giving the job up (the result is then left to recovery, which stores it).
     redis_wait_s: float = 60.0
+    # How long a worker keeps retrying (with backoff) to store a result the client already
+    # has, while the audio store refuses it; then the job fails with STORE_UNAVAILABLE
+    # rather than stay pending. Its Redis hand-off is kept readable meanwhile.
+    result_store_max_s: float = Field(default=600.0, gt=0.0)
     progress_interval_s: float = 1.0
     max_queue: int = 100
     held_inputs_mb: int = 512  # continue uploads a web node keeps until their result is sent (0: off)

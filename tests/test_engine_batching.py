@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from g4l.engine import Cancelled, GenerationParams, build_debug_musicgen
+from g4l.engine import Cancelled, GenerationParams, build_debug_musicgen, memory
 from g4l.engine.batched_musicgen import BatchedMusicGen
 from g4l.engine.batching import DecodeLoop, RowHandle
 from g4l.engine.kv_cache import CacheShape
 from g4l.engine.sampling import SamplingParams, new_generator, sample_rows
+from g4l.errors import GpuOutOfMemory
 
 SR = 32000
 
@@ -448,3 +449,124 @@ def test_generate_reports_progress_and_cancels_from_the_callers_thread(model) ->
         assert engine.loop.steps - before < 1500  # it did not run to its end (1503 steps)
     finally:
         engine.stop()
+
+
+# ---------------------------------------------------------------- out of memory
+def test_a_batch_that_runs_out_of_memory_is_split_and_every_row_completes(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A forward pass over more than two rows runs out of memory (the test-only fault at the
+    engine boundary, as a GPU would): the batch is split and retried, and every row ends
+    with the codes it gets alone (greedy: a resumed row's prefill recomputes its cache)."""
+    jobs = [(seconds, _greedy(params)) for seconds, params in JOBS]
+    engine = BatchedMusicGen(model)
+    alone = [_alone(engine, job) for job in jobs]
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 2)
+    split = BatchedMusicGen(model)
+    handles = [_submit(split, job) for job in jobs]
+    split.loop.run_until_idle()
+    assert split.loop.out_of_memory >= 2  # four rows, then three, did not fit
+    for solo, handle in zip(alone, handles, strict=True):
+        assert torch.equal(handle.result(), solo)
+
+
+def test_a_row_that_does_not_fit_alone_fails_with_gpu_out_of_memory_and_the_loop_goes_on(  # type: ignore[no-untyped-def]
+        model, monkeypatch) -> None:
+    """Every forward pass runs out of memory: the row retries its prefill in smaller chunks,
+    then fails alone with GPU_OUT_OF_MEMORY; the loop thread serves the next row as usual."""
+    seconds, params = JOBS[0]
+    prompt = _prompt(seconds, seed=int(seconds * 10))
+    engine = BatchedMusicGen(model)
+    solo = engine.decode(_alone(engine, JOBS[0]))
+    engine.start()
+    try:
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+        with pytest.raises(GpuOutOfMemory) as failed:
+            engine.generate(prompt, params, timeout=60)
+        assert failed.value.code == "GPU_OUT_OF_MEMORY"
+        assert engine.loop.out_of_memory > 1  # smaller prefill chunks were tried first
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+        again = engine.generate(prompt, params, timeout=60)
+    finally:
+        engine.stop()
+    assert np.array_equal(again, solo)
+    assert engine.loop.prefill_chunk is None  # the next row prefills whole again
+
+
+def test_the_stock_engine_fails_a_generation_that_does_not_fit_with_gpu_out_of_memory(  # type: ignore[no-untyped-def]
+        model, monkeypatch) -> None:
+    from g4l.engine.musicgen import MusicGenEngine
+
+    engine = MusicGenEngine(model)
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+    with pytest.raises(GpuOutOfMemory):
+        engine.generate(GenerationParams(duration=1.0, seed=1))
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+    assert engine.generate(GenerationParams(duration=1.0, seed=1)).shape[1] == SR
+
+
+# ---------------------------------------------------------------- each generation its own generator
+def test_a_seeded_stock_generation_is_what_audiocraft_gives_after_manual_seed(model) -> None:  # type: ignore[no-untyped-def]
+    """The stock engine draws from a generator of its own now, seeded as torch.manual_seed
+    seeds the global one: a seed gives the audio it gave before."""
+    from g4l.engine.musicgen import MusicGenEngine
+
+    params = GenerationParams(duration=2.0, seed=7, description="dub")
+    ours = MusicGenEngine(model).generate(params)
+    model.set_generation_params(use_sampling=True, top_k=params.top_k, top_p=params.top_p,
+                                temperature=params.temperature, duration=params.duration, cfg_coef=params.cfg_coef)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        stock = model.generate([params.text])[0].numpy()
+    assert np.array_equal(ours, stock)
+
+
+def test_same_seed_same_audio_past_the_window_beside_another_models_generation(model) -> None:  # type: ignore[no-untyped-def]
+    """Two models in one worker, each generating past its 30 s window on the stock engine
+    (AudioCraft's windowed extension) in its own job thread: the seeded one gives the audio
+    it gives alone, although the other (unseeded) draws and seeds all the while."""
+    from g4l.engine.musicgen import MusicGenEngine
+
+    ours, other = MusicGenEngine(model), MusicGenEngine(build_debug_musicgen(seed=1))
+    params = GenerationParams(duration=31.0, seed=7, description="dub")
+    alone = ours.generate(params)
+    assert alone.shape[1] == pytest.approx(31.0 * SR, abs=SR * 0.05)
+    done = threading.Event()
+    others: list[np.ndarray] = []
+
+    def beside() -> None:
+        while not done.is_set():
+            others.append(other.generate(GenerationParams(duration=31.0, description="ambient")))
+
+    thread = threading.Thread(target=beside, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # the other generation is under way first
+        together = ours.generate(params)
+    finally:
+        done.set()
+        thread.join(120)
+    assert others or thread.is_alive()  # it ran beside ours
+    assert np.array_equal(together, alone)
+
+
+def test_a_cache_that_cannot_grow_stays_what_it_was() -> None:
+    """Growing the KV cache fails part-way (its first layer's self-attention grown, then a
+    cross-attention allocation no allocator can give): every layer keeps its old shape
+    and content, and a later growth that fits works on top of it."""
+    from g4l.engine.kv_cache import KVCache
+
+    cache = KVCache(2, 2, 4, True, torch.device("cpu"), torch.float32)
+    cache.reserve(CacheShape(4, 10, 3))
+    for tensors in (cache.k, cache.v, cache.ck, cache.cv):
+        for t in tensors:
+            t.normal_()
+    before = [[t.clone() for t in ts] for ts in (cache.k, cache.v, cache.ck, cache.cv)]
+    shape = cache.shape
+    with pytest.raises(RuntimeError):
+        cache.reserve(CacheShape(4, 300, 2**40))  # cross-attention of 2**40 positions: terabytes
+    assert cache.shape == shape
+    for old, now in zip(before, (cache.k, cache.v, cache.ck, cache.cv), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(old, now, strict=True))
+    cache.reserve(CacheShape(8, 300, 3))
+    assert cache.k[0].shape[2] == 512 and cache.k[1].shape[0] == 8
+    assert torch.equal(cache.k[1][:4, :, :shape.length], before[0][1])
+    assert torch.equal(cache.ck[0][:4, :, :shape.cross_length], before[2][0])

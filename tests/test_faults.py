@@ -2,7 +2,9 @@
 the embedded Redis killed (restarted on its port from its append-only file: sessions and
 audio are still there, the worker waits instead of crash-looping), Redis paused while a
 job is in flight (the job finishes, nobody is taken for dead), and the web process killed
-(restarted; clients reconnect)."""
+(restarted; clients reconnect). And a result's last write on a live worker: a store that is
+down or paused is retried until it takes the result, or the job fails clearly after
+G4L_RESULT_STORE_MAX_S; never pending forever."""
 
 from __future__ import annotations
 
@@ -126,3 +128,125 @@ def _verify(c: DeviceClient, session_id: str) -> dict | None:
         return c.verify(session_id)
     except Exception:
         return None
+
+
+# ---------------------------------------------------------------- a result's last write
+@pytest.fixture
+def store_ctx(tmp_path, redis_server):
+    """A Context on its own Redis database and on a store process of its own (durable, so
+    it can be stopped and started again on its port with its data, or paused)."""
+    from g4l import embedded
+    from g4l.context import Context
+    from g4l.settings import Settings
+    from g4l.store.blobs import BlobStore
+
+    store = embedded.start_mongo(tmp_path / "store")
+    settings = Settings(REDIS_URL=redis_server.url.rsplit("/", 1)[0] + "/7", MONGO_URL=store.url,
+                        mongo_db="g4l_result_faults", models=["debug"], worker_dead_after_s=0.2)
+    c = Context.from_settings(settings)
+    # A short server-selection timeout: each refused attempt takes about a second, so the
+    # old three attempts were over long before the store came back.
+    c.blobs = BlobStore(store.url, settings.mongo_db, timeout_ms=500)
+    c.redis.flushdb()
+    yield c, store
+    c.redis.flushdb()
+    if store.proc.poll() is None:
+        os.kill(store.proc.pid, signal.SIGCONT)
+    store.stop()
+
+
+def _delivered_result(c, wav: bytes):  # type: ignore[no-untyped-def]
+    """A job completed on a live worker, its result handed to the web nodes and waiting
+    for its GridFS write (what the worker's _finish leaves to the result writer)."""
+    from g4l import keys
+    from g4l.jobs import handoff, lifecycle
+    from g4l.jobs.lifecycle import Completion
+    from g4l.jobs.records import Job, new_job_id
+    from g4l.jobs.spec import GenerationSpec
+    from g4l.store import heartbeats
+    from g4l.worker.result_writer import PendingWrite
+
+    heartbeats.publish(c.redis, keys.WORKERS, keys.worker, "w-live", {"job_ids": []}, 600)
+    session = c.sessions.create(status="queued")
+    job = Job(id=new_job_id(), kind="bang", session_id=session.id,
+              spec=GenerationSpec(model="debug", output_seconds=30))
+    c.sessions.update(session.id, job_id=job.id)
+    c.queue.enqueue(job)
+    claimed = c.queue.claim("w-live", block_ms=10)
+    lifecycle.start(c, job, "w-live", claimed)
+    blob_id = c.blobs.new_id()
+    handoff.put_whole(c.redis_bytes, job.id, wav)
+    meta = {"session_id": job.session_id, "kind": "output", "job_id": job.id}
+    c.jobs.update(job.id, output_meta=json.dumps(meta))
+    lifecycle.complete(c, job, Completion(blob_id, session={"current_blob": blob_id}), None)
+    return job, PendingWrite(job, claimed, blob_id, lambda: wav, meta)
+
+
+def _pending(c) -> int:  # type: ignore[no-untyped-def]
+    from g4l import keys
+
+    return sum(c.redis.xpending(name, keys.WORKER_GROUP)["pending"] for name in c.queue.streams())
+
+
+@pytest.mark.slow  # waits out a store outage
+def test_a_result_whose_store_is_down_is_retried_until_the_store_is_back(store_ctx, tmp_path) -> None:
+    """The store is gone when the result's write starts and comes back 10 s later (on its
+    port, with its data): the worker keeps retrying, the Redis copy stays readable meanwhile,
+    then the result is stored and its job's entry acknowledged: not pending forever."""
+    import threading
+
+    from g4l import embedded, keys
+    from g4l.jobs.records import JobStatus
+    from g4l.worker.result_writer import store_result
+
+    c, store = store_ctx
+    wav = make_wav(2)
+    job, write = _delivered_result(c, wav)
+    store.stop(timeout=10)
+    outcome: list[bool] = []
+    writer = threading.Thread(target=lambda: outcome.append(store_result(c, write, max_s=120)), daemon=True)
+    writer.start()
+    time.sleep(10)
+    assert writer.is_alive() and _pending(c) == 1
+    assert c.redis.ttl(keys.result(job.id)) > 0  # readers still get it from Redis
+    store.proc = embedded.start_mongo(tmp_path / "store", port=store.port).proc
+    writer.join(90)
+    assert outcome == [True]
+    assert c.blobs.get(write.blob_id) == wav
+    assert _pending(c) == 0 and c.redis.get(keys.result(job.id)) is None
+    assert c.jobs.get(job.id).status is JobStatus.COMPLETED
+
+
+@pytest.mark.slow  # waits out a store outage
+def test_a_result_the_store_never_takes_fails_clearly_after_the_bound(store_ctx) -> None:
+    """The store is paused (SIGSTOP: it holds the connection and never answers) through the
+    write and past G4L_RESULT_STORE_MAX_S: the job fails with STORE_UNAVAILABLE, its session
+    says why, a FAILED notice goes out and the entry is acknowledged; nothing hangs."""
+    from g4l import keys
+    from g4l.jobs import notices
+    from g4l.jobs.records import JobStatus
+    from g4l.worker.result_writer import store_result
+
+    c, store = store_ctx
+    job, write = _delivered_result(c, make_wav(2))
+    pubsub = c.redis.pubsub()
+    pubsub.subscribe(keys.NOTICES)
+    os.kill(store.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert store_result(c, write, max_s=3) is False
+        assert time.monotonic() - started < 60
+    finally:
+        os.kill(store.proc.pid, signal.SIGCONT)
+    state = c.jobs.get(job.id)
+    assert state.status is JobStatus.FAILED and state.error_code == "STORE_UNAVAILABLE", state
+    assert "not kept" in (state.error or "")
+    assert c.sessions.get(job.session_id)["error_code"] == "STORE_UNAVAILABLE"
+    assert _pending(c) == 0 and c.redis.get(keys.result(job.id)) is None
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and notices.FAILED not in seen:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg and msg["type"] == "message":
+            seen.append(notices.decode(msg["data"])["type"])
+    assert notices.FAILED in seen

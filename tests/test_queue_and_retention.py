@@ -158,3 +158,113 @@ def test_a_job_queued_by_an_earlier_server_version_is_failed_clearly(ctx: Contex
     assert job.status is JobStatus.FAILED and "earlier version" in (job.error or "")
     assert ctx.sessions.get(session.id).status == "idle"
     assert ctx.redis.xpending(keys.stream("interactive"), keys.WORKER_GROUP)["pending"] == 0
+
+
+def _claim_all(ctx: Context, consumer: str = "w1") -> list[str]:
+    taken = []
+    while (claimed := ctx.queue.claim(consumer, block_ms=0)) is not None:
+        taken.append(claimed.job_id)
+    return taken
+
+
+def _by_position(ctx: Context, jobs: list[Job]) -> list[str]:
+    return [j.id for j in sorted(jobs, key=lambda j: ctx.queue.position(j.id).position)]
+
+
+def test_a_recovered_job_runs_before_newer_ones_and_positions_say_so(ctx: Context) -> None:
+    """A dead worker's job goes back to the front of its class: it is taken before the
+    interactive jobs queued after it (and the stations), and positions say so."""
+    old = _job(ctx)
+    ctx.queue.enqueue(old)
+    claimed = ctx.queue.claim("ghost", block_ms=10)  # a worker with no heartbeat
+    assert claimed is not None and claimed.job_id == old.id
+    lifecycle.start(ctx, ctx.jobs.get(old.id), "ghost", claimed)
+    station, newer, newest = _job(ctx, Priority.BACKGROUND), _job(ctx), _job(ctx)
+    for job in (station, newer, newest):
+        ctx.queue.enqueue(job)
+    time.sleep(0.3)
+    assert recovery.recover_orphans(ctx) == 1
+    everyone = [old, newer, newest, station]
+    assert [ctx.queue.position(j.id).position for j in everyone] == [1, 2, 3, 4]
+    assert _claim_all(ctx) == [j.id for j in everyone]
+
+
+def test_a_background_job_that_gave_way_goes_first_among_background_jobs_only(ctx: Context) -> None:
+    """A station job that stepped aside for an interactive one runs again before the
+    station jobs queued after it, never before an interactive job."""
+    gave_way = _job(ctx, Priority.BACKGROUND)
+    ctx.queue.enqueue(gave_way)
+    claimed = ctx.queue.claim("w1", block_ms=10)
+    assert claimed is not None
+    job = ctx.jobs.get(gave_way.id)
+    lifecycle.start(ctx, job, "w1", claimed)
+    later_station, interactive = _job(ctx, Priority.BACKGROUND), _job(ctx)
+    ctx.queue.enqueue(later_station)
+    ctx.queue.enqueue(interactive)
+    lifecycle.requeue(ctx, job, claimed, attempt_used=False)
+    everyone = [interactive, gave_way, later_station]
+    assert _by_position(ctx, everyone) == [j.id for j in everyone]
+    assert _claim_all(ctx) == [j.id for j in everyone]
+    assert ctx.jobs.get(gave_way.id).attempts == 0
+
+
+def test_positions_are_the_order_workers_take_jobs_in_even_when_producers_race(ctx: Context) -> None:
+    """Jobs queued from many threads at once, some put back at the front: the order the
+    positions give is exactly the order the claims take (place and entry are one write)."""
+    import threading
+
+    jobs: list[Job] = []
+    lock = threading.Lock()
+
+    def produce(i: int) -> None:
+        for n in range(6):
+            job = _job(ctx, Priority.BACKGROUND if (i + n) % 3 == 0 else Priority.INTERACTIVE)
+            ctx.queue.enqueue(job, front=n % 4 == 1)
+            with lock:
+                jobs.append(job)
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(jobs) == 36
+    expected = _by_position(ctx, jobs)
+    assert [ctx.queue.position(j).position for j in expected] == list(range(1, 37))
+    assert _claim_all(ctx) == expected
+
+
+def test_a_recovered_result_whose_copy_is_gone_fails_clearly(ctx: Context) -> None:
+    """A worker died after completing a job but before GridFS had its result, and the
+    Redis copy expired meanwhile: the job fails with STORE_UNAVAILABLE instead of pointing
+    at audio that does not exist, and its entry goes."""
+    from g4l.jobs.lifecycle import Completion
+
+    job = _job(ctx)
+    ctx.queue.enqueue(job)
+    claimed = ctx.queue.claim("ghost", block_ms=10)
+    lifecycle.start(ctx, ctx.jobs.get(job.id), "ghost", claimed)
+    blob_id = ctx.blobs.new_id()
+    lifecycle.complete(ctx, ctx.jobs.get(job.id), Completion(blob_id), None)  # no hand-off left
+    time.sleep(0.3)
+    assert recovery.recover_orphans(ctx) == 1
+    state = ctx.jobs.get(job.id)
+    assert state.status is JobStatus.FAILED and state.error_code == "STORE_UNAVAILABLE", state
+    assert state.output_blob is None
+    assert ctx.sessions.get(job.session_id)["error_code"] == "STORE_UNAVAILABLE"
+    assert all(ctx.redis.xpending(name, keys.WORKER_GROUP)["pending"] == 0 for name in ctx.queue.streams())
+
+
+def test_a_waiting_claim_takes_a_job_queued_during_its_wait(ctx: Context) -> None:
+    """A worker waiting on an empty queue is woken by a job of any class and takes it."""
+    import threading
+
+    station = _job(ctx, Priority.BACKGROUND)
+    timer = threading.Timer(0.3, lambda: ctx.queue.enqueue(station))
+    timer.start()
+    try:
+        claimed = ctx.queue.claim("w1", block_ms=5000)
+    finally:
+        timer.join()
+    assert claimed is not None and claimed.job_id == station.id
+    assert ctx.queue.claim("w1", block_ms=0) is None

@@ -243,9 +243,10 @@ def test_queue_eta_counts_the_slots_of_live_workers(ctx) -> None:
     assert ctx.queue.slots() == 9  # a worker from before batching counts as one slot
 
 
-def _generate_job(ctx, priority: Priority, seed: int) -> Job:  # type: ignore[no-untyped-def]
+def _generate_job(ctx, priority: Priority, seed: int | None, seconds: float = 30,  # type: ignore[no-untyped-def]
+                  model: str = "debug") -> Job:
     job = Job(id=new_job_id(), kind="generate", session_id="",
-              spec=GenerationSpec(model="debug", output_seconds=30, seed=seed), priority=priority)
+              spec=GenerationSpec(model=model, output_seconds=seconds, seed=seed), priority=priority)
     ctx.queue.enqueue(job)
     return job
 
@@ -257,14 +258,14 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
         time.sleep(0.01)
 
 
-def _worker(ctx, name: str, **kw: Any):  # type: ignore[no-untyped-def]
+def _worker(ctx, name: str, models: tuple[str, ...] = ("debug",), **kw: Any):  # type: ignore[no-untyped-def]
     """An in-process batching worker on the tiny model, with a live heartbeat (so the
     recovery of its own maintenance sees it alive), running in a thread."""
     from g4l.engine.cache import ModelCache
     from g4l.worker.heartbeat import Heartbeat
     from g4l.worker.worker import Worker
 
-    worker = Worker(ctx, ModelCache(["debug"], "cpu"), name, **kw)
+    worker = Worker(ctx, ModelCache(list(models), "cpu"), name, **kw)
     worker.heartbeat = Heartbeat(ctx.redis, name, 0.2, 30.0,
                                  lambda: {"job_ids": worker.held(), "max_batch": worker.max_batch})
     worker.heartbeat.start()
@@ -329,3 +330,56 @@ def test_the_worker_sets_its_loops_kv_budget(ctx) -> None:
             assert loop.most_active == most_rows, (budget_mb, loop.most_active)
         finally:
             _stop(worker, thread)
+
+
+@pytest.mark.slow  # a worker runs the model end to end
+def test_a_job_that_does_not_fit_the_gpu_fails_alone_and_the_worker_goes_on(ctx, monkeypatch) -> None:
+    """Out of GPU memory, injected at the engine boundary (the test-only switch): two jobs
+    whose shared batch does not fit are split and both complete; a job that does not fit
+    even alone fails with GPU_OUT_OF_MEMORY; the same worker then serves the next job."""
+    from g4l.engine import memory
+
+    monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 1)
+    pair = [_generate_job(ctx, Priority.INTERACTIVE, seed, seconds=6) for seed in (1, 2)]
+    worker, thread = _worker(ctx, "w-oom", max_batch=2)
+    try:
+        _wait(lambda: len(_final(ctx, pair)) == 2, 240, "both jobs to end")
+        assert [j.status.value for j in _final(ctx, pair)] == ["completed", "completed"]
+        assert worker._loops["debug"].loop.out_of_memory >= 1  # they met in one batch, which was split
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", 0)
+        too_big = _generate_job(ctx, Priority.INTERACTIVE, 3, seconds=2)
+        _wait(lambda: len(_final(ctx, [too_big])) == 1, 120, "the job that does not fit to end")
+        failed = ctx.jobs.get(too_big.id)
+        assert failed.status.value == "failed" and failed.error_code == "GPU_OUT_OF_MEMORY", failed
+        monkeypatch.setattr(memory, "TEST_ONLY_OOM_ABOVE_ROWS", None)
+        after = _generate_job(ctx, Priority.INTERACTIVE, 4, seconds=2)
+        _wait(lambda: len(_final(ctx, [after])) == 1, 120, "the next job to end")
+        assert ctx.jobs.get(after.id).status.value == "completed"
+    finally:
+        _stop(worker, thread)
+
+
+@pytest.mark.slow  # a worker runs two models end to end, past their window
+def test_same_seed_same_audio_beside_another_models_job_in_one_worker(ctx, tmp_path) -> None:
+    """One batching worker, two models, outputs past the 30 s window (AudioCraft's windowed
+    extension on the stock engine, one job thread each): a seeded job gives the same audio
+    alone and beside the other model's unseeded job."""
+    from g4l.engine import save_debug_checkpoint
+
+    other = str(save_debug_checkpoint(tmp_path / "other-model", seed=1))
+    worker, thread = _worker(ctx, "w-seeds", models=("debug", other), max_batch=2)
+    try:
+        alone = _generate_job(ctx, Priority.INTERACTIVE, 7, seconds=31)
+        _wait(lambda: len(_final(ctx, [alone])) == 1, 240, "the job alone to end")
+        beside = _generate_job(ctx, Priority.INTERACTIVE, None, seconds=31, model=other)
+        _wait(lambda: bool(worker.held()), 60, "the other model's job to start")
+        again = _generate_job(ctx, Priority.INTERACTIVE, 7, seconds=31)
+        _wait(lambda: len(_final(ctx, [beside, again])) == 2, 480, "both jobs to end")
+    finally:
+        _stop(worker, thread)
+    jobs = {j.id: j for j in _final(ctx, [alone, beside, again])}
+    assert all(j.status.value == "completed" for j in jobs.values()), jobs
+    b, a = jobs[beside.id], jobs[again.id]
+    assert a.started is not None and b.finished is not None and a.started < b.finished  # they overlapped
+    first, second = (ctx.blobs.get(jobs[j.id].output_blob or "") for j in (alone, again))
+    assert first == second

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from g4l.engine import memory
 from g4l.engine._compat import prepare_audiocraft_import
 from g4l.engine.base import AudioCallback, GenerationParams, PartialAudio, ProgressCallback
 from g4l.log import get_logger
@@ -118,7 +119,8 @@ class BatchedMusicGen:
         each piece to ``on_audio``; the last piece is the rest of the whole decode, which
         is still what this returns. A failing ``on_audio`` stops the streaming, not the job.
         """
-        handle = self.submit(prompt, params, None, priority)
+        with memory.fails_alone():  # encoding the prompt
+            handle = self.submit(prompt, params, None, priority)
         decoder: WindowedDecoder | None = None
         hop = int(round(self.sample_rate / self.frame_rate))
         prompt_frames = 0
@@ -126,12 +128,14 @@ class BatchedMusicGen:
             if on_audio is not None:
                 prompt_frames = 0 if handle.request.prompt is None else int(handle.request.prompt.shape[-1])
                 decoder = WindowedDecoder(self.decode, hop, max(1, int(round(chunk_s * self.frame_rate))))
-            codes, on_audio = self._wait(handle, on_progress, decoder, on_audio, prompt_frames * hop, timeout)
+            with memory.fails_alone():  # a streamed piece's decode
+                codes, on_audio = self._wait(handle, on_progress, decoder, on_audio, prompt_frames * hop, timeout)
         except BaseException:
             handle.cancel()
             raise
         decoding = time.monotonic()
-        audio = self.decode(codes)
+        with memory.fails_alone():
+            audio = self.decode(codes)
         joined, finished = handle.joined_at or decoding, handle.finished_at or decoding
         # Where a job's model time went (docs/engine-batching.md, "Where the time goes").
         log.info("row generated", wait_s=round(joined - handle.submitted_at, 3),

@@ -23,12 +23,14 @@ last-bit difference between a row alone and batched; ``pad_lone_row=True`` pads 
 (fully batch-invariant, slower alone).
 
 Memory: the KV cache grows to the rows it holds (slots, positions) within
-``kv_budget_bytes``; a row that would pass it waits for a row to leave. On CUDA an
-out-of-memory error in a step puts the most recently joined row back in the queue (its
-tokens and generator kept: it resumes with a prefill of everything it has) and lowers the
-batch limit until the batch empties; a joining row whose prefill runs out of memory waits
-for the batch to empty, then retries in smaller chunks; a row is failed only when it runs
-out of memory alone.
+``kv_budget_bytes``; a row that would pass it waits for a row to leave. An out-of-memory
+error in a step puts the most recently joined row back in the queue (its tokens and
+generator kept: it resumes with a prefill of everything it has) and lowers the batch limit
+until the batch empties; a joining row whose prefill runs out of memory waits for the batch
+to empty, then retries in smaller chunks; a row is failed (``GPU_OUT_OF_MEMORY``) only when
+it runs out of memory alone. A step samples every row before it writes any token, so a step
+that fails part-way is retried whole. :data:`g4l.engine.memory.TEST_ONLY_OOM_ABOVE_ROWS`
+injects the error on CPU (tests only).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from g4l.engine import memory
 from g4l.engine.base import Cancelled, ProgressCallback
 from g4l.engine.batch_lm import KEY_BLOCK, BatchedLM, RowCondition
 from g4l.engine.kv_cache import CacheShape, KVBudgetExceeded, KVCache, round_up
@@ -225,6 +228,7 @@ class DecodeLoop:
         self.row_multiple = row_multiple
         self.pad_lone_row = pad_lone_row
         self.prefill_chunk = prefill_chunk
+        self._prefill_chunk_configured = prefill_chunk  # restored once a row failed for memory alone
         self.record_logits = record_logits
         self._autocast = autocast or nullcontext
         m = self.model
@@ -243,6 +247,8 @@ class DecodeLoop:
         self.prefills = 0
         #: The most rows that decoded together so far (diagnostics and tests).
         self.most_active = 0
+        #: Out-of-memory errors met (a batch split, a prefill retried smaller, a row failed).
+        self.out_of_memory = 0
 
     # ------------------------------------------------------------ submit
     def submit(self, request: RowRequest) -> RowHandle:
@@ -358,27 +364,38 @@ class DecodeLoop:
             row = self._next_pending()
             if row is None:
                 return
-            if row.condition is None:
-                with torch.inference_mode(), self._autocast():
-                    row.condition = self.model.condition(row.handle.request.attributes)
             index = len(self.rows)
-            wanted = CacheShape(self._lines(index + 1), row.length,
-                                row.condition.length)
             try:
+                if row.condition is None:
+                    with torch.inference_mode(), self._autocast():
+                        row.condition = self.model.condition(row.handle.request.attributes)
+                wanted = CacheShape(self._lines(index + 1), row.length, row.condition.length)
                 # A lone row always gets its cache: a job never fails for the budget alone.
                 self.cache.reserve(wanted, enforce_budget=bool(self.rows))
             except KVBudgetExceeded:
                 return  # waits for a row to leave
+            except memory.OutOfMemory:
+                # Its conditions or a cache grown for it do not fit (the cache is left as it
+                # was): it waits for the batch to empty; alone, nothing smaller can be tried.
+                self.out_of_memory += 1
+                memory.release()
+                if self.rows:
+                    self._batch_limit = len(self.rows)
+                    return
+                with self._lock:
+                    self._pending.remove(row)
+                row.handle._finish(None, memory.too_big())
+                continue
             with self._lock:
                 self._pending.remove(row)
             try:
                 self._prefill(row, index)
-            except torch.cuda.OutOfMemoryError:
+            except memory.OutOfMemory:
+                self.out_of_memory += 1
                 # The joining row waits (the rows already decoding keep their places) until
                 # the batch empties; alone, it retries in smaller prefill chunks.
                 self._batch_limit = max(1, len(self.rows))
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                memory.release()
                 with self._lock:
                     self._pending.append(row)
                 if not self.rows:
@@ -400,7 +417,9 @@ class DecodeLoop:
         if chunk <= 1:
             with self._lock:
                 self._pending.remove(row)
-            row.handle._finish(None, RuntimeError("out of GPU memory with this row alone"))
+            self.prefill_chunk = self._prefill_chunk_configured  # the next row may well fit
+            self._batch_limit = self.max_batch
+            row.handle._finish(None, memory.too_big())
             return
         self.prefill_chunk = max(1, chunk // 2)
 
@@ -414,6 +433,7 @@ class DecodeLoop:
         chunk = self.prefill_chunk or upto
         logits = None
         with torch.inference_mode(), self._autocast():
+            memory.apply_test_only_fault(1)
             for begin in range(0, upto, chunk):
                 stop = min(upto, begin + chunk)
                 tokens = row.seq[:, begin:stop].to(self.model.device).unsqueeze(0).expand(2, -1, -1)  # both halves
@@ -428,10 +448,11 @@ class DecodeLoop:
             try:
                 self._forward_all()
                 return
-            except torch.cuda.OutOfMemoryError:
+            except memory.OutOfMemory:
+                self.out_of_memory += 1
                 if len(self.rows) <= 1:
-                    row = self.rows[0]
-                    self._leave(row, None, RuntimeError("out of GPU memory with this row alone"))
+                    memory.release()
+                    self._leave(self.rows[0], None, memory.too_big())
                     return
                 self._out_of_memory()
 
@@ -448,6 +469,7 @@ class DecodeLoop:
             start[2 * i] = start[2 * i + 1] = row.offset - 1
         tokens = torch.from_numpy(host).to(self.model.device)
         with torch.inference_mode(), self._autocast():
+            memory.apply_test_only_fault(len(rows))
             logits = self.model.forward(tokens, start, self.cache, 0)
             self._sample(rows, logits)
         self.steps += 1
@@ -473,6 +495,7 @@ class DecodeLoop:
             groups.setdefault(row.params, []).append(i)
         cond_all, uncond_all = logits[0:2 * n:2], logits[1:2 * n:2]
         special = self.model.lm.special_token_id
+        drawn: list[tuple[list[int], np.ndarray]] = []
         for params, members in groups.items():
             if len(members) == n:
                 cond, uncond = cond_all, uncond_all
@@ -483,7 +506,12 @@ class DecodeLoop:
             if self.record_logits:
                 for j, i in enumerate(members):
                     rows[i].handle.logits.append(guided_logits[j].clone())
-            picked = sample_rows(guided_logits, params, [rows[i].generator for i in members]).cpu().numpy()
+            drawn.append((members, sample_rows(guided_logits, params, [rows[i].generator for i in members])
+                           .cpu().numpy()))
+        # Written only once every group has drawn: an error above (out of memory) leaves
+        # every row's tokens where they were, so the step can be retried whole (the usual
+        # place of that error, the forward pass, is before any generator draws).
+        for members, picked in drawn:
             for j, i in enumerate(members):
                 row = rows[i]
                 at = row.offset
@@ -559,6 +587,5 @@ class DecodeLoop:
         if len(self.rows) > 1:
             self.evict_latest()
         self._batch_limit = max(1, len(self.rows))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        memory.release()
 

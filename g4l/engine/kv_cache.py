@@ -121,26 +121,45 @@ class KVCache:
             raise KVBudgetExceeded(f"{self.bytes_for(target)} bytes > budget {self.budget_bytes}")
         old = self.shape
         had = bool(self.k)
+        try:
+            self._grow(old, target, had)
+        except Exception:
+            # Out of memory part-way (layers before this one grown already): every layer
+            # becomes a view of its old shape again, so the cache stays what it was.
+            if had:
+                self._shrink_views(old)
+            else:
+                self.clear()
+            raise
+        self.cross_len = self.cross_len[:old.half_rows] + [1] * (target.half_rows - old.half_rows)
+        self.shape = target
+
+    def _grow(self, old: CacheShape, target: CacheShape, had: bool) -> None:
         h, d = self.num_heads, self.head_dim
         for layer in range(self.num_layers):
             # zeros, not empty: padding slots are read (never used) and must not hold NaN.
             k = torch.zeros(target.half_rows, h, target.length, d, device=self.device, dtype=self.dtype)
             v = torch.zeros_like(k)
             if had:
-                k[:old.half_rows, :, :old.length] = self.k[layer]
-                v[:old.half_rows, :, :old.length] = self.v[layer]
+                k[:old.half_rows, :, :old.length] = self.k[layer][:old.half_rows, :, :old.length]
+                v[:old.half_rows, :, :old.length] = self.v[layer][:old.half_rows, :, :old.length]
             self._replace(self.k, layer, k)
             self._replace(self.v, layer, v)
             if self.cross:
                 ck = torch.zeros(target.half_rows, h, target.cross_length, d, device=self.device, dtype=self.dtype)
                 cv = torch.zeros_like(ck)
                 if had:
-                    ck[:old.half_rows, :, :old.cross_length] = self.ck[layer]
-                    cv[:old.half_rows, :, :old.cross_length] = self.cv[layer]
+                    ck[:old.half_rows, :, :old.cross_length] = self.ck[layer][:old.half_rows, :, :old.cross_length]
+                    cv[:old.half_rows, :, :old.cross_length] = self.cv[layer][:old.half_rows, :, :old.cross_length]
                 self._replace(self.ck, layer, ck)
                 self._replace(self.cv, layer, cv)
-        self.cross_len = self.cross_len[:old.half_rows] + [1] * (target.half_rows - old.half_rows)
-        self.shape = target
+
+    def _shrink_views(self, shape: CacheShape) -> None:
+        """Every tensor as a view of ``shape`` (no allocation: memory is short)."""
+        for tensors, length in ((self.k, shape.length), (self.v, shape.length),
+                                (self.ck, shape.cross_length), (self.cv, shape.cross_length)):
+            for layer, tensor in enumerate(tensors):
+                tensors[layer] = tensor[:shape.half_rows, :, :length]
 
     @staticmethod
     def _replace(tensors: list[torch.Tensor], layer: int, new: torch.Tensor) -> None:

@@ -15,6 +15,8 @@ prepare_audiocraft_import()
 
 import torch  # noqa: E402  (after the import shims)
 
+from g4l.engine import memory, rng  # noqa: E402
+
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
 
@@ -110,16 +112,14 @@ class MusicGenEngine(Engine):
         model.set_generation_params(
             use_sampling=True, top_k=params.top_k, top_p=params.top_p,
             temperature=params.temperature, duration=params.duration, cfg_coef=params.cfg_coef)
-        # Sampling draws from torch's global generator. Without a seed, reseed from OS
-        # entropy so an unseeded run never replays the stream of an earlier seeded one.
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        else:
-            torch.seed()
         # AudioCraft calls the custom callback only when progress=True (else it prints).
         model.set_custom_progress_callback(on_progress)
         try:
-            with torch.inference_mode():
+            # Sampling draws from this generation's own generator (seeded, or from OS
+            # entropy), never torch's global one: another model's generation in another
+            # thread neither shares nor reseeds it (windowed extension included).
+            with torch.inference_mode(), rng.own_generator(params.seed, model.device), memory.fails_alone():
+                memory.apply_test_only_fault(1)
                 out = call(on_progress is not None)
         finally:
             model.set_custom_progress_callback(None)

@@ -85,6 +85,12 @@ def put_spliced(r: redis.Redis, job_id: str, new_wav: bytes, splice: Splice) -> 
           ex=RESULT_TTL_S)
 
 
+def keep(r: redis.Redis, job_id: str) -> bool:
+    """GridFS does not have the result yet and will not soon (the store refuses it): keep
+    the hand-off readable another :data:`RESULT_TTL_S`. Whether it was still there."""
+    return bool(r.expire(keys.result(job_id), RESULT_TTL_S))
+
+
 def drop(r: redis.Redis, job_id: str) -> None:
     """GridFS has the result: the hand-off is no longer needed (readers fall back to the
     stored file), so Redis holds only results still on their way, not the last two minutes'."""

@@ -9,7 +9,8 @@ entry when it ends, so a job is never "in progress" in one place and finished in
        |                 |   \\-cancel----> canceled
        +----requeue------+   (a dead worker's job, a background job giving way)
 
-A queued job can be canceled or failed directly (:func:`request_cancel`, recovery).
+A queued job can be canceled or failed directly (:func:`request_cancel`, recovery). A
+completed job whose result the store never took ends failed (:func:`result_not_stored`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,23 @@ def acknowledge(ctx: Context, claimed: Claimed) -> None:
     """A completed job's result is stored: its stream entry and its hand-off can go."""
     ctx.queue.ack(claimed)
     handoff.drop(ctx.redis_bytes, claimed.job_id)
+
+
+def result_not_stored(ctx: Context, job: Job, claimed: Claimed, error: G4LError) -> None:
+    """A completed job whose result the audio store never took (the worker gave up after
+    ``G4L_RESULT_STORE_MAX_S``, or recovery found its hand-off gone): it ends failed with
+    ``error`` instead of staying pending forever, and its stream entry and hand-off go.
+    The session keeps what it had; its error fields say why the result is not kept."""
+    job.status, job.finished, job.output_blob = JobStatus.FAILED, time.time(), None
+    job.error, job.error_code = error.message, error.code
+    ctx.jobs.update(job.id, status=job.status, finished=job.finished, output_blob="", error=error.message,
+                    error_code=error.code)
+    _session(ctx, job, error=error.message, error_code=error.code)
+    acknowledge(ctx, claimed)
+    notices.publish(ctx.redis, notices.FAILED, job_id=job.id, session_id=job.session_id, kind=job.kind,
+                    message=error.message, code=error.code)
+    log.error("result not stored; job failed", job_id=job.id, session_id=job.session_id, code=error.code,
+              error=error.message)
 
 
 def fail(ctx: Context, job: Job, error: G4LError, claimed: Claimed | None = None) -> None:

@@ -2,9 +2,15 @@
 
 At-least-once delivery: a job stays pending in the group until its worker acknowledges
 it; a worker that dies (its heartbeat key expires) has its pending job put back on the
-stream by :meth:`JobQueue.recover`, or failed once it has used its attempts. Interactive
-jobs (device requests) always go before background ones (stations). A sorted set mirrors
-the waiting order so queue positions and ETAs are one ZRANK away.
+stream by recovery (:mod:`g4l.jobs.recovery`), or failed once it has used its attempts.
+
+Order: each priority class has two streams, its *front* stream (jobs put back: recovered,
+or a background job that gave way) and its plain one (new jobs). A worker takes the first
+entry of the first non-empty stream of: interactive front, interactive, background front,
+background (one Lua script, so one round trip). A sorted set mirrors that order, so queue
+positions and ETAs are one ZRANK away; its score and the stream entry are written by one
+script, so two producers can never land in the streams in one order and in the sorted set
+in the other: the position a client is told is the order workers take jobs in.
 """
 
 from __future__ import annotations
@@ -23,6 +29,41 @@ from g4l.store import heartbeats
 # the front of its class sorts before the others of that class.
 _BACKGROUND_OFFSET = 1e15
 _FRONT_OFFSET = 1e12
+
+# Gives the job its place in the waiting order and its stream entry at once (one script
+# runs alone), so the order of the sorted set is the order of the streams. ``XX``: only
+# update a place the producer reserved (a job canceled meanwhile is not put back).
+# The score is formatted by hand: Lua's default number format keeps 14 digits only.
+_PLACE = """
+local seq = redis.call('INCR', KEYS[1])
+local score = string.format('%.17g', seq + tonumber(ARGV[2]))
+if ARGV[3] == 'XX' then
+  redis.call('ZADD', KEYS[2], 'XX', score, ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+end
+redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1])
+return seq
+"""
+
+# The first new entry of the first stream that has one, in the order of KEYS. With none:
+# ``{'', newest id of each stream}``, what a wait for the next entry starts after (every
+# entry up to those was delivered already).
+_CLAIM_FIRST = """
+for _, name in ipairs(KEYS) do
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', name, '>')
+  if got then
+    local entry = got[1][2][1]
+    return {name, entry[1], entry[2]}
+  end
+end
+local newest = {''}
+for i, name in ipairs(KEYS) do
+  local last = redis.call('XREVRANGE', name, '+', '-', 'COUNT', 1)
+  newest[i + 1] = last[1] and last[1][1] or '0-0'
+end
+return newest
+"""
 
 
 @dataclass(frozen=True)
@@ -49,18 +90,34 @@ class JobQueue:
         self.jobs = jobs
         self.default_job_seconds = default_job_seconds
         self._groups_ready = False
+        self._place = r.register_script(_PLACE)
+        self._claim_first = r.register_script(_CLAIM_FIRST)
+
+    @staticmethod
+    def streams() -> list[str]:
+        """Every job stream, in the order workers take from them."""
+        return [name for priority in Priority for name in (keys.front_stream(priority), keys.stream(priority))]
 
     def ensure_groups(self) -> None:
         """Create the streams and the consumer group (idempotent)."""
         if self._groups_ready:
             return
-        for priority in Priority:
+        for name in self.streams():
             try:
-                self.r.xgroup_create(keys.stream(priority), keys.WORKER_GROUP, id="0", mkstream=True)
+                self.r.xgroup_create(name, keys.WORKER_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._groups_ready = True
+
+    @staticmethod
+    def _offset(job: Job, front: bool) -> float:
+        """What a job's score adds to its sequence number: its class, its end of the class."""
+        return (_BACKGROUND_OFFSET if job.priority is Priority.BACKGROUND else 0.0) - (_FRONT_OFFSET if front else 0.0)
+
+    @staticmethod
+    def _stream_of(job: Job, front: bool) -> str:
+        return keys.front_stream(job.priority) if front else keys.stream(job.priority)
 
     # ------------------------------------------------------------ producer side
     def enqueue(self, job: Job, *, front: bool = False, limit: int | None = None) -> None:
@@ -73,37 +130,35 @@ class JobQueue:
             push the queue past the limit.
         """
         self.ensure_groups()
+        offset = self._offset(job, front)
+        # The place is reserved at the end of the order first (for the limit), and moved to
+        # its true place when the job is written and put on its stream.
         seq = self.r.incr(keys.SEQUENCE)
-        score = float(seq) + (_BACKGROUND_OFFSET if job.priority is Priority.BACKGROUND else 0.0)
-        if front:
-            score -= _FRONT_OFFSET
         with self.r.pipeline() as p:
-            p.zadd(keys.WAITING, {job.id: score})
+            p.zadd(keys.WAITING, {job.id: float(seq) + offset})
             p.zcard(keys.WAITING)
             _, waiting = p.execute()
         if limit is not None and waiting > limit:
             self.r.zrem(keys.WAITING, job.id)
             raise QueueFull(f"the queue is full ({limit} jobs); try again shortly")
-        with self.r.pipeline() as p:
-            self.jobs.save(job, p)
-            p.xadd(keys.stream(job.priority), {"job_id": job.id})
+        with self.r.pipeline(transaction=True) as p:
+            self.jobs.save(job, p)  # first: a worker may take the entry the moment it exists
+            self._place(keys=[keys.SEQUENCE, keys.WAITING, self._stream_of(job, front)],
+                        args=[job.id, repr(offset), "XX"], client=p)
             p.execute()
 
     def replace(self, claimed: Claimed, job: Job, *, front: bool = True) -> None:
         """Put a claimed job back on the queue (recovery, a background job giving way): the
         new entry and the end of the old one in one transaction, so a fault in between
         can neither lose the job nor leave it queued twice."""
-        seq = self.r.incr(keys.SEQUENCE)
-        score = float(seq) + (_BACKGROUND_OFFSET if job.priority is Priority.BACKGROUND else 0.0)
-        if front:
-            score -= _FRONT_OFFSET
+        self.ensure_groups()
         with self.r.pipeline(transaction=True) as p:
             p.xack(claimed.stream, keys.WORKER_GROUP, claimed.entry_id)
             p.xdel(claimed.stream, claimed.entry_id)
             p.srem(keys.RUNNING, claimed.job_id)
             self.jobs.save(job, p)
-            p.zadd(keys.WAITING, {job.id: score})
-            p.xadd(keys.stream(job.priority), {"job_id": job.id})
+            self._place(keys=[keys.SEQUENCE, keys.WAITING, self._stream_of(job, front)],
+                        args=[job.id, repr(self._offset(job, front)), ""], client=p)
             p.execute()
 
     def depth(self) -> int:
@@ -157,17 +212,27 @@ class JobQueue:
 
     # ------------------------------------------------------------ worker side
     def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
-        """Take the next job: interactive first, background only when none waits."""
+        """Take the next job in the waiting order: interactive first (jobs put back before
+        new ones), background only when no interactive job waits. With nothing waiting,
+        waits up to ``block_ms`` for a new entry in any stream, then takes the first in
+        that order (so a wait never takes a newer job before one put back meanwhile)."""
         self.ensure_groups()
-        order = [(Priority.INTERACTIVE, block_ms), (Priority.BACKGROUND, None)]
-        for priority, block in order:
-            name = keys.stream(priority)
-            got = self.r.xreadgroup(keys.WORKER_GROUP, consumer, {name: ">"}, count=1, block=block)
-            if got:
-                _stream, entries = got[0]
-                entry_id, fields = entries[0]
-                return Claimed(fields.get("job_id", ""), name, entry_id)
-        return None
+        claimed, newest = self._take_first(consumer)
+        if claimed is not None or not block_ms:
+            return claimed
+        if self.r.xread(dict(zip(self.streams(), newest, strict=True)), count=1, block=block_ms):
+            claimed, _ = self._take_first(consumer)
+        return claimed
+
+    def _take_first(self, consumer: str) -> tuple[Claimed | None, list[str]]:
+        """The first new entry of the first stream that has one (no waiting); else the
+        newest entry id of every stream."""
+        got = self._claim_first(keys=self.streams(), args=[keys.WORKER_GROUP, consumer])
+        if _text(got[0]) == "":
+            return None, [_text(v) for v in got[1:]]
+        name, entry_id, flat = got
+        fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return Claimed(fields.get("job_id", ""), _text(name), _text(entry_id)), []
 
     def mark_running(self, claimed: Claimed) -> None:
         with self.r.pipeline() as p:
@@ -201,8 +266,7 @@ class JobQueue:
         """
         self.ensure_groups()
         found: list[tuple[Claimed, str]] = []
-        for priority in Priority:
-            name = keys.stream(priority)
+        for name in self.streams():
             for entry in self.r.xpending_range(name, keys.WORKER_GROUP, min="-", max="+", count=100):
                 consumer = entry["consumer"]
                 if consumer in alive or entry["time_since_delivered"] < min_idle_ms:
@@ -213,3 +277,8 @@ class JobQueue:
                     if fields:
                         found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
         return found
+
+
+def _text(value: str | bytes) -> str:
+    """A script's reply as text (a client without ``decode_responses`` gives bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
