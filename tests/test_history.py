@@ -335,3 +335,17 @@ def test_after_an_undo_the_undone_result_is_neither_redelivered_nor_served(ctx, 
     assert sessions.missed_result(sid) is None  # the returning device is not sent the undone take
     current, job = JobService(ctx, sessions).session_audio_blob(ME, sid)
     assert current == history.history(sid, ME).versions[1].blob and job is None
+
+
+def test_a_result_the_store_never_took_is_taken_back_from_the_history(ctx, services) -> None:
+    sessions, history = services
+    first = make_wav(1)
+    sid = _crop(sessions, None, first)
+    version = _synthetic(ctx, sid, Operation.CONTINUE, 1, make_wav(2, freq=880.0))
+    assert history.history(sid, ME).current == version
+    assert ctx.sessions.withdraw_version(sid, version) == 1
+    tree = history.history(sid, ME)
+    assert tree.current == 1 and tree.versions[version].pruned
+    assert _current_audio(history, sid) == first
+    with pytest.raises(NothingToRedo):  # the withdrawn version is not offered again
+        history.redo(sid, ME)

@@ -108,7 +108,12 @@ def result_not_stored(ctx: Context, job: Job, claimed: Claimed, error: G4LError)
     """A completed job whose result the audio store never took (the worker gave up after
     ``G4L_RESULT_STORE_MAX_S``, or recovery found its hand-off gone): it ends failed with
     ``error`` instead of staying pending forever, and its stream entry and hand-off go.
-    The session keeps what it had; its error fields say why the result is not kept."""
+    The session's history takes the version back (the session returns to the one it was
+    made from); its error fields say why the result is not kept."""
+    if job.session_id and job.output_blob:
+        for record in ctx.sessions.history(job.session_id).versions.values():
+            if record.job_id == job.id and record.blob == job.output_blob:
+                ctx.sessions.withdraw_version(job.session_id, record.version)
     job.status, job.finished, job.output_blob = JobStatus.FAILED, time.time(), None
     job.error, job.error_code = error.message, error.code
     ctx.jobs.update(job.id, status=job.status, finished=job.finished, output_blob="", error=error.message,

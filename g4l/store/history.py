@@ -274,6 +274,27 @@ if redis.call('EXISTS', KEYS[1]) == 1 then adopt(KEYS[1], KEYS[2], ARGV[1]) end
 return 1
 """
 
+# KEYS: session, versions; ARGV: version, now -> the current version after (0: none)
+_WITHDRAW = """
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if not rec then return tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0 end
+redis.call('HSET', KEYS[2], ARGV[1] .. '.pruned', '1')
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then
+  return tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+end
+local p = cjson.decode(rec)['parent']
+if p == nil or p == cjson.null then
+  redis.call('HSET', KEYS[1], 'current_blob', '', 'updated', ARGV[2])
+  return 0
+end
+local prec = redis.call('HGET', KEYS[2], tostring(p))
+if not prec then return 0 end
+local t = cjson.decode(prec)
+redis.call('HSET', KEYS[1], 'version', tostring(p), 'current_blob', t['blob'], 'current_format', t['format'] or '',
+           'updated', ARGV[2])
+return tonumber(p)
+"""
+
 # KEYS: session, versions; ARGV: keep -> the versions just marked pruned (oldest first)
 _PRUNE = """
 local all = redis.call('HGETALL', KEYS[2])
@@ -349,6 +370,7 @@ class HistoryScripts:
         self._move = r.register_script(_MOVE)
         self._prune = r.register_script(_PRUNE)
         self._ensure = r.register_script(_ENSURE)
+        self._withdraw = r.register_script(_WITHDRAW)
 
     @staticmethod
     def _keys(session_id: str) -> list[str]:
@@ -381,6 +403,11 @@ class HistoryScripts:
         ``keep - 1`` nearest ancestors. Returns the versions marked; their audio is the
         caller's to delete."""
         return [int(v) for v in self._prune(keys=self._keys(session_id), args=[max(1, keep)])]
+
+    def withdraw(self, session_id: str, version: int) -> int:
+        """A version whose audio was never stored: marked pruned, and when it is current
+        the session goes back to its parent. Returns the current version after (0: none)."""
+        return int(self._withdraw(keys=self._keys(session_id), args=[str(version), time.time()]))
 
     def read(self, session_id: str) -> History:
         """The whole tree and the current pointer."""

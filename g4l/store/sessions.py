@@ -222,6 +222,11 @@ class SessionStore:
         :raises ~g4l.store.history.MoveRefused:"""
         return self._history.move(session_id, mode, target)
 
+    def withdraw_version(self, session_id: str, version: int) -> int:
+        """Take back a version whose audio the store never took: it is listed as pruned, and
+        a session pointing at it goes back to its parent. Returns the current version after."""
+        return self._history.withdraw(session_id, version)
+
     def history(self, session_id: str) -> History:
         """The session's versions and its current one (a session written before histories
         existed gets its current audio as the root)."""
