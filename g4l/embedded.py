@@ -103,24 +103,27 @@ def _secantus_binary() -> str:
     raise RuntimeError("secantusd-py not found: run scripts/install.sh (pip package SecantusDB)")
 
 
-#: glibc malloc settings for the embedded store. Why it grew with what was written: mostly
-#: a full collection read at every GridFS upload (fixed by the patch scripts/install.sh
-#: applies: scripts/patches/secantusdb-collscan-limit.patch). What remained is the allocator:
+#: The embedded store's environment. Why it grew with what was written: mostly a full
+#: collection read at every GridFS upload (fixed by the patch scripts/install.sh applies:
+#: scripts/patches/secantusdb-bounded-memory.patch). What remained is the allocator:
 #: secantusd-py serves each connection on its own thread, glibc gives threads their own heaps
 #: ("arenas", up to 8 per core) and, once a large block is freed, raises its mmap threshold up
 #: to 32 MB, so later 1-5 MB message buffers come from those heaps and stay there, fragmented,
 #: after they are freed (tracemalloc: Python itself held ~20 MB). A fixed mmap threshold (big
 #: buffers are mapped and unmapped), two arenas and a trim threshold return them. Unpatched,
 #: these alone took 300 MB of writes from 2.2 GB peak RSS to 650 MB; with the patch, ~110 MB.
-STORE_MALLOC_ENV = {
+#: A checkpoint every 15 s (its default: 60 s) lets WiredTiger drop journal files and reuse
+#: the space of pruned oplog rows four times as soon: the disk it holds beyond the data.
+STORE_ENV = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),  # setting it also turns off glibc's dynamic threshold
     "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024),
+    "SECANTUS_CHECKPOINT_SECONDS": "15",
 }
 #: Oplog entries the store keeps. g4l reads no change stream, and each entry is a copy of
 #: a written document (a 1 MB GridFS chunk): its default (100,000 entries for an hour) kept
 #: a second copy of the last hour's audio on disk.
-STORE_OPLOG_ENTRIES = 256
+STORE_OPLOG_ENTRIES = 64
 
 
 def store_cache_mb(memory_mb: int) -> int:
@@ -149,7 +152,7 @@ def start_mongo(data_dir: Path | None, port: int | None = None, *, memory_mb: in
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     # Its own cwd: it looks for ./secantusd.toml, which must not be picked up from ours.
     cwd = data_dir if data_dir is not None else Path(os.getenv("TMPDIR", "/tmp"))
-    env = {**os.environ, **STORE_MALLOC_ENV}
+    env = {**os.environ, **STORE_ENV}
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
     wait_for_port(port, proc, 60, "secantusd-py")
     managed = ManagedProcess("mongo", proc, f"mongodb://127.0.0.1:{port}/", port, log_path)

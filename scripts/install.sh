@@ -67,10 +67,11 @@ fi
 
 # The embedded MongoDB-compatible store (SecantusDB 0.7.0b3, GPL-2.0, run as a separate
 # process, never imported) gets the patches in scripts/patches/, each explained in its own
-# header. secantusdb-collscan-limit.patch: a find with a limit and no usable index read the
+# header. secantusdb-bounded-memory.patch: a find with a limit and no usable index read the
 # whole collection before applying the limit, and pymongo's GridFS runs one such find_one
 # on audio.chunks before every upload, so the store held every stored chunk in memory at
-# each write (300 MB written: 1.9 GB RSS, 3 MB/s; patched: flat ~110 MB, 26 MB/s; see
+# each write (300 MB written: 2.2 GB RSS); and its oplog was pruned only every 1000 writes
+# (1 GB of chunk copies). Patched, with g4l/embedded.py's settings: RSS flat at ~110 MB (see
 # scripts/bench_store_memory). Idempotent: a patch that is already applied (its reverse
 # applies) is skipped, so this runs every time (pip reinstalling the package drops it); one
 # that applies neither way (another SecantusDB version) stops the install with the reason.

@@ -129,7 +129,7 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     import pytest
 
     from g4l.errors import InvalidRequest
-    from g4l.hls.outputs import card_text, ffmpeg_command
+    from g4l.hls.outputs import card_text, ffmpeg_command, key_options
     from g4l.services.outputs import check_stream_key, display_url, publish_url, redact
     from g4l.settings import Settings
 
@@ -146,8 +146,13 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     target = publish_url("rtmp://host/live", key)
     said = f"[rtmp] {target}: Broken pipe; {target.replace(key, 'ab%2Fcd%2Bef%3Fg')}"
     assert key not in redact(said, [key, target]) and "%2F" not in redact(said, [key, target])
-    cmd = ffmpeg_command(target, "card", "", Settings())
-    assert cmd[-1] == target and "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    cmd = ffmpeg_command("rtmp://host/live", "card", "", Settings(), "/dev/fd/7")
+    assert cmd[-1] == "rtmp://host/live" and cmd[-3:-1] == ["-fpre", "/dev/fd/7"]
+    assert "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    assert not any(key in arg for arg in cmd)  # the key is never an argument (ps shows those)
+    # It is read from the pipe instead, with the application ffmpeg would take from url/key.
+    assert key_options("rtmp://host/live", key) == b"rtmp_app=live\nrtmp_playpath=ab/cd+ef?g\n"
+    assert key_options("rtmps://host:443/app/inst", "k").startswith(b"rtmp_app=app/inst\n")
     wrapped = card_text("a very long prompt " * 20, 1280, 27)
     assert len(wrapped.splitlines()) == 4 and wrapped.endswith("\u2026")
 

@@ -62,7 +62,7 @@ def test_sustained_gridfs_writes_keep_the_store_under_its_memory_bound(tmp_path)
         sampler.join()
         assert written[0] == total_mb
         peak = _peak_mb(store.proc.pid)
-        hint = "is scripts/patches/secantusdb-collscan-limit.patch applied (scripts/install.sh)?"
+        hint = "is scripts/patches/secantusdb-bounded-memory.patch applied (scripts/install.sh)?"
         # Under the bound the whole time (the kernel's own high-water mark, not our samples).
         assert peak < bound, f"store RSS peaked at {peak:.0f} MB, over its {bound} MB bound; {hint}"
         # Flat: what the store holds does not grow with what has been written.

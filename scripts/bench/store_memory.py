@@ -40,7 +40,7 @@ def start_unbounded(data_dir: Path, port: int = 0) -> embedded.ManagedProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [embedded._secantus_binary(), "--host", "127.0.0.1", "--port", str(port),
             "--storage-path", str(data_dir / "wiredtiger"), "--log-level", "WARNING"]
-    env = {k: v for k, v in os.environ.items() if k not in embedded.STORE_MALLOC_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in embedded.STORE_ENV}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=data_dir, env=env,
                             start_new_session=True)
     embedded.wait_for_port(port, proc, 60, "secantusd-py")
