@@ -50,15 +50,41 @@ _live_prefixes: set[str] = set()
 _live_lock = threading.Lock()
 
 
+def whole_boxes(data: bytes) -> int:
+    """How many leading bytes of an MP4 are whole top-level boxes, less a last ``moof``
+    whose ``mdat`` was cut off: where a file cut short by a kill ends being playable (its
+    last fragment's index would name samples that were never written)."""
+    at, end, last_start, last_kind = 0, 0, 0, b""
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if size == 1 and at + 16 <= len(data):
+            size = int.from_bytes(data[at + 8:at + 16], "big")  # a 64-bit size
+        elif size == 0:
+            size = len(data) - at  # "to the end of the file"
+        if size < 8 or at + size > len(data):
+            break  # cut off here
+        last_start, last_kind = at, kind
+        at = end = at + size
+    return last_start if last_kind == b"moof" else end
+
+
 def plain_mp4(path: Path) -> tuple[bytes, float]:
     """The (fragmented, maybe cut short) MP4 at ``path`` as a plain MP4 with its index first,
     stream copied, and its duration in seconds; ``(b"", 0.0)`` when it holds no whole frame.
+    A file cut short keeps its whole fragments (:func:`whole_boxes`).
 
     :raises subprocess.CalledProcessError: ffmpeg could not read it at all.
     """
+    data = path.read_bytes()
+    whole = whole_boxes(data)
+    source = path
+    if whole < len(data):
+        source = path.with_name(path.name + ".whole")
+        source.write_bytes(data[:whole])
+    del data
     out = path.with_name(path.name + ".plain")
     try:
-        subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path), "-map", "0:a",
+        subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:a",
                         "-c", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)],
                        check=True, capture_output=True, timeout=300)
         probed = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
@@ -70,6 +96,8 @@ def plain_mp4(path: Path) -> tuple[bytes, float]:
         return (out.read_bytes(), duration) if duration > 0 else (b"", 0.0)
     finally:
         out.unlink(missing_ok=True)
+        if source != path:
+            source.unlink(missing_ok=True)
 
 
 def recover_leftovers(ctx: Context, root: Path) -> int:
