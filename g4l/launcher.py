@@ -188,6 +188,12 @@ def main() -> int:
                     print(f"g4l ready on {url}", flush=True)
                     print(_models_line(doc), flush=True)
                     announced = True
+                elif doc is not None and guard is not None and guard.state not in ("ok", "unknown"):
+                    if not warned:  # the store is at a limit: say why, and keep serving (reads work)
+                        print(f"g4l running on {url} but NOT READY: {guard.reason}", flush=True)
+                        log.error("server not ready", reason=guard.reason)
+                        warned = True
+                    started = time.monotonic()  # not a start that hangs: no READY_TIMEOUT_S exit
                 elif doc is not None and doc.get("models_failed") and doc.get("workers"):
                     if not warned:  # up, but it cannot generate: say why, and keep serving
                         print(f"g4l running on {url} but NOT READY: {doc.get('pytorch', '')}", flush=True)

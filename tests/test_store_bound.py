@@ -6,17 +6,24 @@ Runs against the store as scripts/install.sh leaves it (with scripts/patches/ ap
 
 from __future__ import annotations
 
+import base64
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import requests
+from conftest import ROOT, make_wav
 
 from g4l import embedded
 from g4l.settings import Settings
 from g4l.store.blobs import LIMITS_CACHE_S, BlobStore, StoreLimitReached
 from g4l.store.guard import StoreGuard
 from g4l.web.health import _check
+from plugin_protocol import events
+from plugin_protocol.client import DeviceClient, ProtocolError
 
 FILE_MB = 5
 WRITERS = 4
@@ -139,3 +146,44 @@ def test_a_store_over_its_memory_limit_is_stopped_cleanly_says_why_and_keeps_its
         guard.close()
         blobs.client.close()
         store.stop()
+
+
+@pytest.mark.slow
+def test_the_launcher_says_its_store_is_at_its_disk_floor_health_shows_it_and_writes_are_refused(tmp_path) -> None:
+    port = embedded.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
+    env.update({"G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": "debug", "G4L_DATA_DIR": str(tmp_path),
+                "G4L_HLS_ENABLED": "false", "G4L_TORCH_THREADS": "1", "G4L_RATE_LIMIT_PER_MINUTE": "0",
+                "G4L_STORE_MIN_FREE_MB": str(2**40)})  # more than any disk has: the floor is reached at once
+    proc = subprocess.Popen([sys.executable, "-m", "g4l.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "server.log", "ab"), text=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line.rstrip("\n"))
+            if "NOT READY" in line or line.startswith("g4l ready on"):
+                seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert seen.wait(180), (tmp_path / "server.log").read_text()[-3000:]
+        assert f"g4l running on {url} but NOT READY: the audio store's disk is nearly full" in lines[0], lines
+        resp = requests.get(url + "/health", timeout=10)
+        assert resp.status_code == 500, resp.text
+        assert resp.json()["mongodb"].startswith("down: StoreLimitReached: the audio store's disk is nearly full")
+        with DeviceClient(url, timeout=60) as c:
+            since = c.mark()
+            c.emit(events.UPDATE_CROPPED_AUDIO, {"audio_data": base64.b64encode(make_wav(2)).decode()})
+            with pytest.raises(ProtocolError) as refused:
+                c.wait_for(events.UPDATE_CROPPED_AUDIO_COMPLETE, since, timeout=60)
+        assert refused.value.code == "STORE_UNAVAILABLE", refused.value.payload
+        assert "G4L_STORE_MIN_FREE_MB" in refused.value.payload["message"], refused.value.payload
+        assert "embedded store's disk is nearly full" in (tmp_path / "server.log").read_text()
+        time.sleep(3)
+        assert proc.poll() is None  # it keeps serving
+    finally:
+        proc.terminate()
+        proc.wait(90)

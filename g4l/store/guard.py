@@ -80,6 +80,7 @@ class StoreGuard:
         self.memory_mb = memory_mb
         self.min_free_mb = min_free_mb
         self.state = "unknown"
+        self.reason = ""
         self._over = False
         self._next = 0.0
 
@@ -108,7 +109,7 @@ class StoreGuard:
         except pymongo.errors.PyMongoError as exc:  # published at the next check instead
             log.warning("store limit state not written; retrying", state=state, error=str(exc)[:200])
             return
-        previous, self.state = self.state, state
+        previous, self.state, self.reason = self.state, state, reason
         if state == "disk_full":
             log.error("embedded store's disk is nearly full; new audio is refused", free_mb=round(reading.free_mb),
                       min_free_mb=self.min_free_mb)
