@@ -147,8 +147,9 @@ def start_mongo(data_dir: Path | None, port: int | None = None, *, memory_mb: in
         storage = str(data_dir / "wiredtiger")
         log_path = data_dir / "secantusd.log"
     args = [_secantus_binary(), "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", storage, "--log-level", "WARNING",
-            "--cache-size", f"{store_cache_mb(memory_mb)}M", "--oplog-max-entries", str(STORE_OPLOG_ENTRIES)]
+            "--storage-path", storage, "--log-level", "WARNING", "--oplog-max-entries", str(STORE_OPLOG_ENTRIES)]
+    if data_dir is not None:  # in memory (tests only) all data lives in the cache: keep its 1 GB default
+        args += ["--cache-size", f"{store_cache_mb(memory_mb)}M"]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     # Its own cwd: it looks for ./secantusd.toml, which must not be picked up from ours.
     cwd = data_dir if data_dir is not None else Path(os.getenv("TMPDIR", "/tmp"))
