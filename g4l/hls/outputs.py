@@ -203,8 +203,25 @@ class RtmpOutput:
                 "last_error_at": self.last_error_at, "updated": time.time()}
 
     # ------------------------------------------------------------ the supervisor
+    def _await_config(self) -> bool:
+        """Wait for the output's configuration: the web lists a new output before it has
+        stored its visual and written the rest (a packager tick in between saw no URL and
+        would push to nowhere for ever). False: stopped meanwhile."""
+        while not self._stop.is_set():
+            config, key = self.store.config(self.station_id, self.output_id)
+            if config.get("url") and key:
+                self.url = config["url"]
+                self.kind = config.get("visual") or "card"
+                self.visual_blob = config.get("visual_blob") or ""
+                self.log = log.bind(station_id=self.station_id, output_id=self.output_id, url=self.url)
+                return True
+            self._stop.wait(0.2)  # a removed output is stopped by StationOutputs.sync
+        return False
+
     def _run(self) -> None:
         failures = 0
+        if not self._await_config():
+            return
         try:
             visual = self._visual_file()
         except Exception as exc:
