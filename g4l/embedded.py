@@ -103,8 +103,42 @@ def _secantus_binary() -> str:
     raise RuntimeError("secantusd-py not found: run scripts/install.sh (pip package SecantusDB)")
 
 
-def start_mongo(data_dir: Path | None, port: int | None = None) -> ManagedProcess:
-    """Start secantusd-py (MongoDB wire protocol). With ``data_dir`` it is durable."""
+#: The embedded store's environment. Why it grew with what was written: mostly a full
+#: collection read at every GridFS upload (fixed by the patch scripts/install.sh applies:
+#: scripts/patches/secantusdb-bounded-memory.patch). What remained is the allocator:
+#: secantusd-py serves each connection on its own thread, glibc gives threads their own heaps
+#: ("arenas", up to 8 per core) and, once a large block is freed, raises its mmap threshold up
+#: to 32 MB, so later 1-5 MB message buffers come from those heaps and stay there, fragmented,
+#: after they are freed (tracemalloc: Python itself held ~20 MB). A fixed mmap threshold (big
+#: buffers are mapped and unmapped), two arenas and a trim threshold return them. Unpatched,
+#: these alone took 300 MB of writes from 2.2 GB peak RSS to 650 MB; with the patch, ~110 MB.
+#: A checkpoint every 15 s (its default: 60 s) lets WiredTiger drop journal files and reuse
+#: the space of pruned oplog rows four times as soon: the disk it holds beyond the data.
+STORE_ENV = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),  # setting it also turns off glibc's dynamic threshold
+    "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024),
+    "SECANTUS_CHECKPOINT_SECONDS": "15",
+}
+#: Oplog entries the store keeps. g4l reads no change stream, and each entry is a copy of
+#: a written document (a 1 MB GridFS chunk): its default (100,000 entries for an hour) kept
+#: a second copy of the last hour's audio on disk.
+STORE_OPLOG_ENTRIES = 64
+
+
+def store_cache_mb(memory_mb: int) -> int:
+    """WiredTiger's cache for a store bounded to ``memory_mb`` of RSS: a quarter of it
+    (the rest is Python, the server's threads, buffers of messages in flight), at least 32 MB."""
+    return max(32, memory_mb // 4)
+
+
+def start_mongo(data_dir: Path | None, port: int | None = None, *, memory_mb: int = 512) -> ManagedProcess:
+    """Start secantusd-py (MongoDB wire protocol). With ``data_dir`` it is durable.
+
+    ``memory_mb`` is the RSS it is sized for (``G4L_STORE_MEMORY_MB``): its cache is a
+    quarter of it, and its allocator is set so that RSS stays flat under sustained writes
+    (``STORE_MALLOC_ENV``); :mod:`g4l.store.guard` watches it stays under.
+    """
     port = port or free_port()
     storage = ":memory:"
     log_path = None
@@ -113,10 +147,27 @@ def start_mongo(data_dir: Path | None, port: int | None = None) -> ManagedProces
         storage = str(data_dir / "wiredtiger")
         log_path = data_dir / "secantusd.log"
     args = [_secantus_binary(), "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", storage, "--log-level", "WARNING"]
+            "--storage-path", storage, "--log-level", "WARNING", "--oplog-max-entries", str(STORE_OPLOG_ENTRIES)]
+    if data_dir is not None:  # in memory (tests only) all data lives in the cache: keep its 1 GB default
+        args += ["--cache-size", f"{store_cache_mb(memory_mb)}M"]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     # Its own cwd: it looks for ./secantusd.toml, which must not be picked up from ours.
     cwd = data_dir if data_dir is not None else Path(os.getenv("TMPDIR", "/tmp"))
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+    env = {**os.environ, **STORE_ENV}
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
     wait_for_port(port, proc, 60, "secantusd-py")
-    return ManagedProcess("mongo", proc, f"mongodb://127.0.0.1:{port}/", port, log_path)
+    managed = ManagedProcess("mongo", proc, f"mongodb://127.0.0.1:{port}/", port, log_path)
+    managed.extra["memory_mb"] = str(memory_mb)
+    return managed
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB (``VmRSS``), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

@@ -29,6 +29,7 @@ from g4l import balancer, embedded
 from g4l import log as logging_setup
 from g4l.log import get_logger
 from g4l.settings import get_settings
+from g4l.store import guard as store_guard
 
 log = get_logger("g4l.launcher")
 READY_TIMEOUT_S = 300.0
@@ -105,6 +106,7 @@ def main() -> int:
     env = dict(os.environ)
     data_dir = Path(settings.data_dir).resolve()
     children: dict[str, subprocess.Popen] = {}
+    guard: store_guard.StoreGuard | None = None
     try:
         if not settings.redis_url:
             starters["redis"] = lambda port: embedded.start_redis(data_dir / "redis", port=port or None)
@@ -112,11 +114,15 @@ def main() -> int:
             env["REDIS_URL"] = managed["redis"].url
             log.info("embedded redis started", url=managed["redis"].url, pid=managed["redis"].proc.pid)
         if not settings.mongo_url:
-            starters["mongo"] = lambda port: embedded.start_mongo(data_dir / "mongo", port=port or None)
+            starters["mongo"] = lambda port: embedded.start_mongo(data_dir / "mongo", port=port or None,
+                                                                  memory_mb=settings.store_memory_mb)
             managed["mongo"] = starters["mongo"](0)
             env["MONGO_URL"] = managed["mongo"].url
             log.info("embedded mongodb-compatible store started", url=managed["mongo"].url,
-                     pid=managed["mongo"].proc.pid)
+                     pid=managed["mongo"].proc.pid, memory_mb=settings.store_memory_mb,
+                     min_free_mb=settings.store_min_free_mb)
+            guard = store_guard.StoreGuard(managed["mongo"].url, settings.mongo_db, data_dir / "mongo",
+                                           settings.store_memory_mb, settings.store_min_free_mb)
 
         modules: dict[str, tuple[str, dict[str, str]]] = {}
 
@@ -151,6 +157,8 @@ def main() -> int:
         warned = False
         started = time.monotonic()
         while not stopping["flag"]:
+            if guard is not None:
+                guard.tick(managed["mongo"], time.monotonic())
             for name, managed_proc in managed.items():
                 if managed_proc.proc.poll() is not None and name not in restarts.due:
                     delay = restarts.schedule(name)
@@ -181,6 +189,12 @@ def main() -> int:
                     print(f"g4l ready on {url}", flush=True)
                     print(_models_line(doc), flush=True)
                     announced = True
+                elif doc is not None and guard is not None and guard.state not in ("ok", "unknown"):
+                    if not warned:  # the store is at a limit: say why, and keep serving (reads work)
+                        print(f"g4l running on {url} but NOT READY: {guard.reason}", flush=True)
+                        log.error("server not ready", reason=guard.reason)
+                        warned = True
+                    started = time.monotonic()  # not a start that hangs: no READY_TIMEOUT_S exit
                 elif doc is not None and doc.get("models_failed") and doc.get("workers"):
                     if not warned:  # up, but it cannot generate: say why, and keep serving
                         print(f"g4l running on {url} but NOT READY: {doc.get('pytorch', '')}", flush=True)
@@ -207,6 +221,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if guard is not None:
+            guard.close()
         for store in reversed(list(managed.values())):
             store.stop(timeout=30)
         log.info("all processes stopped")

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     mongo_url: str | None = Field(default=None, validation_alias="MONGO_URL")
     mongo_db: str = "g4l"
     data_dir: Path = Path(".g4l-data")
+    # The embedded store's limits (no MONGO_URL; g4l/store/guard.py): the RSS it is sized for
+    # (its cache is a quarter) and restarted above, and the free disk under which new audio
+    # is refused. Both show in /health when reached.
+    store_memory_mb: int = Field(default=512, ge=128)
+    store_min_free_mb: int = Field(default=1024, ge=0)
 
     # Models: an allowlist of ids; "debug" is the tiny random-weight MusicGen.
     models: Annotated[list[str], NoDecode] = ["thepatch/vanya_ai_dnb_0.1"]

@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing, so a second run takes about a second.
 #   scripts/install.sh [serve|test]
 # What it does, on Debian with Python 3.11 as root (sudo is used when not root):
-#   1. apt: redis-server (embedded Redis), ffmpeg (HLS, RTMP outputs), nginx (the balancer in
+#   1. apt: redis-server (embedded Redis), ffmpeg (HLS, RTMP outputs), patch (step 5), nginx (the balancer in
 #      front of G4L_WEB_PROCESSES > 1 web processes, run by the launcher with its own
 #      configuration), fonts-dejavu-core (the RTMP outputs' video card) and, for tests,
 #      chromium (hls.js), gstreamer (souphttpsrc ! hlsdemux ! decodebin: the generative HLS
@@ -15,6 +15,7 @@
 #   3. the project and its dependencies under a torch==2.13.0 constraint.
 #   4. AudioCraft 1.3.0 with --no-deps (its metadata pins torch 2.1 and av 11, which has no
 #      wheel for Python 3.11; pyproject lists the dependencies its code really imports).
+#   5. the patches in scripts/patches/ to the embedded store (SecantusDB, see below).
 set -euo pipefail
 mode=${1:-serve}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +25,7 @@ py=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_pkgs=(redis-server ffmpeg nginx fonts-dejavu-core)
+apt_pkgs=(redis-server ffmpeg nginx fonts-dejavu-core patch)
 [ "$mode" = test ] && apt_pkgs+=(chromium tmux gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
                                   gstreamer1.0-libav libnginx-mod-rtmp)
 # The device harness (tests/device) is Node's socket.io-client, as the Max4Live device uses.
@@ -63,3 +64,26 @@ fi
 if [ "$mode" = test ] && [ ! -d tests/device/node_modules/socket.io-client ]; then
   (cd tests/device && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The embedded MongoDB-compatible store (SecantusDB 0.7.0b3, GPL-2.0, run as a separate
+# process, never imported) gets the patches in scripts/patches/, each explained in its own
+# header. secantusdb-bounded-memory.patch: a find with a limit and no usable index read the
+# whole collection before applying the limit, and pymongo's GridFS runs one such find_one
+# on audio.chunks before every upload, so the store held every stored chunk in memory at
+# each write (300 MB written: 2.2 GB RSS); and its oplog was pruned only every 1000 writes
+# (1 GB of chunk copies). Patched, with g4l/embedded.py's settings: RSS flat at ~110 MB (see
+# scripts/bench_store_memory). Idempotent: a patch that is already applied (its reverse
+# applies) is skipped, so this runs every time (pip reinstalling the package drops it); one
+# that applies neither way (another SecantusDB version) stops the install with the reason.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for p in scripts/patches/secantusdb-*.patch; do
+  if patch -d "$site" -p1 -R -s -f --dry-run < "$p" >/dev/null 2>&1; then
+    continue
+  fi
+  if ! patch -d "$site" -p1 -N -s -f --dry-run < "$p" >/dev/null 2>&1; then
+    echo "install: $p does not apply to $site/secantus (another SecantusDB version?)" >&2
+    exit 1
+  fi
+  patch -d "$site" -p1 -N -s -f --no-backup-if-mismatch < "$p"
+  echo "install: applied $p" >&2
+done

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import m3u8
 import numpy as np
+import pytest
 
 from g4l.hls.buffer import RATE, PcmBuffer
 from g4l.hls.encoder import SegmentEncoder
@@ -129,7 +130,7 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     import pytest
 
     from g4l.errors import InvalidRequest
-    from g4l.hls.outputs import card_text, ffmpeg_command
+    from g4l.hls.outputs import card_text, ffmpeg_command, key_options
     from g4l.services.outputs import check_stream_key, display_url, publish_url, redact
     from g4l.settings import Settings
 
@@ -146,8 +147,13 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     target = publish_url("rtmp://host/live", key)
     said = f"[rtmp] {target}: Broken pipe; {target.replace(key, 'ab%2Fcd%2Bef%3Fg')}"
     assert key not in redact(said, [key, target]) and "%2F" not in redact(said, [key, target])
-    cmd = ffmpeg_command(target, "card", "", Settings())
-    assert cmd[-1] == target and "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    cmd = ffmpeg_command("rtmp://host/live", "card", "", Settings(), "/dev/fd/7")
+    assert cmd[-1] == "rtmp://host/live" and cmd[-3:-1] == ["-fpre", "/dev/fd/7"]
+    assert "-shortest" in cmd and cmd[cmd.index("-g") + 1] == "60"
+    assert not any(key in arg for arg in cmd)  # the key is never an argument (ps shows those)
+    # It is read from the pipe instead, with the application ffmpeg would take from url/key.
+    assert key_options("rtmp://host/live", key) == b"rtmp_app=live\nrtmp_playpath=ab/cd+ef?g\n"
+    assert key_options("rtmps://host:443/app/inst", "k").startswith(b"rtmp_app=app/inst\n")
     wrapped = card_text("a very long prompt " * 20, 1280, 27)
     assert len(wrapped.splitlines()) == 4 and wrapped.endswith("\u2026")
 
@@ -239,3 +245,30 @@ def test_the_buffer_policy_defaults_keep_todays_station_and_bad_ones_are_refused
     with pytest.raises(InvalidRequest, match="kind"):
         build_transition(settings, {"kind": "jump", "seconds": 2})
     assert build_transition(settings, {"kind": "crossfade", "seconds": 4}).seconds == 4.0
+
+
+def test_a_recording_file_cut_short_still_plays_up_to_its_last_whole_fragment(tmp_path) -> None:
+    """What a recorder's ffmpeg writes (fragmented MP4, a fragment a second) cut at an
+    arbitrary byte, as a kill leaves it: rewritten as a plain MP4 it decodes whole."""
+    import subprocess
+
+    from g4l.hls.recorder import FRAGMENTED, plain_mp4
+
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=f=330:r={RATE}:d=6", "-ac", "2", "-c:a", "aac",
+                    "-b:a", "192k", "-f", "segment", "-segment_time", "60", "-segment_format", "mp4",
+                    "-segment_format_options", FRAGMENTED, "-reset_timestamps", "1", str(tmp_path / "rec_1_%06d.m4a")],
+                   check=True, capture_output=True, timeout=60)
+    whole = (tmp_path / "rec_1_000000.m4a").read_bytes()
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])  # mid-fragment, no index at the end
+    data, duration = plain_mp4(cut)
+    assert 2.0 <= duration <= 4.0, duration  # the whole fragments before the cut
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "f32le", "pipe:1"], input=data,
+                             capture_output=True, timeout=60)
+    assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr
+    assert len(decoded.stdout) / 8 / RATE == pytest.approx(duration, abs=0.05)
+    assert plain_mp4(cut)[0][4:8] == b"ftyp" and b"moov" in data[:4096]  # an index first: plays while downloading
+    (tmp_path / "empty.m4a").write_bytes(whole[:40])  # killed before its header was out: unreadable
+    with pytest.raises(subprocess.CalledProcessError):
+        plain_mp4(tmp_path / "empty.m4a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.m4a", "empty.m4a", "rec_1_000000.m4a"]  # no temp left

@@ -194,6 +194,18 @@ def ffmpeg_pushers(port: int) -> list[int]:
     return found
 
 
+def processes_with_in_args(text: str) -> list[int]:
+    """PIDs of every process whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def child_pid(parent: int, module: str) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -226,6 +238,12 @@ def test_a_station_goes_live_over_rtmp_reconnects_after_the_server_restarts_and_
     t0 = time.monotonic()
     wait_until(lambda: output_of(srv, sid, oid, key)["state"] == "connected", 30, "the output to connect")
     print(f"\noutput connected {time.monotonic() - t0:.1f} s after it was added")
+    # The key is in no process's arguments (ps shows those to every local user); its ffmpeg
+    # reads it from a pipe (docs/hls.md).
+    pushers = ffmpeg_pushers(srv.rtmp.port)
+    assert len(pushers) == 1, pushers
+    assert key.encode() not in Path(f"/proc/{pushers[0]}/cmdline").read_bytes()
+    assert processes_with_in_args(key) == []
 
     # What a platform receives: H.264 (keyframes every 2 s) and AAC, in FLV over RTMP.
     live = f"{srv.rtmp.url}/{key}"
@@ -310,6 +328,7 @@ def test_an_uploaded_image_is_the_video_and_the_output_survives_a_packager_resta
     oid = resp.json()["output_id"]
     assert resp.json()["visual"] == "image" and resp.json()["url"] == srv.rtmp.url
     wait_until(lambda: output_of(srv, sid, oid, key)["state"] == "connected", 30, "the output to connect")
+    assert processes_with_in_args(key) == []
 
     # The picture, letterboxed into 640x360: red in the middle, black at the sides.
     live = f"{srv.rtmp.url}/{key}"
@@ -450,3 +469,54 @@ def test_a_recorded_station_is_kept_in_files_of_the_configured_length(outputs) -
     assert station(srv, sid)["status"] == "running"  # recorded: never idle, though nobody listened
     assert requests.delete(f"{srv.url}/api/v1/stations/{sid}", headers=A, timeout=10).status_code == 200
     assert station(srv, sid)["recording"] is False
+
+
+def test_a_recording_cut_by_a_killed_packager_is_stored_playable_on_its_next_start(outputs) -> None:
+    srv = outputs
+    sid = start_station(srv, A, prompt="slow dub chords", record=True)["station_id"]
+    url = f"{srv.url}/api/v1/stations/{sid}/recordings"
+
+    def listed() -> list[dict]:
+        return requests.get(url, headers=A, timeout=10).json()["recordings"]
+
+    wait_until(lambda: listed(), 60, "a first finished recording (the recorder runs)")
+    folder = srv.tmp / "hls" / ".recordings" / sid
+    packager = child_pid(srv.server.proc.pid, "g4l.hls")
+    assert packager is not None
+    recorder = child_pid(packager, "mp4")  # the recorder's ffmpeg (the HLS encoder writes mpegts)
+    assert recorder is not None
+    # Mid-file: a few seconds into one of the 8 s files (ffmpeg flushes a fragment a second).
+    open_file = wait_until(lambda: next((p for p in folder.glob("rec_*.m4a") if p.stat().st_size > 60_000), None),
+                           30, "a file a few seconds long")
+    # The hardest cut: the packager and its ffmpeg both killed, so nobody closes the file.
+    os.kill(recorder, signal.SIGKILL)
+    os.kill(packager, signal.SIGKILL)
+    time.sleep(0.5)
+    left = folder / open_file.name
+    assert left.exists(), "the open file was not left behind"
+    print(f"\nleft behind: {left.name}, {left.stat().st_size} bytes")
+    prefix_ms, index = (int(v) for v in left.stem.split("_")[1:])
+    expected_start = prefix_ms / 1000 + index * 375 * 1024 / RATE
+
+    # The next packager stores it: listed, shorter than a whole file, and it plays.
+    rec = wait_until(lambda: next((r for r in listed() if abs(r["started_at"] - expected_start) < 0.01), None), 90,
+                     "the cut recording to be listed")
+    print(f"recovered: {rec}")
+    assert 1.0 < rec["duration_s"] < 8.0, rec
+    assert not left.exists()  # stored, then deleted
+    data = requests.get(srv.url + rec["url"], headers=A, timeout=30)
+    assert data.status_code == 200 and len(data.content) == rec["bytes"]
+    probed = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_name,sample_rate",
+                             "-of", "json", "-"], input=data.content, capture_output=True, timeout=30)
+    info = json.loads(probed.stdout)
+    assert info["streams"][0]["codec_name"] == "aac" and int(info["streams"][0]["sample_rate"]) == RATE
+    assert abs(float(info["format"]["duration"]) - rec["duration_s"]) < 0.1
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "f32le", "-ac", "2", "pipe:1"],
+                             input=data.content, capture_output=True, timeout=60)
+    assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr[-500:]
+    pcm = np.frombuffer(decoded.stdout, np.float32)
+    assert len(pcm) / 2 / RATE == pytest.approx(rec["duration_s"], abs=0.1)
+    assert np.sqrt(np.mean(pcm ** 2)) > 1e-3, "the recovered file is silent"
+    # And the station records on, in new files.
+    wait_until(lambda: any(r["started_at"] > rec["started_at"] + 1 for r in listed()), 60, "recording to go on")
+    assert requests.delete(f"{srv.url}/api/v1/stations/{sid}", headers=A, timeout=10).status_code == 200

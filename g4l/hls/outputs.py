@@ -9,17 +9,22 @@ exits; the output starts it again after a backoff (0.5 s doubling up to
 killed and restarted. Its state (connecting, connected, reconnecting), uptime, bitrate,
 reconnects and last error go to Redis every tick (:class:`g4l.services.outputs.OutputStore`).
 
-The stream key is in ffmpeg's command line (ffmpeg has no other way to take it), so it is
-never logged: what ffmpeg prints is read through a pipe and redacted before it is kept or
-logged, and log lines name the output by id and its URL without the key.
+The stream key never appears in ffmpeg's command line (which every local user can read in
+``ps`` or ``/proc/<pid>/cmdline``): ffmpeg gets the server URL without it, plus
+``-fpre /dev/fd/N``, an option file it reads from a pipe this process writes and closes
+(:func:`key_options`: the RTMP application and the key as ``rtmp_playpath``). Nothing is
+written to disk. What ffmpeg prints is still redacted before it is kept or logged, and log
+lines name the output by id and its URL without the key. Residual exposure: docs/hls.md.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 import threading
 import time
+import urllib.parse
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -68,9 +73,18 @@ def video_filter(kind: str, width: int, height: int, fps: int) -> str:
             f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,fps={fps},format=yuv420p[v]")
 
 
-def ffmpeg_command(target: str, kind: str, visual_file: str, settings: Settings) -> list[str]:
+def key_options(url: str, stream_key: str) -> bytes:
+    """The option file ffmpeg reads the key from (``-fpre``: one ``option=value`` a line):
+    the RTMP application (``url``'s path, as ffmpeg would take it from ``url/key``) and the
+    key as the stream to publish. Keys never hold whitespace (``check_stream_key``)."""
+    app = urllib.parse.urlsplit(url).path.strip("/")
+    return f"rtmp_app={app}\nrtmp_playpath={stream_key}\n".encode()
+
+
+def ffmpeg_command(url: str, kind: str, visual_file: str, settings: Settings, key_file: str) -> list[str]:
     """ffmpeg's arguments for one output (run in the stream's folder: the card's text files
-    and the visual are named relative to it). ``target`` is the URL with the key."""
+    and the visual are named relative to it). ``url`` is the server's, without the key;
+    ``key_file`` is where ffmpeg reads :func:`key_options` (a ``/dev/fd/N`` pipe)."""
     width, height = (int(v) for v in settings.rtmp_video_size.split("x"))
     fps, kbps = settings.rtmp_fps, settings.rtmp_video_kbps
     if kind == "card":
@@ -93,7 +107,7 @@ def ffmpeg_command(target: str, kind: str, visual_file: str, settings: Settings)
         # -shortest: when the packager dies, ffmpeg's audio input ends and so does the
         # stream (the looped picture alone would keep it publishing, orphaned, forever).
         "-shortest", "-f", "flv", "-flvflags", "no_duration_filesize",
-        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), target,
+        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), "-fpre", key_file, url,
     ]
 
 
@@ -189,8 +203,25 @@ class RtmpOutput:
                 "last_error_at": self.last_error_at, "updated": time.time()}
 
     # ------------------------------------------------------------ the supervisor
+    def _await_config(self) -> bool:
+        """Wait for the output's configuration: the web lists a new output before it has
+        stored its visual and written the rest (a packager tick in between saw no URL and
+        would push to nowhere for ever). False: stopped meanwhile."""
+        while not self._stop.is_set():
+            config, key = self.store.config(self.station_id, self.output_id)
+            if config.get("url") and key:
+                self.url = config["url"]
+                self.kind = config.get("visual") or "card"
+                self.visual_blob = config.get("visual_blob") or ""
+                self.log = log.bind(station_id=self.station_id, output_id=self.output_id, url=self.url)
+                return True
+            self._stop.wait(0.2)  # a removed output is stopped by StationOutputs.sync
+        return False
+
     def _run(self) -> None:
         failures = 0
+        if not self._await_config():
+            return
         try:
             visual = self._visual_file()
         except Exception as exc:
@@ -203,7 +234,7 @@ class RtmpOutput:
                 return
             self._secrets = [key, publish_url(self.url, key)]
             started = time.monotonic()
-            was_connected = self._attempt(publish_url(self.url, key), visual)
+            was_connected = self._attempt(key, visual)
             if self._stop.is_set():
                 return
             lasted = time.monotonic() - started
@@ -229,18 +260,27 @@ class RtmpOutput:
             write_atomic(path, self.ctx.blobs.get(self.visual_blob))
         return name
 
-    def _attempt(self, target: str, visual: str) -> bool:
+    def _attempt(self, key: str, visual: str) -> bool:
         """Run ffmpeg until it exits; whether it got connected."""
         self.bitrate_kbps, self.sent_bytes = 0.0, 0
         self._stderr.clear()
         self._last_progress = time.monotonic()
+        # The key goes through a pipe ffmpeg inherits (never argv, never a file): written
+        # whole and closed before ffmpeg starts (it is far under the pipe's buffer).
+        read_end, write_end = os.pipe()
         try:
-            proc = subprocess.Popen(ffmpeg_command(target, self.kind, visual, self.settings), cwd=self.directory,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    bufsize=0)
+            try:
+                os.write(write_end, key_options(self.url, key))
+            finally:
+                os.close(write_end)
+            proc = subprocess.Popen(ffmpeg_command(self.url, self.kind, visual, self.settings, f"/dev/fd/{read_end}"),
+                                    cwd=self.directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=0, pass_fds=(read_end,))
         except OSError as exc:
             self._error(f"ffmpeg did not start: {exc}")
             return False
+        finally:
+            os.close(read_end)  # ffmpeg has its own copy
         self._proc = proc
         connected = threading.Event()
         readers = [threading.Thread(target=self._read_progress, args=(proc, connected), daemon=True),

@@ -34,7 +34,7 @@ from g4l.context import Context
 from g4l.hls.buffer import RATE
 from g4l.hls.outputs import StationOutputs
 from g4l.hls.partial import PartialFeed, after_prompt, whole_output
-from g4l.hls.recorder import StationRecorder
+from g4l.hls.recorder import RECOVER_EVERY_S, StationRecorder, recover_leftovers
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, notices, partials
@@ -75,6 +75,8 @@ class Packager:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._last_cleanup = 0.0
+        self._recovering: threading.Thread | None = None
+        self._last_recover: float | None = None  # None: not yet (it runs on the first tick)
 
     # ------------------------------------------------------------ life cycle
     def run(self) -> None:
@@ -138,9 +140,23 @@ class Packager:
                     log.exception("station outputs tick failed", station_id=stream.ref)
             self._publish(token, stream)
         self._tend_feeds()
+        self._recover_recordings()
         if time.monotonic() - self._last_cleanup > CLEANUP_EVERY_S:
             self._last_cleanup = time.monotonic()
             idle_streams.stop_idle(self.ctx)
+
+    def _recover_recordings(self) -> None:
+        """At start, then every ``RECOVER_EVERY_S``: store the recording files a killed
+        packager (or its ffmpeg) left behind (:func:`g4l.hls.recorder.recover_leftovers`), on
+        a thread of its own (a remux takes seconds; the tick must not wait)."""
+        if self._recovering is not None and self._recovering.is_alive():
+            return
+        if self._last_recover is not None and time.monotonic() - self._last_recover < RECOVER_EVERY_S:
+            return
+        self._last_recover = time.monotonic()
+        self._recovering = threading.Thread(target=self._guard, name="rec-recover", daemon=True, args=(
+            recover_leftovers, self.ctx, self.settings.hls_path / ".recordings"))
+        self._recovering.start()
 
     def _try_open(self, token: str) -> None:
         r = self.ctx.redis

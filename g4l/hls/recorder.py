@@ -3,19 +3,28 @@
 One ffmpeg per recorded station: the program audio (tapped from the stream's encoder,
 exactly what listeners hear) on its stdin, AAC in MP4 files cut by the segment muxer at
 ``recording_seconds`` on AAC frame bounds. ffmpeg names each file on its stdout once it
-is closed; the recorder stores it in GridFS (:class:`g4l.services.recordings.RecordingStore`)
-and deletes the local copy. The files are written under ``<hls dir>/.recordings/<station>/``,
-not in the stream's (public) folder. If ffmpeg dies it is started again (a new file).
+is closed; the recorder rewrites it as a plain MP4 (index first, stream copied), stores it
+in GridFS (:class:`g4l.services.recordings.RecordingStore`) and deletes the local copy. The
+files are written under ``<hls dir>/.recordings/<station>/``, not in the stream's (public)
+folder. If ffmpeg dies it is started again (a new file).
+
+Crash-safe: ffmpeg writes *fragmented* MP4, a fragment a second, each flushed to the file,
+so a file cut short (the packager, or ffmpeg with it, killed mid-file) still holds every
+whole second before the cut and plays. A packager stores such leftovers on its next start
+and then every ``RECOVER_EVERY_S`` (:func:`recover_leftovers`): each is rewritten as a plain
+MP4, listed in the archive like any finished file, and deleted.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.encoder import ffmpeg_binary
@@ -29,6 +38,112 @@ log = get_logger(__name__)
 
 QUEUE_S = 5.0
 EXPIRE_EVERY_S = 30.0
+#: How often a packager looks for files a killed recorder left behind.
+RECOVER_EVERY_S = 30.0
+#: A leftover untouched for this long is nobody's file in progress (a live one grows every second).
+LEFTOVER_QUIET_S = 5.0
+#: ffmpeg's mp4 muxer writes fragments of 1 s, each flushed: what a kill leaves plays.
+FRAGMENTED = "movflags=+empty_moov+default_base_moof:frag_duration=1000000:flush_packets=1"
+LEFTOVER_NAME = re.compile(r"rec_(\d+)_(\d+)\.m4a")
+#: File name prefixes of this process's running recorders (their files are theirs to store).
+_live_prefixes: set[str] = set()
+_live_lock = threading.Lock()
+
+
+def whole_boxes(data: bytes) -> int:
+    """How many leading bytes of an MP4 are whole top-level boxes, less a last ``moof``
+    whose ``mdat`` was cut off: where a file cut short by a kill ends being playable (its
+    last fragment's index would name samples that were never written)."""
+    at, end, last_start, last_kind = 0, 0, 0, b""
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if size == 1 and at + 16 <= len(data):
+            size = int.from_bytes(data[at + 8:at + 16], "big")  # a 64-bit size
+        elif size == 0:
+            size = len(data) - at  # "to the end of the file"
+        if size < 8 or at + size > len(data):
+            break  # cut off here
+        last_start, last_kind = at, kind
+        at = end = at + size
+    return last_start if last_kind == b"moof" else end
+
+
+def plain_mp4(path: Path) -> tuple[bytes, float]:
+    """The (fragmented, maybe cut short) MP4 at ``path`` as a plain MP4 with its index first,
+    stream copied, and its duration in seconds; ``(b"", 0.0)`` when it holds no whole frame.
+    A file cut short keeps its whole fragments (:func:`whole_boxes`).
+
+    :raises subprocess.CalledProcessError: ffmpeg could not read it at all.
+    """
+    data = path.read_bytes()
+    whole = whole_boxes(data)
+    source = path
+    if whole < len(data):
+        source = path.with_name(path.name + ".whole")
+        source.write_bytes(data[:whole])
+    del data
+    out = path.with_name(path.name + ".plain")
+    try:
+        subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-map", "0:a",
+                        "-c", "copy", "-movflags", "+faststart", "-f", "mp4", str(out)],
+                       check=True, capture_output=True, timeout=300)
+        probed = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                                 str(out)], capture_output=True, timeout=60, text=True)
+        try:
+            duration = float(probed.stdout.strip() or 0)
+        except ValueError:
+            duration = 0.0
+        return (out.read_bytes(), duration) if duration > 0 else (b"", 0.0)
+    finally:
+        out.unlink(missing_ok=True)
+        if source != path:
+            source.unlink(missing_ok=True)
+
+
+def recover_leftovers(ctx: Context, root: Path) -> int:
+    """Store every recording file a killed recorder left under ``root/<station>/``: rewritten
+    as a plain MP4 (all it holds up to its last whole fragment), listed in the station's
+    archive with the start its name implies, then deleted. Files of this process's running
+    recorders, and any touched in the last ``LEFTOVER_QUIET_S``, are left alone. Returns how
+    many were stored."""
+    store = RecordingStore(ctx)
+    seconds = aac_segment_seconds(ctx.settings.recording_seconds)
+    with _live_lock:
+        live = set(_live_prefixes)
+    stored = 0
+    for path in sorted(root.glob("*/rec_*.m4a")):
+        match = LEFTOVER_NAME.fullmatch(path.name)
+        station_id = path.parent.name
+        try:
+            if not match or f"rec_{match.group(1)}" in live or time.time() - path.stat().st_mtime < LEFTOVER_QUIET_S:
+                continue
+            data, duration = plain_mp4(path)
+        except FileNotFoundError:
+            continue  # stored meanwhile by whoever wrote it
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("a recording left by a stopped recorder is unreadable; deleting it", station_id=station_id,
+                        file=path.name, error=str(exc)[-200:])
+            path.unlink(missing_ok=True)
+            continue
+        if not data:
+            log.warning("a recording left by a stopped recorder holds no audio; deleting it", station_id=station_id,
+                        file=path.name)
+            path.unlink(missing_ok=True)
+            continue
+        started_at = int(match.group(1)) / 1000 + int(match.group(2)) * seconds
+        try:
+            store.add(station_id, data, started_at=started_at, duration_s=duration)
+        except Exception:
+            log.exception("a recovered recording could not be stored; the file is kept", station_id=station_id,
+                          file=path.name)
+            continue
+        if ctx.redis.hget(keys.station(station_id), "status") != "running":
+            store.keep_for(station_id, ctx.settings.retention_seconds)  # as its recorder would have
+        path.unlink(missing_ok=True)
+        stored += 1
+        log.warning("recording left by a stopped recorder recovered", station_id=station_id, file=path.name,
+                    duration_s=round(duration, 3), bytes=len(data))
+    return stored
 
 
 class StationRecorder:
@@ -85,12 +200,14 @@ class StationRecorder:
         return [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(RATE),
                 "-ac", str(CHANNELS), "-i", "pipe:0", "-c:a", "aac", "-b:a", f"{self.settings.recording_bitrate_kbps}k",
                 "-f", "segment", "-segment_time", f"{seconds:.6f}", "-segment_format", "mp4",
-                "-segment_format_options", "movflags=+faststart", "-reset_timestamps", "1",
+                "-segment_format_options", FRAGMENTED, "-reset_timestamps", "1",
                 "-segment_list", "pipe:1", "-segment_list_type", "csv", f"{prefix}_%06d.m4a"]
 
     def _run(self) -> None:
         while not self._stop.is_set():
             prefix = f"rec_{int(time.time() * 1000)}"
+            with _live_lock:
+                _live_prefixes.add(prefix)
             with open(self.directory / ".ffmpeg.log", "ab") as errors:
                 proc = subprocess.Popen(self._command(prefix), cwd=self.directory, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=errors, bufsize=0)
@@ -116,6 +233,8 @@ class StationRecorder:
                     proc.kill()
                     proc.wait()
                 reader.join(60)
+                with _live_lock:
+                    _live_prefixes.discard(prefix)
             if not self._stop.is_set():
                 self.log.error("recorder exited; restarting it", code=proc.returncode)
                 self._stop.wait(2.0)
@@ -131,7 +250,7 @@ class StationRecorder:
                 continue
             path = self.directory / Path(name).name
             try:
-                data = path.read_bytes()
+                data = plain_mp4(path)[0] or path.read_bytes()
                 self.store.add(self.station_id, data, started_at=began + start_s, duration_s=end_s - start_s)
                 path.unlink(missing_ok=True)
             except Exception:

@@ -20,6 +20,7 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 
+from g4l.errors import StoreUnavailable
 from g4l.log import get_logger
 
 log = get_logger(__name__)
@@ -29,6 +30,19 @@ CHUNK_BYTES = 1024 * 1024
 #: Pauses between attempts of a write that failed on the server's side (a transient
 #: error, a failover): audio is never dropped for one bad moment of the store.
 PUT_RETRY_PAUSES_S = (0.3, 0.7, 1.5, 3.0)
+#: How long a read of the embedded store's limit state (:mod:`g4l.store.guard`) is trusted.
+LIMITS_CACHE_S = 2.0
+LIMITS_TIMEOUT_S = 0.5
+#: Where :mod:`g4l.store.guard` writes that state: collection, document id.
+LIMITS_COLLECTION = "store_limits"
+LIMITS_ID = "embedded"
+
+
+class StoreLimitReached(StoreUnavailable, pymongo.errors.PyMongoError):
+    """The embedded store is at its disk or memory limit (:mod:`g4l.store.guard`): new audio
+    is refused with the reason. Both a :class:`StoreUnavailable` (clients get
+    ``STORE_UNAVAILABLE`` and the reason) and a ``PyMongoError`` (every path that handles a
+    store that does not answer handles this one too)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class BlobStore:
         self.db = self.client[db_name]
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name="audio", chunk_size_bytes=CHUNK_BYTES)
         self.files = self.db["audio.files"]
+        self._limits = self.db[LIMITS_COLLECTION]
+        self._limit_read: tuple[float, str] = (0.0, "")
 
     def ensure_indexes(self) -> None:
         """Indexes for the session lookups and the retention sweep."""
@@ -58,6 +74,14 @@ class BlobStore:
     def put(self, data: bytes, *, session_id: str, kind: str, blob_id: str | None = None,
             **metadata: Any) -> str:
         """Store ``data``; returns its id. ``blob_id`` lets a caller reserve the id first."""
+        try:
+            reason = self.limit_reason()
+        except pymongo.errors.PyMongoError:
+            # The store does not answer: the write below meets that, with its retries.
+            reason = ""
+            self._limit_read = (time.monotonic() + LIMITS_CACHE_S, "")
+        if reason:
+            raise StoreLimitReached(reason)
         meta = {"session_id": session_id, "kind": kind, "created": dt.datetime.now(dt.UTC), **metadata}
         file_id = ObjectId(blob_id) if blob_id else ObjectId()
         unreachable = 0
@@ -175,5 +199,21 @@ class BlobStore:
         return deleted
 
     def ping(self) -> None:
-        """Raise if MongoDB does not answer."""
+        """Raise if MongoDB does not answer, or if the embedded store is at its disk or memory
+        limit (:class:`StoreLimitReached`, with the reason: ``/health`` shows it)."""
         self.client.admin.command("ping")
+        self._limit_read = (0.0, "")
+        reason = self.limit_reason()
+        if reason:
+            raise StoreLimitReached(reason)
+
+    def limit_reason(self) -> str:
+        """Why the store refuses new audio (:mod:`g4l.store.guard`), or ``""``. Read at most
+        every ``LIMITS_CACHE_S``; a store without the guard (``MONGO_URL``) has no state."""
+        expires, reason = self._limit_read
+        if time.monotonic() >= expires:
+            with pymongo.timeout(LIMITS_TIMEOUT_S):  # never a request's whole store timeout
+                doc = self._limits.find_one({"_id": LIMITS_ID}, {"state": 1, "reason": 1})
+            reason = str(doc.get("reason") or doc["state"]) if doc and doc.get("state") not in (None, "ok") else ""
+            self._limit_read = (time.monotonic() + LIMITS_CACHE_S, reason)
+        return reason
