@@ -25,7 +25,8 @@ class EchoServer:
     """Accepts websocket connections (our handshake + :class:`ws.WebSocket`) in threads
     and echoes every message back, recording what each connection ended with."""
 
-    def __init__(self) -> None:
+    def __init__(self, offload=None) -> None:  # type: ignore[no-untyped-def]
+        self.offload = offload
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closed: list[ws.WebSocket] = []
@@ -57,7 +58,7 @@ class EchoServer:
             conn.close()
             return
         conn.sendall(ws.response_headers(accept))
-        peer = ws.WebSocket(conn, max_message_size=MAX_MESSAGE)
+        peer = ws.WebSocket(conn, max_message_size=MAX_MESSAGE, offload=self.offload)
         while True:
             message = peer.receive()
             if message is None:
@@ -239,6 +240,31 @@ def test_unmask_matches_the_definition() -> None:
         buf = bytearray(data)
         ws.unmask(buf, key)
         assert bytes(buf) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def test_big_payloads_are_unmasked_by_the_offload() -> None:
+    """With an offload (the web's native threads), a payload over UNMASK_OFFLOAD_ABOVE is
+    unmasked there, and small ones on the spot: the messages arrive the same."""
+    calls: list[tuple[str, int]] = []
+
+    def offload(fn, *args):  # type: ignore[no-untyped-def]
+        calls.append((fn.__name__, len(args[0])))
+        return fn(*args)
+
+    server = EchoServer(offload=offload)
+    try:
+        c = wsclient.create_connection(server.url(), timeout=10)
+        try:
+            big = base64.b64encode(os.urandom(ws.UNMASK_OFFLOAD_ABOVE)).decode()
+            c.send(big)
+            assert c.recv() == big
+            c.send("small")
+            assert c.recv() == "small"
+        finally:
+            c.close()
+    finally:
+        server.listener.close()
+    assert calls == [("unmask", len(big))]
 
 
 def test_frames_are_sent_as_one_message_without_joining(echo) -> None:

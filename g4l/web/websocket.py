@@ -49,6 +49,9 @@ READ_IDLE_TIMEOUT_S = 300.0
 #: A frame payload over this is held to the minimum upload rate (smaller ones arrive in
 #: one read or two; the idle timeout covers them).
 _RATE_CHECK_ABOVE = _READ_CHUNK
+#: With an ``offload``, payloads over this are unmasked in a native thread (numpy drops the
+#: GIL): about 2 ms of the event loop per 8 MB otherwise, 15 ms for a 61 MB upload.
+UNMASK_OFFLOAD_ABOVE = _READ_CHUNK
 
 
 class HandshakeError(ValueError):
@@ -135,13 +138,17 @@ class WebSocket:
     ``send`` may be called from any, and frames never interleave."""
 
     def __init__(self, sock: socket.socket, *, max_message_size: int, grace_s: float = 30.0,
-                 min_bytes_per_s: float = 32 * 1024, message_limit: Callable[[], int] | None = None) -> None:
+                 min_bytes_per_s: float = 32 * 1024, message_limit: Callable[[], int] | None = None,
+                 offload: Callable[..., object] | None = None) -> None:
         """:param grace_s: / :param min_bytes_per_s: a large frame's payload must keep up an
             average of ``min_bytes_per_s`` once ``grace_s`` have passed: a client trickling a
             huge message is let go (1008) instead of holding a buffer and a greenlet for hours.
         :param message_limit: the largest message allowed right now, asked at each frame
-            (say, small until the client has authenticated); at most ``max_message_size``."""
+            (say, small until the client has authenticated); at most ``max_message_size``.
+        :param offload: ``offload(fn, *args)`` runs ``fn`` off the event loop and returns its
+            result (:func:`g4l.web.offload.offload`): big payloads are unmasked there."""
         self.sock = sock
+        self.offload = offload
         self.message_limit = message_limit
         self.grace_s = grace_s
         self.min_bytes_per_s = min_bytes_per_s
@@ -238,7 +245,10 @@ class WebSocket:
             raise ProtocolError(CLOSE_TOO_BIG, f"message over {limit} bytes")
         mask = self._take(4)
         payload = self._payload(length)
-        unmask(payload, mask)
+        if self.offload is not None and length > UNMASK_OFFLOAD_ABOVE:
+            self.offload(unmask, payload, mask)
+        else:
+            unmask(payload, mask)
         return fin, opcode, payload
 
     def receive(self) -> str | bytes | None:
