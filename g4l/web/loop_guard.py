@@ -24,14 +24,16 @@ def limit_gridfs_upload_batches(size: int = UPLOAD_BATCH_BYTES) -> bool:
     message. Returns False (and logs) when this pymongo has no such buffer to set, in
     which case writes stay as they were."""
     import importlib
+    from types import ModuleType
 
+    grid_file: ModuleType | None
     try:
         grid_file = importlib.import_module("gridfs.synchronous.grid_file")
     except ImportError:  # an older pymongo layout
         grid_file = None
     current = getattr(grid_file, "_UPLOAD_BUFFER_SIZE", None)
-    if not isinstance(current, int):
+    if grid_file is None or not isinstance(current, int):
         log.warning("GridFS upload batches left as they are: this pymongo has no _UPLOAD_BUFFER_SIZE")
         return False
-    setattr(grid_file, "_UPLOAD_BUFFER_SIZE", min(current, size))  # read at each flush (GridIn._flush_data)
+    grid_file.__dict__["_UPLOAD_BUFFER_SIZE"] = min(current, size)  # read at each flush (GridIn._flush_data)
     return True
