@@ -23,7 +23,8 @@ class ChunkInserts(monitoring.CommandListener):
         self.inserts: list[int] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if self.recording and event.command_name == "insert" and str(event.command.get("insert", "")).endswith(".chunks"):
+        chunks = str(event.command.get("insert", "")).endswith(".chunks")
+        if self.recording and event.command_name == "insert" and chunks:
             self.inserts.append(len(event.command.get("documents", [])))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:

@@ -46,11 +46,16 @@ from plugin_protocol import events  # noqa: E402
 from plugin_protocol.client import DeviceClient  # noqa: E402
 
 
-def one_round(url: str, n: int, wav: bytes) -> tuple[float, list[float], list[float]]:
-    """N simultaneous bangs: (time until the last result, each first progress, each result)."""
+def one_round(url: str, n: int, wav: bytes, model_name: str = "debug",
+              duration: float | None = None) -> tuple[float, list[float], list[float]]:
+    """N simultaneous bangs: (time until the last result, each first progress, each result).
+    ``duration``: seconds of output each bang asks for (None: the server's default, 30)."""
     clients = [DeviceClient(url, timeout=600).connect() for _ in range(n)]
     try:
-        payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": "debug", "prompt_duration": 4}
+        payload: dict = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,
+                         "prompt_duration": 4}
+        if duration is not None:
+            payload["duration"] = duration
         marks = [c.mark() for c in clients]
         go = threading.Barrier(n + 1)
         sent: list[float] = [0.0] * n
