@@ -223,9 +223,9 @@ def e2e_section(check: Check, args: argparse.Namespace) -> None:
         model_name = f"random-{shape}"
         env.update({"G4L_MODELS": model_name, "G4L_MODEL_PATHS": f"{model_name}={tmp.name}"})
         say(f"[e2e] musicgen-{shape}-shaped random checkpoint written in {time.perf_counter() - t:.1f} s")
-    duration = args.e2e_duration or (None if cuda else 10.0)
+    duration = args.e2e_duration or (15.0 if cuda else 10.0)
     say(f"[e2e] {n} device clients bang at once on one worker ({check.device}, model {model_name}, "
-        f"{duration or 30:g} s each)")
+        f"{duration:g} s each)")
     wav = common.make_wav(4)
     try:
         with common.Server(extra_env=env, ready_timeout=300) as server:
@@ -273,7 +273,7 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the static step")
     ap.add_argument("--e2e-clients", type=int, default=8)
     ap.add_argument("--e2e-shape", default="small", help="the e2e checkpoint's shape on cuda")
-    ap.add_argument("--e2e-duration", type=float, default=None, help="seconds per bang (cuda 30, cpu 10)")
+    ap.add_argument("--e2e-duration", type=float, default=None, help="seconds per bang (cuda 15, cpu 10)")
     ap.add_argument("--e2e-reserve-s", type=float, default=None,
                     help="seconds of the budget kept for the e2e section (cuda 200, cpu 60)")
     ap.add_argument("--budget-s", type=float, default=470.0, help="the whole run's time budget")
