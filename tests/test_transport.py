@@ -267,12 +267,14 @@ def test_big_payloads_are_unmasked_by_the_offload() -> None:
     assert calls == [("unmask", len(big))]
 
 
-def test_frames_are_sent_as_one_message_without_joining(echo) -> None:
-    """A :class:`ws.Frames` message arrives as one text message, parts in order."""
+@pytest.mark.parametrize("size", [300_000, 3 * ws.YIELD_EVERY + 7])
+def test_frames_are_sent_as_one_message_without_joining(echo, size) -> None:
+    """A :class:`ws.Frames` message arrives as one text message, parts in order (a part
+    over YIELD_EVERY goes out in slices, the other greenlets running between them)."""
     a, b = socket.socketpair()
     try:
         server = ws.WebSocket(a, max_message_size=MAX_MESSAGE)
-        parts = (b'42["x",{"audio_data":"', base64.b64encode(os.urandom(300_000)), b'"}]')
+        parts = (b'42["x",{"audio_data":"', base64.b64encode(os.urandom(size)), b'"}]')
         threading.Thread(target=server.send, args=(ws.Frames(parts),), daemon=True).start()
         reader = b.makefile("rb")
         first, second = reader.read(2)
