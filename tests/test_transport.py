@@ -381,3 +381,19 @@ def test_a_stranger_cannot_send_a_big_message_before_connecting(server) -> None:
         s.sendall(b"\x81\xff" + struct.pack("!Q", len(body)) + b"\0\0\0\0")  # the header alone
         codes = [struct.unpack("!H", p[:2])[0] for op, p in frames if op == ws.OP_CLOSE]
         assert codes == [ws.CLOSE_TOO_BIG]
+
+
+def test_a_reader_that_stalls_mid_message_is_let_go_at_the_messages_deadline(monkeypatch) -> None:
+    """A big part goes out in slices, all under the message's one send deadline: a client
+    that stops reading is let go (the connection ends) instead of each slice waiting anew."""
+    monkeypatch.setattr(ws, "SEND_TIMEOUT_BASE_S", 0.5)
+    monkeypatch.setattr(ws, "SEND_RATE_FLOOR", 10 ** 12)
+    a, b = socket.socketpair()
+    try:
+        server = ws.WebSocket(a, max_message_size=MAX_MESSAGE)
+        part = os.urandom(3 * ws.YIELD_EVERY)
+        with pytest.raises(ws.ConnectionClosed):
+            server.send(ws.Frames((b"x", part), text=False))  # b never reads
+    finally:
+        a.close()
+        b.close()

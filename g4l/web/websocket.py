@@ -329,18 +329,21 @@ class WebSocket:
             self._send_frame(OP_BINARY, (data,))
 
     @staticmethod
-    def _send_part(sock: socket.socket, part: bytes | bytearray | memoryview) -> None:
+    def _send_part(sock: socket.socket, part: bytes | bytearray | memoryview, deadline: float) -> None:
         """``sendall`` in slices of :data:`YIELD_EVERY` bytes, letting the other greenlets run
         between them: to a client that reads as fast (loopback, a fast LAN) no send ever
-        waits, and the kernel's whole TCP path of 26 MB ran on the event loop at once."""
+        waits, and the kernel's whole TCP path of 26 MB ran on the event loop at once. The
+        message's one send deadline (``time.monotonic()``) bounds all the slices together.
+        :raises TimeoutError: past the deadline."""
         with memoryview(part) as view:
             view = view.cast("B")
-            if view.nbytes <= YIELD_EVERY:
-                sock.sendall(view)
-                return
             for at in range(0, view.nbytes, YIELD_EVERY):
                 if at:
                     time.sleep(0)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("send deadline passed")
+                    sock.settimeout(left)
                 sock.sendall(view[at:at + YIELD_EVERY])
 
     def _send_frame(self, opcode: int, parts: tuple) -> None:
@@ -353,13 +356,15 @@ class WebSocket:
                 self._closed_sent = True
             sock = self._send_sock
             try:
-                sock.settimeout(SEND_TIMEOUT_BASE_S + length / SEND_RATE_FLOOR)
+                allowed = SEND_TIMEOUT_BASE_S + length / SEND_RATE_FLOOR
+                deadline = time.monotonic() + allowed
+                sock.settimeout(allowed)
                 if length < _JOIN_BELOW:
                     sock.sendall(header + b"".join(parts))
                 else:
                     sock.sendall(header)
                     for part in parts:
-                        self._send_part(sock, part)
+                        self._send_part(sock, part, deadline)
             except OSError as exc:  # includes the send timeout
                 self._closed_sent = True
                 self.abort()
