@@ -162,3 +162,81 @@ def test_a_stored_result_leaves_no_hand_off_behind(ctx: Context) -> None:
     assert ctx.redis_bytes.exists(keys.result(job.id)) == 0
     # Readers fall back to the stored file.
     assert bytes(delivery.read_result(ctx, job.id, blob_id)) == wav
+
+
+# --- big results are read in pieces (a web node's event loop keeps serving meanwhile) ---
+
+def test_a_hand_off_read_in_pieces_is_the_same_hand_off(ctx: Context) -> None:
+    source, result = _continue_result()
+    input_blob = ctx.blobs.put(source, session_id="s1", kind="input")
+    handoff.put_spliced(ctx.redis_bytes, "job-p", result.new_wav,
+                        handoff.Splice(input_blob, result.drop_frames, 48_000, 2, "FLOAT"))
+    handoff.put_whole(ctx.redis_bytes, "job-w", source)
+    for job in ("job-p", "job-w"):
+        whole = handoff.read(ctx.redis_bytes, job)
+        # 100 kB pieces: dozens of GETRANGEs, the last one short.
+        pieces = handoff.read(ctx.redis_bytes, job, piece_bytes=100_000)
+        assert whole is not None and pieces is not None
+        assert bytes(pieces.data) == bytes(whole.data) and pieces.splice == whole.splice
+    assert handoff.read(ctx.redis_bytes, "job-none", piece_bytes=100_000) is None
+    with pytest.raises(ValueError):
+        handoff.read(ctx.redis_bytes, "job-w", piece_bytes=0)
+    # The delivery path reads in pieces and gives the worker's file, whole or spliced.
+    assert delivery.read_result(ctx, "job-w", None) == source
+    assert delivery.read_result(ctx, "job-w", None, as_array=True).tobytes() == source
+    assert delivery.read_result(ctx, "job-p", None) == result.wav()
+
+
+def test_a_hand_off_dropped_while_read_in_pieces_reads_as_gone(ctx: Context) -> None:
+    """GridFS got the file and the worker dropped the hand-off between two pieces: the
+    reader must not return half a file (it reads as expired, and delivery takes GridFS)."""
+    wav = make_wav(10.0)
+    handoff.put_whole(ctx.redis_bytes, "job-d", wav)
+
+    class DropsAfterFirstPiece:
+        """The real Redis connection; the hand-off is dropped right after the first piece."""
+
+        def __init__(self, r) -> None:  # type: ignore[no-untyped-def]
+            self.r, self.calls = r, 0
+
+        def strlen(self, key: str) -> int:
+            return self.r.strlen(key)
+
+        def getrange(self, key: str, start: int, end: int) -> bytes:
+            piece = self.r.getrange(key, start, end)
+            handoff.drop(self.r, "job-d")
+            return piece
+
+    assert handoff.read(DropsAfterFirstPiece(ctx.redis_bytes), "job-d", piece_bytes=100_000) is None  # type: ignore[arg-type]
+    blob = ctx.blobs.put(wav, session_id="s1", kind="output")
+    assert delivery.read_result(ctx, "job-d", blob) == wav
+
+
+def test_a_stored_file_read_one_chunk_at_a_time_is_the_stored_file(ctx: Context) -> None:
+    wav = make_wav(20.0, subtype="FLOAT")  # 7.7 MB: 8 GridFS chunks of 1 MiB
+    blob = ctx.blobs.put(wav, session_id="s1", kind="output")
+    joined: list[int] = []
+
+    def offload(fn, *args):  # type: ignore[no-untyped-def]
+        joined.append(len(args[0]))
+        return fn(*args)
+
+    assert delivery.read_stored(ctx, blob, 0.0, offload=offload) == wav == ctx.blobs.get(blob)
+    assert joined == [8]  # one join of the 8 pieces, by the offload
+    small = ctx.blobs.put(b"RIFF tiny", session_id="s1", kind="output")
+    assert delivery.read_stored(ctx, small, 0.0) == b"RIFF tiny"
+    with pytest.raises(KeyError):
+        delivery.read_stored(ctx, ctx.blobs.new_id(), 0.1)
+    with pytest.raises(KeyError):
+        delivery.read_stored(ctx, "not-an-id", 0.0)
+
+
+def test_a_stored_file_written_while_the_reader_waits_is_read_whole(ctx: Context) -> None:
+    wav = make_wav(8.0)
+    blob = ctx.blobs.new_id()
+    writer = threading.Timer(0.3, lambda: ctx.blobs.put(wav, session_id="s1", kind="output", blob_id=blob))
+    writer.start()
+    try:
+        assert delivery.read_stored(ctx, blob, 10.0) == wav
+    finally:
+        writer.join()

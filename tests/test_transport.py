@@ -25,7 +25,8 @@ class EchoServer:
     """Accepts websocket connections (our handshake + :class:`ws.WebSocket`) in threads
     and echoes every message back, recording what each connection ended with."""
 
-    def __init__(self) -> None:
+    def __init__(self, offload=None) -> None:  # type: ignore[no-untyped-def]
+        self.offload = offload
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closed: list[ws.WebSocket] = []
@@ -57,7 +58,7 @@ class EchoServer:
             conn.close()
             return
         conn.sendall(ws.response_headers(accept))
-        peer = ws.WebSocket(conn, max_message_size=MAX_MESSAGE)
+        peer = ws.WebSocket(conn, max_message_size=MAX_MESSAGE, offload=self.offload)
         while True:
             message = peer.receive()
             if message is None:
@@ -241,12 +242,39 @@ def test_unmask_matches_the_definition() -> None:
         assert bytes(buf) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
 
 
-def test_frames_are_sent_as_one_message_without_joining(echo) -> None:
-    """A :class:`ws.Frames` message arrives as one text message, parts in order."""
+def test_big_payloads_are_unmasked_by_the_offload() -> None:
+    """With an offload (the web's native threads), a payload over UNMASK_OFFLOAD_ABOVE is
+    unmasked there, and small ones on the spot: the messages arrive the same."""
+    calls: list[tuple[str, int]] = []
+
+    def offload(fn, *args):  # type: ignore[no-untyped-def]
+        calls.append((fn.__name__, len(args[0])))
+        return fn(*args)
+
+    server = EchoServer(offload=offload)
+    try:
+        c = wsclient.create_connection(server.url(), timeout=10)
+        try:
+            big = base64.b64encode(os.urandom(ws.UNMASK_OFFLOAD_ABOVE)).decode()
+            c.send(big)
+            assert c.recv() == big
+            c.send("small")
+            assert c.recv() == "small"
+        finally:
+            c.close()
+    finally:
+        server.listener.close()
+    assert calls == [("unmask", len(big))]
+
+
+@pytest.mark.parametrize("size", [300_000, 3 * ws.YIELD_EVERY + 7])
+def test_frames_are_sent_as_one_message_without_joining(echo, size) -> None:
+    """A :class:`ws.Frames` message arrives as one text message, parts in order (a part
+    over YIELD_EVERY goes out in slices, the other greenlets running between them)."""
     a, b = socket.socketpair()
     try:
         server = ws.WebSocket(a, max_message_size=MAX_MESSAGE)
-        parts = (b'42["x",{"audio_data":"', base64.b64encode(os.urandom(300_000)), b'"}]')
+        parts = (b'42["x",{"audio_data":"', base64.b64encode(os.urandom(size)), b'"}]')
         threading.Thread(target=server.send, args=(ws.Frames(parts),), daemon=True).start()
         reader = b.makefile("rb")
         first, second = reader.read(2)
@@ -353,3 +381,19 @@ def test_a_stranger_cannot_send_a_big_message_before_connecting(server) -> None:
         s.sendall(b"\x81\xff" + struct.pack("!Q", len(body)) + b"\0\0\0\0")  # the header alone
         codes = [struct.unpack("!H", p[:2])[0] for op, p in frames if op == ws.OP_CLOSE]
         assert codes == [ws.CLOSE_TOO_BIG]
+
+
+def test_a_reader_that_stalls_mid_message_is_let_go_at_the_messages_deadline(monkeypatch) -> None:
+    """A big part goes out in slices, all under the message's one send deadline: a client
+    that stops reading is let go (the connection ends) instead of each slice waiting anew."""
+    monkeypatch.setattr(ws, "SEND_TIMEOUT_BASE_S", 0.5)
+    monkeypatch.setattr(ws, "SEND_RATE_FLOOR", 10 ** 12)
+    a, b = socket.socketpair()
+    try:
+        server = ws.WebSocket(a, max_message_size=MAX_MESSAGE)
+        part = os.urandom(3 * ws.YIELD_EVERY)
+        with pytest.raises(ws.ConnectionClosed):
+            server.send(ws.Frames((b"x", part), text=False))  # b never reads
+    finally:
+        a.close()
+        b.close()

@@ -13,7 +13,18 @@ MusicGen inference runs never needs them:
   is not installed we register a stub whose ``load`` raises a clear error, so every other
   conditioner keeps working.
 
-Both shims apply only when the real import fails; a working install is used as is.
+* ``xformers``: ``audiocraft.modules.transformer`` imports ``xformers.ops`` at module level,
+  but calls it only with its ``'xformers'`` attention backend (MusicGen runs ``'torch'``,
+  SDPA). Its wheels are built for one torch each; where none fits (a CUDA image with
+  another torch: the GPU check, ``scripts/gpu_check``) a stub whose functions raise
+  stands in.
+
+* ``av`` (PyAV): ``audiocraft.data.audio`` imports it for reading and writing audio files,
+  which MusicGen inference never does (g4l reads and writes WAV with soundfile). Its
+  wheel is 35 MB; where it is not installed (the GPU check's carried wheels) a stub whose
+  ``open`` raises stands in.
+
+Each shim applies only when the real import fails; a working install is used as is.
 """
 
 from __future__ import annotations
@@ -79,6 +90,47 @@ def _import_spacy() -> None:
     sys.modules["spacy.cli"] = cli
 
 
+def _xformers_missing(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("xformers is not installed: AudioCraft's 'xformers' attention backend is unavailable "
+                       "(MusicGen uses the 'torch' backend)")
+
+
+def _import_xformers() -> None:
+    try:
+        importlib.import_module("xformers.ops")
+        return
+    except (ImportError, OSError):
+        pass
+    for name in [n for n in sys.modules if n == "xformers" or n.startswith("xformers.")]:
+        del sys.modules[name]
+    xformers = types.ModuleType("xformers")
+    xformers.__doc__ = "g4l stub: xformers is not installed."
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = _xformers_missing  # type: ignore[attr-defined]
+    ops.unbind = _xformers_missing  # type: ignore[attr-defined]
+    ops.LowerTriangularMask = _xformers_missing  # type: ignore[attr-defined]
+    xformers.ops = ops  # type: ignore[attr-defined]
+    sys.modules["xformers"] = xformers
+    sys.modules["xformers.ops"] = ops
+
+
+def _av_missing(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("PyAV is not installed: AudioCraft's audio file reading and writing is unavailable "
+                       "(g4l reads and writes WAV with soundfile)")
+
+
+def _import_av() -> None:
+    try:
+        importlib.import_module("av")
+        return
+    except ImportError:
+        pass
+    av = types.ModuleType("av")
+    av.__doc__ = "g4l stub: PyAV is not installed."
+    av.open = _av_missing  # type: ignore[attr-defined]
+    sys.modules["av"] = av
+
+
 def prepare_audiocraft_import() -> None:
     """Install the shims above (once per process) so ``import audiocraft`` succeeds."""
     global _done
@@ -87,4 +139,6 @@ def prepare_audiocraft_import() -> None:
             return
         _import_torchaudio()
         _import_spacy()
+        _import_xformers()
+        _import_av()
         _done = True

@@ -190,8 +190,12 @@ def build_debug_musicgen(seed: int = 0, device: str = "cpu", shape: str = "tiny"
     return MusicGen(DEBUG_MODEL_ID, compression_model, lm)
 
 
-def save_debug_checkpoint(directory: str | Path, seed: int = 0) -> Path:
+def save_debug_checkpoint(directory: str | Path, seed: int = 0, shape: str = "tiny") -> Path:
     """Write the debug model as an AudioCraft release checkpoint directory.
+
+    ``shape`` (a key of :data:`SHAPES`) gives it the transformer of a released model:
+    a ``'small'`` checkpoint served end to end costs a worker what musicgen-small does
+    (the GPU check, ``scripts/gpu_check``), with no download.
 
     The layout is the one of the Hugging Face AudioCraft repos, read by
     ``audiocraft.models.loaders``: ``state_dict.bin`` and ``compression_state_dict.bin``,
@@ -206,7 +210,7 @@ def save_debug_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    cfg, compression_model, lm = _build_parts(seed, "cpu")
+    cfg, compression_model, lm = _build_parts(seed, "cpu", shape)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     yaml = OmegaConf.to_yaml(cfg)

@@ -14,11 +14,13 @@ from g4l.log import get_logger  # noqa: E402
 from g4l.settings import get_settings  # noqa: E402
 from g4l.web import http_server  # noqa: E402
 from g4l.web.app import create_app  # noqa: E402
+from g4l.web.loop_guard import limit_gridfs_upload_batches  # noqa: E402
 
 
 def main() -> None:
     settings = get_settings()
     logging_setup.configure(settings.log_level, settings.log_format, process="web")
+    limit_gridfs_upload_batches()  # an upload's GridFS write must not hold every socket
     web = create_app(settings)
     web.relay.start()
     web.heartbeat.start()

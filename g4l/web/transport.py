@@ -20,6 +20,7 @@ from engineio import packet as eio_packet
 from g4l.log import get_logger
 from g4l.settings import get_settings
 from g4l.web import websocket
+from g4l.web.offload import offload
 
 log = get_logger(__name__)
 
@@ -70,7 +71,7 @@ class FastWebSocketWSGI:
         settings = get_settings()  # a huge message is held to the same floor as an HTTP body
         self.ws = websocket.WebSocket(sock, max_message_size=self.max_message_size, grace_s=settings.http_body_grace_s,
                                       min_bytes_per_s=settings.http_body_min_kbps * 1024,
-                                      message_limit=self.message_limit)
+                                      message_limit=self.message_limit, offload=offload)
         try:
             return self.app(self)
         finally:

@@ -96,7 +96,9 @@ class Server:
             })
             env.update(self.extra_env)
             log = open(self.log_path, "wb")
-            self.proc = subprocess.Popen([str(VENV_PYTHON), "-m", "g4l.launcher"], cwd=str(ROOT), env=env,
+            # The venv's python; without a venv (the GPU check on a bare CUDA image) this one.
+            python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+            self.proc = subprocess.Popen([python, "-m", "g4l.launcher"], cwd=str(ROOT), env=env,
                                          stdout=subprocess.PIPE, stderr=log, start_new_session=True)
             threading.Thread(target=self._read_stdout, daemon=True).start()
             deadline = time.monotonic() + self.ready_timeout

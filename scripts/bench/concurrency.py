@@ -19,7 +19,8 @@ job's audio arrives.
 
 After each round, where its time and work went: the worker's account of its jobs (waiting
 to join the batch, decoding loop, EnCodec decode, post-processing: medians and maxima of
-its ``row generated``/``job completed`` log records), the CPU seconds of each process
+its ``row generated``/``job completed`` log records), the web's delivery (job completed ->
+result delivered) and the GridFS writes (``result stored``), the CPU seconds of each process
 (worker, web, packager, stores, these clients) and of the worker's threads (the decoding
 loop, its other threads, the jobs' threads), read from ``/proc``: on a shared box wall
 times move with others' load, the work does not. ``--loop-only R`` skips the server and
@@ -46,11 +47,16 @@ from plugin_protocol import events  # noqa: E402
 from plugin_protocol.client import DeviceClient  # noqa: E402
 
 
-def one_round(url: str, n: int, wav: bytes) -> tuple[float, list[float], list[float]]:
-    """N simultaneous bangs: (time until the last result, each first progress, each result)."""
+def one_round(url: str, n: int, wav: bytes, model_name: str = "debug",
+              duration: float | None = None) -> tuple[float, list[float], list[float]]:
+    """N simultaneous bangs: (time until the last result, each first progress, each result).
+    ``duration``: seconds of output each bang asks for (None: the server's default, 30)."""
     clients = [DeviceClient(url, timeout=600).connect() for _ in range(n)]
     try:
-        payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": "debug", "prompt_duration": 4}
+        payload: dict = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,
+                         "prompt_duration": 4}
+        if duration is not None:
+            payload["duration"] = duration
         marks = [c.mark() for c in clients]
         go = threading.Barrier(n + 1)
         sent: list[float] = [0.0] * n
@@ -100,9 +106,13 @@ def _log_records(server: common.Server) -> list[dict]:
 
 
 def _worker_breakdown(records: list[dict]) -> str:
-    """Where a round's jobs spent their worker time (medians, max), from the worker's
-    ``row generated`` and ``job completed`` records: submitted -> joined the batch,
-    decoding loop, EnCodec decode, then the worker's post-processing (WAV, hand-off)."""
+    """Where a round's jobs spent their time (medians, max), from the server's log records:
+    the worker's ``row generated`` (submitted -> joined the batch, decoding loop, EnCodec
+    decode) and ``job completed`` (model time, then post-processing: WAV, hand-off), the
+    web's ``result delivered`` (completed -> the client had it: hand-off read, join,
+    base64, send) and the ``result stored`` GridFS writes after it."""
+    import datetime as dt
+
     rows = [r for r in records if r.get("event") == "row generated"]
     jobs = [r for r in records if r.get("event") == "job completed"]
     if not rows:
@@ -112,9 +122,17 @@ def _worker_breakdown(records: list[dict]) -> str:
         xs = [float(r[key]) for r in recs if key in r]
         return f"{statistics.median(xs):.2f}/{max(xs):.2f}" if xs else "-"
 
+    def at(rec: dict) -> float:
+        return dt.datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+    completed = {r.get("job_id"): at(r) for r in jobs if "timestamp" in r}
+    delivered = [{"s": at(r) - completed[r["job_id"]]} for r in records
+                 if r.get("event") == "result delivered" and r.get("job_id") in completed and "timestamp" in r]
+    stored = [r for r in records if r.get("event") == "result stored"]
     return (f"wait to join {col(rows, 'wait_s')} s, decoding loop {col(rows, 'loop_s')} s, "
             f"EnCodec decode {col(rows, 'codec_s')} s, job model time {col(jobs, 'model_seconds')} s, "
-            f"post {col(jobs, 'post_seconds')} s (median/max)")
+            f"post {col(jobs, 'post_seconds')} s, completed -> delivered {col(delivered, 's')} s, "
+            f"GridFS store {col(stored, 'store_seconds')} s (median/max)")
 
 
 def _proc_cpu(path: str) -> float:

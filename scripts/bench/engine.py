@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class Result:
     added_mb: float  # of which added by the prefill
     kv_mb: float  # attention cache at the end of the run
     codes: list[torch.Tensor]
+    rounds: list[float] = field(default_factory=list)  # each round's median step seconds
 
     @property
     def per_stream(self) -> float:
@@ -221,9 +222,12 @@ class BatchedRun:
         return [h.result() for h in self.handles]
 
 
-def measure(runs: list[Any], device: str, per_turn: int = 2) -> list[Result]:
+def measure(runs: list[Any], device: str, per_turn: int = 2, rounds: int = 1) -> list[Result]:
     """Start each run (prefill timed alone), then take their steps in turns of ``per_turn``,
-    rotating, until all are done; a step's figure is the median of its run's steps."""
+    rotating, until all are done. A run's steps are cut into ``rounds`` consecutive
+    rounds (taken over the same minutes by every run, since the turns interleave them);
+    a step's figure is the median of the per-round medians, and :attr:`Result.rounds`
+    keeps each round's, for the spread and for per-round ratios."""
     prefill, durations, peaks = {}, {}, {}
     for r in runs:
         gc.collect()
@@ -242,54 +246,116 @@ def measure(runs: list[Any], device: str, per_turn: int = 2) -> list[Result]:
     results = []
     for r in runs:
         codes = r.finish()
-        results.append(Result(r.label, r.batch, prefill[id(r)], len(durations[id(r)]),
-                              float(np.median(durations[id(r)])), peaks[id(r)][0], peaks[id(r)][1], r.kv_mb, codes))
+        steps = durations[id(r)]
+        per_round = [float(np.median(chunk)) for chunk in np.array_split(np.asarray(steps), rounds) if len(chunk)]
+        results.append(Result(r.label, r.batch, prefill[id(r)], len(steps), float(np.median(per_round)),
+                              peaks[id(r)][0], peaks[id(r)][1], r.kv_mb, codes, per_round))
     return results
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median of ``values``, in percent: how far the rounds disagree."""
+    if len(values) < 2:
+        return 0.0
+    mid = float(np.median(values))
+    return 100.0 * (max(values) - min(values)) / mid if mid else float("inf")
+
+
+def ratio_rounds(top: Result, base: Result) -> list[float]:
+    """Per round, ``top``'s total steps/s over ``base``'s: both paths stepped in the same
+    minutes of that round, so a burst of load on the box moves both alike."""
+    return [(top.batch / t) / (base.batch / b) for t, b in zip(top.rounds, base.rounds, strict=False)]
 
 
 def row(r: Result, device: str, prefill_scale: float, extrapolated: bool) -> str:
     how = "extrapolated" if extrapolated else "measured"
     mem = "GPU" if device == "cuda" else "RSS"
     return (f"  {r.label:7s} batch {r.batch}: prefill {r.prefill_s:6.2f} s, {r.per_stream:6.2f} steps/s per stream, "
-            f"{r.total:7.2f} steps/s total, 30 s continuation {r.continuation_s(prefill_scale):7.1f} s "
+            f"{r.total:7.2f} steps/s total (rounds spread {spread(r.rounds):4.1f}%), "
+            f"30 s continuation {r.continuation_s(prefill_scale):7.1f} s "
             f"({how}; {r.batch} job{'s' if r.batch > 1 else ''} at once), peak {mem} {r.peak_mb:6.0f} MB "
             f"(+{r.added_mb:.0f} MB prefilling), KV cache {r.kv_mb:.0f} MB")
 
 
-def bench_shape(shape: str, device: str, batches: list[int], steps: int, prompt_s: float) -> dict[str, Result]:
+@dataclass
+class ShapeResults:
+    """One shape's results by label (``stock``, ``batch1``..., ``padded``) and its ratios'
+    per-round values."""
+
+    by_label: dict[str, Result]
+    batch_ratio: list[float]  # per round: batch N total / batch 1
+    stock_ratio: list[float]  # per round: batch 1 / stock
+
+
+def bench_shape(shape: str, device: str, batches: list[int], steps: int, prompt_s: float, rounds: int,
+                padded: bool = True) -> ShapeResults:
     t0 = time.perf_counter()
     model = build_debug_musicgen(seed=0, device=device, shape=shape)
     params = sum(p.numel() for p in model.lm.parameters()) / 1e6
+    timed = steps * rounds
     print(f"musicgen-{shape} shape: LM {params:.0f} M parameters, built in {time.perf_counter() - t0:.1f} s "
-          f"(random weights); prompt {prompt_s:g} s, {steps} decoding steps timed per run", flush=True)
+          f"(random weights); prompt {prompt_s:g} s, {rounds} rounds of {steps} decoding steps timed per run",
+          flush=True)
     rng = np.random.default_rng(0)
     prompt = (0.1 * rng.standard_normal((1, int(prompt_s * SR)))).astype(np.float32)
     warm = prompt[:, :SR // 2]
     measure([BatchedRun(model, device, 1, warm, 2), StockRun(model, device, warm, 2)], device)  # first calls
     scale = 6.0 / prompt_s  # prefill grows about linearly with the prompt at these lengths
-    extrapolated = steps < CONTINUATION_STEPS
+    extrapolated = timed < CONTINUATION_STEPS
     note = "" if scale == 1 else f" (prefill scaled x{scale:g} to a 6 s prompt)"
     print(f"  30 s continuation = prefill + {CONTINUATION_STEPS} steps{note}", flush=True)
-    runs: list[Any] = [StockRun(model, device, prompt, steps)]
-    runs += [BatchedRun(model, device, batch, prompt, steps) for batch in batches]
-    if shape == "small" and 1 in batches:
+    runs: list[Any] = [StockRun(model, device, prompt, timed)]
+    runs += [BatchedRun(model, device, batch, prompt, timed) for batch in batches]
+    if padded and shape == "small" and 1 in batches:
         # A lone row padded like a batch's lines: bit-exact alone vs batched, on MKL's
         # 4-line kernel (the default runs a lone row on stock's 2-line kernel).
-        runs.append(BatchedRun(model, device, 1, prompt, steps, label="padded", pad_lone_row=True))
+        runs.append(BatchedRun(model, device, 1, prompt, timed, label="padded", pad_lone_row=True))
     results: dict[str, Result] = {}
-    for r in measure(runs, device):
+    # The collector's passes would land in some steps and not others: off while timing.
+    gc.collect()
+    gc.disable()
+    try:
+        measured = measure(runs, device, rounds=rounds)
+    finally:
+        gc.enable()
+    for r in measured:
         print(row(r, device, scale, extrapolated), flush=True)
         results.setdefault(r.label if r.label != "batched" else f"batch{r.batch}", r)
     stock = results["stock"]
     one, most = results.get("batch1"), results.get(f"batch{max(batches)}")
+    batch_ratio: list[float] = []
+    stock_ratio = ratio_rounds(one, stock) if one else []
     if one and most:
-        print(f"  batch {most.batch} total / batch 1: x{most.total / one.total:.2f}; batch 1 / stock: "
-              f"x{one.per_stream / stock.per_stream:.2f}", flush=True)
+        batch_ratio = ratio_rounds(most, one)
+        print(f"  batch {most.batch} total / batch 1: x{np.median(batch_ratio):.2f} (median of {len(batch_ratio)} "
+              f"rounds, spread {spread(batch_ratio):.1f}%: {', '.join(f'{x:.2f}' for x in batch_ratio)}); "
+              f"batch 1 / stock: x{np.median(stock_ratio):.2f} (spread {spread(stock_ratio):.1f}%)", flush=True)
     if device == "cuda":
-        cuda_variants(model, prompt, steps, max(batches))
+        cuda_variants(model, prompt, timed, max(batches))
     del model
     gc.collect()
-    return results
+    return ShapeResults(results, batch_ratio, stock_ratio)
+
+
+def pin_threads(threads: int) -> str:
+    """Fix this process's compute threads: ``threads`` torch threads, one inter-op thread,
+    and (where the OS allows) the process on ``threads`` CPUs of those it may use, the
+    last ones (the first usually take the interrupts), so no step migrates mid-way.
+    Returns a description for the header line."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already started: only the first call may set it
+        pass
+    if not hasattr(os, "sched_setaffinity"):
+        return f"{threads} torch threads, affinity not available"
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = set(allowed[-threads:]) if threads <= len(allowed) else set(allowed)
+    try:
+        os.sched_setaffinity(0, chosen)
+    except OSError as exc:
+        return f"{threads} torch threads, affinity refused ({exc.strerror})"
+    return f"{threads} torch threads pinned to CPU {','.join(str(c) for c in sorted(chosen))}"
 
 
 def cuda_variants(model: Any, prompt: np.ndarray, steps: int, batch: int) -> None:
@@ -327,45 +393,59 @@ def cuda_variants(model: Any, prompt: np.ndarray, steps: int, batch: int) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="small,medium")
-    ap.add_argument("--batches", default="1,2,4,8")
-    ap.add_argument("--steps", type=int, default=None, help="decoding steps timed for small (default cpu 16, cuda 200)")
-    ap.add_argument("--prompt", type=float, default=None, help="prompt seconds for small (cpu 2, cuda 6)")
-    ap.add_argument("--medium-steps", type=int, default=None, help="for medium (default cpu 8, cuda 200)")
+    ap.add_argument("--shapes", default=None, help="default small,medium (--quick: small)")
+    ap.add_argument("--batches", default=None, help="default 1,2,4,8 (--quick: 1,8)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds of timed steps; figures are medians over rounds (default 5, cuda 3)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="decoding steps per round for small (default cpu 8, --quick 6, cuda 100)")
+    ap.add_argument("--prompt", type=float, default=None, help="prompt seconds for small (cpu 2, --quick 1, cuda 6)")
+    ap.add_argument("--medium-steps", type=int, default=None, help="per round, for medium (default cpu 4, cuda 100)")
     ap.add_argument("--medium-prompt", type=float, default=None, help="prompt seconds for medium (cpu 1, cuda 6)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: as a CPU worker, all cores but one)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small shape, batch 1 and 8, short prompt: about a minute on the 2-core dev box")
     args = ap.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    threads = args.threads or (max(1, (os.cpu_count() or 1) - 1) if device == "cpu" else 0)
+    cpu = device == "cpu"
+    threads = args.threads or (max(1, (os.cpu_count() or 1) - 1) if cpu else 0)
+    pinned = ""
     if threads:
         # The worker's rule (g4l/worker/__main__.py): on a busy 2-core box two spinning
         # OpenMP threads made steps many times slower than one.
-        torch.set_num_threads(threads)
-    if device == "cpu":
+        pinned = pin_threads(threads)
+    if cpu:
         disable_mkldnn()  # as the workers run (g4l.engine.musicgen); stock and batched alike
-    cpu = device == "cpu"
-    batches = [int(b) for b in args.batches.split(",")]
-    shapes = args.shapes.split(",")
+    batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,2,4,8")).split(",")]
+    shapes = (args.shapes or ("small" if args.quick else "small,medium")).split(",")
+    rounds = args.rounds or (5 if cpu else 3)
     print(f"bench_engine on {device}"
-          + (f" ({torch.get_num_threads()} torch threads, oneDNN off)" if cpu else f" ({torch.cuda.get_device_name()})")
+          + (f" ({pinned or f'{torch.get_num_threads()} torch threads'}, oneDNN off)" if cpu
+             else f" ({torch.cuda.get_device_name()})")
           + f"; torch {torch.__version__}", flush=True)
     started = time.perf_counter()
-    results: dict[str, dict[str, Result]] = {}
+    results: dict[str, ShapeResults] = {}
     for shape in shapes:
         medium = shape == "medium"
-        steps = (args.medium_steps if medium else args.steps) or ((8 if medium else 16) if cpu else 200)
+        steps = (args.medium_steps if medium else args.steps) or (
+            (4 if medium else (6 if args.quick else 8)) if cpu else 100)
         # On CPU the prompts are shorter than the 6 s of a real continue: the prefills (one
         # per row, 2 x prompt frames through the whole LM) would take most of the 10 minutes.
-        prompt_s = (args.medium_prompt or (1.0 if cpu else 6.0)) if medium else (args.prompt or (2.0 if cpu else 6.0))
-        results[shape] = bench_shape(shape, device, batches, steps, prompt_s)
+        if medium:
+            prompt_s = args.medium_prompt or (1.0 if cpu else 6.0)
+        else:
+            prompt_s = args.prompt or ((1.0 if args.quick else 2.0) if cpu else 6.0)
+        results[shape] = bench_shape(shape, device, batches, steps, prompt_s, rounds, padded=not args.quick)
     print(f"total {time.perf_counter() - started:.0f} s", flush=True)
     small = results.get("small")
-    if small and "batch1" in small and "batch8" in small:
-        b1, b8, st = small["batch1"], small["batch8"], small["stock"]
-        print(f"musicgen-small on {device}: batch1 {b1.total:.2f} steps/s, batch8 {b8.total:.2f} steps/s total "
-              f"(x{b8.total / b1.total:.1f}), stock batch1 {st.total:.2f} steps/s")
+    top = max(batches)
+    if small and "batch1" in small.by_label and f"batch{top}" in small.by_label:
+        b1, bn, st = small.by_label["batch1"], small.by_label[f"batch{top}"], small.by_label["stock"]
+        print(f"musicgen-small on {device}: batch1 {b1.total:.2f} steps/s, batch{top} {bn.total:.2f} steps/s total "
+              f"(x{np.median(small.batch_ratio):.2f}, rounds spread {spread(small.batch_ratio):.0f}%), "
+              f"stock batch1 {st.total:.2f} steps/s")
 
 
 if __name__ == "__main__":

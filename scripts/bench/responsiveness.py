@@ -126,6 +126,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--continues", type=int, default=3)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the server's temp dir (its log, with gevent's blocking reports when "
+                         "GEVENT_MONITOR_THREAD_ENABLE=true) and print its path")
     ap.add_argument("--generator", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generator:
@@ -133,7 +136,7 @@ def main() -> int:
 
     common.install_term_handler()
     common.install_alarm(420)
-    server = common.Server()
+    server = common.Server(keep_dir=args.keep)
     probers: list[Prober] = []
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -217,6 +220,8 @@ def main() -> int:
             except Exception:
                 pass
         server.stop()
+        if args.keep:
+            print(f"server log kept: {server.log_path}", flush=True)
         try:
             import signal
             signal.alarm(0)
