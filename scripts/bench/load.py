@@ -6,7 +6,8 @@ socket.io-client), plus two slow clients beside them: one uploading a 200 MB mes
 20 KB/s (its frame header declares it all) and one that sends a bang and never reads a
 byte of what comes back. Prints results delivered / requested, errors by code, the idle
 sockets' round-trip p99, the queue wait p99, what the slow clients cost, and the memory
-(RSS) of every process of the server at the start and the end.
+(RSS) of every process of the server at the start, after 1 and 5 minutes, every 10 minutes
+and at the end, with each process's change from 5 minutes to the end.
 """
 
 from __future__ import annotations
@@ -149,11 +150,15 @@ def main() -> int:
         started = time.monotonic()
         proc = subprocess.Popen([node, str(HARNESS), server.url, str(wav), str(args.idle), str(args.active),
                                  str(int(args.minutes * 60))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # Memory once warm (after a minute: every code path taken, caches filled), then at the end.
-        try:
-            proc.wait(min(60.0, args.minutes * 30))
-        except subprocess.TimeoutExpired:
-            rss["1 min"] = rss_by_process(roots)
+        # Memory once warm (after a minute: every code path taken, caches filled), at 5 minutes
+        # (the steady state the end is compared with), every 10 minutes after, then at the end.
+        marks = [m for m in (1, 5, *range(10, 600, 10)) if m * 60 < args.minutes * 60 - 30]
+        for mark in marks:
+            try:
+                proc.wait(max(0.0, started + mark * 60 - time.monotonic()))
+                break
+            except subprocess.TimeoutExpired:
+                rss[f"{mark} min"] = rss_by_process(roots)
         out, err = proc.communicate()
         took = time.monotonic() - started
         uploader.stopped.set()
@@ -174,7 +179,11 @@ def main() -> int:
           f"never-reading client: {never.outcome}")
     print("RSS MB  " + " -> ".join(rss))
     for name in sorted(set().union(*rss.values())):
-        print(f"  {name:<22} " + " -> ".join(f"{sample.get(name, '-'):>5}" for sample in rss.values()))
+        line = f"  {name:<22} " + " -> ".join(f"{sample.get(name, '-'):>5}" for sample in rss.values())
+        at5, end = rss.get("5 min", {}).get(name), rss["end"].get(name)
+        if at5 and end:  # the target: flat after 5 minutes (within 10 % of the end)
+            line += f"   (5 min -> end {100 * (end - at5) / end:+.0f} %)"
+        print(line)
     return 0 if r["delivered"] == r["requested"] else 1
 
 
