@@ -172,7 +172,7 @@ def test_the_launcher_says_its_store_is_at_its_disk_floor_health_shows_it_and_wr
         assert seen.wait(180), (tmp_path / "server.log").read_text()[-3000:]
         assert f"g4l running on {url} but NOT READY: the audio store's disk is nearly full" in lines[0], lines
         resp = requests.get(url + "/health", timeout=10)
-        assert resp.status_code == 500, resp.text
+        assert resp.status_code == 503, resp.text
         assert resp.json()["mongodb"].startswith("down: StoreLimitReached: the audio store's disk is nearly full")
         with DeviceClient(url, timeout=60) as c:
             since = c.mark()

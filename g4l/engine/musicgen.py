@@ -15,7 +15,8 @@ prepare_audiocraft_import()
 
 import torch  # noqa: E402  (after the import shims)
 
-from g4l.engine import memory, rng  # noqa: E402
+import g4l.engine.memory as memory  # noqa: E402  (the modules, not the package: no import cycle)
+import g4l.engine.rng as rng  # noqa: E402
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
