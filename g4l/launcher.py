@@ -62,19 +62,6 @@ class Restarts:
         return names
 
 
-#: glibc malloc for the workers. A batching worker runs each job in its own thread, and
-#: glibc gives threads heaps of their own (up to 8 per core) and raises its mmap threshold
-#: (up to 32 MB) once a big block is freed: a decode loop's multi-MB tensors then come from
-#: those heaps and stay there after they are freed: the likely reason a batching worker grew
-#: from 530 MB to 1.6 GB in a minute of load (issue 22; scripts/load prints each process's
-#: RSS over the run). Two heaps and a fixed 4 MB threshold (bigger tensors are mapped and
-#: given back at once) bound it; a variable set in the environment wins.
-WORKER_MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": str(16 * 1024 * 1024),
-}
-
 
 def _readiness(url: str) -> dict | None:
     """``/health/ready``'s document (200 or 503), or None while the web does not answer."""
@@ -146,7 +133,7 @@ def main() -> int:
             log.info("process started", process=name, pid=children[name].pid, **extra_env)
 
         for i in range(settings.workers):
-            spawn(f"worker-{i}", "g4l.worker", **{k: v for k, v in WORKER_MALLOC_ENV.items() if k not in env})
+            spawn(f"worker-{i}", "g4l.worker")
         if settings.hls_enabled:
             spawn("hls", "g4l.hls")  # the HLS packager: live streams and stations
         if settings.web_processes <= 1:
