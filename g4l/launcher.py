@@ -62,7 +62,6 @@ class Restarts:
         return names
 
 
-
 def _readiness(url: str) -> dict | None:
     """``/health/ready``'s document (200 or 503), or None while the web does not answer."""
     try:
