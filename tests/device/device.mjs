@@ -5,28 +5,13 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { io } from "socket.io-client";
+import { once as waitFor } from "./once.mjs";
 
 const [url, inputPath, cropPath, outDir, apiKey] = process.argv.slice(2);
 const params = { model_name: "debug", prompt_duration: 6, top_k: 250, temperature: 1.0, cfg_coef: 3.0, description: "" };
 const socket = io(url, { transports: ["websocket"], reconnection: true, auth: apiKey ? { api_key: apiKey } : undefined });
 
-function once(events, timeoutMs = 120000) {
-  // Resolves with [event, payload] of the first of `events`; an unexpected `error` event
-  // (the server's refusal) rejects with its payload.
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timeout waiting for ${events}`)), timeoutMs);
-    const handlers = {};
-    const done = () => { clearTimeout(timer); for (const [e, h] of Object.entries(handlers)) socket.off(e, h); };
-    for (const event of new Set([...events, "error"])) {
-      handlers[event] = (payload) => {
-        done();
-        if (events.includes(event)) resolve([event, payload]);
-        else reject(new Error(`server error: ${JSON.stringify(payload)}`));
-      };
-      socket.on(event, handlers[event]);
-    }
-  });
-}
+const once = (events, timeoutMs) => waitFor(socket, events, timeoutMs);
 
 async function generate(step, event, payload, resultEvent) {
   const seen = { progress: [], acks: [], queue_status: 0, processing_started: 0 };
