@@ -38,6 +38,18 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def notice_seen(pubsub, kind: str, timeout: float = 5.0) -> bool:
+    """Whether a notice of ``kind`` arrives on ``pubsub`` (subscribed to the notices) in time."""
+    from g4l.jobs import notices
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg and msg["type"] == "message" and notices.decode(msg["data"])["type"] == kind:
+            return True
+    return False
+
+
 def make_wav(seconds: float, rate: int = 48000, channels: int = 2, subtype: str = "PCM_16",
              freq: float = 220.0) -> bytes:
     """A sine (plus a little noise) as WAV bytes."""

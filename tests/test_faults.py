@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import RunningServer, make_wav, start_server, wait_until, wav_info
+from conftest import RunningServer, make_wav, notice_seen, start_server, wait_until, wav_info
 
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient
@@ -243,10 +243,4 @@ def test_a_result_the_store_never_takes_fails_clearly_after_the_bound(store_ctx)
     assert "not kept" in (state.error or "")
     assert c.sessions.get(job.session_id)["error_code"] == "STORE_UNAVAILABLE"
     assert _pending(c) == 0 and c.redis.get(keys.result(job.id)) is None
-    seen = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and notices.FAILED not in seen:
-        msg = pubsub.get_message(timeout=0.5)
-        if msg and msg["type"] == "message":
-            seen.append(notices.decode(msg["data"])["type"])
-    assert notices.FAILED in seen
+    assert notice_seen(pubsub, notices.FAILED)

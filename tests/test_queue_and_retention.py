@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import notice_seen
 
 from g4l import keys
 from g4l.context import Context
@@ -74,13 +75,7 @@ def test_dead_workers_job_is_requeued_then_failed_after_its_attempts(ctx: Contex
     assert ctx.queue.running() == 0 and ctx.queue.depth() == 0
     session = ctx.sessions.get(job.session_id)
     assert session.status == "idle" and session["error_code"] == "GENERATION_FAILED"
-    seen = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and notices.FAILED not in seen:
-        msg = pubsub.get_message(timeout=0.5)
-        if msg and msg["type"] == "message":
-            seen.append(notices.decode(msg["data"])["type"])
-    assert notices.FAILED in seen
+    assert notice_seen(pubsub, notices.FAILED)
 
 
 def test_live_workers_jobs_are_left_alone(ctx: Context) -> None:

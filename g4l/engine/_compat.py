@@ -69,66 +69,52 @@ def _import_torchaudio() -> None:
     importlib.import_module("torchaudio")
 
 
-def _spacy_missing(*args: Any, **kwargs: Any) -> Any:
-    raise OSError("spaCy is not installed: AudioCraft's 'whitespace' text tokenizer is "
-                  "unavailable (use a T5 or a 'noop' LUT conditioner)")
-
-
-def _import_spacy() -> None:
+def _stub_if_missing(probe: str, members: dict[str, tuple[str, ...]], message: str,
+                     error: type[Exception] = RuntimeError) -> None:
+    """Import ``probe``; when it cannot be imported, put stand-in modules in its place:
+    ``members`` maps each module name to the attributes that raise ``error(message)`` when
+    called (AudioCraft imports these packages at module level but MusicGen never calls them)."""
     try:
-        importlib.import_module("spacy")
-        return
-    except ImportError:
-        pass
-    spacy = types.ModuleType("spacy")
-    spacy.__doc__ = "g4l stub: spaCy is not installed."
-    cli = types.ModuleType("spacy.cli")
-    cli.download = _spacy_missing  # type: ignore[attr-defined]
-    spacy.load = _spacy_missing  # type: ignore[attr-defined]
-    spacy.cli = cli  # type: ignore[attr-defined]
-    sys.modules["spacy"] = spacy
-    sys.modules["spacy.cli"] = cli
-
-
-def _xformers_missing(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("xformers is not installed: AudioCraft's 'xformers' attention backend is unavailable "
-                       "(MusicGen uses the 'torch' backend)")
-
-
-def _import_xformers() -> None:
-    try:
-        importlib.import_module("xformers.ops")
+        importlib.import_module(probe)
         return
     except (ImportError, OSError):
         pass
-    for name in [n for n in sys.modules if n == "xformers" or n.startswith("xformers.")]:
-        del sys.modules[name]
-    xformers = types.ModuleType("xformers")
-    xformers.__doc__ = "g4l stub: xformers is not installed."
-    ops = types.ModuleType("xformers.ops")
-    ops.memory_efficient_attention = _xformers_missing  # type: ignore[attr-defined]
-    ops.unbind = _xformers_missing  # type: ignore[attr-defined]
-    ops.LowerTriangularMask = _xformers_missing  # type: ignore[attr-defined]
-    xformers.ops = ops  # type: ignore[attr-defined]
-    sys.modules["xformers"] = xformers
-    sys.modules["xformers.ops"] = ops
+    root = probe.split(".")[0]
+    for name in [n for n in sys.modules if n == root or n.startswith(root + ".")]:
+        del sys.modules[name]  # drop a half-initialised package
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise error(message)
+
+    made: dict[str, types.ModuleType] = {}
+    for name, attrs in members.items():
+        module = types.ModuleType(name)
+        module.__doc__ = f"g4l stub: {root} is not installed."
+        for attr in attrs:
+            setattr(module, attr, missing)
+        made[name] = sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent in made:
+            setattr(made[parent], child, module)
 
 
-def _av_missing(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("PyAV is not installed: AudioCraft's audio file reading and writing is unavailable "
-                       "(g4l reads and writes WAV with soundfile)")
+def _import_spacy() -> None:
+    _stub_if_missing("spacy", {"spacy": ("load",), "spacy.cli": ("download",)},
+                     "spaCy is not installed: AudioCraft's 'whitespace' text tokenizer is unavailable "
+                     "(use a T5 or a 'noop' LUT conditioner)", OSError)
+
+
+def _import_xformers() -> None:
+    _stub_if_missing("xformers.ops", {"xformers": (), "xformers.ops": ("memory_efficient_attention", "unbind",
+                                                                      "LowerTriangularMask")},
+                     "xformers is not installed: AudioCraft's 'xformers' attention backend is unavailable "
+                     "(MusicGen uses the 'torch' backend)")
 
 
 def _import_av() -> None:
-    try:
-        importlib.import_module("av")
-        return
-    except ImportError:
-        pass
-    av = types.ModuleType("av")
-    av.__doc__ = "g4l stub: PyAV is not installed."
-    av.open = _av_missing  # type: ignore[attr-defined]
-    sys.modules["av"] = av
+    _stub_if_missing("av", {"av": ("open",)},
+                     "PyAV is not installed: AudioCraft's audio file reading and writing is unavailable "
+                     "(g4l reads and writes WAV with soundfile)")
 
 
 def prepare_audiocraft_import() -> None:
