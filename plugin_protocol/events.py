@@ -17,6 +17,8 @@ REDO = "redo_request"  # {session_id} -> redo_complete
 CHECKOUT = "checkout_request"  # {session_id, version} -> checkout_complete
 HISTORY = "history_request"  # {session_id} -> history
 UNDO_TRANSFORM = "undo_transform_request"  # {session_id} -> transform_undone (the device's terry undo)
+# terry (MelodyFlow): rewrite the session's audio in a preset's style, same length.
+TRANSFORM_AUDIO = "transform_audio_request"  # {audio_data?, variation, session_id?, flowstep?, solver?, ...}
 
 # Server -> client
 PROCESS_AUDIO_RECEIVED = "process_audio_received"
@@ -42,13 +44,17 @@ REDO_COMPLETE = "redo_complete"
 CHECKOUT_COMPLETE = "checkout_complete"
 HISTORY_RESULT = "history"  # {session_id, current, versions: [...]} (no audio)
 TRANSFORM_UNDONE = "transform_undone"  # {audio_data, session_id}
+TRANSFORM_AUDIO_RECEIVED = "transform_audio_received"  # {session_id, job_id, seed}
+AUDIO_TRANSFORMED = "audio_transformed"  # {audio_data, session_id, variation}
 ERROR = "error"
 
 #: The result event for each generation kind.
-RESULT_EVENT = {"bang": AUDIO_PROCESSED, "continue": MUSIC_CONTINUED, "retry": MUSIC_RETRIED}
+RESULT_EVENT = {"bang": AUDIO_PROCESSED, "continue": MUSIC_CONTINUED, "retry": MUSIC_RETRIED,
+                "transform": AUDIO_TRANSFORMED}
 #: The acknowledgement sent as soon as a generation request is accepted.
 RECEIVED_EVENT = {
     "bang": PROCESS_AUDIO_RECEIVED,
     "continue": CONTINUE_MUSIC_RECEIVED,
     "retry": RETRY_MUSIC_RECEIVED,
+    "transform": TRANSFORM_AUDIO_RECEIVED,
 }

@@ -372,6 +372,21 @@ class SessionService:
             self.upload_quota.release(caller.owner, session_id)
         return received, [], True
 
+    # ------------------------------------------------------------ for other services (terry)
+    def new_session_holding(self, upload: Upload, caller: Caller) -> str:
+        """A new session whose first version (operation ``upload``) is ``upload``: what a
+        transform without a session starts from, so its undo has somewhere to go."""
+        return self._set_current(None, upload, kind="upload", owner=caller.owner)
+
+    def store_input_later(self, upload: Upload, job: Job) -> None:
+        """Store a queued job's uploaded input (``job.spec.input_blob``) while it waits or
+        runs; a failed write fails the job."""
+        self.spawn(self._store_input, upload, job)
+
+    def stored_format(self, session_id: str, blob_id: str) -> AudioFormat:
+        """Rate, channels and sample format of a stored version of the session."""
+        return self._stored_format(session_id, blob_id)
+
     # ------------------------------------------------------------ internals
     def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None,
                      params: dict[str, Any] | None = None) -> str:

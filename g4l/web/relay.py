@@ -22,6 +22,7 @@ from g4l.context import Context
 from g4l.jobs import delivery, notices
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
+from g4l.services.transform import result_fields
 from g4l.web import transport
 from g4l.web.offload import offload
 from g4l.web.websocket import Frames
@@ -132,7 +133,9 @@ class Relay:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
         event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
-        frames = offload(audio_event_frames, event, wav, session_id)
+        # A transform's result names its preset (audio_transformed {..., variation}).
+        extra = result_fields(self.ctx.jobs.get(job_id)) if kind == "transform" else None
+        frames = offload(audio_event_frames, event, wav, session_id, extra)
         marked: list[bool] = []
 
         def mark_delivered() -> None:

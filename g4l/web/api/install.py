@@ -13,7 +13,7 @@ from g4l.services.history import HistoryService
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
 from g4l.web import job_socket
-from g4l.web.api import access, history, jobs, openapi, prompts, routing, sessions, streams
+from g4l.web.api import access, history, jobs, openapi, prompts, routing, sessions, streams, transform
 from g4l.web.compat import generative, realtime, tellurstori
 from g4l.web.relay import Relay
 from g4l.web.socket_namespace import SocketNamespace
@@ -35,6 +35,7 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     app.register_blueprint(jobs.blueprint(job_service))
     app.register_blueprint(sessions.blueprint(service, job_service))
     app.register_blueprint(history.blueprint(HistoryService(service)))
+    app.register_blueprint(transform.blueprint(service))
     app.register_blueprint(streams.blueprint(service))
     app.register_blueprint(prompts.blueprint())
     # The brief's own HTTP systems, in their shapes (g4l/web/compat/).

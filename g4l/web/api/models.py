@@ -96,7 +96,7 @@ class JobAccepted(_Response):
 
 class JobStatus(_Response):
     job_id: str
-    kind: str = Field(description="generate, or bang|continue|retry for session jobs")
+    kind: str = Field(description="generate, or bang|continue|retry|transform for session jobs")
     status: JobStatusValue
     progress: float = Field(ge=0.0, le=1.0)
     position: int | None = Field(description="Place in the queue while queued")
@@ -211,7 +211,7 @@ class SessionAccepted(_Response):
 
     session_id: str
     job_id: str
-    kind: Literal["bang", "continue", "retry"]
+    kind: Literal["bang", "continue", "retry", "transform"]
     status: Literal[JobStatusValue.QUEUED]
     seed: int | None = Field(description="The seed the generation uses (given, or picked by the server)")
     queue_status: QueueStatus
