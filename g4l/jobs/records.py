@@ -85,6 +85,11 @@ class Job:
     def model(self) -> str:
         return self.spec.model
 
+    @property
+    def family(self) -> str:
+        """The model family that runs it (the streams it is queued on)."""
+        return self.spec.family
+
     def to_redis(self) -> dict[str, str]:
         data: dict[str, Any] = {
             "id": self.id, "kind": self.kind, "session_id": self.session_id, "spec": self.spec.model_dump_json(),
@@ -155,6 +160,14 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         data = self.r.hgetall(keys.job(job_id))
         return Job.from_redis(data) if data else None
+
+    def session_ids(self, job_ids: list[str]) -> dict[str, str]:
+        """Job id -> its session id ('' for none), one round trip for all of them."""
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hget(keys.job(job_id), "session_id")
+            found = p.execute()
+        return {job_id: (sid or "") for job_id, sid in zip(job_ids, found, strict=True)}
 
     def update(self, job_id: str, pipe: Any = None, **fields: Any) -> None:
         """Write record fields (timings, metadata; a status is a :class:`JobStatus`)."""
