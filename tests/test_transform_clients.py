@@ -187,3 +187,25 @@ def test_the_cli_transforms_with_a_progress_bar_and_undoes(server, tmp_path: Pat
     assert "lofi_chill" in listing and presets.PRESETS["lofi_chill"].text in listing
     undone = shell.json("undo")
     assert undone["version"] == 2 and undone["operation"] == "transform"
+
+
+def test_the_listen_link_plays_the_transformed_take(server, redis_client) -> None:
+    http = requests.Session()
+    sid = http.post(f"{server.url}/api/v1/sessions", json={"audio_data": b64(make_wav(6))}, timeout=30).json()[
+        "session_id"]
+    link = http.post(f"{server.url}/api/v1/sessions/{sid}/listen", timeout=10).json()
+    token = link["playlist_url"].split("/")[2]
+
+    def joins() -> list[float]:
+        return json.loads(redis_client.hget(f"g4l:listen:{token}", "joins") or "[]")
+
+    wait_until(lambda: joins(), 30, "the stream's preroll (the session's take)")
+    before = len(joins())
+    accepted = http.post(f"{server.url}/api/v1/sessions/{sid}/transform", json={"variation": "gamelan_fusion"},
+                         timeout=30).json()
+    wait_until(lambda: http.get(f"{server.url}/api/v1/jobs/{accepted['job_id']}", timeout=10).json()["status"]
+               == "completed", 300, "the transform")
+    # The transformed take is appended to the stream, whole (it replaced the session's audio).
+    wait_until(lambda: len(joins()) > before, 30, "the transformed take on the listen stream")
+    playlist = http.get(server.url + link["playlist_url"], timeout=10)
+    assert playlist.status_code == 200 and "#EXTINF" in playlist.text
