@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import make_wav, read_wav, wav_info
+
 from g4l import wav_splice
 
 DEVICE = Path(__file__).resolve().parent / "device"
