@@ -244,7 +244,19 @@ def test_device_script_plays_jerry_and_gary_continues_it(server, device_script: 
 
 @ISSUE_19
 def test_device_script_plays_terry_on_a_gary_session(server, device_script: Path, tmp_path: Path) -> None:
-    steps = drive(server.url, device_script, tmp_path / "run", "terry", **make_inputs(tmp_path))
+    inputs = make_inputs(tmp_path)
+    steps = drive(server.url, device_script, tmp_path / "run", "terry", **inputs)
+    # Transform before any session: the script sends the recording (myBuffer.wav) with
+    # session_id null; a new session answers, the take's length kept.
+    buffer = Path(inputs["buffer"]).read_bytes()
+    request_sent = sent(steps["transform0"], "transform_audio_request")
+    assert "session_id" in request_sent["keys"] and request_sent["session_id"] is None
+    assert request_sent["audio_bytes"] == len(buffer) and "solver" not in request_sent["keys"]
+    (answer,) = received(steps["transform0"], "audio_transformed")
+    assert answer["session_id"] and answer["variation"] == "synth_edm"
+    before, after = wav_info(buffer), wav_info(audio(steps["transform0"]))
+    assert (after.samplerate, after.frames, after.channels) == (before.samplerate, before.frames, 2)
+    assert sent(steps["reset"], "cleanup_session_request")["session_id"] == answer["session_id"]
     check_terry(steps, "continue1")
 
 

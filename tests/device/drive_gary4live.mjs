@@ -193,8 +193,8 @@ const crop = () => step("crop", [["crop_audio"]], { expect: ["update_cropped_aud
 const cleanup = (name = "cleanup") => step(name, [["reset_transform"]], { expectEvents: ["cleanup_complete"] });
 const jerry = () => step("jerry", [["set_prompt", "text lofi hip hop drums"], ["set_bpm", 120], ["set_steps", 8],
   ["set_cfg", 1.0], ["generate_stable_audio"]], { expect: ["stable_audio_generated"] });
-const transform = (name, variation, midpoint) => step(name, [["set_variation", variation], ["set_solver", midpoint ? 1 : 0],
-  ["set_flowstep", 64], ["transform"]], { expect: ["audio_transformed"] });
+const transform = (name, variation, midpoint, options) => step(name, [["set_variation", variation],
+  ["set_solver", midpoint ? 1 : 0], ["set_flowstep", 64], ["transform"]], { expect: ["audio_transformed"] }, options);
 const undo = () => step("undo", [["undo_transform"]], { expect: ["transform_undone"] });
 const refusedTransform = () => step("refused_preset", [["set_variation", "not_a_preset"], ["set_solver", 0], ["transform"]],
   { expect: ["error"] });
@@ -226,10 +226,13 @@ const SCENARIOS = {
     await connect(); await chooseModel();
     await jerry(); await cont("continue_jerry"); await cleanup();
   },
-  // terry on a gary session: two presets, both solvers, undo, continue after undo, a refused
-  // preset, cleanup.
+  // terry straight on the recording (no session yet: the script sends myBuffer.wav with
+  // session_id null), then on a gary session: two presets, both solvers, undo, continue after
+  // undo, a refused preset, cleanup.
   async terry() {
     await connect(); await chooseModel();
+    await transform("transform0", "synth_edm", false, { before: () => copyFileSync(inputs.buffer, BUFFER) });
+    await cleanup("reset");
     await bang(); await cont("continue1");
     await terrySteps();
   },
