@@ -135,7 +135,8 @@ def poll(service: SessionService, session_id: str) -> dict[str, Any]:
         queue = snap.queue
         state = QUEUED if snap.status is SessionStatus.QUEUED else PROCESSING
         eta = float(queue["estimated_seconds"])
-        return {**base, "generation_in_progress": True, "transform_in_progress": snap.transforming,
+        # A transform polls as one (the plugin shows "transforming: N%"), a generation as a generation.
+        return {**base, "generation_in_progress": not snap.transforming, "transform_in_progress": snap.transforming,
                 "status": state, "progress": snap.progress,
                 "queue_status": {"status": state, "message": queue["message"], "position": queue["position"],
                                  "total_queued": queue["total_queued"], "estimated_seconds": eta,
