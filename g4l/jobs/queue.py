@@ -22,6 +22,7 @@ import redis
 
 from g4l import keys
 from g4l.errors import QueueFull
+from g4l.jobs import kinds
 from g4l.jobs.records import Job, JobStore, Priority
 from g4l.store import heartbeats
 
@@ -128,7 +129,9 @@ class JobQueue:
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
+        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`.
         """
+        kinds.of(job.kind)  # an unknown kind is refused here, before anything is written
         self.ensure_groups()
         offset = self._offset(job, front)
         # The place is reserved at the end of the order first (for the limit), and moved to

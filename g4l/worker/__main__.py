@@ -15,6 +15,7 @@ from g4l.log import get_logger
 from g4l.settings import get_settings
 from g4l.store import redis_wait
 from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.kinds import RUNNERS
 from g4l.worker.result_writer import ResultWriter
 from g4l.worker.worker import Worker
 
@@ -47,7 +48,7 @@ def main() -> None:
         # so sockets stay responsive while a generation runs.
         os.nice(settings.worker_nice)
     state = {"state": "loading"}
-    worker = Worker(ctx, cache, name)
+    worker = Worker(ctx, cache, name, runners=RUNNERS)
 
     def describe() -> dict[str, Any]:
         held = worker.held()

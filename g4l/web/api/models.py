@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.json_schema import JsonDict
+from pydantic.json_schema import JsonDict, WithJsonSchema
 
+from g4l.jobs.kinds import KINDS, KindName
 from g4l.jobs.records import JobStatus as JobStatusValue
 from plugin_protocol import payloads
 from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN, SEED_MAX
@@ -22,6 +23,13 @@ from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN, SEE
 #: top (and written into the served document).
 DURATION_CEILING = 3600.0
 
+
+
+#: The kinds a device session's requests queue (from the kind table), as the document shows them.
+_SESSION_KINDS = [k.name.value for k in KINDS.values() if k.session_bound]
+_SessionKind = Annotated[KindName, WithJsonSchema({"enum": _SESSION_KINDS, "type": "string"})]
+_KIND_TEXT = (" | ".join(k for k in KINDS if k not in _SESSION_KINDS)
+              + f", or {'|'.join(_SESSION_KINDS)} for session jobs")
 
 
 class _Request(BaseModel):
@@ -96,7 +104,7 @@ class JobAccepted(_Response):
 
 class JobStatus(_Response):
     job_id: str
-    kind: str = Field(description="generate, or bang|continue|retry for session jobs")
+    kind: str = Field(description=_KIND_TEXT)
     status: JobStatusValue
     progress: float = Field(ge=0.0, le=1.0)
     position: int | None = Field(description="Place in the queue while queued")
@@ -211,7 +219,7 @@ class SessionAccepted(_Response):
 
     session_id: str
     job_id: str
-    kind: Literal["bang", "continue", "retry"]
+    kind: _SessionKind
     status: Literal[JobStatusValue.QUEUED]
     seed: int | None = Field(description="The seed the generation uses (given, or picked by the server)")
     queue_status: QueueStatus
