@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.json_schema import JsonDict
+from pydantic.json_schema import JsonDict, JsonValue
 
 from g4l.jobs.kinds import KINDS
 from g4l.jobs.records import JobStatus as JobStatusValue
@@ -30,6 +30,7 @@ DURATION_CEILING = 3600.0
 _SESSION_KINDS = [k.name.value for k in KINDS.values() if k.session_bound]
 _KIND_TEXT = (" | ".join(k for k in KINDS if k not in _SESSION_KINDS)
               + f", or {'|'.join(_SESSION_KINDS)} for session jobs")
+_SESSION_KIND_SCHEMA: JsonDict = {"enum": list[JsonValue](_SESSION_KINDS)}
 
 
 class _Request(BaseModel):
@@ -218,7 +219,7 @@ class SessionAccepted(_Response):
 
     session_id: str
     job_id: str
-    kind: str = Field(json_schema_extra={"enum": _SESSION_KINDS})
+    kind: str = Field(json_schema_extra=_SESSION_KIND_SCHEMA)
     status: Literal[JobStatusValue.QUEUED]
     seed: int | None = Field(description="The seed the generation uses (given, or picked by the server)")
     queue_status: QueueStatus
