@@ -43,8 +43,9 @@ def test_every_kind_has_its_events_or_none_on_purpose() -> None:
             assert kind.events in events.GENERATIONS
     used = [k.events for k in KINDS.values() if k.events is not None]
     assert len(used) == len(set(used)), "two kinds share their events: a client could not tell them apart"
-    # A client waits on a socket for exactly the kinds the table delivers first.
-    assert {n for n, k in KINDS.items() if k.deliver_first} == {n for n, k in KINDS.items() if k.events}
+    # Delivered first means to the session's web node (the hand-off), so only a session's kind is.
+    assert all(k.session_bound for k in KINDS.values() if k.deliver_first)
+    assert all(k.deliver_first for k in KINDS.values() if k.events is not None)
 
 
 def test_session_traits_agree() -> None:
@@ -76,6 +77,9 @@ def test_enqueue_refuses_an_unknown_kind_and_writes_nothing(ctx: Context) -> Non
         ctx.queue.enqueue(job)
     assert ctx.queue.depth() == depth
     assert ctx.jobs.get(job.id) is None
+    with pytest.raises(InvalidRequest, match="needs a session"):
+        ctx.queue.enqueue(_job(KindName.CONTINUE))  # session-bound, but no session named
+    assert ctx.queue.depth() == depth
     ctx.queue.enqueue(_job(KindName.GENERATE))  # a known kind goes in
     assert ctx.queue.depth() == depth + 1
 

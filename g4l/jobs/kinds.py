@@ -70,11 +70,14 @@ class Kind:
     ``None`` means "none, on purpose"."""
 
     name: KindName
-    #: The model family that serves it (the worker's engine for its ``spec.model``).
+    #: The model family that serves it ("musicgen" for every kind so far; the worker still
+    #: picks its engine by ``spec.model``, so this is declared for the kinds to come).
     family: str
     #: It belongs to a device session (``Job.session_id`` names one that must exist).
     session_bound: bool
     stream: Stream
+    #: What the result does to its session (the runner makes it so: a session runner's
+    #: ``Outcome.version``).
     result: Result
     priority: Priority
     #: The Socket.IO events that acknowledge and deliver it to a device, or ``None``:
