@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from g4l.context import Context
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import JobStatus
 from g4l.services.specs import SessionParams
 from g4l.store.sessions import Session, SessionStatus
@@ -40,7 +41,7 @@ class SessionSnapshot:
     has_audio: bool = False
     canceled: bool = False
     #: The kind of the job queued or running (``None`` while idle).
-    job_kind: str | None = None
+    job_kind: str | None = None  # a KindName's value
     #: The record it was taken from (to read its audio without a second look-up).
     session: Session | None = field(default=None, repr=False, compare=False)
 
@@ -52,7 +53,7 @@ class SessionSnapshot:
     def transforming(self) -> bool:
         """A transform (terry) of the session is queued or running (the JUCE poll's
         ``transform_in_progress``)."""
-        return self.busy and self.job_kind == "transform"
+        return self.busy and self.job_kind == KindName.TRANSFORM
 
     @property
     def model_name(self) -> str | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from g4l import audio
 from g4l.errors import Busy, InvalidAudio, InvalidRequest, SessionNotFound, TooLarge
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import Job, new_job_id
 from g4l.jobs.spec import AudioFormat, GenerationSpec
 from g4l.log import get_logger
@@ -33,7 +34,7 @@ from plugin_protocol.payloads import TransformAudioRequest
 
 log = get_logger(__name__)
 
-KIND = "transform"
+KIND = KindName.TRANSFORM
 BUSY_MESSAGE = "Transform already in progress"
 
 

@@ -14,10 +14,11 @@ import numpy as np
 from g4l import audio
 from g4l.engine.base import TransformParams
 from g4l.errors import GenerationFailed
+from g4l.jobs.kinds import KindName
 from g4l.jobs.spec import GenerationSpec
 from g4l.store.history import Operation, VersionRecord
 from g4l.store.sessions import format_field
-from g4l.worker.kinds.registry import JobKind, Outcome, Run, register
+from g4l.worker.kinds.registry import JobKind, Outcome, Run
 
 
 def edit_params(spec: GenerationSpec) -> TransformParams:
@@ -43,12 +44,10 @@ def in_input_shape(output: np.ndarray, frames: int, channels: int) -> np.ndarray
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-@register
 class Transform(JobKind):
     """A transform of a device session's audio (see the module docstring)."""
 
-    name = "transform"
-    deliver_first = True  # a device waits on its socket for audio_transformed
+    name = KindName.TRANSFORM
 
     def run(self, run: Run) -> Outcome:
         ctx, job, spec, engine = run.ctx, run.job, run.job.spec, run.engine
