@@ -242,7 +242,6 @@ def test_device_script_plays_jerry_and_gary_continues_it(server, device_script: 
     check_jerry(steps)
 
 
-@ISSUE_19
 def test_device_script_plays_terry_on_a_gary_session(server, device_script: Path, tmp_path: Path) -> None:
     inputs = make_inputs(tmp_path)
     steps = drive(server.url, device_script, tmp_path / "run", "terry", **inputs)
