@@ -24,7 +24,7 @@ from g4l import audio
 from g4l.errors import Busy, InvalidAudio, InvalidRequest, SessionNotFound, TooLarge
 from g4l.jobs.kinds import KindName
 from g4l.jobs.records import Job, new_job_id
-from g4l.jobs.spec import AudioFormat, GenerationSpec
+from g4l.jobs.spec import AudioFormat, Edit, GenerationSpec
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.sessions import Accepted, SessionService
@@ -76,10 +76,12 @@ class TransformService:
             session = self.ctx.sessions.require(session_id)
             upload = None  # stored now, as that version
         try:
-            self.ctx.sessions.begin_job(session.id, job_id)
-        except Busy:
-            raise Busy(BUSY_MESSAGE, session_id=session.id) from None
-        try:
+            try:
+                self.ctx.sessions.begin_job(session.id, job_id)
+            except Busy:  # a job was queued since the check above
+                raise Busy(BUSY_MESSAGE, session_id=session.id) from None
+            # Read again now that it is ours: no crop or move can change its version any more.
+            session = self.ctx.sessions.require(session.id)
             spec = self._spec(session, upload, edit, text, req.seed)
             job = Job(id=job_id, kind=KIND, session_id=session.id, spec=spec, owner=caller.owner,
                       parent_version=session.current_version)
@@ -144,7 +146,7 @@ class TransformService:
             raise SessionNotFound("the session's stored audio is gone (retention)", session_id=session.id)
         return float(info.metadata.get("duration") or 0.0)
 
-    def _spec(self, session: Session, upload: Upload | None, edit: Any, text: str,
+    def _spec(self, session: Session, upload: Upload | None, edit: Edit, text: str,
               seed: int | None) -> GenerationSpec:
         if upload is not None:
             a = upload.audio
