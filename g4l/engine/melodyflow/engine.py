@@ -66,9 +66,7 @@ class MelodyFlowEngine:
         frames = audio.shape[1]
         stereo = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
         at48 = resample(stereo, rate, SAMPLE_RATE)
-        spans = plan_windows(at48.shape[1], int(self.window_s * SAMPLE_RATE), int(self.overlap_s * SAMPLE_RATE))
-        with self._lock, torch.no_grad():  # not inference_mode: regularisation needs autograd
-            pieces = self._edit_windows(at48, spans, plan, on_progress)
+        pieces, spans = self.edit_windows(at48, params, on_progress)
         edited = join_windows(pieces, spans, at48.shape[1])
         out = resample(edited, SAMPLE_RATE, rate)
         if out.shape[1] > frames:
@@ -76,6 +74,20 @@ class MelodyFlowEngine:
         elif out.shape[1] < frames:
             out = np.pad(out, ((0, 0), (0, frames - out.shape[1])))
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def edit_windows(self, stereo48: np.ndarray, params: TransformParams,
+                     on_progress: ProgressCallback | None = None
+                     ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """The windows of ``stereo48`` (``(2, frames)`` at 48 kHz) edited, not yet joined:
+        ``(pieces, spans)``, ``spans`` being each window's ``(start, end)`` (for
+        :func:`~g4l.engine.melodyflow.windows.join_windows` and the seam measure)."""
+        plan = resolve(params)
+        audio = _check_audio(stereo48, SAMPLE_RATE)
+        if audio.shape[0] != 2:
+            raise ValueError("edit_windows takes stereo audio")
+        spans = plan_windows(audio.shape[1], int(self.window_s * SAMPLE_RATE), int(self.overlap_s * SAMPLE_RATE))
+        with self._lock, torch.no_grad():  # not inference_mode: regularisation needs autograd
+            return self._edit_windows(audio, spans, plan, on_progress), spans
 
     # ----------------------------------------------------------------- internals
     def _edit_windows(self, at48: np.ndarray, spans: list[tuple[int, int]], plan: EditPlan,
