@@ -149,3 +149,71 @@ class Engine(abc.ABC):
     def generate(self, params: GenerationParams,
                  on_progress: ProgressCallback | None = None) -> np.ndarray:
         """Generate ``params.duration`` seconds from nothing (text-guided or unconditional)."""
+
+
+@dataclass(frozen=True)
+class TextToAudioParams:
+    """One text-to-audio generation (jerry, Stable Audio Open Small).
+
+    Attributes:
+        prompt: the text the audio follows.
+        negative_prompt: what to steer away from (``None``: nothing).
+        steps: sampler steps.
+        cfg_scale: classifier-free guidance strength.
+        seed: the sampler's seed (resolved by the caller: never random here).
+        seconds_total: seconds of the answer (the model renders its whole window; the
+            answer is trimmed to this).
+        sampler_type: the sampler's name in stable-audio-tools (``pingpong`` for the small model).
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int = 8
+    cfg_scale: float = 1.0
+    seed: int = 0
+    seconds_total: float = 11.0
+    sampler_type: str = "pingpong"
+
+
+#: The solvers of an edit and their default step counts (MelodyFlow's released settings).
+EDIT_SOLVER_STEPS: dict[str, int] = {"euler": 25, "midpoint": 64}
+
+
+@dataclass(frozen=True)
+class TransformParams:
+    """One edit of existing audio toward a text (terry, MelodyFlow).
+
+    Attributes:
+        text: the style to move toward (a preset's text, or a custom prompt).
+        flowstep: how far back (0 < flowstep < 1) the input is inverted before it is
+            integrated forward again toward ``text``: larger keeps less of the input.
+        solver: ``euler`` (with regularised inversion) or ``midpoint``.
+        steps: solver steps; ``None``: the solver's default (:data:`EDIT_SOLVER_STEPS`).
+        cfg: classifier-free guidance toward ``text``.
+        seed: seeds the edit's own generator; ``None``: a random one.
+        regularize, regularize_iters, lambda_kl: the regularised euler inversion.
+    """
+
+    text: str
+    flowstep: float = 0.12
+    solver: str = "euler"
+    steps: int | None = None
+    cfg: float = 4.0
+    seed: int | None = None
+    regularize: bool = True
+    regularize_iters: int = 2
+    lambda_kl: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not _finite(self.flowstep) or not 0.0 < self.flowstep < 1.0:
+            raise ValueError(f"flowstep must be in (0, 1), got {self.flowstep!r}")
+        if self.solver not in EDIT_SOLVER_STEPS:
+            raise ValueError(f"solver must be one of {sorted(EDIT_SOLVER_STEPS)}, got {self.solver!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+
+    @property
+    def solver_steps(self) -> int:
+        """The steps the solver takes."""
+        return self.steps if self.steps is not None else EDIT_SOLVER_STEPS[self.solver]

@@ -1,14 +1,21 @@
 """``ModelCache``: load each allowed model once per process and hand out its engine.
 
+Every model belongs to a family (:mod:`g4l.engine.families`: MusicGen, Stable Audio Open
+Small, MelodyFlow), whose module loads it (``load_engine(model_id, source, device)``).
 Model ids resolve as follows:
 
-* ``'debug'``: the tiny random-weight model of :mod:`g4l.engine.debug_model`;
+* ``'debug'``: the tiny random-weight MusicGen of :mod:`g4l.engine.debug_model`, built in
+  process by AudioCraft's builders;
+* another family's debug id (``debug-stable-audio``, ``debug-melodyflow``): its tiny model,
+  written once in the released file layout under the cache's ``debug_dir`` and loaded from
+  there by the family's production loader;
 * an id the operator mapped to a directory (``G4L_MODEL_PATHS``): that directory, as below;
-* an existing local directory: an AudioCraft checkpoint directory
-  (``state_dict.bin`` + ``compression_state_dict.bin``), loaded by ``MusicGen.get_pretrained``;
+* an existing local directory: a checkpoint directory in its family's released layout
+  (MusicGen, MelodyFlow: ``state_dict.bin`` + ``compression_state_dict.bin``; Stable Audio:
+  ``model_config.json`` + ``model.safetensors``);
 * anything else (``'facebook/musicgen-small'``, ``'thepatch/vanya_ai_dnb_0.1'``...): a
-  Hugging Face repo id, loaded by ``MusicGen.get_pretrained`` (downloads on first use, or
-  reads the Hugging Face cache only with ``HF_HUB_OFFLINE=1``).
+  Hugging Face repo id, loaded by its family's loader (downloads on first use, or reads
+  the Hugging Face cache only with ``HF_HUB_OFFLINE=1``).
 
 A released checkpoint also names, by hub id, its text encoder (``t5-base``) and usually its
 codec (``facebook/encodec_32khz``): those come from the Hugging Face cache (``HF_HOME``)
@@ -19,19 +26,21 @@ Importing this module is cheap: torch and AudioCraft are imported on the first l
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 from g4l.engine.debug_model import DEBUG_MODEL_ID
+from g4l.engine.families import ModelFamily, expand_allowlist, family_of
 from g4l.errors import ModelNotAllowed, ModelUnavailable
 from g4l.log import adopt_library_loggers
-
-if TYPE_CHECKING:
-    from g4l.engine.musicgen import MusicGenEngine
 
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -67,7 +76,7 @@ def load_failure_reason(model_id: str, exc: BaseException) -> str:
                 "Use G4L_MODELS=debug (a tiny built-in model), a local checkpoint directory, or a Hugging Face "
                 f"cache that holds it (HF_HOME; now {_hub_cache_dir()}).")
     if isinstance(exc, FileNotFoundError):
-        return f"model {model_id!r}: {last}. Point G4L_MODELS at an AudioCraft checkpoint directory."
+        return f"model {model_id!r}: {last}. Point G4L_MODELS at a checkpoint directory in the model's released layout."
     return f"model {model_id!r} could not be loaded: {type(chain[-1]).__name__}: {last}"
 
 
@@ -122,16 +131,25 @@ class ModelCache:
         device: ``'cpu'``, ``'cuda'`` or ``'auto'`` (GPU when available).
         retry_after_s: how long a failed load is refused before it is tried again.
         paths: model id -> checkpoint directory, for allowed ids served from local files.
+        debug_dir: where the debug models of the families loaded from files are written
+            (default: a directory under the system's temporary directory).
+
+    ``debug`` in the allowlist allows the debug model of every family
+    (:func:`~g4l.engine.families.expand_allowlist`).
     """
 
     def __init__(self, allowlist: Iterable[str], device: str = "auto", retry_after_s: float = 600.0,
-                 paths: Mapping[str, str] | None = None) -> None:
+                 paths: Mapping[str, str] | None = None, debug_dir: str | Path | None = None) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
-        self._allowlist = [m for m in dict.fromkeys(normalize_model_id(x) for x in allowlist) if m]
+        self._allowlist = expand_allowlist(normalize_model_id(x) for x in allowlist)
         self._device = device
         self._paths = {normalize_model_id(k): v for k, v in (paths or {}).items()}
-        self._engines: dict[str, MusicGenEngine] = {}
+        self._debug_dir = Path(debug_dir) if debug_dir else Path(tempfile.gettempdir()) / "g4l-debug-models"
+        #: Engines by model id: a MusicGenEngine, StableAudioEngine or MelodyFlowEngine.
+        self._engines: dict[str, Any] = {}
+        #: Model ids being loaded now (``loading`` in the families' state).
+        self._loading: set[str] = set()
         # One lock per model id: two threads asking for the same model load it once,
         # while a slow download of one model does not block getting another.
         self._locks: dict[str, threading.Lock] = {}
@@ -165,12 +183,26 @@ class ModelCache:
             return {model_id: reason for model_id, (reason, _at) in self._failed.items()}
 
     def sizes(self) -> dict[str, str]:
-        """Model id -> size (``small`` / ``medium`` / ``large``) of every loaded model."""
+        """Model id -> size (``small`` / ``medium`` / ``large``) of every loaded MusicGen."""
         with self._guard:
-            return {model_id: engine.size for model_id, engine in self._engines.items()}
+            return {model_id: engine.size for model_id, engine in self._engines.items() if hasattr(engine, "size")}
 
-    def get(self, model_id: str) -> MusicGenEngine:
-        """The engine for ``model_id``, loading it on first use.
+    def family(self, model_id: str) -> ModelFamily:
+        """The family ``model_id`` belongs to."""
+        return family_of(normalize_model_id(model_id), self._paths)
+
+    def state(self, model_id: str) -> str:
+        """``loaded``, ``loading``, ``failed`` or ``not_loaded``."""
+        key = normalize_model_id(model_id)
+        with self._guard:
+            if key in self._engines:
+                return "loaded"
+            if key in self._loading:
+                return "loading"
+            return "failed" if key in self._failed else "not_loaded"
+
+    def get(self, model_id: str) -> Any:
+        """The engine for ``model_id`` (its family's engine type), loading it on first use.
 
         Raises:
             ModelNotAllowed: the id is not in the allowlist.
@@ -193,38 +225,59 @@ class ModelCache:
             with self._guard:
                 engine = self._engines.get(key)  # loaded by another thread meanwhile
             if engine is None:
+                with self._guard:
+                    self._loading.add(key)
                 try:
                     engine = self._load(key)
                 except ModelLoadError as exc:
                     with self._guard:
                         self._failed[key] = (exc.message, time.monotonic())
                     raise
+                finally:
+                    with self._guard:
+                        self._loading.discard(key)
                 with self._guard:
                     self._engines[key] = engine
                     self._failed.pop(key, None)
             return engine
 
-    def _load(self, model_id: str) -> MusicGenEngine:
+    def _load(self, model_id: str) -> Any:
         device = self.device
+        family = self.family(model_id)
         try:
-            from g4l.engine.musicgen import MusicGenEngine  # torch + AudioCraft, on first use
-
             if model_id == DEBUG_MODEL_ID:
                 from g4l.engine.debug_model import build_debug_musicgen
+                from g4l.engine.musicgen import MusicGenEngine  # torch + AudioCraft, on first use
 
-                model = build_debug_musicgen(device=device)
-            else:
-                from audiocraft.models import MusicGen
-
-                # The hub and transformers bring their own stderr handlers: structured lines only.
-                adopt_library_loggers()
-                model = MusicGen.get_pretrained(self._checkpoint_name(model_id), device=device)
-            return MusicGenEngine(model, model_id=model_id)
+                return MusicGenEngine(build_debug_musicgen(device=device), model_id=model_id)
+            loader = importlib.import_module(family.loader)  # the family's libraries, on first use
+            source = self._debug_checkpoint(family, loader) if model_id == family.debug_model \
+                else self._checkpoint_name(model_id)
+            # The hub and transformers bring their own stderr handlers: structured lines only.
+            adopt_library_loggers()
+            return loader.load_engine(model_id, source, device)
         except Exception as exc:
             raise ModelLoadError(load_failure_reason(model_id, exc)) from exc
 
+    def _debug_checkpoint(self, family: ModelFamily, loader: Any) -> str:
+        """The directory of ``family``'s debug model, written in the released layout once
+        (into a scratch directory renamed into place: two workers never see half a model)."""
+        target = self._debug_dir / family.debug_model
+        if not target.is_dir():
+            self._debug_dir.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{family.debug_model}-", dir=self._debug_dir))
+            try:
+                loader.write_debug_checkpoint(scratch)
+                os.rename(scratch, target)
+            except OSError:
+                if not target.is_dir():  # not another worker's rename winning the race
+                    raise
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return str(target)
+
     def _checkpoint_name(self, model_id: str) -> str:
-        """What to pass to ``MusicGen.get_pretrained``: a local directory or a HF repo id."""
+        """What to pass to the family's loader: a local directory or a HF repo id."""
         mapped = self._paths.get(model_id)
         if mapped is not None:
             path = os.path.expanduser(mapped)
@@ -233,7 +286,7 @@ class ModelCache:
             return path
         path = os.path.expanduser(model_id)
         if os.path.isdir(path):
-            return path  # AudioCraft's loaders read <dir>/state_dict.bin etc. directly
+            return path  # the loaders read <dir>/state_dict.bin etc. directly
         if model_id.startswith(("/", ".", "~")):
             # Clearly a path: don't let it fall through to a confusing Hub lookup.
             raise FileNotFoundError(f"no checkpoint directory at {path}")

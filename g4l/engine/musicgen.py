@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -153,3 +154,19 @@ class MusicGenEngine(Engine):
             else:
                 raise ValueError(f"cannot map a {arr.shape[0]}-channel prompt to {channels} channels")
         return torch.from_numpy(np.ascontiguousarray(arr)).to(self._model.device)
+
+
+def load_engine(model_id: str, source: str, device: str) -> MusicGenEngine:
+    """The MusicGen family's loader: a released AudioCraft checkpoint (a directory with
+    ``state_dict.bin`` + ``compression_state_dict.bin``, or a hub repo id) through
+    ``MusicGen.get_pretrained``."""
+    from audiocraft.models import MusicGen
+
+    return MusicGenEngine(MusicGen.get_pretrained(source, device=device), model_id=model_id)
+
+
+def write_debug_checkpoint(directory: str | Path, seed: int = 0) -> Path:
+    """The tiny MusicGen in the released layout (:func:`~g4l.engine.debug_model.save_debug_checkpoint`)."""
+    from g4l.engine.debug_model import save_debug_checkpoint
+
+    return save_debug_checkpoint(directory, seed=seed)

@@ -78,10 +78,36 @@ class Assembly(StrEnum):
     NEW = "new"
 
 
+class TextToAudio(_Frozen):
+    """A text-to-audio generation's own parameters (jerry: Stable Audio Open Small). The
+    prompt is the spec's ``description``, its seed the spec's ``seed``, its length the
+    spec's ``output_seconds``."""
+
+    negative_prompt: str | None = None
+    steps: int = Field(default=8, ge=1, le=250)
+    cfg_scale: float = Field(default=1.0, ge=0.0, le=20.0)
+    sampler_type: str = "pingpong"
+
+
+class Edit(_Frozen):
+    """An edit's own parameters (terry: MelodyFlow rewrites the input toward a text). The
+    text is the spec's ``description``; the input is the spec's ``input_blob``; the
+    result keeps the input's length and format."""
+
+    #: The preset it was asked for (``None``: a custom prompt only).
+    variation: str | None = None
+    flowstep: float = Field(default=0.12, gt=0.0, lt=1.0)
+    solver: Literal["euler", "midpoint"] = "euler"
+    #: ``None``: the solver's default.
+    steps: int | None = Field(default=None, ge=1, le=250)
+
+
 class GenerationSpec(_Frozen):
     """One generation, fully resolved (see the module docstring)."""
 
     model: str
+    #: The model's family (:mod:`g4l.engine.families`): the job goes to a worker that loads it.
+    family: str = "musicgen"
     sampling: Sampling = Sampling()
     #: Seeds the sampler for a reproducible result; ``None``: a random one.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
@@ -101,6 +127,10 @@ class GenerationSpec(_Frozen):
     lead_in_s: float = Field(default=0.0, ge=0.0)
     #: Free labels stored with the result (a station's prompt index and timeline).
     labels: dict[str, str | int | float] = Field(default_factory=dict)
+    #: A text-to-audio model's parameters (jerry), ``None`` for other families.
+    text: TextToAudio | None = None
+    #: An edit's parameters (terry), ``None`` for other families.
+    edit: Edit | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a session version's record keeps of the generation that made it."""
@@ -109,6 +139,10 @@ class GenerationSpec(_Frozen):
         if self.prompt is not None:
             out["prompt_seconds"] = self.prompt.seconds
             out["prompt_end"] = self.prompt.end
+        if self.text is not None:
+            out.update(self.text.model_dump())
+        if self.edit is not None:
+            out.update(self.edit.model_dump())
         return out
 
     def engine_params(self, output_seconds: float | None = None) -> GenerationParams:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from g4l.engine.families import MUSICGEN, models_of
 from g4l.errors import InvalidRequest, ModelNotAllowed
 from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt, Sampling
 from g4l.settings import Settings
@@ -67,11 +68,12 @@ class SpecResolver:
 
     # ------------------------------------------------------------ checks
     def model(self, requested: str | None) -> str:
-        """The model to use: the one asked for, else the default; it must be allowed."""
+        """The MusicGen to use: the one asked for, else the default; it must be allowed
+        (another family's model cannot continue audio)."""
         model = (requested or "").strip() or self.settings.model_default
-        if model not in self.settings.models:
-            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: "
-                                  + ", ".join(self.settings.models))
+        allowed = models_of(MUSICGEN, self.settings.models, self.settings.model_path_map)
+        if model not in allowed:
+            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: " + ", ".join(allowed))
         return model
 
     def prompt_seconds(self, seconds: int | float | None) -> int:
