@@ -70,7 +70,7 @@ def build_vae(cfg: Any) -> nn.Module:
         OmegaConf.set_struct(cfg, False)
         cfg.seanet.activation = "ELU"  # stand-in, replaced below
         cfg.seanet.activation_params = {"alpha": 1.0}
-    model = builders.get_compression_model(cfg)
+    model: Any = builders.get_compression_model(cfg)
     if snake:
         _snakify(model.encoder.model, nn.ELU)
         _snakify(model.decoder.model, nn.ELU)

@@ -51,7 +51,7 @@ class ZeroSlotAttention(StreamingMultiheadAttention):
         if not self.custom:
             self.mha.add_zero_attn = add_zero_attn
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: Any = None, need_weights: bool = False,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
@@ -160,7 +160,7 @@ class FlowTransformer(StreamingTransformer):
                           dtype=kwargs.get("dtype"))
                 for _ in range((num_layers - 1) // 2))
 
-    def forward(self, x: torch.Tensor, cross_attention_src: torch.Tensor | None = None,  # type: ignore[override]
+    def forward(self, x: torch.Tensor, cross_attention_src: torch.Tensor | None = None,
                 cross_attention_mask: torch.Tensor | None = None,
                 timestep_embedding: torch.Tensor | None = None) -> torch.Tensor:
         _, steps, channels = x.shape
@@ -196,11 +196,14 @@ class TimestepEmbedding(nn.Module):
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if self.frequency_size % 2:
             features = F.pad(features, (0, 1))
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(next(self.mlp.parameters()).dtype))
 
 
 class FlowModel(nn.Module):
     """The DiT: ``velocity = model(z_t, t, text)`` on normalised latents ``(B, latent_dim, T)``."""
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
 
     def __init__(self, condition_provider: ConditioningProvider, fuser: ConditionFuser, dim: int = 128,
                  latent_dim: int = 128, num_heads: int = 8, hidden_scale: float = 4, norm: str = "layer_norm",

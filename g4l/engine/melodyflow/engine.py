@@ -62,7 +62,7 @@ class MelodyFlowEngine:
                 ``(done, total)``, all windows counted).
         """
         audio = _check_audio(samples, rate)
-        plan = resolve(params)
+        resolve(params)  # refuse bad params before any work
         frames = audio.shape[1]
         stereo = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
         at48 = resample(stereo, rate, SAMPLE_RATE)

@@ -1,36 +1,17 @@
-"""The edit's parameters: :class:`TransformParams` and their validation.
-
-``TransformParams`` belongs in :mod:`g4l.engine.base` (the contract); until main has it,
-this module defines the same record so the engine can be built and tested on its own.
-"""
+"""Validation and resolution of an edit's parameters (:class:`~g4l.engine.base.TransformParams`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-try:  # the coordinator's record, once main has it
-    from g4l.engine.base import TransformParams  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - until base.py carries it
+from g4l.engine.base import EDIT_SOLVER_STEPS, TransformParams
 
-    @dataclass(frozen=True)
-    class TransformParams:  # type: ignore[no-redef]
-        """How to edit: see the interface contract (issue 19)."""
-
-        text: str
-        flowstep: float = 0.12
-        solver: str = "euler"
-        steps: int | None = None
-        cfg: float = 4.0
-        seed: int | None = None
-        regularize: bool = True
-        regularize_iters: int = 2
-        lambda_kl: float = 0.2
-
-
-SOLVERS = ("euler", "midpoint")
+SOLVERS = tuple(EDIT_SOLVER_STEPS)
 #: Solver steps when ``TransformParams.steps`` is None (the released model's defaults).
-DEFAULT_STEPS = {"euler": 25, "midpoint": 64}
+DEFAULT_STEPS = EDIT_SOLVER_STEPS
+
+__all__ = ["DEFAULT_STEPS", "SOLVERS", "EditPlan", "TransformParams", "resolve"]
 
 
 @dataclass(frozen=True)
