@@ -80,6 +80,17 @@ def test_loads_the_released_layout_strictly(checkpoint, engine):
     assert engine.vae.encoder.dimension == 2 * engine.dit.latent_dim  # mean | scale
 
 
+def test_model_cache_serves_the_debug_id_through_this_loader(tmp_path):
+    from g4l.engine.cache import ModelCache
+    from g4l.engine.melodyflow.engine import MelodyFlowEngine
+
+    cache = ModelCache(["debug"], device="cpu", debug_dir=tmp_path)
+    engine = cache.get("debug-melodyflow")
+    assert isinstance(engine, MelodyFlowEngine) and engine.model_id == "debug-melodyflow"
+    assert {p.name for p in (tmp_path / "debug-melodyflow").iterdir()} >= {DIT_FILE, VAE_FILE}
+    assert engine.transform(tone(1.0, 44100), 44100, TransformParams(text="x", steps=2, seed=0)).shape == (2, 44100)
+
+
 def test_weight_norm_spelling_does_not_matter(checkpoint):
     from omegaconf import OmegaConf
 
