@@ -18,6 +18,7 @@ from g4l.engine.melodyflow.regularize import patch_kl, regularize_velocity
 from g4l.engine.melodyflow.solver import schedule
 from g4l.engine.melodyflow.windows import (
     crossfade_gains,
+    fade_regions,
     join_windows,
     plan_windows,
     seam_report,
@@ -225,9 +226,24 @@ def _two_different_edits() -> tuple[list[np.ndarray], list[tuple[int, int]], int
     return pieces, spans, n
 
 
-def _report(audio: np.ndarray, spans: list[tuple[int, int]]):
-    overlaps = [(b[0], a[1]) for a, b in zip(spans, spans[1:], strict=False)]
-    return seam_report(audio, 48000, [(s + e) // 2 for s, e in overlaps], overlaps)
+def _report(audio: np.ndarray, spans: list[tuple[int, int]], fade: int | None = None):
+    regions = fade_regions(spans, fade)
+    return seam_report(audio, 48000, [(s + e) // 2 for s, e in regions], regions)
+
+
+def test_join_of_identical_windows_is_the_signal_for_any_plan():
+    # Three 8 s windows over 15 s overlap by 4.5 s (> half a window: the first and last
+    # overlap too); the bounded crossfades still give every sample a weight summing to 1.
+    signal = np.random.default_rng(1).standard_normal((2, 15 * 1000)).astype(np.float32)
+    for total, fade in ((15 * 1000, 2 * 1000), (15 * 1000, None), (20 * 1000, 1000)):
+        spans = plan_windows(total, 8 * 1000, 2 * 1000)
+        x = signal[:, :total] if total <= signal.shape[1] else np.tile(signal, 2)[:, :total]
+        pieces = [x[:, s:e] for s, e in spans]
+        if fade is None and len(spans) > 2 and spans[0][1] > spans[2][0]:
+            with pytest.raises(ValueError, match="crossfades overlap"):
+                join_windows(pieces, spans, total, fade=fade)
+            continue
+        assert np.allclose(join_windows(pieces, spans, total, fade=fade), x, atol=1e-5)
 
 
 def _passes(report) -> bool:
@@ -252,11 +268,13 @@ def test_45_seconds_in_windows_exact_length_and_no_seam(engine):
     seen: list[tuple[int, int]] = []
     pieces, spans = engine.edit_windows(x, params, lambda d, t: seen.append((d, t)))
     assert len(spans) == 2 and seen[-1] == (2 * (4 * 2 + 4), 2 * (4 * 2 + 4))
-    joined = _report(join_windows(pieces, spans, x.shape[1]), spans)
+    fade = engine.fade_samples
+    joined_audio = join_windows(pieces, spans, x.shape[1], fade=fade)
+    joined = _report(joined_audio, spans, fade)
     assert _passes(joined), joined
     # The same windows joined by the plain cos/sin fade bump +3 dB: these edits correlate.
-    plain = _report(join_windows(pieces, spans, x.shape[1], "plain_equal_power"), spans)
+    plain = _report(join_windows(pieces, spans, x.shape[1], "plain_equal_power", fade=fade), spans, fade)
     assert plain.level_dev_db > 2.0 and not _passes(plain)
-    y = engine.transform(x[:, : 45 * 48000 - 77], 48000, params)
-    assert y.shape == (2, 45 * 48000 - 77)
-    assert np.allclose(y[:, :1000], join_windows(pieces, spans, x.shape[1])[:, :1000], atol=1e-4)
+    y = engine.transform(x, 48000, params)
+    assert np.array_equal(y, joined_audio)  # transform is this join (48 kHz in and out)
+    assert engine.transform(x[:, :-77], 48000, params).shape == (2, 45 * 48000 - 77)

@@ -103,13 +103,12 @@ def main() -> None:
             else:
                 steps = 2
                 seconds_q, marks = edit_seconds(engine, audio, solver, steps, args.device)
-                gaps = np.diff(marks)  # [before first tick, tick..tick, after last tick]
-                iters = 2 if solver == "euler" else 1  # progress units per inversion step
-                inv = gaps[1: 1 + steps * iters]
-                gen = gaps[1 + steps * iters: 1 + steps * iters + steps]
-                fixed = seconds_q - float(inv.sum()) - float(gen.sum())
-                inv_step = float(inv.sum()) / steps
-                gen_step = float(gen.sum()) / steps
+                gaps = np.diff(marks)  # gaps[k]: up to progress call k (gaps[0] includes encoding)
+                iters = 2 if solver == "euler" else 1  # progress calls per inversion step
+                inv_step = float(gaps[iters: 2 * iters].sum())  # the second inversion step, whole
+                gen = gaps[steps * iters: steps * iters + steps]
+                gen_step = float(gen.mean())
+                fixed = seconds_q - steps * (inv_step + gen_step)  # codec, resampling, text, join
                 seconds = fixed + full_steps * (inv_step + gen_step)
                 how = (f"extrapolated from {steps} steps: fixed {fixed:.2f} s + {full_steps} x "
                        f"(inversion {inv_step:.2f} s + generation {gen_step:.2f} s)")

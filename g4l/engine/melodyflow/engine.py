@@ -39,6 +39,11 @@ class MelodyFlowEngine:
     window_s = WINDOW_S
     overlap_s = OVERLAP_S
 
+    @property
+    def fade_samples(self) -> int:
+        """The longest crossfade between windows (48 kHz samples): the minimum overlap."""
+        return int(self.overlap_s * SAMPLE_RATE)
+
     def __init__(self, model_id: str, vae: Any, dit: Any, device: str) -> None:
         self.model_id = model_id
         self.vae = vae
@@ -67,7 +72,7 @@ class MelodyFlowEngine:
         stereo = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
         at48 = resample(stereo, rate, SAMPLE_RATE)
         pieces, spans = self.edit_windows(at48, params, on_progress)
-        edited = join_windows(pieces, spans, at48.shape[1])
+        edited = join_windows(pieces, spans, at48.shape[1], fade=self.fade_samples)
         out = resample(edited, SAMPLE_RATE, rate)
         if out.shape[1] > frames:
             out = out[:, :frames]

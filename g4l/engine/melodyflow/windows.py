@@ -2,7 +2,7 @@
 
 The model edits at most ``window`` samples at once. A longer input is cut into equal
 windows that overlap by at least ``overlap`` samples, each edited on its own, and joined
-with an equal-power crossfade over each overlap: the outgoing window's gain is
+with an equal-power crossfade over the middle of each overlap (:func:`fade_regions`): the outgoing window's gain is
 ``cos(pi/2 * u)``, the incoming's ``sin(pi/2 * u)`` (u from 0 to 1 across the overlap), so
 the summed power of two *uncorrelated* edits stays constant through the join (a linear
 crossfade dips 3 dB in its middle). Two edits of the same input are often correlated
@@ -48,9 +48,29 @@ def crossfade_gains(length: int, rho: float = 0.0) -> tuple[np.ndarray, np.ndarr
     return (a / norm).astype(np.float32), (b / norm).astype(np.float32)
 
 
+def fade_regions(spans: list[tuple[int, int]], fade: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of the crossfade between each pair of neighbouring windows: the
+    middle ``fade`` samples of their overlap (all of it when ``fade`` is None or longer).
+
+    Evenly spread windows can overlap by more than half a window (three windows over
+    57 s: the first and third overlap too); fading over a bounded middle part keeps
+    the crossfades apart, so at most two windows sound at any sample.
+    """
+    regions = []
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        length = end - start if fade is None else min(end - start, fade)
+        first = (start + end - length) // 2
+        regions.append((first, first + length))
+    for (_, a_end), (b_start, _) in zip(regions, regions[1:], strict=False):
+        if b_start < a_end:
+            raise ValueError("crossfades overlap: use a shorter fade")
+    return regions
+
+
 def join_windows(pieces: list[np.ndarray], spans: list[tuple[int, int]], total: int,
-                 mode: str = "equal_power") -> np.ndarray:
-    """Join edited windows ``pieces`` (``(C, end - start)`` each) into ``(C, total)``.
+                 mode: str = "equal_power", fade: int | None = None) -> np.ndarray:
+    """Join edited windows ``pieces`` (``(C, end - start)`` each) into ``(C, total)``,
+    crossfading over :func:`fade_regions` (``fade``: the longest crossfade, in samples).
 
     ``mode``: ``"equal_power"`` (the engine's join, correlation-corrected),
     ``"plain_equal_power"`` (cos/sin, uncorrected), ``"linear"`` (equal-gain crossfade) or
@@ -59,24 +79,25 @@ def join_windows(pieces: list[np.ndarray], spans: list[tuple[int, int]], total: 
     """
     if mode not in ("equal_power", "plain_equal_power", "linear", "cut"):
         raise ValueError(f"unknown join mode {mode!r}")
-    ramps = []  # (outgoing, incoming) gains of each overlap
-    for i in range(len(spans) - 1):
-        length = spans[i][1] - spans[i + 1][0]
+    regions = fade_regions(spans, fade)
+    ramps = []  # (outgoing, incoming) gains of each crossfade
+    for i, (first, last) in enumerate(regions):
         if mode == "equal_power":
-            a = pieces[i][:, pieces[i].shape[1] - length:]
-            b = pieces[i + 1][:, :length]
-            ramps.append(crossfade_gains(length, correlation(a, b)))
+            a = pieces[i][:, first - spans[i][0]:last - spans[i][0]]
+            b = pieces[i + 1][:, first - spans[i + 1][0]:last - spans[i + 1][0]]
+            ramps.append(crossfade_gains(last - first, correlation(a, b)))
         else:
-            ramps.append(_ramp(length, mode))
+            ramps.append(_ramp(last - first, mode))
     out = np.zeros((pieces[0].shape[0], total), np.float32)
     for i, (piece, (start, end)) in enumerate(zip(pieces, spans, strict=True)):
-        weight = np.ones(end - start, np.float32)
-        if i > 0:  # head overlaps the previous window
-            incoming = ramps[i - 1][1]
-            weight[:len(incoming)] = incoming
-        if i + 1 < len(spans):  # tail overlaps the next window
-            outgoing = ramps[i][0]
-            weight[len(weight) - len(outgoing):] = outgoing
+        weight = np.zeros(end - start, np.float32)
+        head = regions[i - 1] if i > 0 else (start, start)
+        tail = regions[i] if i + 1 < len(spans) else (end, end)
+        weight[head[1] - start:tail[0] - start] = 1.0  # this window alone
+        if i > 0:
+            weight[head[0] - start:head[1] - start] = ramps[i - 1][1]
+        if i + 1 < len(spans):
+            weight[tail[0] - start:tail[1] - start] = ramps[i][0]
         out[:, start:end] += piece * weight
     return out
 
