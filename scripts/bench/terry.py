@@ -17,7 +17,9 @@ Modes:
   On CPU the real shape defaults to ``--quick`` (one full euler edit is ~125 DiT passes).
 
 Prints one line per shape and solver:
-``<shape> <solver> <device> threads=N: X.XX s per 30 s edit (measured|extrapolated ...)``.
+``<shape> <solver> <device> threads=N: X.XX s per 30 s edit (measured|extrapolated ...)``;
+on CPU it adds the CPU seconds the process got per wall second (below the thread count:
+the box was shared and the wall figure is pessimistic by about that factor).
 """
 
 from __future__ import annotations
@@ -67,12 +69,17 @@ def edit_seconds(engine, audio: np.ndarray, solver: str, steps: int, device: str
         ticks.append(time.perf_counter())
 
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     engine.transform(audio, 48000, TransformParams(text="synthwave, retro", solver=solver, steps=steps, seed=0),
                      progress)
     sync(device)
     end = time.perf_counter()
+    busy[0] = (time.process_time() - cpu) / (end - start)
     return end - start, [start] + ticks + [end]
+
+
+#: CPU seconds per wall second of the last edit: under 1 x threads, the box was shared.
+busy = [1.0]
 
 
 def main() -> None:
@@ -113,7 +120,9 @@ def main() -> None:
                 how = (f"extrapolated from {steps} steps: fixed {fixed:.2f} s + {full_steps} x "
                        f"(inversion {inv_step:.2f} s + generation {gen_step:.2f} s)")
             threads = f" threads={torch.get_num_threads()}" if args.device == "cpu" else ""
-            print(f"{shape} {solver} {args.device}{threads}: {seconds:.2f} s per 30 s edit ({how})", flush=True)
+            share = f"; this process got {busy[0]:.2f} CPU s per wall s" if args.device == "cpu" else ""
+            print(f"{shape} {solver} {args.device}{threads}: {seconds:.2f} s per 30 s edit ({how}{share})",
+                  flush=True)
         del engine
 
 
