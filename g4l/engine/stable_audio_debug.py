@@ -127,7 +127,7 @@ def write_tiny_t5(directory: str | Path, seed: int = 0) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>", model_max_length=512).save_pretrained(out)
     config = T5Config(vocab_size=len(vocab), d_model=768, d_kv=8, d_ff=16, num_layers=1, num_heads=2,
-                      relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                      relative_attention_num_buckets=8, pad_token_id=0,
                       eos_token_id=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
