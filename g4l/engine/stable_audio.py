@@ -91,6 +91,7 @@ class StableAudioEngine:
 
     def __init__(self, model: Any, model_config: dict[str, Any], model_id: str, device: str = "cpu") -> None:
         self._model = model.to(device).eval().requires_grad_(False)
+        _one_row_at_a_time(self._model)
         self._device = device
         self.model_id = model_id
         self.sample_rate = int(model_config["sample_rate"])
@@ -160,7 +161,7 @@ class StableAudioEngine:
             dtype = next(model.model.parameters()).dtype
             noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self._device, dtype)
             conditioning = [{"prompt": item.prompt, "seconds_total": item.seconds_total} for item in items]
-            cond_inputs = model.get_conditioning_inputs(model.conditioner(conditioning, self._device))
+            cond_inputs = model.get_conditioning_inputs(self._condition(conditioning))
             cond_inputs = {k: v.type(dtype) if v is not None else v for k, v in cond_inputs.items()}
             cond_inputs.update(self._negative_inputs(items, cond_inputs))
 
@@ -178,6 +179,15 @@ class StableAudioEngine:
                      sampler=sampler_type)
             return audio.float().cpu().numpy()
 
+    def _condition(self, conditioning: list[dict[str, Any]]) -> dict[str, Any]:
+        """The model's conditioner run on each item alone, joined into a batch: a matrix
+        product over 1 row and over several may round differently (a 1e-7 difference in the
+        seconds_total embedding), and an item must not depend on its batch."""
+        import torch
+
+        parts = [self._model.conditioner([item], self._device) for item in conditioning]
+        return {key: tuple(torch.cat([part[key][i] for part in parts]) for i in range(2)) for key in parts[0]}
+
     def _negative_inputs(self, items: list[TextToAudioParams], cond_inputs: dict[str, Any]) -> dict[str, Any]:
         """The negative cross-attention conditioning: each negative prompt's own, and for an
         item without one the zeros the DiT's guidance uses when no negative is given."""
@@ -188,7 +198,7 @@ class StableAudioEngine:
             return {}
         model = self._model
         negative = [{"prompt": items[i].negative_prompt, "seconds_total": items[i].seconds_total} for i in wanted]
-        tensors = model.get_conditioning_inputs(model.conditioner(negative, self._device), negative=True)
+        tensors = model.get_conditioning_inputs(self._condition(negative), negative=True)
         positive = cond_inputs["cross_attn_cond"]
         cond = torch.zeros_like(positive)
         cond[wanted] = tensors["negative_cross_attn_cond"].to(positive.dtype)
@@ -250,6 +260,35 @@ class StableAudioEngine:
             audio_mask = torch.nn.functional.pad(audio_mask, (0, audio.shape[-1] - audio_mask.shape[-1]))
             audio = audio * audio_mask.to(audio.dtype)
         return audio
+
+
+#: The DiT's per-item embeddings (one vector per batch row): run one row at a time.
+_PER_ROW_EMBEDDINGS = ("to_timestep_embed", "to_global_embed")
+
+
+def _one_row_at_a_time(model: Any) -> None:
+    """Make the DiT's small per-item MLPs (timestep and global-conditioning embeddings, a
+    ``(batch, features)`` input) run one row at a time, so that an item's numbers do not
+    depend on its batch: BLAS computes a 1-row matrix product with another kernel than a
+    several-row one, and the two round differently (1e-7, grown to 1e-6 in the audio). The
+    cost is nil (a few vectors per step); the big products (``batch * 257`` token rows)
+    already round the same for every batch size. The modules keep their weights and
+    state-dict names: only the instances' ``forward`` is wrapped."""
+    import torch
+
+    dit = getattr(getattr(model, "model", None), "model", None)
+    for name in _PER_ROW_EMBEDDINGS:
+        module = getattr(dit, name, None)
+        if module is None:
+            continue
+        forward = module.forward
+
+        def per_row(x: Any, _forward: Any = forward) -> Any:
+            if x.dim() != 2 or x.shape[0] == 1:
+                return _forward(x)
+            return torch.cat([_forward(row) for row in x.split(1)])
+
+        module.forward = per_row
 
 
 #: ``generate_diffusion_cond``'s ``duration_padding_sec``: valid latent frames past seconds_total.

@@ -154,6 +154,13 @@ def write_random_checkpoint(directory: str | Path, config: dict[str, Any], seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model_from_config(resolve_model_paths(config, out))
+        # stable-audio-tools zero-initialises output projections (attention, the DiT's
+        # cross-attention among them) for training: random weights there too, or the
+        # untrained model would ignore its prompt.
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.numel() and not param.any():
+                    param.normal_(0.0, 0.5)
     state = {key: value.detach().contiguous().clone() for key, value in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "model_config.json").write_text(json.dumps(config, indent=2))
