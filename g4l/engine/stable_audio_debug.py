@@ -5,7 +5,7 @@ released file layout (``model_config.json`` + ``model.safetensors``).
 ``stabilityai/stable-audio-open-small``'s ``model_config.json``, in two shapes:
 
 * ``"real"``: the published model's sizes, rebuilt here without a download (values from
-  the model card and public copies of its configuration; see ``docs/jerry.md``): an Oobleck
+  the model card and public copies of its configuration; see ``docs/jerry-engine.md``): an Oobleck
   VAE (128 channels, multipliers 1-2-4-8-16, strides 2-4-4-8-8: 2048 audio frames per
   latent frame, 64 latent channels), ``t5-base`` prompts (64 tokens, width 768), the
   ``seconds_total`` number conditioner, and a 1024-wide, 16-block, 8-head
