@@ -101,8 +101,15 @@ def test_loaded_from_a_directory(engine: StableAudioEngine) -> None:
 def test_a_moved_checkpoint_directory_still_loads(checkpoint: Path, tmp_path: Path) -> None:
     # The model cache writes debug models into a scratch directory and renames it.
     moved = Path(shutil.copytree(checkpoint, tmp_path / "moved"))
+    # A config asking for a half-precision VAE (as GPU configs may) decodes in float32 on CPU.
+    config = json.loads((moved / "model_config.json").read_text())
+    config["model"]["pretransform"]["model_half"] = True
+    (moved / "model_config.json").write_text(json.dumps(config))
     engine = load_engine("moved", str(moved), "cpu")
-    assert engine.text_to_audio(P(seconds_total=1.0, steps=2)).shape == (2, SR)
+    assert engine.model.pretransform.model_half is False
+    assert next(engine.model.pretransform.parameters()).dtype == torch.float32
+    audio = engine.text_to_audio(P(seconds_total=1.0, steps=2))
+    assert audio.shape == (2, SR) and np.isfinite(audio).all()
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(checkpoint: Path, tmp_path: Path) -> None:

@@ -92,6 +92,12 @@ class StableAudioEngine:
     def __init__(self, model: Any, model_config: dict[str, Any], model_id: str, device: str = "cpu") -> None:
         self._model = model.to(device).eval().requires_grad_(False)
         _one_row_at_a_time(self._model)
+        pretransform: Any = getattr(self._model, "pretransform", None)
+        if str(device).startswith("cpu") and getattr(pretransform, "model_half", False):
+            # A config may ask for a half-precision VAE (a GPU memory saving); CPUs have no
+            # fast float16 convolutions, so on the CPU it decodes in float32.
+            pretransform.model_half = False
+            pretransform.model.float()
         self._device = device
         self.model_id = model_id
         self.sample_rate = int(model_config["sample_rate"])

@@ -87,15 +87,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--shape", choices=["tiny", "real", "both"], default="both")
     parser.add_argument("--quick", action="store_true", help="real shape: one run each, batch 2")
+    parser.add_argument("--mkldnn", action="store_true",
+                        help="keep oneDNN on (the worker turns it off process-wide: g4l/worker/__main__.py)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if not args.mkldnn:
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the worker runs
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench_jerry: --device cuda but torch sees no GPU")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {args.threads} thread(s)"
-    print(f"device: {where}; torch {torch.__version__}", flush=True)
+    print(f"device: {where}; torch {torch.__version__}; oneDNN {'on' if args.mkldnn else 'off'}", flush=True)
     shapes = ["tiny", "real"] if args.shape == "both" else [args.shape]
     summary = ""
     with tempfile.TemporaryDirectory(prefix="bench-jerry-") as work:
