@@ -4,6 +4,10 @@ At-least-once delivery: a job stays pending in the group until its worker acknow
 it; a worker that dies (its heartbeat key expires) has its pending job put back on the
 stream by recovery (:mod:`g4l.jobs.recovery`), or failed once it has used its attempts.
 
+Routing: each model family (:mod:`g4l.engine.families`) has its own streams, and a worker
+reads those of the families it loads, so a job goes to a worker that can run it. The
+waiting order (positions, ETAs) is one for all families.
+
 Order: each priority class has two streams, its *front* stream (jobs put back: recovered,
 or a background job that gave way) and its plain one (new jobs). A worker takes the first
 entry of the first non-empty stream of: interactive front, interactive, background front,
@@ -16,12 +20,15 @@ in the other: the position a client is told is the order workers take jobs in.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 
 from g4l import keys
-from g4l.errors import QueueFull
+from g4l.engine.families import FAMILIES
+from g4l.errors import InvalidRequest, QueueFull
+from g4l.jobs import kinds
 from g4l.jobs.records import Job, JobStore, Priority
 from g4l.store import heartbeats
 
@@ -94,9 +101,12 @@ class JobQueue:
         self._claim_first = r.register_script(_CLAIM_FIRST)
 
     @staticmethod
-    def streams() -> list[str]:
-        """Every job stream, in the order workers take from them."""
-        return [name for priority in Priority for name in (keys.front_stream(priority), keys.stream(priority))]
+    def streams(families: Iterable[str] | None = None) -> list[str]:
+        """The job streams of ``families`` (default: every family), in the order workers
+        take from them: each priority class's front streams, then its plain ones."""
+        chosen = list(FAMILIES) if families is None else [f for f in FAMILIES if f in set(families)]
+        return [name for priority in Priority
+                for make in (keys.front_stream, keys.stream) for name in (make(priority, f) for f in chosen)]
 
     def ensure_groups(self) -> None:
         """Create the streams and the consumer group (idempotent)."""
@@ -117,7 +127,8 @@ class JobQueue:
 
     @staticmethod
     def _stream_of(job: Job, front: bool) -> str:
-        return keys.front_stream(job.priority) if front else keys.stream(job.priority)
+        make = keys.front_stream if front else keys.stream
+        return make(job.priority, job.family)
 
     # ------------------------------------------------------------ producer side
     def enqueue(self, job: Job, *, front: bool = False, limit: int | None = None) -> None:
@@ -128,7 +139,12 @@ class JobQueue:
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
+        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`, or a
+            session-bound kind names no session.
         """
+        # An unknown kind, or a session kind without its session, is refused before anything is written.
+        if kinds.of(job.kind).session_bound and not job.session_id:
+            raise InvalidRequest(f"a {job.kind} job needs a session")
         self.ensure_groups()
         offset = self._offset(job, front)
         # The place is reserved at the end of the order first (for the limit), and moved to
@@ -180,12 +196,23 @@ class JobQueue:
         avg = self.average_job_seconds()
         if rank is None:
             return QueuePosition(0, waiting + running, avg if running else 0.0)
-        # Batching workers run `slots` jobs at once, each in about `avg` (the average of
-        # jobs as they ran, batched): the jobs ahead of us go by in waves of `slots`, plus
-        # (about) half a job while every slot is taken, plus our own. One slot: one by one.
+        return _place(rank, waiting, running, self.slots(), avg)
+
+    def positions(self, limit: int = 500) -> dict[str, QueuePosition]:
+        """Every waiting job's position (the first ``limit``), read in one pass: what a
+        web node tells all its waiting clients when the queue moves."""
+        with self.r.pipeline(transaction=False) as p:
+            p.zrange(keys.WAITING, 0, limit - 1)
+            p.zcard(keys.WAITING)
+            p.scard(keys.RUNNING)
+            p.get(keys.JOB_SECONDS)
+            ids, waiting, running, avg = p.execute()
+        if not ids:
+            return {}
+        seconds = float(avg) if avg else self.default_job_seconds
         slots = self.slots()
-        eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
-        return QueuePosition(rank + 1, waiting + running, round(eta, 1))
+        return {_text(job_id): _place(rank, int(waiting), int(running), slots, seconds)
+                for rank, job_id in enumerate(ids)}
 
     def slots(self) -> int:
         """Jobs the live workers can hold at once (their heartbeats' ``max_batch``; 1 a
@@ -211,23 +238,25 @@ class JobQueue:
         self.r.set(keys.JOB_SECONDS, round(0.7 * old + 0.3 * seconds, 3))
 
     # ------------------------------------------------------------ worker side
-    def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
-        """Take the next job in the waiting order: interactive first (jobs put back before
-        new ones), background only when no interactive job waits. With nothing waiting,
-        waits up to ``block_ms`` for a new entry in any stream, then takes the first in
-        that order (so a wait never takes a newer job before one put back meanwhile)."""
+    def claim(self, consumer: str, block_ms: int = 1000, families: Iterable[str] | None = None) -> Claimed | None:
+        """Take the next job of ``families`` (default: all) in the waiting order:
+        interactive first (jobs put back before new ones), background only when no
+        interactive job waits. With nothing waiting, waits up to ``block_ms`` for a new
+        entry in any of those streams, then takes the first in that order (so a wait never
+        takes a newer job before one put back meanwhile)."""
         self.ensure_groups()
-        claimed, newest = self._take_first(consumer)
+        streams = self.streams(families)
+        claimed, newest = self._take_first(consumer, streams)
         if claimed is not None or not block_ms:
             return claimed
-        if self.r.xread(dict(zip(self.streams(), newest, strict=True)), count=1, block=block_ms):
-            claimed, _ = self._take_first(consumer)
+        if self.r.xread(dict(zip(streams, newest, strict=True)), count=1, block=block_ms):
+            claimed, _ = self._take_first(consumer, streams)
         return claimed
 
-    def _take_first(self, consumer: str) -> tuple[Claimed | None, list[str]]:
-        """The first new entry of the first stream that has one (no waiting); else the
-        newest entry id of every stream."""
-        got = self._claim_first(keys=self.streams(), args=[keys.WORKER_GROUP, consumer])
+    def _take_first(self, consumer: str, streams: list[str]) -> tuple[Claimed | None, list[str]]:
+        """The first new entry of the first of ``streams`` that has one (no waiting); else
+        the newest entry id of each."""
+        got = self._claim_first(keys=streams, args=[keys.WORKER_GROUP, consumer])
         if _text(got[0]) == "":
             return None, [_text(v) for v in got[1:]]
         name, entry_id, flat = got
@@ -277,6 +306,15 @@ class JobQueue:
                     if fields:
                         found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
         return found
+
+
+def _place(rank: int, waiting: int, running: int, slots: int, avg: float) -> QueuePosition:
+    """The position of the job ``rank`` places from the front. Batching workers run
+    ``slots`` jobs at once, each in about ``avg`` seconds (the average of jobs as they ran,
+    batched): the jobs ahead go by in waves of ``slots``, plus (about) half a job while
+    every slot is taken, plus our own. One slot: one by one."""
+    eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
+    return QueuePosition(rank + 1, waiting + running, round(eta, 1))
 
 
 def _text(value: str | bytes) -> str:
