@@ -294,3 +294,15 @@ def test_stable_audio_tools_inference_modules_import() -> None:
 
     assert callable(generate_diffusion_cond) and hasattr(lora, "LoRASafetensorsCheckpoint")
     assert hasattr(torchaudio.transforms, "Resample")
+
+
+def test_model_cache_serves_the_debug_id(tmp_path: Path) -> None:
+    """The coordinator's ModelCache writes the debug model once into its debug directory
+    (a scratch directory renamed into place) and loads it through load_engine."""
+    from g4l.engine.cache import ModelCache
+
+    cache = ModelCache(["debug"], device="cpu", debug_dir=tmp_path / "debug-models")
+    engine = cache.get("debug-stable-audio")
+    assert isinstance(engine, StableAudioEngine) and engine.model_id == "debug-stable-audio"
+    assert (tmp_path / "debug-models" / "debug-stable-audio" / "model.safetensors").is_file()
+    assert engine.text_to_audio(P(seconds_total=1.0, steps=2)).shape == (2, SR)
