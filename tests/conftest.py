@@ -123,6 +123,8 @@ def start_server(tmp: Path, *, redis_url: str | None, mongo_url: str | None, **e
         "G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": "debug",
         "G4L_DATA_DIR": str(tmp), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_LOG_LEVEL": "INFO",
         "G4L_WORKER_DEAD_AFTER_S": "4", "G4L_TORCH_THREADS": "1",
+        # Localhost mode's fixed ports (8005, 8002) are off: test servers use free ports only.
+        "G4L_JERRY_PORT": "0", "G4L_TERRY_PORT": "0",
         # One job at a time unless a test asks for batching (tests/test_worker_batching.py):
         # many tests watch a job wait behind a running one. G4L_MAX_BATCH=8 in the
         # environment runs them all batched.

@@ -29,6 +29,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.engine.base import AudioCallback, Cancelled, Engine
 from g4l.engine.cache import ModelCache
+from g4l.engine.families import MUSICGEN
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, partials, recovery
 from g4l.jobs.lifecycle import Completion
@@ -224,8 +225,8 @@ class Worker:
         shared decoding loop (started on first use), at the job's priority; ``on_audio``
         streams its audio while it is generated (batching workers only)."""
         base = self.cache.get(job.model)
-        if self.max_batch == 1:
-            return base
+        if self.max_batch == 1 or self.cache.family(job.model) is not MUSICGEN:
+            return base  # the shared decoding loop is MusicGen's: other families run their own engine
         from g4l.engine.batched_engine import BACKGROUND, INTERACTIVE, BatchedEngine  # torch: workers only
         from g4l.engine.batched_musicgen import BatchedMusicGen
 

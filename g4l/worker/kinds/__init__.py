@@ -5,7 +5,7 @@ To add a kind: write ``g4l/worker/kinds/<name>.py`` with a ``@register``-ed subc
 queues it a :class:`~g4l.jobs.spec.GenerationSpec` for it.
 """
 
-from g4l.worker.kinds import bang, continuation, generate, retry, station  # noqa: F401  (registrations)
+from g4l.worker.kinds import bang, continuation, generate, retry, station, text_to_audio  # noqa: F401  (registrations)
 from g4l.worker.kinds.registry import JobKind, Outcome, Run, get, names, register
 
 __all__ = ["JobKind", "Outcome", "Run", "get", "names", "register"]
