@@ -23,15 +23,24 @@ WEB_NODES = f"{PREFIX}:web_nodes"
 MAINTENANCE_LOCK = f"{PREFIX}:lock:maintenance"
 
 
-def stream(priority: str) -> str:
-    """The job stream of a priority class ('interactive' or 'background')."""
-    return f"{PREFIX}:jobs:{priority}"
+#: The model family whose job streams keep the names from before families existed.
+FIRST_FAMILY = "musicgen"
 
 
-def front_stream(priority: str) -> str:
+def _jobs(family: str) -> str:
+    return f"{PREFIX}:jobs" if family == FIRST_FAMILY else f"{PREFIX}:jobs:{family}"
+
+
+def stream(priority: str, family: str = FIRST_FAMILY) -> str:
+    """The job stream of a priority class ('interactive' or 'background') for one model
+    family's jobs (read by the workers that load that family)."""
+    return f"{_jobs(family)}:{priority}"
+
+
+def front_stream(priority: str, family: str = FIRST_FAMILY) -> str:
     """The stream of a priority class's jobs put back at the front (recovered, requeued):
     workers read it before :func:`stream`, so those jobs run before newer ones."""
-    return f"{PREFIX}:jobs:{priority}:front"
+    return f"{_jobs(family)}:{priority}:front"
 
 
 def session(session_id: str) -> str:

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     stream_chunk_s: float = Field(default=1.0, ge=0.0, le=30.0)
     torch_threads: int = 0  # 0: all cores but one on a CPU worker, torch's choice on a GPU
     worker_nice: int = 10  # CPU workers lower their priority by this much (0: off)
+    # GB of (GPU) memory a worker gives its model families (g4l/engine/families.py: about
+    # 4 MusicGen, 2 Stable Audio Open Small, 9 MelodyFlow): it loads, in that order, the
+    # families with an allowed model that fit and takes only their jobs. 0: every family.
+    worker_memory_gb: float = Field(default=0.0, ge=0.0)
     device: str = "auto"  # auto | cpu | cuda
 
     # Generation bounds.

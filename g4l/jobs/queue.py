@@ -4,6 +4,10 @@ At-least-once delivery: a job stays pending in the group until its worker acknow
 it; a worker that dies (its heartbeat key expires) has its pending job put back on the
 stream by recovery (:mod:`g4l.jobs.recovery`), or failed once it has used its attempts.
 
+Routing: each model family (:mod:`g4l.engine.families`) has its own streams, and a worker
+reads those of the families it loads, so a job goes to a worker that can run it. The
+waiting order (positions, ETAs) is one for all families.
+
 Order: each priority class has two streams, its *front* stream (jobs put back: recovered,
 or a background job that gave way) and its plain one (new jobs). A worker takes the first
 entry of the first non-empty stream of: interactive front, interactive, background front,
@@ -16,11 +20,13 @@ in the other: the position a client is told is the order workers take jobs in.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 
 from g4l import keys
+from g4l.engine.families import FAMILIES
 from g4l.errors import QueueFull
 from g4l.jobs.records import Job, JobStore, Priority
 from g4l.store import heartbeats
@@ -94,9 +100,12 @@ class JobQueue:
         self._claim_first = r.register_script(_CLAIM_FIRST)
 
     @staticmethod
-    def streams() -> list[str]:
-        """Every job stream, in the order workers take from them."""
-        return [name for priority in Priority for name in (keys.front_stream(priority), keys.stream(priority))]
+    def streams(families: Iterable[str] | None = None) -> list[str]:
+        """The job streams of ``families`` (default: every family), in the order workers
+        take from them: each priority class's front streams, then its plain ones."""
+        chosen = list(FAMILIES) if families is None else [f for f in FAMILIES if f in set(families)]
+        return [name for priority in Priority
+                for make in (keys.front_stream, keys.stream) for name in (make(priority, f) for f in chosen)]
 
     def ensure_groups(self) -> None:
         """Create the streams and the consumer group (idempotent)."""
@@ -117,7 +126,8 @@ class JobQueue:
 
     @staticmethod
     def _stream_of(job: Job, front: bool) -> str:
-        return keys.front_stream(job.priority) if front else keys.stream(job.priority)
+        make = keys.front_stream if front else keys.stream
+        return make(job.priority, job.family)
 
     # ------------------------------------------------------------ producer side
     def enqueue(self, job: Job, *, front: bool = False, limit: int | None = None) -> None:
@@ -211,23 +221,25 @@ class JobQueue:
         self.r.set(keys.JOB_SECONDS, round(0.7 * old + 0.3 * seconds, 3))
 
     # ------------------------------------------------------------ worker side
-    def claim(self, consumer: str, block_ms: int = 1000) -> Claimed | None:
-        """Take the next job in the waiting order: interactive first (jobs put back before
-        new ones), background only when no interactive job waits. With nothing waiting,
-        waits up to ``block_ms`` for a new entry in any stream, then takes the first in
-        that order (so a wait never takes a newer job before one put back meanwhile)."""
+    def claim(self, consumer: str, block_ms: int = 1000, families: Iterable[str] | None = None) -> Claimed | None:
+        """Take the next job of ``families`` (default: all) in the waiting order:
+        interactive first (jobs put back before new ones), background only when no
+        interactive job waits. With nothing waiting, waits up to ``block_ms`` for a new
+        entry in any of those streams, then takes the first in that order (so a wait never
+        takes a newer job before one put back meanwhile)."""
         self.ensure_groups()
-        claimed, newest = self._take_first(consumer)
+        streams = self.streams(families)
+        claimed, newest = self._take_first(consumer, streams)
         if claimed is not None or not block_ms:
             return claimed
-        if self.r.xread(dict(zip(self.streams(), newest, strict=True)), count=1, block=block_ms):
-            claimed, _ = self._take_first(consumer)
+        if self.r.xread(dict(zip(streams, newest, strict=True)), count=1, block=block_ms):
+            claimed, _ = self._take_first(consumer, streams)
         return claimed
 
-    def _take_first(self, consumer: str) -> tuple[Claimed | None, list[str]]:
-        """The first new entry of the first stream that has one (no waiting); else the
-        newest entry id of every stream."""
-        got = self._claim_first(keys=self.streams(), args=[keys.WORKER_GROUP, consumer])
+    def _take_first(self, consumer: str, streams: list[str]) -> tuple[Claimed | None, list[str]]:
+        """The first new entry of the first of ``streams`` that has one (no waiting); else
+        the newest entry id of each."""
+        got = self._claim_first(keys=streams, args=[keys.WORKER_GROUP, consumer])
         if _text(got[0]) == "":
             return None, [_text(v) for v in got[1:]]
         name, entry_id, flat = got

@@ -85,6 +85,11 @@ class Job:
     def model(self) -> str:
         return self.spec.model
 
+    @property
+    def family(self) -> str:
+        """The model family that runs it (the streams it is queued on)."""
+        return self.spec.family
+
     def to_redis(self) -> dict[str, str]:
         data: dict[str, Any] = {
             "id": self.id, "kind": self.kind, "session_id": self.session_id, "spec": self.spec.model_dump_json(),

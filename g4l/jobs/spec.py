@@ -106,6 +106,8 @@ class GenerationSpec(_Frozen):
     """One generation, fully resolved (see the module docstring)."""
 
     model: str
+    #: The model's family (:mod:`g4l.engine.families`): the job goes to a worker that loads it.
+    family: str = "musicgen"
     sampling: Sampling = Sampling()
     #: Seeds the sampler for a reproducible result; ``None``: a random one.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from g4l.engine.families import STABLE_AUDIO, default_model, family_of, models_of
+from g4l.engine.families import MUSICGEN, STABLE_AUDIO, default_model, family_of, models_of
 from g4l.errors import InvalidRequest, ModelNotAllowed, ModelUnavailable
 from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt, Sampling, TextToAudio
 from g4l.settings import Settings
@@ -87,11 +87,12 @@ class SpecResolver:
 
     # ------------------------------------------------------------ checks
     def model(self, requested: str | None) -> str:
-        """The model to use: the one asked for, else the default; it must be allowed."""
+        """The MusicGen to use: the one asked for, else the default; it must be allowed
+        (another family's model cannot continue audio)."""
         model = (requested or "").strip() or self.settings.model_default
-        if model not in self.settings.models:
-            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: "
-                                  + ", ".join(self.settings.models))
+        allowed = models_of(MUSICGEN, self.settings.models, self.settings.model_path_map)
+        if model not in allowed:
+            raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: " + ", ".join(allowed))
         return model
 
     def prompt_seconds(self, seconds: int | float | None) -> int:
@@ -275,7 +276,8 @@ class SpecResolver:
             raise InvalidRequest(f"model {chosen!r} cannot make audio from text")
         text = TextToAudio(negative_prompt=(negative_prompt or "").strip() or None, steps=steps,
                            cfg_scale=float(cfg_scale), sampler_type=sampler_type)
-        return GenerationSpec(model=chosen, seed=pick_seed(seed), description=prompt.strip(), output_seconds=seconds,
+        return GenerationSpec(model=chosen, family=STABLE_AUDIO.name, seed=pick_seed(seed),
+                              description=prompt.strip(), output_seconds=seconds,
                               output=AudioFormat(sample_rate=STABLE_AUDIO.sample_rate,
                                                  channels=STABLE_AUDIO.channels, subtype="PCM_16"),
                               text=text)

@@ -18,7 +18,7 @@ from typing import Any
 from g4l import keys
 from g4l.context import Context
 from g4l.engine.families import STABLE_AUDIO, default_model, family_of, models_of
-from g4l.errors import GenerationFailed, InvalidRequest
+from g4l.errors import GenerationFailed, InvalidRequest, ModelUnavailable
 from g4l.jobs import delivery, lifecycle, recovery
 from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
 from g4l.jobs.spec import GenerationSpec
@@ -26,6 +26,7 @@ from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.job_waits import JobWaits
 from g4l.services.jobs import JobService, JobView
+from g4l.services.models import family_states
 from g4l.services.sessions import SessionService
 from g4l.services.specs import SpecResolver
 
@@ -139,8 +140,8 @@ class ModelState:
     """One allowed text-to-audio model as the live workers report it.
 
     :param state: ``loaded`` (a worker holds it), ``loading``, ``failed`` (every worker
-        that tried failed; ``reason`` says why), ``not_loaded`` (loads with its first job)
-        or ``no_worker`` (no generation worker is alive).
+        that tried failed; ``reason`` says why), ``not_loaded`` (loads with its first job),
+        ``unavailable`` (no live worker loads the family) or ``not_allowed``.
     """
 
     model: str
@@ -174,6 +175,7 @@ class TextToAudioService:
         :raises ModelUnavailable: every live worker failed to load its model.
         :raises QueueFull, RateLimited:
         """
+        self.require_served(spec.model)
         self.sessions.check_capacity(spec.model)
         self.sessions.check_rate(caller)
         job = Job(id=job_id or new_job_id(), kind=KIND, session_id="", spec=spec, owner=caller.owner,
@@ -223,8 +225,15 @@ class TextToAudioService:
         s = self.ctx.settings
         return default_model(STABLE_AUDIO, s.models, None, s.model_path_map)
 
+    def family_state(self) -> dict[str, Any]:
+        """jerry's family as ``/health`` reports it (:func:`g4l.services.models.family_states`)."""
+        return family_states(self.ctx)[STABLE_AUDIO.name]
+
     def models(self) -> list[ModelState]:
-        """Every allowed text-to-audio model and its state on the live workers."""
+        """Every allowed text-to-audio model and its state on the live workers: the
+        default model's is the family's (``loaded``, ``loading``, ``failed`` with the
+        reason, ``unavailable``: no live worker loads the family); another allowed model
+        is ``loaded`` once a worker holds it, else ``not_loaded`` (it loads with its first job)."""
         s = self.ctx.settings
         allowed = models_of(STABLE_AUDIO, s.models, s.model_path_map)
         default = self.default_model()
@@ -232,24 +241,40 @@ class TextToAudioService:
             beats = [json.loads(b) for b in recovery.alive_workers(self.ctx).values()]
         except Exception:
             beats = []
+        family = family_states(self.ctx, beats)[STABLE_AUDIO.name]
+        serving = [b for b in beats if STABLE_AUDIO.name in (b.get("families") or {})]
         out = []
         for model in allowed:
-            holders = [b for b in beats if model in (b.get("models") or [])]
-            reasons = [r for b in beats if (r := (b.get("models_failed") or {}).get(model))]
-            loading = any(model in (b.get("models_loading") or []) for b in beats)
+            holders = [b for b in serving if model in (b.get("models") or [])]
             if holders:
                 state, reason = "loaded", None
-            elif loading or any(b.get("state") == "loading" for b in beats):
-                state, reason = "loading", None
-            elif beats and len(reasons) == len(beats):
-                state, reason = "failed", reasons[0]
-            elif beats:
-                state, reason = "not_loaded", None
+            elif model == default:
+                state, reason = str(family["state"]), family.get("reason")
             else:
-                state, reason = "no_worker", "no generation worker is alive"
-            device = (holders or beats or [{}])[0].get("device")
+                failures = [r for b in serving if (r := (b.get("models_failed") or {}).get(model))]
+                state, reason = ("failed", failures[0]) if serving and len(failures) == len(serving) else \
+                    ("not_loaded" if serving else "unavailable", None)
+            if state == "unavailable" and reason is None:
+                reason = "no live generation worker loads jerry's models"
+            device = (holders or serving or [{}])[0].get("device")
             out.append(ModelState(model=model, state=state, reason=reason, default=model == default, device=device))
         return out
+
+    def require_served(self, model: str) -> None:
+        """Refuse at once a job no worker will run: the family's model failed on every
+        worker that serves it, or live workers exist and none serves the family (a worker
+        starting up may not have said yet: with no live worker the job queues).
+
+        :raises ModelUnavailable:"""
+        state = next((m for m in self.models() if m.model == model), None)
+        if state is None:
+            return
+        try:
+            alive = bool(recovery.alive_workers(self.ctx))
+        except Exception:
+            return
+        if state.state == "failed" or (state.state == "unavailable" and alive):
+            raise ModelUnavailable(f"jerry's model {model} is unavailable: {state.reason}")
 
     def is_text_model(self, model: str) -> bool:
         return family_of(model, self.ctx.settings.model_path_map) is STABLE_AUDIO

@@ -20,6 +20,7 @@ from flask import Blueprint, jsonify, request
 from g4l.context import Context
 from g4l.jobs import recovery
 from g4l.services.auth import HEADER, ApiKeys
+from g4l.services.models import family_states
 from g4l.web import nodes
 
 #: The status of a degraded ``/health`` and of a ``/health/ready`` that is not ready.
@@ -100,6 +101,8 @@ def report(ctx: Context, details: bool = False) -> tuple[dict[str, Any], bool]:
         "models_loaded": models,
         "models_failed": failed,
         "models_allowed": ctx.settings.models,
+        # gary, jerry and terry: each family's state (loaded, loading, failed with the reason...).
+        "families": family_states(ctx, workers),
     }
     if details:
         body["web_nodes"] = web_nodes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 import pymongo.errors
@@ -29,7 +29,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.engine.base import AudioCallback, Cancelled, Engine
 from g4l.engine.cache import ModelCache
-from g4l.engine.families import MUSICGEN
+from g4l.engine.families import FAMILIES, MUSICGEN
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, partials, recovery
 from g4l.jobs.lifecycle import Completion
@@ -61,14 +61,16 @@ class Worker:
     :param max_batch: most jobs held at once (default ``G4L_MAX_BATCH``; 1: one at a time).
     :param kv_budget_bytes: most bytes of KV cache per model's decoding loop (default
         ``G4L_KV_BUDGET_MB``; ``None`` or 0: no limit).
+    :param families: the model families whose jobs it takes (default: every family).
     """
 
     def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
                  writer: ResultWriter | None = None, max_batch: int | None = None,
-                 kv_budget_bytes: int | None = None) -> None:
+                 kv_budget_bytes: int | None = None, families: Iterable[str] | None = None) -> None:
         self.ctx = ctx
         self.cache = cache
         self.name = name
+        self.families = list(FAMILIES) if families is None else [f for f in FAMILIES if f in set(families)]
         self.heartbeat = heartbeat
         self.writer = writer
         self.max_batch = max(1, max_batch or ctx.settings.max_batch)
@@ -152,7 +154,7 @@ class Worker:
         """Claim one job and run it, here or (``threaded``: how a batching worker's
         :meth:`run_forever` calls it) in its own thread, so the next claim can join the
         batch. Returns whether there was one."""
-        claimed = self.ctx.queue.claim(self.name, block_ms=block_ms)
+        claimed = self.ctx.queue.claim(self.name, block_ms=block_ms, families=self.families)
         if claimed is None:
             return False
         # Once claimed, the job is this worker's until it ends: a Redis outage from here on
@@ -221,12 +223,13 @@ class Worker:
 
     # ------------------------------------------------------------ engines
     def engine_for(self, job: Job, on_audio: AudioCallback | None = None) -> Engine:
-        """The engine a job runs on: the stock one with a batch of 1, else its model's
-        shared decoding loop (started on first use), at the job's priority; ``on_audio``
-        streams its audio while it is generated (batching workers only)."""
+        """The engine a job runs on: the stock one with a batch of 1 (and for the families
+        that are not MusicGen: their engines batch on their own), else its model's shared
+        decoding loop (started on first use), at the job's priority; ``on_audio`` streams
+        its audio while it is generated (batching workers only)."""
         base = self.cache.get(job.model)
-        if self.max_batch == 1 or self.cache.family(job.model) is not MUSICGEN:
-            return base  # the shared decoding loop is MusicGen's: other families run their own engine
+        if self.max_batch == 1 or job.family != MUSICGEN.name:
+            return base
         from g4l.engine.batched_engine import BACKGROUND, INTERACTIVE, BatchedEngine  # torch: workers only
         from g4l.engine.batched_musicgen import BatchedMusicGen
 
@@ -242,7 +245,7 @@ class Worker:
     def _streamed(self, job: Job) -> AudioCallback | None:
         """A publisher of the job's audio while it runs, when someone can hear it (and the
         engine can stream: the batched one); ``None`` costs the job nothing."""
-        if self.max_batch == 1 or self.ctx.settings.stream_chunk_s <= 0:
+        if self.max_batch == 1 or self.ctx.settings.stream_chunk_s <= 0 or job.family != MUSICGEN.name:
             return None
         try:
             return PartialPublisher(self.ctx, job) if partials.wanted(self.ctx.redis, job) else None

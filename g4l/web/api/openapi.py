@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, re
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from g4l.engine.families import MUSICGEN, models_of
 from g4l.services.auth import HEADER
 from g4l.settings import Settings
 from g4l.web.api.models import ErrorResponse, GenerateRequest
@@ -106,15 +107,16 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
     refs, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = top.get("$defs", {})
     gen = schemas.get(GenerateRequest.__name__)
+    musicgens = models_of(MUSICGEN, settings.models, settings.model_path_map)
     if gen is not None:
         _restrict(gen, "duration", maximum=settings.max_generate_seconds)
-        _restrict(gen, "model", enum=list(settings.models))
+        _restrict(gen, "model", enum=musicgens)
     for name in ("BangRequest", "ContinueRequest", "RetryRequest"):
         if name in schemas:
-            _restrict(schemas[name], "model_name", enum=list(settings.models))
+            _restrict(schemas[name], "model_name", enum=musicgens)
     for name in ("StationRequest", "GenreParams", "StreamStartRequest"):
         if name in schemas:
-            _restrict(schemas[name], "model", enum=list(settings.models))
+            _restrict(schemas[name], "model", enum=musicgens)
     if "StreamStartRequest" in schemas:
         _restrict(schemas["StreamStartRequest"], "duration", maximum=settings.max_generate_seconds)
 

@@ -183,7 +183,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
         if default is None:
             return _json({"status": "error", "model_loaded": False,
                           "error": "jerry is not enabled here: no Stable Audio model is allowed (G4L_MODELS)"}, 503)
-        if default.state in ("failed", "no_worker"):
+        if default.state in ("failed", "unavailable"):
             return _json({"status": "error", "model_loaded": False, "model": default.model, "state": default.state,
                           "error": default.reason}, 503)
         return _json({"status": "healthy", "model_loaded": default.state == "loaded", "model": default.model,
