@@ -178,3 +178,27 @@ def test_localhost_mode_ports_reach_jerry_and_terry(jerry) -> None:
     assert resp.status_code == 200 and resp.json()["success"] is True, resp.text
     terry = requests.get(f"http://127.0.0.1:{jerry.ports['terry']}/health", timeout=10)
     assert terry.status_code == 200 and terry.json()["status"] == "live"
+
+
+def test_the_cli_makes_a_clip_and_a_loop(jerry, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def g4l(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "g4l.cli", "--url", jerry.url, "--json", "--no-progress", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "clip.wav"
+    done = g4l("jerry", "dusty rhodes", "--bpm", "90", "--seconds", "2", "--seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["seed"] == 3 and result["prompt"] == "dusty rhodes 90bpm"
+    assert sf.info(str(out)).frames == 2 * RATE
+    loop = g4l("jerry", "breakbeat", "--bpm", "120", "--loop", "--bars", "2", "--out", str(tmp_path / "loop.wav"))
+    assert loop.returncode == 0, loop.stderr
+    assert sf.info(str(tmp_path / "loop.wav")).frames == 4 * RATE
+    usage = g4l("jerry", "breakbeat", "--loop")
+    assert usage.returncode == 2 and "tempo" in usage.stderr
+    refused = g4l("jerry", "x", "--steps", "0")
+    assert refused.returncode == 1 and "INVALID_REQUEST" in refused.stderr
