@@ -190,12 +190,23 @@ class JobQueue:
         avg = self.average_job_seconds()
         if rank is None:
             return QueuePosition(0, waiting + running, avg if running else 0.0)
-        # Batching workers run `slots` jobs at once, each in about `avg` (the average of
-        # jobs as they ran, batched): the jobs ahead of us go by in waves of `slots`, plus
-        # (about) half a job while every slot is taken, plus our own. One slot: one by one.
+        return _place(rank, waiting, running, self.slots(), avg)
+
+    def positions(self, limit: int = 500) -> dict[str, QueuePosition]:
+        """Every waiting job's position (the first ``limit``), read in one pass: what a
+        web node tells all its waiting clients when the queue moves."""
+        with self.r.pipeline(transaction=False) as p:
+            p.zrange(keys.WAITING, 0, limit - 1)
+            p.zcard(keys.WAITING)
+            p.scard(keys.RUNNING)
+            p.get(keys.JOB_SECONDS)
+            ids, waiting, running, avg = p.execute()
+        if not ids:
+            return {}
+        seconds = float(avg) if avg else self.default_job_seconds
         slots = self.slots()
-        eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
-        return QueuePosition(rank + 1, waiting + running, round(eta, 1))
+        return {_text(job_id): _place(rank, int(waiting), int(running), slots, seconds)
+                for rank, job_id in enumerate(ids)}
 
     def slots(self) -> int:
         """Jobs the live workers can hold at once (their heartbeats' ``max_batch``; 1 a
@@ -289,6 +300,15 @@ class JobQueue:
                     if fields:
                         found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
         return found
+
+
+def _place(rank: int, waiting: int, running: int, slots: int, avg: float) -> QueuePosition:
+    """The position of the job ``rank`` places from the front. Batching workers run
+    ``slots`` jobs at once, each in about ``avg`` seconds (the average of jobs as they ran,
+    batched): the jobs ahead go by in waves of ``slots``, plus (about) half a job while
+    every slot is taken, plus our own. One slot: one by one."""
+    eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
+    return QueuePosition(rank + 1, waiting + running, round(eta, 1))
 
 
 def _text(value: str | bytes) -> str:

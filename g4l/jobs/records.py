@@ -161,6 +161,14 @@ class JobStore:
         data = self.r.hgetall(keys.job(job_id))
         return Job.from_redis(data) if data else None
 
+    def session_ids(self, job_ids: list[str]) -> dict[str, str]:
+        """Job id -> its session id ('' for none), one round trip for all of them."""
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hget(keys.job(job_id), "session_id")
+            found = p.execute()
+        return {job_id: (sid or "") for job_id, sid in zip(job_ids, found, strict=True)}
+
     def update(self, job_id: str, pipe: Any = None, **fields: Any) -> None:
         """Write record fields (timings, metadata; a status is a :class:`JobStatus`)."""
         mapping = {k: "" if v is None else str(v.value if isinstance(v, Enum) else v) for k, v in fields.items()}

@@ -113,10 +113,11 @@ class JobService:
         job = self.get(caller, job_id)
         return self._view(job)
 
-    def peek(self, job_id: str) -> JobView | None:
-        """Any job's view, without an owner check (for events to already-checked subscribers)."""
+    def peek(self, job_id: str, position: QueuePosition | None = None) -> JobView | None:
+        """Any job's view, without an owner check (for events to already-checked
+        subscribers); ``position``: already read, for a waiting job."""
         job = self.ctx.jobs.get(job_id)
-        return self._view(job) if job is not None else None
+        return self._view(job, position) if job is not None else None
 
     def list(self, caller: Caller, offset: int = 0, limit: int = 20) -> tuple[list[JobView], int]:
         """The caller's recent jobs, newest first, and how many it has."""

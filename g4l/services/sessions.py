@@ -271,8 +271,13 @@ class SessionService:
             return None
         return delivery.session_audio(self.ctx, snap.session, held=self.held.get, offload=self.offload)
 
-    def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
-        """The ``queue_status`` payload for a job."""
+    def queue_status(self, job_id: str, session_id: str, position: QueuePosition | None = None) -> dict[str, Any]:
+        """The ``queue_status`` payload for a job (``position``: already read, for a job
+        known to be waiting)."""
+        if position is not None:
+            return {"message": f"Position {position.position} in queue" if position.position > 1 else "Next in queue",
+                    "position": position.position, "total_queued": position.total_queued,
+                    "estimated_seconds": position.estimated_seconds, "status": "queued", "session_id": session_id}
         job = self.ctx.jobs.get(job_id)
         pos = self.ctx.queue.position(job_id)
         if job is not None and job.status is JobStatus.QUEUED:
