@@ -29,8 +29,9 @@ class JobWaits:
         self.ctx = ctx
         self._events: dict[str, set[Event]] = {}
 
-    def on_notice(self, notice: dict[str, Any]) -> None:
-        """A relay hook: a final notice wakes the waiters of its job."""
+    def on_notice(self, notice: dict[str, Any], positions: Any = None) -> None:
+        """A relay hook: a final notice wakes the waiters of its job (``positions``, the
+        queue's, is not needed here)."""
         if notice.get("type") in notices.FINAL:
             for event in list(self._events.get(notice.get("job_id") or "", ())):
                 event.set()
