@@ -32,7 +32,7 @@ from g4l.engine.families import STABLE_AUDIO
 from g4l.errors import G4LError, Internal, InvalidRequest, TooLarge
 from g4l.log import get_logger
 from g4l.services.text_to_audio import LOOP_CFG, Clip, LoopPlan, TextToAudioService, detect_bpm, plan_loop
-from g4l.web.api.access import http_caller
+from g4l.web.api.access import http_caller, public
 
 log = get_logger(__name__)
 
@@ -177,6 +177,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
                       "cuda_available": any(m.device == "cuda" for m in states)})
 
     @bp.get("/audio/health")
+    @public  # a status probe, as /health is
     def health() -> Response:
         states = service.models()
         default = next((m for m in states if m.default), None)
