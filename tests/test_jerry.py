@@ -3,8 +3,8 @@ real server on the tiny debug model: the upstream answers and refusals (``error`
 plain string), exact lengths, seed control, the loop at the prompt's tempo, the job queue
 (``/api/v1/text-to-audio``, position, cancel) and localhost mode's ports.
 
-One server for the module, on its own Redis (the launcher's embedded one) and Mongo database,
-with jerry's and terry's localhost ports on free ports.
+It runs on the shared server (conftest): jerry's and terry's localhost ports are on free
+ports there.
 """
 
 from __future__ import annotations
@@ -15,23 +15,18 @@ import io
 import pytest
 import requests
 import soundfile as sf
-from conftest import start_server, wait_until
+from conftest import wait_until
 
-from g4l import embedded
 from plugin_protocol.jerry import ClipAnswer, LoopAnswer, Refusal
 
 RATE = 44_100
 
 
 @pytest.fixture(scope="module")
-def jerry(mongo_server, tmp_path_factory):
-    ports = {"jerry": embedded.free_port(), "terry": embedded.free_port()}
-    s = start_server(tmp_path_factory.mktemp("jerry"), redis_url=None, mongo_url=mongo_server.url,
-                     G4L_MONGO_DB="g4l_jerry", G4L_HLS_ENABLED="false",
-                     G4L_JERRY_PORT=str(ports["jerry"]), G4L_TERRY_PORT=str(ports["terry"]))
-    s.ports = ports  # type: ignore[attr-defined]
-    yield s
-    s.stop()
+def jerry(server):
+    """The shared server (tiny debug models of every family; jerry's and terry's localhost
+    ports on free ports)."""
+    return server
 
 
 def post(url: str, body: object, **kw) -> requests.Response:
@@ -170,13 +165,13 @@ def test_jobs_through_the_queue_position_and_cancel(jerry) -> None:
 
 
 def test_localhost_mode_ports_reach_jerry_and_terry(jerry) -> None:
-    local = f"http://127.0.0.1:{jerry.ports['jerry']}"
+    local = jerry.jerry_url
     status = requests.get(local + "/models/status", timeout=10)
     assert status.status_code == 200 and "debug-stable-audio" in status.json()["model_details"]
     assert requests.get(local + "/health", timeout=10).json()["status"] == "live"
     resp = post(local + "/generate", {"prompt": "808 bass 140bpm", "return_format": "base64", "seconds_total": 1})
     assert resp.status_code == 200 and resp.json()["success"] is True, resp.text
-    terry = requests.get(f"http://127.0.0.1:{jerry.ports['terry']}/health", timeout=10)
+    terry = requests.get(jerry.terry_url + "/health", timeout=10)
     assert terry.status_code == 200 and terry.json()["status"] == "live"
 
 

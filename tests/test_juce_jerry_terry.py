@@ -300,15 +300,9 @@ class LocalStack:
 
 
 @pytest.fixture(scope="module")
-def local_stack(redis_server, mongo_server, tmp_path_factory) -> Iterator[LocalStack]:
-    """The whole server with jerry's and terry's localhost ports on free ports."""
-    jerry_port, terry_port = embedded.free_port(), embedded.free_port()
-    while terry_port == jerry_port:
-        terry_port = embedded.free_port()
-    s = start_server(tmp_path_factory.mktemp("local"), redis_url=redis_server.url, mongo_url=mongo_server.url,
-                     G4L_JERRY_PORT=str(jerry_port), G4L_TERRY_PORT=str(terry_port))
-    yield LocalStack(s, jerry_port, terry_port)
-    s.stop()
+def local_stack(server) -> Iterator[LocalStack]:
+    """The shared server: its jerry's and terry's localhost ports are on free ports (conftest)."""
+    yield LocalStack(server, int(server.env["G4L_JERRY_PORT"]), int(server.env["G4L_TERRY_PORT"]))
 
 
 def local(stack: LocalStack) -> Plugin:
