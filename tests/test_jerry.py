@@ -160,6 +160,9 @@ def test_jobs_through_the_queue_position_and_cancel(jerry) -> None:
     assert status["kind"] == "text_to_audio" and status["seed"] == 5
     info, _ = wav(requests.get(f"{api}/jobs/{done}/audio", timeout=30).content)
     assert (info.samplerate, info.channels, info.frames) == (RATE, 2, 11 * RATE)
+    # jerry's clip becomes a session take that gary can continue (as the device does with its audio).
+    imported = post(api + "/sessions/import", {"job_id": done}, timeout=30)
+    assert imported.status_code in (200, 201), imported.text
     refused = post(api + "/text-to-audio", {"prompt": "x", "steps": 8.0}, timeout=10)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "INVALID_REQUEST"
 
