@@ -140,3 +140,26 @@ def test_the_balancer_listens_on_the_localhost_ports_too() -> None:
                          max_body_mb=10)
     assert [line.strip() for line in conf.splitlines() if line.strip().startswith("listen ")] == [
         "listen 0.0.0.0:8000;", "listen 0.0.0.0:8005;", "listen 0.0.0.0:8002;"]
+
+
+def test_a_request_waits_for_its_job_to_end(ctx) -> None:
+    """JobWaits (the upstream routes wait for the audio): a pending job comes back as it is
+    when the time is up; an ended one at once; an unknown one as None."""
+    import gevent
+
+    from g4l.jobs import lifecycle
+    from g4l.jobs.records import Job, JobStatus, new_job_id
+    from g4l.services.job_waits import JobWaits
+
+    waits = JobWaits(ctx)
+    spec = SpecResolver(ctx.settings).text_to_audio(prompt="a drone", seed=1)
+    job = Job(id=new_job_id(), kind="text_to_audio", session_id="", spec=spec)
+    ctx.queue.enqueue(job)
+    pending = waits.wait(job.id, 0.2)
+    assert pending is not None and pending.status is JobStatus.QUEUED
+    gevent.spawn_later(0.1, lambda: (lifecycle.request_cancel(ctx, job.id),
+                                     waits.on_notice({"type": "canceled", "job_id": job.id})))
+    ended = waits.wait(job.id, 30)
+    assert ended is not None and ended.status is JobStatus.CANCELED
+    assert waits.wait(new_job_id(), 0.1) is None
+    assert not waits._events  # nobody left waiting
