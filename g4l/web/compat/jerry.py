@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from g4l.engine.families import STABLE_AUDIO
 from g4l.errors import G4LError, Internal, InvalidRequest, TooLarge
+from g4l.jobs.spec import GenerationSpec
 from g4l.log import get_logger
 from g4l.services.text_to_audio import LOOP_CFG, Clip, LoopPlan, TextToAudioService, detect_bpm, plan_loop
 from g4l.web.api.access import http_caller, public
@@ -96,7 +97,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
         log.exception("jerry route crashed", path=request.path)
         return plain_error(Internal("internal server error"))
 
-    def spec_from(data: dict[str, Any], *, loop: LoopPlan | None = None) -> Any:
+    def spec_from(data: dict[str, Any], *, loop: LoopPlan | None = None) -> GenerationSpec:
         return service.specs.text_to_audio(
             prompt=loop.prompt if loop else data.get("prompt"), steps=data.get("steps"),
             cfg_scale=data.get("cfg_scale"), seconds_total=None if loop else data.get("seconds_total"),
@@ -111,8 +112,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
             raise InvalidRequest("return_format must be 'file' or 'base64'")
         return str(fmt)
 
-    def answer(clip: Clip, fmt: str, filename: str, extra: dict[str, Any] | None = None,
-               prompt: str | None = None) -> Response:
+    def answer(clip: Clip, fmt: str, filename: str, extra: dict[str, Any] | None = None) -> Response:
         spec = clip.job.spec
         assert spec.text is not None
         if fmt == "file":
@@ -123,7 +123,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
         seconds = spec.output_seconds
         took = max(clip.model_seconds, 1e-6)
         metadata = {
-            "prompt": prompt if prompt is not None else spec.description, "negative_prompt": spec.text.negative_prompt,
+            "prompt": spec.description, "negative_prompt": spec.text.negative_prompt,
             "steps": spec.text.steps, "cfg_scale": spec.text.cfg_scale, "seed": clip.seed,
             "sample_rate": STABLE_AUDIO.sample_rate,
             "duration_seconds": int(seconds) if float(seconds).is_integer() else round(seconds, 3),
