@@ -27,7 +27,8 @@ import redis
 
 from g4l import keys
 from g4l.engine.families import FAMILIES
-from g4l.errors import QueueFull
+from g4l.errors import InvalidRequest, QueueFull
+from g4l.jobs import kinds
 from g4l.jobs.records import Job, JobStore, Priority
 from g4l.store import heartbeats
 
@@ -138,7 +139,12 @@ class JobQueue:
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
+        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`, or a
+            session-bound kind names no session.
         """
+        # An unknown kind, or a session kind without its session, is refused before anything is written.
+        if kinds.of(job.kind).session_bound and not job.session_id:
+            raise InvalidRequest(f"a {job.kind} job needs a session")
         self.ensure_groups()
         offset = self._offset(job, front)
         # The place is reserved at the end of the order first (for the limit), and moved to

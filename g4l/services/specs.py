@@ -15,19 +15,13 @@ from pydantic import BaseModel, ConfigDict
 
 from g4l.engine.families import MUSICGEN, STABLE_AUDIO, default_model, family_of, models_of
 from g4l.errors import InvalidRequest, ModelNotAllowed, ModelUnavailable
+from g4l.jobs import kinds
+from g4l.jobs.kinds import KindName
 from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt, Sampling, TextToAudio
 from g4l.settings import Settings
 from plugin_protocol.payloads import PARAM_FIELDS, SAMPLING_FIELDS
 
 __all__ = ["PARAM_FIELDS", "SAMPLING_FIELDS", "SessionParams", "SpecResolver"]
-
-#: How a device session's kinds continue their input: which end, and how the result is made.
-_SESSION_SHAPES: dict[str, tuple[str, Assembly]] = {
-    "bang": ("head", Assembly.MODEL),
-    "continue": ("tail", Assembly.SPLICE),
-    "retry": ("tail", Assembly.SPLICE),
-}
-
 
 #: A generation adds at least this much new music: a longer prompt is cut to
 #: ``output_seconds - MIN_NEW_SECONDS`` (a 30 s prompt on a 30 s output would add nothing).
@@ -136,18 +130,20 @@ class SpecResolver:
                              sampling=self.sampling(given, previous.sampling if previous else None),
                              description=description or None)
 
-    def session_spec(self, kind: str, params: SessionParams, fmt: AudioFormat, input_blob: str | None,
+    def session_spec(self, kind: KindName, params: SessionParams, fmt: AudioFormat, input_blob: str | None,
                      seed: int | None = None, output_seconds: float | None = None) -> GenerationSpec:
         """The spec of a device session's job: the model's ``output_seconds`` (default
         ``G4L_OUTPUT_SECONDS``, its prompt included) from a prompt window of the client's
         audio, returned in the client's format. The prompt is at most ``output_seconds -
         MIN_NEW_SECONDS`` long; ``seed`` as :func:`pick_seed` gives it."""
-        end, assembly = _SESSION_SHAPES[kind]
+        shape = kinds.of(kind)  # which end of the input it continues, and how its result is made
+        if shape.prompt_end is None or shape.assembly is None:
+            raise InvalidRequest(f"'{kind}' is not a device session's kind")
         output = self.output_seconds(output_seconds)
         prompt_s = min(float(params.prompt_seconds), output - MIN_NEW_SECONDS)
         return GenerationSpec(model=params.model, sampling=params.sampling, description=params.description,
-                              seed=pick_seed(seed), prompt=Prompt(seconds=prompt_s, end=end),  # type: ignore[arg-type]
-                              output_seconds=output, input_blob=input_blob, output=fmt, assembly=assembly)
+                              seed=pick_seed(seed), prompt=Prompt(seconds=prompt_s, end=shape.prompt_end),
+                              output_seconds=output, input_blob=input_blob, output=fmt, assembly=shape.assembly)
 
     # ------------------------------------------------------------ jobs
     def generate_spec(self, *, duration: float, description: str | None, model: str | None,

@@ -20,6 +20,7 @@ from g4l.context import Context
 from g4l.engine.families import STABLE_AUDIO, default_model, family_of, models_of
 from g4l.errors import GenerationFailed, InvalidRequest, ModelUnavailable
 from g4l.jobs import delivery, lifecycle, recovery
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
 from g4l.jobs.spec import GenerationSpec
 from g4l.log import get_logger
@@ -32,7 +33,7 @@ from g4l.services.specs import SpecResolver
 
 log = get_logger(__name__)
 
-KIND = "text_to_audio"
+KIND = KindName.TEXT_TO_AUDIO
 #: How long a request that answers with the audio waits for it (queue included); past
 #: this its job is canceled and the request fails.
 WAIT_S = 900.0

@@ -19,7 +19,7 @@ import pybase64
 from flask_socketio import SocketIO
 
 from g4l.context import Context
-from g4l.jobs import delivery, notices
+from g4l.jobs import delivery, kinds, notices
 from g4l.jobs.queue import QueuePosition
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
@@ -147,7 +147,7 @@ class Relay:
         if wav is None:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
-        event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
+        event = kinds.result_event(kind) or events.AUDIO_PROCESSED
         frames = offload(audio_event_frames, event, wav, session_id)
         marked: list[bool] = []
 

@@ -16,6 +16,7 @@ from g4l.log import get_logger
 from g4l.settings import get_settings
 from g4l.store import redis_wait
 from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.kinds import RUNNERS
 from g4l.worker.result_writer import ResultWriter
 from g4l.worker.worker import Worker
 
@@ -51,7 +52,7 @@ def main() -> None:
         # so sockets stay responsive while a generation runs.
         os.nice(settings.worker_nice)
     state = {"state": "loading"}
-    worker = Worker(ctx, cache, name, families=[f.name for f in families])
+    worker = Worker(ctx, cache, name, runners=RUNNERS, families=[f.name for f in families])
 
     def describe() -> dict[str, Any]:
         held = worker.held()

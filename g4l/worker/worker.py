@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 import pymongo.errors
@@ -32,6 +32,7 @@ from g4l.engine.cache import ModelCache
 from g4l.engine.families import FAMILIES, MUSICGEN
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, partials, recovery
+from g4l.jobs.kinds import KindName
 from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, Priority
@@ -61,13 +62,17 @@ class Worker:
     :param max_batch: most jobs held at once (default ``G4L_MAX_BATCH``; 1: one at a time).
     :param kv_budget_bytes: most bytes of KV cache per model's decoding loop (default
         ``G4L_KV_BUDGET_MB``; ``None`` or 0: no limit).
+    :param runners: the kinds this worker runs, by name (default: every shipped one,
+        :data:`g4l.worker.kinds.RUNNERS`); a job of another kind fails clearly.
     :param families: the model families whose jobs it takes (default: every family).
     """
 
     def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
                  writer: ResultWriter | None = None, max_batch: int | None = None,
-                 kv_budget_bytes: int | None = None, families: Iterable[str] | None = None) -> None:
+                 kv_budget_bytes: int | None = None, runners: Mapping[KindName, kinds.JobKind] | None = None,
+                 families: Iterable[str] | None = None) -> None:
         self.ctx = ctx
+        self.runners = dict(kinds.RUNNERS if runners is None else runners)
         self.cache = cache
         self.name = name
         self.families = list(FAMILIES) if families is None else [f for f in FAMILIES if f in set(families)]
@@ -256,10 +261,10 @@ class Worker:
     def run(self, job: Job, claimed: Claimed) -> None:
         """Run a started job and end it, whatever happens."""
         bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
-        kind = kinds.get(job.kind)
+        kind = self.runners.get(job.kind)
         if job.stale or kind is None:
-            text = ("this request was queued by an earlier version of the server; please send it again" if job.stale
-                    else f"this worker cannot run '{job.kind}' jobs")
+            text = (f"this worker cannot run '{job.kind}' jobs" if kind is None
+                    else "this request was queued by an earlier version of the server; please send it again")
             self._redis(lambda: lifecycle.fail(self.ctx, job, GenerationFailed(text, session_id=job.session_id or None),
                                                claimed), job.id)
             return

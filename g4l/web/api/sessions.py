@@ -71,7 +71,7 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     def accepted(result: Accepted) -> tuple[SessionAccepted, int]:
         qs = QueueStatus(**service.queue_status(result.job_id, result.session_id))
-        return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,  # type: ignore[arg-type]
+        return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,
                                status=JobStatus.QUEUED, seed=result.seed, queue_status=qs,
                                links=session_links(result.session_id, result.job_id)), 202
 

@@ -16,8 +16,9 @@ import numpy as np
 from g4l import audio
 from g4l.engine.base import ProgressCallback, TextToAudioParams
 from g4l.errors import GenerationFailed
+from g4l.jobs.kinds import KindName
 from g4l.worker.kinds.generate import fit_length
-from g4l.worker.kinds.registry import JobKind, Outcome, Run, register
+from g4l.worker.kinds.registry import JobKind, Outcome, Run
 
 
 class TextToAudioEngine(Protocol):
@@ -41,9 +42,8 @@ def engine_params(run: Run) -> TextToAudioParams:
                              sampler_type=t.sampler_type)
 
 
-@register
 class TextToAudio(JobKind):
-    name = "text_to_audio"
+    name = KindName.TEXT_TO_AUDIO
 
     def run(self, run: Run) -> Outcome:
         job, spec = run.job, run.job.spec
