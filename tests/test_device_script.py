@@ -8,7 +8,7 @@ The script is read from the client mirror at test time, not vendored (see
 tests/device/gary4live/README.md): set G4L_GARY4LIVE_SCRIPT to a copy of commentedout.js, or
 G4L_GARY4LIVE_REPO (and G4L_GARY4LIVE_REF) to a clone; without either the tests skip.
 
-gary's part is served today. jerry's and terry's parts are issue 19: marked xfail(strict) until
+gary's and jerry's parts are served. terry's parts are issue 19: marked xfail(strict) until
 its routes land (then the marks come off)."""
 
 from __future__ import annotations
@@ -236,7 +236,6 @@ def check_terry(steps: dict[str, dict], start: str) -> None:
     assert received(steps["cleanup"], "cleanup_complete")[0]["session_id"] == sid
 
 
-@ISSUE_19
 def test_device_script_plays_jerry_and_gary_continues_it(server, device_script: Path, tmp_path: Path) -> None:
     steps = drive(server.url, device_script, tmp_path / "run", "jerry", **make_inputs(tmp_path))
     check_jerry(steps)

@@ -6,8 +6,8 @@ fields the plugin reads. Remote mode: one host, jerry under /audio/. Localhost m
 its own port (8005 in the plugin) and terry on its own (8002); the server takes them from
 G4L_JERRY_PORT / G4L_TERRY_PORT, here free ports.
 
-The localhost ports are served (the launcher); the jerry and terry flows are xfail(strict)
-until their engines land (then the marks come off)."""
+The localhost ports and jerry's flows are served; terry's flows are xfail(strict) until its
+routes land (then the marks come off)."""
 
 from __future__ import annotations
 
@@ -231,7 +231,6 @@ def remote(server: RunningServer) -> Plugin:
     return Plugin(gary=server.url, jerry=server.url, terry=server.url, localhost=False)
 
 
-@ISSUE_19
 def test_remote_jerry_generate_and_smart_loop(server) -> None:
     plugin = remote(server)
     check_health_remote(plugin)
@@ -316,7 +315,6 @@ def test_localhost_ports_answer_the_plugins_health_probes(local_stack: LocalStac
         assert probe_raw(port), f"port {port} reads offline (raw Windows probe)"
 
 
-@ISSUE_19
 def test_localhost_jerry_generate_and_smart_loop(local_stack: LocalStack) -> None:
     plugin = local(local_stack)
     check_jerry_models(plugin)
