@@ -118,3 +118,20 @@ def test_a_failing_batch_fails_every_request_and_the_batcher_goes_on() -> None:
     batcher.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         batcher.submit(1)
+
+
+def test_only_requests_that_can_share_a_call_are_batched_together() -> None:
+    """Requests with another key (another sampler or step count) wait for their own batch."""
+    model = Model()
+    batcher = MicroBatcher(model, max_batch=8, key=lambda v: v % 2)
+    first, t1 = _submit_all(batcher, [1])
+    while not model.calls:
+        time.sleep(0.01)
+    rest, t2 = _submit_all(batcher, [2, 3, 4, 5])
+    _wait_pending(batcher, 4)
+    model.gate.set()
+    for t in t1 + t2:
+        t.join(10)
+    assert rest == {2: 4, 3: 9, 4: 16, 5: 25}
+    assert sorted(map(sorted, model.calls[1:])) == [[2, 4], [3, 5]]
+    batcher.stop()

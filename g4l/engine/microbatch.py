@@ -12,11 +12,13 @@ finished and dropped), and the batch stops early only when every request in it i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from g4l.engine.base import Cancelled, ProgressCallback
+import numpy as np
+
+from g4l.engine.base import Cancelled, ProgressCallback, TextToAudioParams
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -41,12 +43,16 @@ class MicroBatcher(Generic[P, R]):
     :param run: the batched call.
     :param max_batch: most requests in one call.
     :param name: the thread's name (logs, debuggers).
+    :param key: requests with equal keys may share a call (e.g. the same sampler and step
+        count); the oldest waiting request's key picks the next batch.
     """
 
-    def __init__(self, run: BatchCall[P, R], max_batch: int, name: str = "microbatch") -> None:
+    def __init__(self, run: BatchCall[P, R], max_batch: int, name: str = "microbatch",
+                 key: Callable[[P], Hashable] | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._run = run
+        self._key = key
         self._max_batch = max_batch
         self._pending: list[_Request[P, R]] = []
         self._cond = threading.Condition()
@@ -90,9 +96,19 @@ class MicroBatcher(Generic[P, R]):
                         request.done.set()
                     self._pending.clear()
                     return
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                batch = self._take()
             self._run_batch(batch)
+
+    def _take(self) -> list[_Request[P, R]]:
+        """The next batch: the oldest request and the next ones that may share its call."""
+        if self._key is None:
+            batch = self._pending[: self._max_batch]
+        else:
+            first = self._key(self._pending[0].params)
+            batch = [r for r in self._pending if self._key(r.params) == first][: self._max_batch]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        return batch
 
     def _run_batch(self, batch: list[_Request[P, R]]) -> None:
         self.batch_sizes.append(len(batch))
@@ -130,3 +146,20 @@ class MicroBatcher(Generic[P, R]):
                 else:
                     request.result = results[i]
             request.done.set()
+
+
+class BatchedTextToAudio:
+    """A text-to-audio engine whose calls from several job threads meet in one batched
+    sampler run (:class:`MicroBatcher` over the engine's ``text_to_audio_batch``); the
+    kinds call it as they call the engine itself."""
+
+    def __init__(self, engine: Any, batcher: MicroBatcher[TextToAudioParams, np.ndarray]) -> None:
+        self._engine = engine
+        self._batcher = batcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)  # model_id, sample_rate, channels, family...
+
+    def text_to_audio(self, params: TextToAudioParams, on_progress: ProgressCallback | None = None) -> np.ndarray:
+        """The engine's ``text_to_audio``, run in the next batch."""
+        return self._batcher.submit(params, on_progress)

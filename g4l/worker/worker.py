@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymongo.errors
 import redis
@@ -29,7 +29,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.engine.base import AudioCallback, Cancelled, Engine
 from g4l.engine.cache import ModelCache
-from g4l.engine.families import FAMILIES, MUSICGEN
+from g4l.engine.families import FAMILIES, MUSICGEN, STABLE_AUDIO
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, partials, recovery
 from g4l.jobs.kinds import KindName
@@ -46,6 +46,7 @@ from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
 
 if TYPE_CHECKING:
     from g4l.engine.batched_musicgen import BatchedMusicGen
+    from g4l.engine.microbatch import MicroBatcher
 
 log = get_logger(__name__)
 
@@ -86,6 +87,8 @@ class Worker:
         self._giving_way = False
         #: Model id -> its shared decoding loop (batching workers only).
         self._loops: dict[str, BatchedMusicGen] = {}
+        #: Model id -> its micro-batcher (text-to-audio families, batching workers only).
+        self._batchers: dict[str, MicroBatcher[Any, Any]] = {}
         self._loops_lock = threading.Lock()
         self._stopping = False
         self._last_maintenance = 0.0
@@ -137,6 +140,9 @@ class Worker:
             for loop in self._loops.values():
                 loop.stop()
             self._loops.clear()
+            for batcher in self._batchers.values():
+                batcher.stop()
+            self._batchers.clear()
 
     def _wait_for_slot(self, timeout: float) -> bool:
         """Whether a job may be claimed now (waits up to ``timeout`` for one to end)."""
@@ -233,6 +239,8 @@ class Worker:
         decoding loop (started on first use), at the job's priority; ``on_audio`` streams
         its audio while it is generated (batching workers only)."""
         base = self.cache.get(job.model)
+        if self.max_batch > 1 and job.family == STABLE_AUDIO.name:
+            return self._text_batcher(base)
         if self.max_batch == 1 or job.family != MUSICGEN.name:
             return base
         from g4l.engine.batched_engine import BACKGROUND, INTERACTIVE, BatchedEngine  # torch: workers only
@@ -246,6 +254,20 @@ class Worker:
                 loop.start()
         return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND,
                              on_audio=on_audio, chunk_s=self.ctx.settings.stream_chunk_s)
+
+    def _text_batcher(self, base: Any) -> Any:
+        """``base`` (a text-to-audio engine) behind its model's micro-batcher (started on
+        first use): the jobs in hand that ask it at once share one sampler run."""
+        from g4l.engine.microbatch import BatchedTextToAudio, MicroBatcher
+
+        with self._loops_lock:
+            batcher = self._batchers.get(base.model_id)
+            if batcher is None:
+                from g4l.engine.stable_audio import batch_key  # torch: workers only
+
+                batcher = self._batchers[base.model_id] = MicroBatcher(
+                    base.text_to_audio_batch, self.max_batch, name=f"batch-{base.model_id}"[:40], key=batch_key)
+        return BatchedTextToAudio(base, batcher)
 
     def _streamed(self, job: Job) -> AudioCallback | None:
         """A publisher of the job's audio while it runs, when someone can hear it (and the
