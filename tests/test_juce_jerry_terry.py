@@ -6,8 +6,7 @@ fields the plugin reads. Remote mode: one host, jerry under /audio/. Localhost m
 its own port (8005 in the plugin) and terry on its own (8002); the server takes them from
 G4L_JERRY_PORT / G4L_TERRY_PORT, here free ports.
 
-All of this is issue 19: xfail(strict) until its routes land (then the marks come off; terry's
-remote flow is served)."""
+Every flow here is served (issue 19): the localhost ports, jerry's and terry's."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ from g4l import embedded
 JERRY_RATE = 44_100
 #: What marks a service offline in the plugin's health readers (PluginProcessor.cpp, Backend.cpp).
 OFFLINE = ("unhealthy", "failed", "down", "error")
-ISSUE_19 = pytest.mark.xfail(strict=True, reason="jerry/terry routes land with issue 19")
 pytestmark = [pytest.mark.slow]
 
 
@@ -231,7 +229,6 @@ def remote(server: RunningServer) -> Plugin:
     return Plugin(gary=server.url, jerry=server.url, terry=server.url, localhost=False)
 
 
-@ISSUE_19
 def test_remote_jerry_generate_and_smart_loop(server) -> None:
     plugin = remote(server)
     check_health_remote(plugin)
@@ -299,15 +296,9 @@ class LocalStack:
 
 
 @pytest.fixture(scope="module")
-def local_stack(redis_server, mongo_server, tmp_path_factory) -> Iterator[LocalStack]:
-    """The whole server with jerry's and terry's localhost ports on free ports."""
-    jerry_port, terry_port = embedded.free_port(), embedded.free_port()
-    while terry_port == jerry_port:
-        terry_port = embedded.free_port()
-    s = start_server(tmp_path_factory.mktemp("local"), redis_url=redis_server.url, mongo_url=mongo_server.url,
-                     G4L_JERRY_PORT=str(jerry_port), G4L_TERRY_PORT=str(terry_port))
-    yield LocalStack(s, jerry_port, terry_port)
-    s.stop()
+def local_stack(server) -> Iterator[LocalStack]:
+    """The shared server: its jerry's and terry's localhost ports are on free ports (conftest)."""
+    yield LocalStack(server, int(server.env["G4L_JERRY_PORT"]), int(server.env["G4L_TERRY_PORT"]))
 
 
 def local(stack: LocalStack) -> Plugin:
@@ -315,26 +306,22 @@ def local(stack: LocalStack) -> Plugin:
                   terry=f"http://localhost:{stack.terry_port}", localhost=True)
 
 
-@ISSUE_19
 def test_localhost_ports_answer_the_plugins_health_probes(local_stack: LocalStack) -> None:
     for port in (local_stack.jerry_port, local_stack.terry_port):
         assert probe_url(port), f"port {port} reads offline (URL probe)"
         assert probe_raw(port), f"port {port} reads offline (raw Windows probe)"
 
 
-@ISSUE_19
 def test_localhost_jerry_generate_and_smart_loop(local_stack: LocalStack) -> None:
     plugin = local(local_stack)
     check_jerry_models(plugin)
     check_jerry(plugin)
 
 
-@ISSUE_19
 def test_localhost_terry_transform_poll_and_undo(local_stack: LocalStack) -> None:
     check_terry(local(local_stack))
 
 
-@ISSUE_19
 def test_a_taken_localhost_port_is_skipped_with_a_clear_log_line(redis_server, mongo_server, tmp_path) -> None:
     """Another program on jerry's port: the server still starts, says so, and terry's port works."""
     with socket.socket() as taken:

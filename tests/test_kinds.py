@@ -20,6 +20,7 @@ from plugin_protocol import events
 NO_EVENTS_ON_PURPOSE = {
     KindName.GENERATE: "an HTTP API job: its client follows job_update / job_completed",
     KindName.STATION: "a station's stretch: its listeners hear it on the station's HLS stream",
+    KindName.TEXT_TO_AUDIO: "jerry's clip: answered over HTTP (the upstream routes wait for it, /api/v1 polls)",
 }
 
 
@@ -31,7 +32,8 @@ def test_every_kind_has_a_record_and_a_runner() -> None:
         assert runner.deliver_first is KINDS[name].deliver_first
     for name, kind in KINDS.items():
         assert kind.name is name
-        assert kind.family == ("melodyflow" if name is KindName.TRANSFORM else "musicgen")
+        families = {KindName.TEXT_TO_AUDIO: "stable_audio", KindName.TRANSFORM: "melodyflow"}
+        assert kind.family == families.get(name, "musicgen")
 
 
 def test_every_kind_has_its_events_or_none_on_purpose() -> None:

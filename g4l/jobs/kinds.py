@@ -31,6 +31,7 @@ class KindName(StrEnum):
     RETRY = "retry"
     GENERATE = "generate"
     STATION = "station"
+    TEXT_TO_AUDIO = "text_to_audio"
     TRANSFORM = "transform"
 
 
@@ -72,8 +73,8 @@ class Kind:
     ``None`` means "none, on purpose"."""
 
     name: KindName
-    #: The model family that serves it ("musicgen" for every kind so far; the worker still
-    #: picks its engine by ``spec.model``, so this is declared for the kinds to come).
+    #: The model family that serves it (the worker picks its engine by ``spec.model``,
+    #: whose family the spec also names: the job's stream).
     family: str
     #: It belongs to a device session (``Job.session_id`` names one that must exist).
     session_bound: bool
@@ -113,6 +114,9 @@ KINDS: dict[KindName, Kind] = {k.name: k for k in (
          priority=Priority.INTERACTIVE, events=None, deliver_first=False),
     Kind(KindName.STATION, _MUSICGEN, session_bound=False, stream=Stream.STATION, result=Result.NONE,
          priority=Priority.BACKGROUND, events=None, deliver_first=False),
+    # jerry: a clip from text, answered over HTTP (the upstream routes wait for it).
+    Kind(KindName.TEXT_TO_AUDIO, "stable_audio", session_bound=False, stream=Stream.NONE, result=Result.NONE,
+         priority=Priority.INTERACTIVE, events=None, deliver_first=False),
     # terry: the session's take rewritten (same length and format); its listen stream plays
     # the whole new take when it is done (the editor has no partial audio to stream).
     Kind(KindName.TRANSFORM, _MELODYFLOW, session_bound=True, stream=Stream.LISTEN, result=Result.REPLACE,

@@ -228,16 +228,17 @@ class SessionService:
         version (operation ``generate``, with the job's parameters) that continue and retry
         act on; without ``session_id`` a new session holding it. Returns the session id.
         :raises NotFound: no such job of the caller's. :raises NotReady: not a finished
-        ``generate`` job. :raises Busy: the session has a job queued or running."""
+        ``generate`` or ``text_to_audio`` job. :raises Busy: the session has a job queued or running."""
         session = self.require(session_id, caller) if session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         job = self.ctx.jobs.get(job_id) if keys.valid_id(job_id) else None
         if job is None or not caller.can_see(job.owner):
             raise NotFound(f"no job {job_id}" if keys.valid_id(job_id) else "no job with that id")
-        if job.kind != KindName.GENERATE or job.status is not JobStatus.COMPLETED or not job.output_blob:
-            raise NotReady(f"job {job.id} is a {job.kind} job, {job.status}: only a completed generate job's "
-                           "audio can be imported", session_id=session_id)
+        if job.kind not in (KindName.GENERATE, KindName.TEXT_TO_AUDIO) or job.status is not JobStatus.COMPLETED \
+                or not job.output_blob:  # a session-free job's own result (MusicGen's or jerry's)
+            raise NotReady(f"job {job.id} is a {job.kind} job, {job.status}: only a completed generate or "
+                           "text_to_audio job's audio can be imported", session_id=session_id)
         try:
             wav = self.ctx.blobs.get(job.output_blob)
         except KeyError:

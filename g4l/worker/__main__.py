@@ -35,7 +35,7 @@ def main() -> None:
 
     disable_mkldnn()
     cache = ModelCache(settings.models, settings.device, retry_after_s=settings.model_retry_s,
-                       paths=settings.model_path_map, debug_dir=settings.data_dir / "debug-models")
+                       paths=settings.model_path_map)
     families = served_families(settings.models, settings.model_path_map, settings.worker_memory_gb)
     defaults = {f.name: default_model(f, settings.models, settings.default_model if f.name == "musicgen" else None,
                                       settings.model_path_map) for f in families}

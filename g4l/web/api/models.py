@@ -84,6 +84,30 @@ class GenerateRequest(SamplingParams):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Seed for a reproducible result")
 
 
+class TextToAudioRequest(_Request):
+    """Make a clip from text with the text-to-audio model (jerry: Stable Audio Open Small,
+    44.1 kHz stereo), or, with `loop`, a loop of whole bars at the prompt's `NNNbpm`."""
+
+    prompt: str = Field(min_length=1, max_length=2000, description="What the audio is (not blank)")
+    negative_prompt: str | None = Field(default=None, max_length=2000, description="What to steer away from")
+    steps: int | None = Field(default=None, ge=1, le=250, description="Sampler steps, an integer (default 8)")
+    cfg_scale: float | None = Field(default=None, ge=0.0, le=20.0,
+                                    description="Classifier-free guidance (default 1.0; a loop's 6.0)")
+    seconds_total: int | None = Field(default=None, ge=1, description=(
+        "Seconds of audio (default and maximum: the model's window, 11; more is clamped)"))
+    seed: int | None = Field(default=None, ge=-1, le=2**63 - 1,
+                             description="Seed for a reproducible result (-1 or absent: the server picks one)")
+    sampler_type: str | None = Field(default=None, max_length=40,
+                                     description="pingpong (default), euler, rk4 or dpmpp")
+    model: str | None = Field(default=None, max_length=300,
+                              description="A text-to-audio model id from the allowlist (default: the family's)")
+    loop: bool = Field(default=False, description="Make a loop: the prompt must contain the tempo as NNNbpm")
+    bars: int | Literal["auto"] | None = Field(default=None, description="A loop's bars: 1, 2, 4, 8 or auto "
+                                                                       "(the most that fit; the default)")
+    loop_type: Literal["auto", "drums", "instruments"] | None = Field(
+        default=None, description="A loop's content: drums or instruments steer away from the other")
+
+
 class JobLinks(_Response):
     self: str
     audio: str
