@@ -144,14 +144,14 @@ def test_a_new_take_becomes_version_1_and_the_transform_its_child(services) -> N
 
 def test_a_sessions_current_audio_is_transformed_from_its_current_version(services) -> None:
     sessions, transforms, _ = services
-    sid = sessions.crop(UpdateCroppedAudio(audio_data=_b64(make_wav(2, channels=1))), ME)
-    sessions.crop(UpdateCroppedAudio(session_id=sid, audio_data=_b64(make_wav(4, channels=1, freq=330.0))), ME)
+    sid = sessions.crop(UpdateCroppedAudio(audio_data=_b64(make_wav(2))), ME)
+    sessions.crop(UpdateCroppedAudio(session_id=sid, audio_data=_b64(make_wav(4, freq=330.0))), ME)
     accepted = transforms.transform(TransformAudioRequest(session_id=sid, variation="celtic"), ME)
     job = sessions.ctx.jobs.get(accepted.job_id)
     current = sessions.ctx.sessions.history(sid).versions[2]
     assert job is not None and job.parent_version == 2 and job.spec.input_blob == current.blob
-    # Mono in: the result is written mono (the take keeps its format; see docs/terry.md).
-    assert (job.spec.output.channels, job.spec.output_seconds) == (1, pytest.approx(4.0))
+    # The result keeps the take's format and length.
+    assert (job.spec.output.channels, job.spec.output_seconds) == (2, pytest.approx(4.0))
 
 
 # ---------------------------------------------------------------- refusals
@@ -184,6 +184,7 @@ BAD_AUDIO = {
     "0 frames": (_zero_frames, InvalidAudio, "empty audio"),
     "8 kHz": (lambda: make_wav(2, rate=8000), InvalidAudio, "sample rate 8000 Hz is not supported"),
     "6 channels": (lambda: make_wav(1, channels=6), InvalidAudio, "6 channels"),
+    "mono": (lambda: make_wav(2, channels=1), InvalidAudio, "this WAV is mono"),
     "not a WAV": (lambda: b"ID3\x04" + bytes(4000), InvalidAudio, "not a WAV file"),
 }
 
@@ -229,4 +230,8 @@ def test_a_stored_take_terry_cannot_take_is_refused(services) -> None:
     sid = sessions.crop(UpdateCroppedAudio(audio_data=_b64(make_wav(2, rate=8000))), ME)  # gary takes 8 kHz
     with pytest.raises(InvalidAudio, match="at 8000 Hz; terry needs at least 22050 Hz"):
         transforms.transform(TransformAudioRequest(session_id=sid, variation="celtic"), ME)
+    mono = sessions.crop(UpdateCroppedAudio(audio_data=_b64(make_wav(2, channels=1))), ME)  # gary takes mono
+    with pytest.raises(InvalidAudio, match="the session's audio is mono"):
+        transforms.transform(TransformAudioRequest(session_id=mono, variation="celtic"), ME)
+    assert not sessions.ctx.sessions.require(mono).busy
     assert not sessions.ctx.sessions.require(sid).busy

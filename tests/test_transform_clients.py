@@ -117,6 +117,7 @@ def test_gary4juce_transforms_polls_and_undoes(server) -> None:
     ({"variation": "celtic", "steps": 251}, "steps must be a whole number from 1 to 250"),
     ({"variation": "celtic", "audio_data": b64(make_wav(1, rate=8000))}, "sample rate 8000 Hz is not supported"),
     ({"variation": "celtic", "audio_data": b64(make_wav(1, channels=6))}, "6 channels"),
+    ({"variation": "celtic", "audio_data": b64(make_wav(1, channels=1))}, "this WAV is mono"),
     ({"variation": "celtic", "audio_data": b64(b"OggS" + bytes(2000))}, "not a WAV file"),
 ])
 def test_gary4juce_refusals_are_plain_strings_and_change_nothing(server, fields, error) -> None:
@@ -145,7 +146,7 @@ def test_variations_are_listed(server) -> None:
 
 def test_api_v1_transform_is_a_job_of_the_session(server) -> None:
     http = requests.Session()
-    take = make_wav(5, channels=1, rate=32_000, freq=330.0)
+    take = make_wav(5, rate=32_000, freq=330.0)
     made = http.post(f"{server.url}/api/v1/sessions", json={"audio_data": b64(take)}, timeout=30).json()
     sid = made["session_id"]
     resp = http.post(f"{server.url}/api/v1/sessions/{sid}/transform",
@@ -158,8 +159,8 @@ def test_api_v1_transform_is_a_job_of_the_session(server) -> None:
     assert job["status"] == "completed" and job["kind"] == "transform", job
     wav = http.get(f"{server.url}/api/v1/sessions/{sid}/audio", timeout=30).content
     info, sent = wav_info(wav), wav_info(take)
-    # Mono in, mono out: the take keeps its format (and its length, frame for frame).
-    assert (info.frames, info.samplerate, info.channels) == (sent.frames, 32_000, 1)
+    # The take keeps its format (and its length, frame for frame).
+    assert (info.frames, info.samplerate, info.channels) == (sent.frames, 32_000, 2)
     tree = _history(server.url, sid)
     assert [(v["parent"], v["operation"]) for v in tree["versions"]] == [(None, "crop"), (1, "transform")]
     assert tree["versions"][1]["params"]["steps"] == 6

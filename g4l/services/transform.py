@@ -38,6 +38,10 @@ KIND = KindName.TRANSFORM
 BUSY_MESSAGE = "Transform already in progress"
 
 
+#: MelodyFlow edits stereo audio, and a take keeps its format (a later continue splices the
+#: client's own file): a mono take is refused rather than silently turned into stereo.
+MONO = "terry transforms stereo audio and this WAV is mono (1 channel): send it as a stereo WAV"
+
 class TransformService:
     """Queues transforms of device sessions (see the module docstring)."""
 
@@ -117,6 +121,8 @@ class TransformService:
         except InvalidAudio as exc:
             exc.session_id = session_id
             raise
+        if decoded.channels < 2:
+            raise InvalidAudio(MONO, session_id=session_id)
         return Upload(wav, decoded)
 
     def _too_large(self, size: int, session_id: str | None) -> TooLarge:
@@ -130,6 +136,8 @@ class TransformService:
         blob = session["current_blob"]
         fmt = self.sessions.stored_format(session.id, blob)
         seconds = self._stored_seconds(session, blob)
+        if fmt.channels is not None and fmt.channels < 2:
+            raise InvalidAudio(f"the session's audio is mono; {MONO}", session_id=session.id)
         if fmt.sample_rate is not None and fmt.sample_rate < s.transform_min_rate:
             raise InvalidAudio(f"the session's audio is at {fmt.sample_rate} Hz; terry needs at least "
                                f"{s.transform_min_rate} Hz", session_id=session.id)
