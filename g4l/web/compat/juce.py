@@ -90,7 +90,8 @@ def blueprint(service: SessionService) -> Blueprint:
     def models() -> Response:
         grouped = {size: [{"type": "single", "name": m.rsplit("/", 1)[-1], "path": m} for m in ids]
                    for size, ids in catalog.grouped().items()}
-        return _ok(models=grouped, default=service.specs.model(None))
+        # families: gary's, jerry's and terry's state (loaded, loading, failed with the reason).
+        return _ok(models=grouped, default=service.specs.model(None), families=catalog.families())
 
     @bp.post("/api/juce/process_audio")
     def process_audio() -> Response:
