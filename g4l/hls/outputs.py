@@ -7,7 +7,7 @@ to ``<url>/<stream key>``. When the server drops the connection (or refuses it) 
 exits; the output starts it again after a backoff (0.5 s doubling up to
 ``G4L_RTMP_RECONNECT_MAX_S``), and one that sends nothing for ``G4L_RTMP_STALL_S`` is
 killed and restarted. Its state (connecting, connected, reconnecting), uptime, bitrate,
-reconnects and last error go to Redis every tick (:class:`g4l.services.outputs.OutputStore`).
+reconnects and last error go to Redis every tick (:class:`g4l.services.stations.outputs.OutputStore`).
 
 The stream key never appears in ffmpeg's command line (which every local user can read in
 ``ps`` or ``/proc/<pid>/cmdline``): ffmpeg gets the server URL without it, plus
@@ -37,7 +37,7 @@ from g4l.hls.playlist import write_atomic
 from g4l.hls.stream import LiveStream
 from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
-from g4l.services.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
+from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
 from g4l.settings import Settings
 
 log = get_logger(__name__)

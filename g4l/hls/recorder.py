@@ -4,7 +4,7 @@ One ffmpeg per recorded station: the program audio (tapped from the stream's enc
 exactly what listeners hear) on its stdin, AAC in MP4 files cut by the segment muxer at
 ``recording_seconds`` on AAC frame bounds. ffmpeg names each file on its stdout once it
 is closed; the recorder rewrites it as a plain MP4 (index first, stream copied), stores it
-in GridFS (:class:`g4l.services.recordings.RecordingStore`) and deletes the local copy. The
+in GridFS (:class:`g4l.services.stations.recordings.RecordingStore`) and deletes the local copy. The
 files are written under ``<hls dir>/.recordings/<station>/``, not in the stream's (public)
 folder. If ffmpeg dies it is started again (a new file).
 
@@ -32,7 +32,7 @@ from g4l.hls.playlist import aac_segment_seconds
 from g4l.hls.stream import LiveStream
 from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
-from g4l.services.recordings import RecordingStore
+from g4l.services.stations.recordings import RecordingStore
 
 log = get_logger(__name__)
 

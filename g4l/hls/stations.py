@@ -6,7 +6,7 @@ Each tick:
    (:class:`~g4l.hls.chunks.ChunkQueue`: GridFS audio, Redis order and play position);
 2. the play position is saved (the chunk playing and how much of it was heard); chunks
    wholly heard leave the queue and their audio is deleted;
-3. the buffer's health (:mod:`g4l.services.station_policy`) decides the program: DEPLETED
+3. the buffer's health (:mod:`g4l.services.stations.policy`) decides the program: DEPLETED
    takes it off the air (the queued audio fades out, the slate loops, nothing is lost: the
    unheard audio stays stored), and it comes back once ``resume_s`` is buffered;
 4. on the air, at most ``G4L_STATION_MEMORY_S`` is decoded into the stream's memory, in
@@ -50,9 +50,9 @@ from g4l.hls.slate import slate_loop
 from g4l.hls.stream import LiveStream, to_stream_format
 from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.log import get_logger
-from g4l.services.station_history import StationHistory
-from g4l.services.station_policy import DEPLETED, HEALTHY, BufferPolicy, Transition
-from g4l.services.stations import StationService, prompt_for
+from g4l.services.stations.history import StationHistory
+from g4l.services.stations.policy import DEPLETED, HEALTHY, BufferPolicy, Transition
+from g4l.services.stations.service import StationService, prompt_for
 
 log = get_logger(__name__)
 

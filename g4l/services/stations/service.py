@@ -29,11 +29,10 @@ from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, links, new_token
 from g4l.services.models import ModelCatalog
-from g4l.services.outputs import OutputStore
-from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
-from g4l.services.station_history import StationHistory
-from g4l.services.station_policy import (
+from g4l.services.stations.history import StationHistory
+from g4l.services.stations.outputs import OutputStore
+from g4l.services.stations.policy import (
     DEPLETED,
     BufferPolicy,
     Transition,
@@ -41,6 +40,7 @@ from g4l.services.station_policy import (
     build_transition,
     next_rotation,
 )
+from g4l.services.stations.recordings import RecordingStore
 
 log = get_logger(__name__)
 
@@ -102,8 +102,8 @@ class StationService:
         """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
         music when there are several, handing over by ``transition``); ``name`` is shown on
         its outputs' video card; with ``record`` its program is recorded into files
-        (:mod:`g4l.services.recordings`). ``buffer_thresholds_s``, ``buffer_resume_s`` and
-        ``chunk_seconds`` set its buffer policy (:func:`~g4l.services.station_policy.build_policy`;
+        (:mod:`g4l.services.stations.recordings`). ``buffer_thresholds_s``, ``buffer_resume_s`` and
+        ``chunk_seconds`` set its buffer policy (:func:`~g4l.services.stations.policy.build_policy`;
         none given: ~45 s ahead, as stations always were).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
@@ -286,7 +286,7 @@ class StationService:
         return self.recordings.blob(station_id, recording_id)
 
     def buffer_history(self, station_id: str, caller: Caller, since: float | None = None) -> dict[str, Any]:
-        """The station's buffer samples (:mod:`g4l.services.station_history`), oldest
+        """The station's buffer samples (:mod:`g4l.services.stations.history`), oldest
         first, after ``since`` when given. :raises StationNotFound:"""
         self.require(station_id, caller)
         return {"station_id": station_id, "every_s": self.history.every_s, "window_s": self.history.window_s,
