@@ -20,23 +20,21 @@ lines name the output by id and its URL without the key. Residual exposure: docs
 from __future__ import annotations
 
 import os
-import subprocess
 import textwrap
 import threading
 import time
 import urllib.parse
-from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
-from g4l.hls.encoder import ffmpeg_binary
 from g4l.hls.playlist import write_atomic
 from g4l.hls.stream import LiveStream
 from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
+from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
 from g4l.settings import Settings
 
@@ -155,9 +153,8 @@ class RtmpOutput:
         self._secrets: list[str] = []
         self._queue = PcmQueue(QUEUE_S)
         self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
+        self._proc: FfmpegProcess | None = None
         self._last_progress = time.monotonic()
-        self._stderr: deque[str] = deque(maxlen=20)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -174,7 +171,7 @@ class RtmpOutput:
 
     def _kill(self) -> None:
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             proc.kill()
 
     def feed(self, pcm: bytes) -> None:
@@ -186,7 +183,7 @@ class RtmpOutput:
         """Called every packager tick: an ffmpeg that sent nothing for ``rtmp_stall_s``
         (a connection that hangs, not one that fails) is killed and started again."""
         proc = self._proc
-        if proc is None or proc.poll() is not None or self._stop.is_set():
+        if proc is None or not proc.running or self._stop.is_set():
             return
         silent = time.monotonic() - self._last_progress
         if silent > self.settings.rtmp_stall_s:
@@ -263,62 +260,41 @@ class RtmpOutput:
     def _attempt(self, key: str, visual: str) -> bool:
         """Run ffmpeg until it exits; whether it got connected."""
         self.bitrate_kbps, self.sent_bytes = 0.0, 0
-        self._stderr.clear()
         self._last_progress = time.monotonic()
+        connected = threading.Event()
         # The key goes through a pipe ffmpeg inherits (never argv, never a file): written
         # whole and closed before ffmpeg starts (it is far under the pipe's buffer).
         read_end, write_end = os.pipe()
+        proc = FfmpegProcess(ffmpeg_command(self.url, self.kind, visual, self.settings, f"/dev/fd/{read_end}"),
+                             name=f"rtmp-{self.output_id[:8]}", cwd=self.directory, pass_fds=(read_end,),
+                             read_stdout=lambda stdout: self._read_progress(stdout, connected),
+                             redact=lambda line: redact(line, self._secrets))
         try:
             try:
                 os.write(write_end, key_options(self.url, key))
             finally:
                 os.close(write_end)
-            proc = subprocess.Popen(ffmpeg_command(self.url, self.kind, visual, self.settings, f"/dev/fd/{read_end}"),
-                                    cwd=self.directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, bufsize=0, pass_fds=(read_end,))
+            proc.start()
         except OSError as exc:
             self._error(f"ffmpeg did not start: {exc}")
             return False
         finally:
             os.close(read_end)  # ffmpeg has its own copy
         self._proc = proc
-        connected = threading.Event()
-        readers = [threading.Thread(target=self._read_progress, args=(proc, connected), daemon=True),
-                   threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)]
-        for t in readers:
-            t.start()
-        stdin = proc.stdin
-        assert stdin is not None
         try:
-            while not self._stop.is_set() and proc.poll() is None:
-                for block in self._queue.take(0.1):
-                    stdin.write(block)
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # ffmpeg exited: its stderr says why
+            proc.pump(lambda: self._queue.take(0.1), self._stop)  # a closed pipe: ffmpeg exited, its stderr says why
         finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for t in readers:
-                t.join(2)
+            proc.stop(deadline_s=STOP_GRACE_S, join_s=2)
         if not self._stop.is_set():
-            said = next((line for line in reversed(self._stderr) if line.strip()), "")
-            self._error(said or f"ffmpeg exited with code {proc.returncode}")
+            self._error(proc.exit_reason())
         return connected.is_set()
 
-    def _read_progress(self, proc: subprocess.Popen, connected: threading.Event) -> None:
+    def _read_progress(self, stdout: IO[bytes], connected: threading.Event) -> None:
         """ffmpeg's ``-progress`` blocks (one a second) arrive only once the server took the
         stream: the first one means connected; ``total_size`` gives the bitrate."""
-        assert proc.stdout is not None
         block: dict[str, str] = {}
         last_size, last_at = 0, time.monotonic()
-        for raw in proc.stdout:
+        for raw in stdout:
             name, _, value = raw.decode(errors="replace").strip().partition("=")
             if name != "progress":
                 block[name] = value
@@ -342,13 +318,6 @@ class RtmpOutput:
             last_size, last_at = size, now
             self.sent_bytes = size
             block = {}
-
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = redact(raw.decode(errors="replace").rstrip(), self._secrets)
-            if line:
-                self._stderr.append(line[:300])
 
     def _error(self, message: str) -> None:
         self.last_error = redact(message, self._secrets)[:300]

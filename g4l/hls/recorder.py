@@ -17,21 +17,23 @@ MP4, listed in the archive like any finished file, and deleted.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
-from g4l.hls.encoder import ffmpeg_binary
 from g4l.hls.playlist import aac_segment_seconds
 from g4l.hls.stream import LiveStream
 from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
+from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.recordings import RecordingStore
 
 log = get_logger(__name__)
@@ -208,41 +210,24 @@ class StationRecorder:
             prefix = f"rec_{int(time.time() * 1000)}"
             with _live_lock:
                 _live_prefixes.add(prefix)
-            with open(self.directory / ".ffmpeg.log", "ab") as errors:
-                proc = subprocess.Popen(self._command(prefix), cwd=self.directory, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=errors, bufsize=0)
             began = time.time()
-            reader = threading.Thread(target=self._store_files, args=(proc, began), daemon=True)
-            reader.start()
-            stdin = proc.stdin
-            assert stdin is not None
+            proc = FfmpegProcess(self._command(prefix), name=f"rec-{self.station_id[:8]}", cwd=self.directory,
+                                 stderr_log=self.directory / ".ffmpeg.log",
+                                 read_stdout=functools.partial(self._store_files, began=began))
             try:
-                while not self._stop.is_set() and proc.poll() is None:
-                    for block in self._queue.take(0.2):
-                        stdin.write(block)
-            except (BrokenPipeError, OSError, ValueError):
-                pass
+                proc.start()
+                proc.pump(lambda: self._queue.take(0.2), self._stop)
             finally:
-                try:
-                    stdin.close()
-                except OSError:
-                    pass
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                reader.join(60)
+                proc.stop(deadline_s=30, join_s=60)
                 with _live_lock:
                     _live_prefixes.discard(prefix)
             if not self._stop.is_set():
                 self.log.error("recorder exited; restarting it", code=proc.returncode)
                 self._stop.wait(2.0)
 
-    def _store_files(self, proc: subprocess.Popen, began: float) -> None:
+    def _store_files(self, stdout: IO[bytes], began: float) -> None:
         """Each line ``name,start,end`` names a finished file: store it, then delete it."""
-        assert proc.stdout is not None
-        for raw in proc.stdout:
+        for raw in stdout:
             try:
                 name, start, end = raw.decode().strip().rsplit(",", 2)
                 start_s, end_s = float(start), float(end)
