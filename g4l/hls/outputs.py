@@ -27,7 +27,6 @@ import urllib.parse
 from pathlib import Path
 from typing import IO, Any
 
-from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.playlist import write_atomic
@@ -37,6 +36,7 @@ from g4l.log import get_logger
 from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
 from g4l.settings import Settings
+from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
 
@@ -337,6 +337,7 @@ class StationOutputs:
         self.station_id = station_id
         self.stream = stream
         self.store = OutputStore(ctx)
+        self.stations = StationStore(ctx.redis)
         self.running: dict[str, RtmpOutput] = {}
         self._card: tuple[str, str] | None = None
         self._lock = threading.Lock()
@@ -368,11 +369,11 @@ class StationOutputs:
 
     def _refresh_card(self) -> None:
         """The card's texts: the station's name and the prompt now playing."""
-        st = self.ctx.redis.hmget(keys.station(self.station_id), ["name", "generating_prompt", "on_air", "ever_on_air"])
+        st = self.stations.fields(self.station_id, "name", "generating_prompt", "on_air", "ever_on_air")
         playing = self.stream.buffer.playing_meta() or {}
-        title = st[0] or "g4l station"
-        prompt = playing.get("prompt") or st[1] or ""
-        if st[3] == "1" and st[2] != "1":  # off the air (buffer depleted): the slate plays
+        title = st["name"] or "g4l station"
+        prompt = playing.get("prompt") or st["generating_prompt"] or ""
+        if st["ever_on_air"] and not st["on_air"]:  # off the air (buffer depleted): the slate plays
             prompt = "Be right back"
         if self._card == (title, prompt):
             return

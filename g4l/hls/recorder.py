@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import IO
 
-from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.playlist import aac_segment_seconds
@@ -35,6 +34,7 @@ from g4l.hls.tap import PcmQueue
 from g4l.log import get_logger
 from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.recordings import RecordingStore
+from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
 
@@ -139,7 +139,7 @@ def recover_leftovers(ctx: Context, root: Path) -> int:
             log.exception("a recovered recording could not be stored; the file is kept", station_id=station_id,
                           file=path.name)
             continue
-        if ctx.redis.hget(keys.station(station_id), "status") != "running":
+        if StationStore(ctx.redis).fields(station_id, "status")["status"] != "running":
             store.keep_for(station_id, ctx.settings.retention_seconds)  # as its recorder would have
         path.unlink(missing_ok=True)
         stored += 1
