@@ -31,7 +31,7 @@ from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.playlist import write_atomic
 from g4l.hls.stream import LiveStream
-from g4l.hls.tap import PcmQueue
+from g4l.hls.tap import PcmQueue, StationTap
 from g4l.log import get_logger
 from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
@@ -324,24 +324,18 @@ class RtmpOutput:
         self.last_error_at = time.time()
 
 
-class StationOutputs:
-    """Every output of one station stream: started, stopped and reported each tick.
-
-    :param ctx: stores and settings.
-    :param station_id: the station.
-    :param stream: its running stream (the audio is tapped from its encoder).
-    """
+class StationOutputs(StationTap):
+    """Every output of one station stream: started, stopped and reported each tick (see
+    :class:`StationTap` for the parameters)."""
 
     def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
-        self.ctx = ctx
-        self.station_id = station_id
-        self.stream = stream
+        super().__init__(ctx, station_id, stream)
         self.store = OutputStore(ctx)
         self.stations = StationStore(ctx.redis)
         self.running: dict[str, RtmpOutput] = {}
         self._card: tuple[str, str] | None = None
         self._lock = threading.Lock()
-        stream.encoder.taps.append(self._feed)
+        self.attach(self._feed)
 
     def _feed(self, pcm: bytes) -> None:
         for output in list(self.running.values()):
@@ -385,8 +379,7 @@ class StationOutputs:
     def close(self) -> None:
         """Stop every ffmpeg (this packager stops or lost the stream); the outputs stay live
         in Redis, so the packager that takes the stream over starts them again."""
-        if self._feed in self.stream.encoder.taps:
-            self.stream.encoder.taps.remove(self._feed)
+        self.detach(self._feed)
         with self._lock:
             for output_id, output in list(self.running.items()):
                 output.stop()

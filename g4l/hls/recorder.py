@@ -30,7 +30,7 @@ from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.playlist import aac_segment_seconds
 from g4l.hls.stream import LiveStream
-from g4l.hls.tap import PcmQueue
+from g4l.hls.tap import PcmQueue, StationTap
 from g4l.log import get_logger
 from g4l.media import FfmpegProcess, ffmpeg_binary
 from g4l.services.stations.recordings import RecordingStore
@@ -148,19 +148,12 @@ def recover_leftovers(ctx: Context, root: Path) -> int:
     return stored
 
 
-class StationRecorder:
-    """Records one station stream until :meth:`close`.
-
-    :param ctx: stores and settings.
-    :param station_id: the station.
-    :param stream: its running stream (the audio is tapped from its encoder).
-    """
+class StationRecorder(StationTap):
+    """Records one station stream until :meth:`close` (see :class:`StationTap` for the
+    parameters)."""
 
     def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.station_id = station_id
-        self.stream = stream
+        super().__init__(ctx, station_id, stream)
         self.store = RecordingStore(ctx)
         self.directory = self.settings.hls_path / ".recordings" / station_id
         self.log = log.bind(station_id=station_id)
@@ -171,7 +164,7 @@ class StationRecorder:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.stream.encoder.taps.append(self._queue.put)
+        self.attach(self._queue.put)
         self._thread.start()
         self.log.info("station recording started", file_seconds=self.settings.recording_seconds)
 
@@ -184,8 +177,7 @@ class StationRecorder:
     def close(self, *, stopped: bool) -> None:
         """Stop recording; ffmpeg finishes the file in progress, which is stored too (in
         the background). ``stopped``: the station stopped, its records expire with it."""
-        if self._queue.put in self.stream.encoder.taps:
-            self.stream.encoder.taps.remove(self._queue.put)
+        self.detach(self._queue.put)
         self._stop.set()
         self._queue.wake()
 

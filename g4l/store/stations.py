@@ -74,14 +74,18 @@ class StationRecord:
     """
 
     id: str = ""
+    #: Its stream's listen token.
     token: str = ""
     #: ``running`` | ``stopped``
     status: str = ""
     stopped_reason: str = ""
     model: str = ""
+    #: The API key's owner that started it ("" with keys off).
     owner: str = ""
+    #: Shown on its outputs' video card.
     name: str = ""
     created: float = 0.0
+    #: Rotated every ``rotate_every_s`` seconds of music (0: never).
     prompts: list[str] = field(default_factory=list)
     rotate_every_s: float = 0.0
     sampling: str = ""
@@ -90,9 +94,11 @@ class StationRecord:
     #: Its program is recorded into files.
     record: bool = False
     # ---- generation
+    #: The stretch being generated ("" when none is queued).
     job_id: str = ""
     generating_prompt: str = ""
     generating_index: int | None = None
+    #: Stretches generated so far.
     generations: int = 0
     #: Seconds of music generated so far (the station's own timeline).
     audio_s: float = 0.0
@@ -106,19 +112,28 @@ class StationRecord:
     rotations: list[dict[str, Any]] = field(default_factory=list)
     # ---- program (the packager's)
     on_air: bool = False
+    #: It was on the air once (off the air now means the slate plays).
     ever_on_air: bool = False
     on_air_at: float = 0.0
     off_air_at: float = 0.0
+    #: Where this packager's program started (chunk seq, seconds into it, wall time).
     feed_started: dict[str, Any] | None = None
+    #: Chunk seqs heard lately, newest last.
     played: list[int] = field(default_factory=list)
+    #: Where the last chunks start in the stream (``seq``, ``stream_s``, ``streamed``).
     chunk_starts: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds stored and not heard, and the buffer's state (the five of the policy).
     buffered_s: float = 0.0
     buffer_state: str = ""
     buffer_state_since: float = 0.0
+    #: Where the listeners are on the music timeline.
     playing_audio_s: float = 0.0
     # ---- the chunk queue's (g4l.hls.station.chunks.ChunkQueue)
+    #: The last chunk number given.
     chunk_seq: int = 0
+    #: Seconds of the queued chunks (heard or not).
     queue_s: float = 0.0
+    #: The chunk playing and the seconds of it heard.
     play_seq: int = 0
     play_offset_s: float = 0.0
 

@@ -13,11 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from g4l.context import Context
 from g4l.hls.buffer import RATE
-from g4l.hls.station.chunks import ChunkQueue
-from g4l.hls.stream import LiveStream
-from g4l.store.stations import StationStore
+from g4l.hls.station.parts import StationParts
 
 #: Chunk seqs heard lately, newest last (their order shows none was lost or repeated).
 PLAYED_KEPT = 50
@@ -35,22 +32,18 @@ class Piece:
 
 
 class Accounting:
-    """The pieces of station ``station_id`` in its stream's memory, oldest first.
+    """The pieces of a station in its stream's memory, oldest first (the audio of heard
+    chunks is deleted from GridFS).
 
-    :param ctx: stores (the audio of heard chunks is deleted from GridFS).
-    :param station_id: the station.
-    :param stream: its running stream (where the listeners are).
-    :param chunks: its stored buffer.
-    :param store: the station records.
+    :param parts: the station's stores, stream and stored buffer.
     """
 
-    def __init__(self, ctx: Context, station_id: str, stream: LiveStream, chunks: ChunkQueue,
-                 store: StationStore) -> None:
-        self.ctx = ctx
-        self.station_id = station_id
-        self.stream = stream
-        self.chunks = chunks
-        self.store = store
+    def __init__(self, parts: StationParts) -> None:
+        self.ctx = parts.ctx
+        self.station_id = parts.station_id
+        self.stream = parts.stream
+        self.chunks = parts.chunks
+        self.store = parts.store
         #: What is decoded into the stream and not yet wholly heard, oldest first.
         self.pieces: deque[Piece] = deque()
 

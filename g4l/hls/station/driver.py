@@ -22,6 +22,7 @@ from g4l.hls.partial import PartialFeed
 from g4l.hls.slate import slate_loop
 from g4l.hls.station.accounting import Accounting
 from g4l.hls.station.chunks import ChunkQueue
+from g4l.hls.station.parts import StationParts
 from g4l.hls.station.planner import chunk_entry, finished_stretch, plan
 from g4l.hls.station.program import Program
 from g4l.hls.station.streamed import FirstStretch
@@ -59,11 +60,10 @@ class StationDriver:
         self.chunks = ChunkQueue(ctx, station_id)
         self.history = StationHistory(ctx)  # the dashboard's buffer plot
         self.log = log.bind(station_id=station_id, stream=stream.token[:8])
-        self.accounting = Accounting(ctx, station_id, stream, self.chunks, self.store)
-        self.program = Program(self.settings, station_id, stream, self.chunks, self.store, self.accounting, self.log,
-                               self._record_error)
-        self.first = FirstStretch(self.settings, station_id, stream, self.chunks, self.store, self.accounting,
-                                  self.program, follow, self.log)
+        parts = StationParts(ctx, station_id, stream, self.chunks, self.store, self.log)
+        self.accounting = Accounting(parts)
+        self.program = Program(parts, self.accounting, self._record_error)
+        self.first = FirstStretch(parts, self.accounting, self.program, follow)
         self._lock = threading.Lock()
         self._backoff_until = 0.0
         self._failures = 0

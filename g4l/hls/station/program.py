@@ -21,11 +21,10 @@ import numpy as np
 from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.slate import slate_loop
 from g4l.hls.station.accounting import Accounting, Piece
-from g4l.hls.station.chunks import ChunkQueue
-from g4l.hls.stream import LiveStream, to_stream_format
+from g4l.hls.station.parts import StationParts
+from g4l.hls.stream import to_stream_format
 from g4l.services.stations.policy import DEPLETED, BufferPolicy
-from g4l.settings import Settings
-from g4l.store.stations import StationRecord, StationStore
+from g4l.store.stations import StationRecord
 
 #: Audio is decoded into memory at most this much at a time.
 PIECE_S = 10.0
@@ -35,28 +34,18 @@ STARTS_KEPT = 20
 
 
 class Program:
-    """Station ``station_id``'s program in its stream.
+    """A station's program in its stream.
 
-    :param settings: ``station_memory_s``.
-    :param station_id: the station.
-    :param stream: its running stream.
-    :param chunks: its stored buffer.
-    :param store: the station records.
+    :param parts: the station's stores, stream and stored buffer.
     :param accounting: the pieces in memory.
-    :param log: bound to the station.
     :param on_error: ``(message, code)`` when stored audio could not be played.
     """
 
-    def __init__(self, settings: Settings, station_id: str, stream: LiveStream, chunks: ChunkQueue,
-                 store: StationStore, accounting: Accounting, log: Any,
-                 on_error: Callable[[str, str], None]) -> None:
-        self.settings = settings
-        self.station_id = station_id
-        self.stream = stream
-        self.chunks = chunks
-        self.store = store
+    def __init__(self, parts: StationParts, accounting: Accounting, on_error: Callable[[str, str], None]) -> None:
+        self.settings = parts.ctx.settings
+        self.station_id, self.stream, self.chunks = parts.station_id, parts.stream, parts.chunks
+        self.store, self.log = parts.store, parts.log
         self.accounting = accounting
-        self.log = log
         self.on_error = on_error
         #: The next audio to decode: chunk seq and seconds into it (None: not on the air).
         self.cursor: tuple[int, float] | None = None

@@ -19,13 +19,11 @@ from typing import Any
 from g4l.hls.buffer import RATE
 from g4l.hls.partial import PartialFeed, whole_output
 from g4l.hls.station.accounting import Accounting, Piece
-from g4l.hls.station.chunks import ChunkQueue
+from g4l.hls.station.parts import StationParts
 from g4l.hls.station.program import Program
-from g4l.hls.stream import LiveStream
 from g4l.jobs.records import Job
 from g4l.services.stations.policy import BufferPolicy
-from g4l.settings import Settings
-from g4l.store.stations import StationRecord, StationStore
+from g4l.store.stations import StationRecord
 
 #: A streamed stretch whose job completed with pieces still being read waits this long for
 #: them before the rest is queued from the stored chunk; one none of whose pieces came (run
@@ -58,32 +56,22 @@ class Streamed:
 
 
 class FirstStretch:
-    """Station ``station_id``'s streamed first stretch, if it has one in progress.
+    """A station's streamed first stretch, if it has one in progress.
 
-    :param settings: whether pieces are streamed at all.
-    :param station_id: the station.
-    :param stream: its running stream.
-    :param chunks: its stored buffer.
-    :param store: the station records.
+    :param parts: the station's stores, stream and stored buffer (the settings say whether
+        pieces are streamed at all).
     :param accounting: the pieces in memory.
     :param program: its program (the cursor goes past the stretch once it is stored).
     :param follow: how a job's streamed pieces reach a feed
         (:meth:`g4l.hls.packager.Packager.follow`); None: nothing is streamed.
-    :param log: bound to the station.
     """
 
-    def __init__(self, settings: Settings, station_id: str, stream: LiveStream, chunks: ChunkQueue,
-                 store: StationStore, accounting: Accounting, program: Program,
-                 follow: Callable[[str, PartialFeed], None] | None, log: Any) -> None:
-        self.settings = settings
-        self.station_id = station_id
-        self.stream = stream
-        self.chunks = chunks
-        self.store = store
-        self.accounting = accounting
-        self.program = program
-        self.follow = follow
-        self.log = log
+    def __init__(self, parts: StationParts, accounting: Accounting, program: Program,
+                 follow: Callable[[str, PartialFeed], None] | None) -> None:
+        self.settings = parts.ctx.settings
+        self.station_id, self.stream, self.chunks = parts.station_id, parts.stream, parts.chunks
+        self.store, self.log = parts.store, parts.log
+        self.accounting, self.program, self.follow = accounting, program, follow
         self.current: Streamed | None = None
 
     @property
