@@ -130,7 +130,7 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     import pytest
 
     from g4l.errors import InvalidRequest
-    from g4l.hls.outputs import card_text, ffmpeg_command, key_options
+    from g4l.hls.rtmp import card_text, ffmpeg_command, key_options
     from g4l.services.stations.outputs import check_stream_key, display_url, publish_url, redact
     from g4l.settings import Settings
 

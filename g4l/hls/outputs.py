@@ -12,7 +12,7 @@ reconnects and last error go to Redis every tick (:class:`g4l.services.stations.
 The stream key never appears in ffmpeg's command line (which every local user can read in
 ``ps`` or ``/proc/<pid>/cmdline``): ffmpeg gets the server URL without it, plus
 ``-fpre /dev/fd/N``, an option file it reads from a pipe this process writes and closes
-(:func:`key_options`: the RTMP application and the key as ``rtmp_playpath``). Nothing is
+(:func:`g4l.hls.rtmp.key_options`: the RTMP application and the key as ``rtmp_playpath``). Nothing is
 written to disk. What ffmpeg prints is still redacted before it is kept or logged, and log
 lines name the output by id and its URL without the key. Residual exposure: docs/hls.md.
 """
@@ -20,22 +20,19 @@ lines name the output by id and its URL without the key. Residual exposure: docs
 from __future__ import annotations
 
 import os
-import textwrap
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 from typing import IO, Any
 
 from g4l.context import Context
-from g4l.hls.buffer import CHANNELS, RATE
 from g4l.hls.playlist import write_atomic
+from g4l.hls.rtmp import PROMPT_FILE, TITLE_FILE, card_text, ffmpeg_command, key_options
 from g4l.hls.stream import LiveStream
 from g4l.hls.tap import PcmQueue, StationTap
 from g4l.log import get_logger
-from g4l.media import FfmpegProcess, ffmpeg_binary
+from g4l.media import FfmpegProcess
 from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
-from g4l.settings import Settings
 from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
@@ -46,77 +43,6 @@ QUEUE_S = 1.0
 STABLE_S = 10.0
 FIRST_BACKOFF_S = 0.5
 STOP_GRACE_S = 5.0
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-CARD_COLOR = "0x15151d"
-TITLE_FILE = "card-title.txt"
-PROMPT_FILE = "card-prompt.txt"
-
-
-def _font(path: str) -> str:
-    # Debian's fonts-dejavu-core (scripts/install.sh); else whatever fontconfig calls Sans.
-    return f"fontfile={path}" if Path(path).exists() else "font=Sans"
-
-
-def video_filter(kind: str, width: int, height: int, fps: int) -> str:
-    """The filter graph from input 0 to ``[v]``: the card's two texts, or the visual fitted
-    (letterboxed) into the frame."""
-    if kind == "card":
-        title, prompt = height // 12, height // 26
-        return (f"[0:v]drawtext={_font(FONT_BOLD)}:textfile={TITLE_FILE}:reload=1:expansion=none:fontcolor=white:"
-                f"fontsize={title}:x=(w-text_w)/2:y=h*0.30,"
-                f"drawtext={_font(FONT)}:textfile={PROMPT_FILE}:reload=1:expansion=none:fontcolor=0xc8c8d0:fontsize={prompt}:"
-                f"line_spacing={prompt // 3}:x=(w-text_w)/2:y=h*0.50,format=yuv420p[v]")
-    return (f"[0:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
-            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,fps={fps},format=yuv420p[v]")
-
-
-def key_options(url: str, stream_key: str) -> bytes:
-    """The option file ffmpeg reads the key from (``-fpre``: one ``option=value`` a line):
-    the RTMP application (``url``'s path, as ffmpeg would take it from ``url/key``) and the
-    key as the stream to publish. Keys never hold whitespace (``check_stream_key``)."""
-    app = urllib.parse.urlsplit(url).path.strip("/")
-    return f"rtmp_app={app}\nrtmp_playpath={stream_key}\n".encode()
-
-
-def ffmpeg_command(url: str, kind: str, visual_file: str, settings: Settings, key_file: str) -> list[str]:
-    """ffmpeg's arguments for one output (run in the stream's folder: the card's text files
-    and the visual are named relative to it). ``url`` is the server's, without the key;
-    ``key_file`` is where ffmpeg reads :func:`key_options` (a ``/dev/fd/N`` pipe)."""
-    width, height = (int(v) for v in settings.rtmp_video_size.split("x"))
-    fps, kbps = settings.rtmp_fps, settings.rtmp_video_kbps
-    if kind == "card":
-        video_in = ["-re", "-f", "lavfi", "-i", f"color=c={CARD_COLOR}:s={width}x{height}:r={fps}"]
-    elif kind == "image":
-        video_in = ["-re", "-loop", "1", "-framerate", str(fps), "-i", visual_file]
-    else:
-        video_in = ["-re", "-stream_loop", "-1", "-i", visual_file]
-    return [
-        ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-        "-stats_period", "1", *video_in,
-        "-thread_queue_size", "512", "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0",
-        "-filter_complex", video_filter(kind, width, height, fps), "-map", "[v]", "-map", "1:a",
-        "-c:v", "libx264", "-preset", settings.rtmp_x264_preset,
-        *(["-tune", "stillimage"] if kind in ("card", "image") else []),
-        "-pix_fmt", "yuv420p", "-r", str(fps), "-g", str(2 * fps), "-keyint_min", str(2 * fps),
-        "-sc_threshold", "0", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k",
-        "-x264-params", "nal-hrd=cbr",
-        "-c:a", "aac", "-b:a", f"{settings.rtmp_audio_kbps}k", "-ar", str(RATE), "-ac", str(CHANNELS),
-        # -shortest: when the packager dies, ffmpeg's audio input ends and so does the
-        # stream (the looped picture alone would keep it publishing, orphaned, forever).
-        "-shortest", "-f", "flv", "-flvflags", "no_duration_filesize",
-        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), "-fpre", key_file, url,
-    ]
-
-
-def card_text(text: str, width_px: int, font_px: int, max_lines: int = 4) -> str:
-    """``text`` wrapped to the card's width (drawtext does not wrap), at most ``max_lines``."""
-    per_line = max(10, int(width_px * 0.85 / (font_px * 0.55)))
-    lines = textwrap.wrap(" ".join(text.split()), per_line) or [""]
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1][: per_line - 1].rstrip() + "\u2026"
-    return "\n".join(lines)
 
 
 class RtmpOutput:
