@@ -35,7 +35,7 @@ from g4l.hls.buffer import RATE
 from g4l.hls.outputs import StationOutputs
 from g4l.hls.partial import PartialFeed, after_prompt, whole_output
 from g4l.hls.recorder import RECOVER_EVERY_S, StationRecorder, recover_leftovers
-from g4l.hls.stations import StationDriver
+from g4l.hls.station import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, kinds, notices, partials
 from g4l.jobs.kinds import Stream

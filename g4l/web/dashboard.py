@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from g4l.context import Context
 from g4l.errors import Forbidden, G4LError, StationNotFound, Unauthorized
 from g4l.services.auth import HEADER, ApiKeys, Caller
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 from g4l.web.api import access
 from g4l.web.api.download import send_blob
 from g4l.web.api.models import Recording, RecordingList, StationHistory, StationHistoryQuery, StationList, StationStatus

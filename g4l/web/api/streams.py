@@ -13,7 +13,7 @@ from g4l.errors import Forbidden, InvalidRequest
 from g4l.services import idle_streams
 from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 from g4l.web.api.access import http_caller
 from g4l.web.api.download import file_responses, send_blob
 from g4l.web.api.models import (
