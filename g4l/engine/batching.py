@@ -547,16 +547,20 @@ class DecodeLoop:
             raise RuntimeError("the pattern sequence was not filled")
         return out
 
-    def _leave(self, row: _Row, codes: torch.Tensor | None, error: BaseException | None) -> None:
-        if row not in self.rows:
-            return
+    def _remove(self, row: _Row) -> None:
+        """Take ``row`` out of the batch, keeping it dense: the last row moves into the
+        leaving row's cache slots (two per row: conditional and unconditional)."""
         index = self.rows.index(row)
         last = len(self.rows) - 1
         if index != last:
-            # Keep the batch dense: the last row takes the leaving row's slots.
             self.cache.move(2 * last, 2 * index, 2)
             self.rows[index] = self.rows[last]
         self.rows.pop()
+
+    def _leave(self, row: _Row, codes: torch.Tensor | None, error: BaseException | None) -> None:
+        if row not in self.rows:
+            return
+        self._remove(row)
         row.handle._finish(codes, error)
         if not self.rows:
             self._batch_limit = self.max_batch
@@ -574,12 +578,7 @@ class DecodeLoop:
         generator; it resumes later with a prefill of all it has (how an out-of-memory
         error shrinks the batch)."""
         row = max(self.rows, key=lambda r: r.order)
-        index = self.rows.index(row)
-        last = len(self.rows) - 1
-        if index != last:
-            self.cache.move(2 * last, 2 * index, 2)
-            self.rows[index] = self.rows[last]
-        self.rows.pop()
+        self._remove(row)
         with self._lock:
             self._pending.append(row)
 
