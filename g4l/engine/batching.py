@@ -31,6 +31,10 @@ to empty, then retries in smaller chunks; a row is failed (``GPU_OUT_OF_MEMORY``
 it runs out of memory alone. A step samples every row before it writes any token, so a step
 that fails part-way is retried whole. :data:`g4l.engine.memory.TEST_ONLY_OOM_ABOVE_ROWS`
 injects the error on CPU (tests only).
+
+Why one file of over 400 lines: join, step and leave all act on the loop's rows and its one KV
+cache under one lock; the model-side step (:mod:`g4l.engine.batch_lm`) and the sampling
+(:mod:`g4l.engine.sampling`) are modules of their own.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ The same classes validate requests and generate the OpenAPI document
 Request models are strict (a number sent as a string is a 400, not silently converted:
 HTTP clients are ours to define, unlike the device protocol's lenient payloads) and
 ignore unknown fields.
+
+Why one file of over 400 lines: it is declarations only, no logic, and one module keeps the
+whole HTTP contract readable in one place, beside the OpenAPI document made from it.
 """
 
 from __future__ import annotations
