@@ -120,7 +120,7 @@ def send_blob(blobs: BlobStore, blob_id: str, filename: str,
     return resp
 
 
-def send_result_wav(jobs: JobService, blob_id: str, name: str, job_id: str) -> Response:
+def send_result_wav(jobs: JobService, blob_id: str, name: str, job_id: str | None) -> Response:
     """A job's result WAV as ``<name>.wav`` (:func:`send_blob`); while GridFS is still storing
     it, the copy the finished job left in Redis."""
     return send_blob(jobs.ctx.blobs, blob_id, f"{name}.wav", in_flight=lambda: jobs.in_flight(job_id))
