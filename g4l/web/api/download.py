@@ -16,6 +16,7 @@ from g4l.store.blobs import BlobStore
 from g4l.web.api.routing import error_response
 
 if TYPE_CHECKING:
+    from g4l.services.auth import Caller
     from g4l.services.jobs import JobService
 
 PIECE = 1024 * 1024
@@ -124,3 +125,8 @@ def send_result_wav(jobs: JobService, blob_id: str, name: str, job_id: str | Non
     """A job's result WAV as ``<name>.wav`` (:func:`send_blob`); while GridFS is still storing
     it, the copy the finished job left in Redis."""
     return send_blob(jobs.ctx.blobs, blob_id, f"{name}.wav", in_flight=lambda: jobs.in_flight(job_id))
+
+
+def send_job_wav(jobs: JobService, caller: Caller, job_id: str) -> Response:
+    """A finished job's result as ``<job_id>.wav``, the download of every protocol that has one."""
+    return send_result_wav(jobs, jobs.result_blob(caller, job_id), job_id, job_id)

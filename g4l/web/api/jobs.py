@@ -10,7 +10,7 @@ from g4l.jobs.records import Job, JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.services.specs import SAMPLING_FIELDS
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_result_wav
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_job_wav
 from g4l.web.api.models import ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery
 from g4l.web.api.models import JobStatus as JobStatusBody
 from g4l.web.api.openapi import PREFIX
@@ -86,7 +86,6 @@ def blueprint(jobs: JobService) -> Blueprint:
     @operation("getJobAudio", "Download the result WAV (Range requests supported)", tags=["jobs"],
                responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def job_audio(job_id: str) -> Response:
-        blob = jobs.result_blob(http_caller(), job_id)
-        return send_result_wav(jobs, blob, job_id, job_id)
+        return send_job_wav(jobs, http_caller(), job_id)
 
     return bp

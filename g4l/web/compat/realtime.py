@@ -83,7 +83,6 @@ def blueprint(jobs: JobService) -> Blueprint:
     @operation("getRealtimeStreamWav", "The whole result as WAV; Range supported", tags=TAGS,
                responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def result_wav(session_id: str) -> Response:
-        blob = streams.wav_blob(http_caller(), session_id)
-        return send_result_wav(jobs, blob, session_id, session_id)
+        return send_result_wav(jobs, streams.wav_blob(http_caller(), session_id), session_id, session_id)
 
     return bp

@@ -15,7 +15,7 @@ from flask import Blueprint, Response
 from g4l.jobs.records import JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_result_wav
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_job_wav
 from g4l.web.api.openapi import PREFIX
 from g4l.web.api.routing import operation
 from g4l.web.compat.models import StoriStatus
@@ -64,7 +64,6 @@ def blueprint(jobs: JobService) -> Blueprint:
     @operation("downloadJobStori", "Download a completed job's WAV (Range supported)", tags=TAGS,
                responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def download(job_id: str) -> Response:
-        blob = jobs.result_blob(http_caller(), job_id)
-        return send_result_wav(jobs, blob, job_id, job_id)
+        return send_job_wav(jobs, http_caller(), job_id)
 
     return bp
