@@ -16,6 +16,10 @@
   into its Redis hash and stops streams that were stopped or idled out.
 
 All of it runs in plain OS threads (this process does not use gevent).
+
+Why one file of over 400 lines: the leases, the notice dispatch and the tick share the
+packager's table of running streams and its lock; what a stream does with its audio already
+lives in its own module (:mod:`g4l.hls.partial`, :mod:`g4l.hls.station`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Every operation validates everything first (payload, audio, model, session state
 only then writes, so a bad request changes nothing. Every one takes the
 :class:`~g4l.services.auth.Caller`: its owner is recorded on what it creates, rate
 limits count per owner, and with API keys on another key's session does not exist.
+
+Why one file of over 400 lines: every operation shares the validate-then-write steps of
+:class:`SessionService` (caller, rate limit, session state, queueing) and the session store's
+discipline; the history and text-to-audio services are their own modules.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from flask import Blueprint
 from g4l.context import Context
 from g4l.services.stations.genres import GenreStreams
 from g4l.web.api.access import http_caller
-from g4l.web.api.models import StationStatus
 from g4l.web.api.routing import operation
+from g4l.web.api.stream_models import StationStatus
 from g4l.web.compat.models import GetStreamRequest, GetStreamResponse, StreamInfo
 from g4l.web.urls import absolute
 
