@@ -85,8 +85,10 @@ class SpecResolver:
     def model(self, requested: str | None) -> str:
         """The MusicGen to use: the one asked for, else the default; it must be allowed
         (another family's model cannot continue audio)."""
-        model = (requested or "").strip() or self.settings.model_default
-        allowed = models_of(MUSICGEN, self.settings.models, self.settings.model_path_map)
+        s = self.settings
+        model = (requested or "").strip() or default_model(MUSICGEN, s.models, s.default_model, s.model_path_map) \
+            or s.model_default
+        allowed = models_of(MUSICGEN, s.models, s.model_path_map)
         if model not in allowed:
             raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: " + ", ".join(allowed))
         return model
