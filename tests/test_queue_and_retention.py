@@ -9,7 +9,7 @@ from conftest import notice_seen
 
 from g4l import keys
 from g4l.context import Context
-from g4l.errors import Busy, QueueFull
+from g4l.errors import Busy, InvalidRequest, QueueFull
 from g4l.jobs import lifecycle, notices, recovery
 from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
 from g4l.jobs.spec import GenerationSpec
@@ -56,7 +56,7 @@ def test_each_familys_jobs_go_to_the_workers_that_load_it(ctx: Context) -> None:
     """A jerry job waits for a worker that loads Stable Audio; a MusicGen-only worker takes
     the gary jobs queued after it, and the waiting order stays one for all."""
     session = ctx.sessions.create(status="queued")
-    jerry = Job(id=new_job_id(), kind="generate", session_id=session.id, priority=Priority.INTERACTIVE,
+    jerry = Job(id=new_job_id(), kind="text_to_audio", session_id=session.id, priority=Priority.INTERACTIVE,
                 spec=GenerationSpec(model="debug-stable-audio", family="stable_audio", output_seconds=11))
     gary = _job(ctx)
     ctx.queue.enqueue(jerry)
@@ -66,6 +66,12 @@ def test_each_familys_jobs_go_to_the_workers_that_load_it(ctx: Context) -> None:
     assert ctx.queue.claim("gary-only", block_ms=10, families=["musicgen"]) is None
     taken = ctx.queue.claim("all", block_ms=10)
     assert taken.job_id == jerry.id and taken.stream == keys.stream("interactive", "stable_audio")
+    # A spec for another family's model than its kind's is refused before anything is written.
+    wrong = Job(id=new_job_id(), kind="transform", session_id=session.id,
+                spec=GenerationSpec(model="debug-melodyflow", output_seconds=5))  # family left at musicgen
+    with pytest.raises(InvalidRequest, match="runs on a melodyflow model"):
+        ctx.queue.enqueue(wrong)
+    assert ctx.jobs.get(wrong.id) is None
 
 
 def test_queue_limit_is_never_exceeded(ctx: Context) -> None:

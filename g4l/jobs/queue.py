@@ -139,12 +139,16 @@ class JobQueue:
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
-        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`, or a
-            session-bound kind names no session.
+        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`, a
+            session-bound kind names no session, or the spec's family is not the kind's.
         """
-        # An unknown kind, or a session kind without its session, is refused before anything is written.
-        if kinds.of(job.kind).session_bound and not job.session_id:
+        # An unknown kind, a session kind without its session, or a spec for another family's
+        # model (its job would wait on the wrong streams) is refused before anything is written.
+        kind = kinds.of(job.kind)
+        if kind.session_bound and not job.session_id:
             raise InvalidRequest(f"a {job.kind} job needs a session")
+        if job.family != kind.family:
+            raise InvalidRequest(f"a {job.kind} job runs on a {kind.family} model, not {job.model!r} ({job.family})")
         self.ensure_groups()
         offset = self._offset(job, front)
         # The place is reserved at the end of the order first (for the limit), and moved to

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from g4l.engine import families
-from g4l.engine.families import MUSICGEN, STABLE_AUDIO, default_model, family_of, models_of
+from g4l.engine.families import MELODYFLOW, MUSICGEN, STABLE_AUDIO, default_model, family_of, models_of
 from g4l.errors import InvalidRequest, ModelNotAllowed, ModelUnavailable
 from g4l.jobs import kinds
 from g4l.jobs.kinds import KindName
@@ -192,8 +192,8 @@ class SpecResolver:
                        seed: int | None) -> GenerationSpec:
         """The spec of a transform: the input (``input_blob``, ``seconds`` long, in ``fmt``)
         rewritten toward ``text``; the result has the input's length and format."""
-        return GenerationSpec(model=self.transform_model(), seed=pick_seed(seed), description=text,
-                              output_seconds=max(seconds, 1e-3), input_blob=input_blob, output=fmt,
+        return GenerationSpec(model=self.transform_model(), family=MELODYFLOW.name, seed=pick_seed(seed),
+                              description=text, output_seconds=max(seconds, 1e-3), input_blob=input_blob, output=fmt,
                               assembly=Assembly.MODEL, edit=edit)
 
     # ------------------------------------------------------------ jobs
