@@ -361,3 +361,36 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         and not hasattr(config, "workerinput") and exitstatus in (0, 1) and not session.shouldstop
     if cache is not None and whole and _seconds:
         cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **{m: round(s, 1) for m, s in _seconds.items()}})
+
+
+# ---------------------------------------------------------------- tests that need the machine
+# A few tests watch real-time behaviour that needs the tiny model faster than real time
+# (a station's buffer filling while it plays): on the 2-core box with every xdist worker
+# busy, generation slows to about real time and they cannot happen at all (they fail the
+# same way, serially, on a box loaded by others). Marked ``alone``, such a test runs with no
+# other test running: it waits for the running ones to end, and the other workers wait for
+# it (their servers idle meanwhile). Two lock files under the run's shared basetemp; the
+# turnstile makes a waiting ``alone`` test go before tests that arrive after it.
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    config = item.config
+    if not hasattr(config, "workerinput"):  # serial run (-n 0): nothing runs beside it
+        yield
+        return
+    import fcntl
+
+    root = config._tmp_path_factory.getbasetemp().parent  # popen-gwN's parent: the run's own
+    alone = item.get_closest_marker("alone") is not None
+    with open(root / "machine.turnstile", "a") as turnstile, open(root / "machine.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)

@@ -181,6 +181,7 @@ def test_a_rotation_comes_on_schedule_with_its_break_or_crossfade(stack: Stack, 
 
 
 # ---------------------------------------------------------------------- chunk length
+@pytest.mark.alone  # the unpaced tiny model must outrun playback (tests/conftest.py)
 def test_minute_long_chunks_are_generated_past_the_model_window_and_stored_whole(stack: Stack) -> None:
     """chunk_seconds 60: each generation (a continuation of 3 + 60 s) runs AudioCraft's
     extension past the tiny model's 30 s window; the stored chunks are 60 s of FLAC."""
@@ -268,6 +269,7 @@ def test_the_stored_buffer_survives_a_packager_kill_and_a_full_restart_in_order(
 
 
 # ---------------------------------------------------------------------- (a) slow generator
+@pytest.mark.alone  # the unpaced tiny model must outrun playback (tests/conftest.py)
 def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_slate(stack: Stack) -> None:
     # Back on the air only at 25 s (WARNING): two chunks after a depletion, not one.
     st, sid = create(stack, prompt="deep house", chunk_seconds=10, buffer_thresholds_s=THRESHOLDS,
