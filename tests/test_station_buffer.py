@@ -85,21 +85,6 @@ def silent_runs(x: np.ndarray, window: int = 480) -> list[tuple[float, float]]:
     return runs
 
 
-def best_match(excerpt: np.ndarray, haystack: np.ndarray) -> tuple[float, int]:
-    """(normalised cross-correlation peak, offset) of ``excerpt`` inside ``haystack`` (FFT
-    correlation; window energies by a running sum)."""
-    n = len(haystack) + len(excerpt)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(haystack, size) * np.conj(np.fft.rfft(excerpt, size)), size)
-    corr = corr[: len(haystack) - len(excerpt) + 1]
-    sums = np.concatenate([[0.0], np.cumsum(haystack.astype(np.float64) ** 2)])
-    energy = sums[len(excerpt):] - sums[: len(sums) - len(excerpt)]
-    ref = float(np.sum(excerpt.astype(np.float64) ** 2))
-    ncc = np.where(energy > 0.05 * ref, corr / np.sqrt(ref * np.maximum(energy, 1e-12)), 0.0)
-    at = int(np.argmax(ncc))
-    return float(ncc[at]), at
-
-
 def tones_of_the_slate(x: np.ndarray) -> float:
     """How far the slate's three tones stand above the spectrum's median (smallest of them)."""
     spectrum = np.abs(np.fft.rfft(x))
