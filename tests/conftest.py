@@ -305,15 +305,18 @@ def _selected_files(config) -> set[str] | None:
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one file runs in this process (a module never spans workers, so xdist
-    would only add its start-up); the fast lane (CPU-bound unit tests) gets a worker per
-    CPU; the whole suite ``WORKERS_PER_CPU`` per CPU. ``G4L_TEST_WORKERS`` overrides."""
+    would only add its start-up); the fast lane (CPU-bound unit tests) and a ``-k``
+    selection (usually a few tests; every worker collects the whole suite, ~10 s of CPU)
+    get a worker per CPU; the whole suite ``WORKERS_PER_CPU`` per CPU, at most one per
+    file named. ``G4L_TEST_WORKERS`` overrides."""
     if os.environ.get("G4L_TEST_WORKERS"):
         return int(os.environ["G4L_TEST_WORKERS"])
     files = _selected_files(config)
     if files is not None and len(files) <= 1:
         return 0
     cpus = len(os.sched_getaffinity(0))
-    wanted = cpus if "not slow" in (config.option.markexpr or "") else min(MAX_WORKERS, WORKERS_PER_CPU * cpus)
+    narrowed = "not slow" in (config.option.markexpr or "") or bool(config.option.keyword)
+    wanted = cpus if narrowed else min(MAX_WORKERS, WORKERS_PER_CPU * cpus)
     return wanted if files is None else min(wanted, len(files))
 
 
