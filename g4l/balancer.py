@@ -53,10 +53,11 @@ def _nginx_time(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
-def render_config(backends: Sequence[Backend], listen: str, *, max_body_mb: int, prefix: Path | None = None,
-                  pid_file: str | None = None, header_timeout_s: float = 20.0,
+def render_config(backends: Sequence[Backend], listen: str | Sequence[str], *, max_body_mb: int,
+                  prefix: Path | None = None, pid_file: str | None = None, header_timeout_s: float = 20.0,
                   keepalive_timeout_s: float = 75.0) -> str:
-    """An nginx configuration balancing ``listen`` (``host:port``) over ``backends``.
+    """An nginx configuration balancing ``listen`` (``host:port``, or several: the main
+    port and the localhost-mode ports) over ``backends``.
 
     :param max_body_mb: the largest request body passed on (the web's own limit decides).
     :param header_timeout_s: a client's request line and headers must arrive within this
@@ -69,6 +70,7 @@ def render_config(backends: Sequence[Backend], listen: str, *, max_body_mb: int,
     """
     if not backends:
         raise ValueError("at least one web process is needed")
+    listens = "".join(f"        listen {address};\n" for address in ([listen] if isinstance(listen, str) else listen))
     routes = "\n".join(f'        "~^{re.escape(b.node)}\\." g4l_node_{b.node};' for b in backends)
     servers = "\n".join(f"        server {b.address} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT_S}s;"
                         for b in backends)
@@ -114,8 +116,7 @@ http {{
         keepalive 32;
     }}
 {singles}    server {{
-        listen {listen};
-        location / {{
+{listens}        location / {{
             proxy_pass http://$g4l_backend;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
@@ -145,14 +146,17 @@ def nginx_binary() -> str:
 
 
 def start(backends: Sequence[Backend], host: str, port: int, data_dir: Path, *, max_body_mb: int,
-          header_timeout_s: float = 20.0, keepalive_timeout_s: float = 75.0) -> ManagedProcess:
+          header_timeout_s: float = 20.0, keepalive_timeout_s: float = 75.0,
+          extra_ports: Sequence[int] = ()) -> ManagedProcess:
     """Write the configuration under ``data_dir`` and run nginx in the foreground on
-    ``host:port``; returns once it accepts connections (timeouts: :func:`render_config`)."""
+    ``host:port`` (and ``extra_ports``); returns once it accepts connections (timeouts:
+    :func:`render_config`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (data_dir / "temp" / name).mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nginx.conf"
-    conf.write_text(render_config(backends, f"{host}:{port}", max_body_mb=max_body_mb, prefix=data_dir,
+    listens = [f"{host}:{p}" for p in (port, *extra_ports)]
+    conf.write_text(render_config(backends, listens, max_body_mb=max_body_mb, prefix=data_dir,
                                   header_timeout_s=header_timeout_s, keepalive_timeout_s=keepalive_timeout_s))
     binary = nginx_binary()
     check = subprocess.run([binary, "-t", "-q", "-p", str(data_dir), "-c", str(conf)], capture_output=True, text=True)

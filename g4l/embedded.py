@@ -26,6 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on now (nothing else holds it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket in TIME_WAIT is no owner
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, proc: subprocess.Popen | None, timeout: float, name: str) -> None:
     """Block until ``port`` accepts connections, or raise with the process's fate."""
     deadline = time.monotonic() + timeout

@@ -83,6 +83,24 @@ def _models_line(doc: dict) -> str:
     return f"g4l models: usable {usable}" + "".join(f"; UNUSABLE {reason}" for reason in failed.values())
 
 
+def localhost_ports(host: str, main_port: int, wanted: dict[str, int]) -> list[int]:
+    """The localhost-mode ports to answer on too (``{"jerry": 8005, "terry": 8002}``):
+    each that is set (not 0), not the main port, and free; a taken one is skipped with a
+    line on stdout and in the log saying so (another program, e.g. an upstream service,
+    already answers there)."""
+    ports: list[int] = []
+    for name, port in wanted.items():
+        if not port or port == main_port or port in ports:
+            continue
+        if not embedded.port_free(host, port):
+            print(f"g4l: port {port} is taken: {name}'s localhost port is not served "
+                  f"(set G4L_{name.upper()}_PORT to another port, or 0)", flush=True)
+            log.warning("localhost port taken; not served", service=name, port=port)
+            continue
+        ports.append(port)
+    return ports
+
+
 def _what(managed_name: str) -> str:
     return "balancer" if managed_name == "balancer" else "embedded store"
 
@@ -135,17 +153,19 @@ def main() -> int:
             spawn(f"worker-{i}", "g4l.worker")
         if settings.hls_enabled:
             spawn("hls", "g4l.hls")  # the HLS packager: live streams and stations
+        extra_ports = localhost_ports(settings.host, settings.port,
+                                      {"jerry": settings.jerry_port, "terry": settings.terry_port})
         if settings.web_processes <= 1:
-            spawn("web", "g4l.web")
+            spawn("web", "g4l.web", G4L_EXTRA_PORTS=",".join(map(str, extra_ports)))
         else:  # N web processes on loopback ports, nginx on G4L_PORT (g4l/balancer.py)
             prefix = f"{settings.web_node}-" if settings.web_node else ""
             backends = [balancer.Backend(f"{prefix}w{i}", "127.0.0.1", embedded.free_port())
                         for i in range(settings.web_processes)]
             for i, b in enumerate(backends):
                 spawn(f"web-{i}", "g4l.web", G4L_HOST=b.host, G4L_PORT=str(b.port), G4L_WEB_NODE=b.node,
-                      G4L_TRUSTED_PROXIES=str(settings.trusted_proxies + 1))
+                      G4L_TRUSTED_PROXIES=str(settings.trusted_proxies + 1), G4L_EXTRA_PORTS="")
             starters["balancer"] = lambda port: balancer.start(
-                backends, settings.host, port or settings.port, data_dir / "balancer",
+                backends, settings.host, port or settings.port, data_dir / "balancer", extra_ports=extra_ports,
                 max_body_mb=settings.max_payload_mb + 1, header_timeout_s=settings.http_header_timeout_s,
                 keepalive_timeout_s=settings.http_keepalive_timeout_s)
             managed["balancer"] = starters["balancer"](0)
@@ -153,6 +173,8 @@ def main() -> int:
                      web_processes=len(backends))
 
         url = f"http://{settings.host}:{settings.port}"
+        if extra_ports:
+            log.info("localhost ports served", ports=extra_ports)
         announced = False
         warned = False
         started = time.monotonic()

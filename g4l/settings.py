@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     # Proxies in front of the web process whose X-Forwarded-For / -Proto it believes (the
     # launcher's balancer sets 1): per-address limits then see the client, not the proxy.
     trusted_proxies: int = 0
+    # Localhost mode (docs/jerry.md): the device and gary4juce call jerry on port 8005 and
+    # gary4juce calls terry on 8002, so the launcher answers there too (the same app; 0: off;
+    # a port that is taken is skipped with a log line).
+    jerry_port: int = Field(default=8005, ge=0, le=65535)
+    terry_port: int = Field(default=8002, ge=0, le=65535)
+    # Set by the launcher for its web process: more ports it listens on (jerry's, terry's).
+    extra_ports: Annotated[list[int], NoDecode] = []
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     mongo_url: str | None = Field(default=None, validation_alias="MONGO_URL")
     mongo_db: str = "g4l"
@@ -202,6 +209,13 @@ class Settings(BaseSettings):
                 and int(w) % 2 == 0 and int(h) % 2 == 0):
             raise ValueError("rtmp_video_size must be WxH with even sides, at most 3840x2160")
         return f"{int(w)}x{int(h)}"
+
+    @field_validator("extra_ports", mode="before")
+    @classmethod
+    def _split_ports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(p) for p in value.split(",") if p.strip()]
+        return value
 
     @field_validator("models", "api_keys", "operator_keys", "model_sizes", "model_paths", mode="before")
     @classmethod

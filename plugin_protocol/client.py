@@ -44,6 +44,7 @@ class Result:
     queue: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     job_id: str = ""  # from the *_received acknowledgement
+    seed: int | None = None  # from the *_received acknowledgement (the seed the generation used)
 
 
 @dataclass
@@ -139,32 +140,33 @@ class DeviceClient:
             return [d for _t, n, d in self.received[since:] if name is None or n == name]
 
     # ------------------------------------------------------------ operations
-    def _generation(self, event: str, payload: dict[str, Any], kind: str, session_id: str | None) -> Result:
+    def _generation(self, exchange: events.GenerationEvents, payload: dict[str, Any],
+                    session_id: str | None) -> Result:
         since = self.mark()
         started = time.monotonic()
-        self.emit(event, payload)
-        _, ack = self.wait_for(events.RECEIVED_EVENT[kind], since, session_id=session_id)
-        sid = ack["session_id"]
-        _, data = self.wait_for(events.RESULT_EVENT[kind], since, session_id=sid)
+        self.emit(exchange.request, payload)
+        _, ack = self.wait_for(exchange.received, since, session_id=session_id)
+        sid, seed = ack["session_id"], ack.get("seed")
+        _, data = self.wait_for(exchange.result, since, session_id=sid)
         progress = [d["progress"] for d in self.events_since(since, events.PROGRESS_UPDATE)
                     if d.get("session_id") == sid]
         queue = [d for d in self.events_since(since, events.QUEUE_STATUS) if d.get("session_id") == sid]
-        return Result(sid, base64.b64decode(data["audio_data"]), events.RESULT_EVENT[kind], progress, queue,
-                      time.monotonic() - started, str(ack.get("job_id") or ""))
+        return Result(sid, base64.b64decode(data["audio_data"]), exchange.result, progress, queue,
+                      time.monotonic() - started, str(ack.get("job_id") or ""), seed if isinstance(seed, int) else None)
 
     def bang(self, wav: bytes, *, model_name: str, prompt_duration: int, **params: Any) -> Result:
         payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,
                    "prompt_duration": prompt_duration, **params}
-        return self._generation(events.PROCESS_AUDIO, payload, "bang", None)
+        return self._generation(events.BANG, payload, None)
 
     def continue_(self, session_id: str | None, wav: bytes | None = None, **params: Any) -> Result:
         payload: dict[str, Any] = {"session_id": session_id, **params}
         if wav is not None:
             payload["audio_data"] = base64.b64encode(wav).decode()
-        return self._generation(events.CONTINUE_MUSIC, payload, "continue", session_id)
+        return self._generation(events.CONTINUE, payload, session_id)
 
     def retry(self, session_id: str, **params: Any) -> Result:
-        return self._generation(events.RETRY_MUSIC, {"session_id": session_id, **params}, "retry", session_id)
+        return self._generation(events.RETRY, {"session_id": session_id, **params}, session_id)
 
     def _call(self, event: str, payload: Any, reply: str, session_id: str | None = None) -> Any:
         since = self.mark()

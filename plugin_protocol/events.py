@@ -1,5 +1,7 @@
 """Socket.IO event names, exactly as existing gary4live-style clients spell them."""
 
+from dataclasses import dataclass
+
 # Client -> server
 PROCESS_AUDIO = "process_audio_request"  # "bang"
 CONTINUE_MUSIC = "continue_music_request"
@@ -44,11 +46,19 @@ HISTORY_RESULT = "history"  # {session_id, current, versions: [...]} (no audio)
 TRANSFORM_UNDONE = "transform_undone"  # {audio_data, session_id}
 ERROR = "error"
 
-#: The result event for each generation kind.
-RESULT_EVENT = {"bang": AUDIO_PROCESSED, "continue": MUSIC_CONTINUED, "retry": MUSIC_RETRIED}
-#: The acknowledgement sent as soon as a generation request is accepted.
-RECEIVED_EVENT = {
-    "bang": PROCESS_AUDIO_RECEIVED,
-    "continue": CONTINUE_MUSIC_RECEIVED,
-    "retry": RETRY_MUSIC_RECEIVED,
-}
+
+@dataclass(frozen=True)
+class GenerationEvents:
+    """A device generation's three events: its request, the acknowledgement sent as soon as
+    it is accepted, and the event that brings its result."""
+
+    request: str
+    received: str
+    result: str
+
+
+BANG = GenerationEvents(PROCESS_AUDIO, PROCESS_AUDIO_RECEIVED, AUDIO_PROCESSED)
+CONTINUE = GenerationEvents(CONTINUE_MUSIC, CONTINUE_MUSIC_RECEIVED, MUSIC_CONTINUED)
+RETRY = GenerationEvents(RETRY_MUSIC, RETRY_MUSIC_RECEIVED, MUSIC_RETRIED)
+#: Every device generation (the server's kind table says which kind uses which).
+GENERATIONS = (BANG, CONTINUE, RETRY)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from plugin_protocol.sampling import CfgCoef, Temperature, TopK, TopP
+
 #: Limits that are facts of the protocol (the device's slider is 1-15 s, the JUCE plugin's
 #: presets go to 30, as the upstream server accepts).
 PROMPT_SECONDS_MIN = 1
@@ -60,10 +62,10 @@ class GenerationParams(_Payload):
     prompt_duration: int | None = Field(
         default=None, ge=PROMPT_SECONDS_MIN, le=PROMPT_SECONDS_MAX, description="Seconds of prompt"
     )
-    top_k: int | None = Field(default=None, ge=0, le=10_000)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    temperature: float | None = Field(default=None, gt=0.0, le=10.0)
-    cfg_coef: float | None = Field(default=None, ge=0.0, le=30.0)
+    top_k: TopK | None = None
+    top_p: TopP | None = None
+    temperature: Temperature | None = None
+    cfg_coef: CfgCoef | None = None
     description: str | None = Field(default=None, max_length=2000, description="Text guidance; empty = none")
     duration: float | None = Field(default=None, gt=0.0, le=3600.0,
                                    description="Seconds the model produces, its prompt included (default 30)")

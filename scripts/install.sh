@@ -15,6 +15,8 @@
 #   3. the project and its dependencies under a torch==2.13.0 constraint.
 #   4. AudioCraft 1.3.0 with --no-deps (its metadata pins torch 2.1 and av 11, which has no
 #      wheel for Python 3.11; pyproject lists the dependencies its code really imports).
+#   4b. stable-audio-tools 0.0.20 (jerry) the same way, with --ignore-requires-python too: its
+#      metadata says Python < 3.11 and pins torch 2.7.1; the code runs on 3.11 and torch 2.13.
 #   5. the patches in scripts/patches/ to the embedded store (SecantusDB, see below).
 set -euo pipefail
 mode=${1:-serve}
@@ -58,6 +60,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" install torch==2.13.0
   "${pip[@]}" install -c scripts/constraints.txt -e ".[$extras]"
   "${pip[@]}" install -c scripts/constraints.txt --no-deps audiocraft==1.3.0
+  "${pip[@]}" install -c scripts/constraints.txt --no-deps --ignore-requires-python stable-audio-tools==0.0.20
   echo "$want" > "$stamp"
 fi
 

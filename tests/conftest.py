@@ -103,6 +103,16 @@ class RunningServer:
         except urllib.error.HTTPError as exc:
             return exc.code, json.load(exc)
 
+    @property
+    def jerry_url(self) -> str:
+        """jerry's localhost-mode port (``G4L_JERRY_PORT``), as the device calls it locally."""
+        return f"http://127.0.0.1:{self.env['G4L_JERRY_PORT']}"
+
+    @property
+    def terry_url(self) -> str:
+        """terry's localhost-mode port (``G4L_TERRY_PORT``)."""
+        return f"http://127.0.0.1:{self.env['G4L_TERRY_PORT']}"
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -118,11 +128,18 @@ def start_server(tmp: Path, *, redis_url: str | None, mongo_url: str | None, **e
                  ) -> RunningServer:
     """Start ``python -m g4l.launcher`` and wait for its ready line."""
     port = embedded.free_port()
+    local_ports = set()
+    while len(local_ports) < 2 or port in local_ports:  # three different free ports
+        local_ports = {embedded.free_port(), embedded.free_port()}
+    jerry_port, terry_port = sorted(local_ports)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
     env.update({
         "G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": "debug",
         "G4L_DATA_DIR": str(tmp), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_LOG_LEVEL": "INFO",
         "G4L_WORKER_DEAD_AFTER_S": "4", "G4L_TORCH_THREADS": "1",
+        # Localhost mode's ports (8005, 8002 in production) on free ports: test servers never
+        # take fixed ones (RunningServer.jerry_url / terry_url).
+        "G4L_JERRY_PORT": str(jerry_port), "G4L_TERRY_PORT": str(terry_port),
     })
     # The shipped defaults (batching on: G4L_MAX_BATCH 8) unless the test asks otherwise;
     # the one-at-a-time path has tests of their own (G4L_MAX_BATCH="1", named so).

@@ -27,7 +27,7 @@ from g4l import wav_splice
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
         "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8",
         "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11", "history": "key-history-12",
-        "import": "key-import-13"}
+        "import": "key-import-13", "sampling": "key-sampling-14", "sampling-ok": "key-sampling-ok-15"}
 OPERATOR_KEY = "key-operator-9"
 RATE_LIMIT = 6
 MAX_SECONDS = 90
@@ -603,6 +603,64 @@ def test_contract_every_route_against_the_document(api):
     assert not failures, "\n\n".join(failures)
     print(f"contract: {len(statuses)} calls, statuses {sorted(set(statuses))}")
     assert len(statuses) >= 10 * len(operations) and any(200 <= s < 300 for s in statuses)
+
+
+def test_one_sampling_contract_on_every_route(api):
+    """The same out-of-range sampling value is refused the same way by the device socket,
+    /api/v1 (sessions, jobs, stations) and the JUCE route; the widest in-range values are
+    accepted by all of them (plugin_protocol/sampling.py)."""
+    import socketio
+
+    wav = _b64(make_wav(2.0))
+    bang = {"audio_data": wav, "model_name": "debug", "prompt_duration": 1}
+    routes = {
+        "socket": None,
+        "bangSession": ("/api/v1/sessions/bang", {**bang}),
+        "createGenerateJob": ("/api/v1/generate", {"prompt": "x", "duration": 8}),
+        "createStation": ("/api/v1/stations", {"prompt": "x"}),
+        "juce": ("/api/juce/process_audio", {**bang}),
+    }
+
+    def socket_answer(sio: socketio.Client, params: dict) -> str:
+        got: list[tuple[str, dict]] = []
+        answered = threading.Event()
+        for name in ("error", "process_audio_received"):
+            sio.on(name, (lambda n: lambda data=None: (got.append((n, data)), answered.set()))(name))
+        sio.emit("process_audio_request", {**bang, **params})
+        assert answered.wait(20), "no answer on the socket"
+        name, data = got[0]
+        return data["code"] if name == "error" else "accepted"
+
+    def http_answer(key: str, path: str, body: dict) -> str:
+        resp = requests.post(api.url + path, json=body, headers={"X-API-Key": key}, timeout=20)
+        data = resp.json()
+        if 200 <= resp.status_code < 300:
+            return "accepted"
+        assert resp.status_code == 400, resp.text
+        return data.get("code") or data["error"]["code"]
+
+    for key, params, expected in ((KEYS["sampling"], {"temperature": 10.5}, "INVALID_REQUEST"),
+                                  (KEYS["sampling"], {"cfg_coef": 30.5}, "INVALID_REQUEST"),
+                                  (KEYS["sampling-ok"], {"temperature": 10.0, "cfg_coef": 30.0, "top_k": 10_000},
+                                   "accepted")):
+        answers = {}
+        for name, route in routes.items():
+            if route is None:
+                sio = socketio.Client(reconnection=False)
+                sio.connect(api.url, transports=["polling"], auth={"api_key": key}, wait_timeout=10)
+                try:
+                    answers[name] = socket_answer(sio, params)
+                finally:
+                    sio.disconnect()
+                continue
+            path, body = route
+            answers[name] = http_answer(key, path, {**body, **params})
+        assert set(answers.values()) == {expected}, (params, answers)
+    owner = OpenApiClient(api.url, KEYS["sampling-ok"])
+    for job in owner.call("listJobs", limit="100").json()["jobs"]:
+        owner.call("cancelJob", job_id=job["job_id"])
+    for station in owner.call("listStations").json()["stations"]:
+        owner.call("stopStation", station_id=station["station_id"])
 
 
 def test_compat_routes_follow_the_same_keys_and_ownership(api):

@@ -39,6 +39,35 @@ def test_interactive_jobs_go_before_background_and_positions_follow(ctx: Context
     assert ctx.queue.claim("w1", block_ms=10) is None
 
 
+def test_all_positions_read_at_once_are_each_jobs_own(ctx: Context) -> None:
+    """What a web node tells every waiting client after a notice (one read of the whole
+    queue) is what each job's own position says."""
+    jobs = [_job(ctx, Priority.BACKGROUND), _job(ctx), _job(ctx)]
+    for job in jobs:
+        ctx.queue.enqueue(job)
+    ctx.redis.set(keys.JOB_SECONDS, 12.5)
+    everyone = ctx.queue.positions()
+    assert everyone == {job.id: ctx.queue.position(job.id) for job in jobs}
+    assert [everyone[j.id].position for j in jobs] == [3, 1, 2]
+    assert ctx.jobs.session_ids([j.id for j in jobs]) == {j.id: j.session_id for j in jobs}
+
+
+def test_each_familys_jobs_go_to_the_workers_that_load_it(ctx: Context) -> None:
+    """A jerry job waits for a worker that loads Stable Audio; a MusicGen-only worker takes
+    the gary jobs queued after it, and the waiting order stays one for all."""
+    session = ctx.sessions.create(status="queued")
+    jerry = Job(id=new_job_id(), kind="generate", session_id=session.id, priority=Priority.INTERACTIVE,
+                spec=GenerationSpec(model="debug-stable-audio", family="stable_audio", output_seconds=11))
+    gary = _job(ctx)
+    ctx.queue.enqueue(jerry)
+    ctx.queue.enqueue(gary)
+    assert [ctx.queue.position(j.id).position for j in (jerry, gary)] == [1, 2]
+    assert ctx.queue.claim("gary-only", block_ms=10, families=["musicgen"]).job_id == gary.id
+    assert ctx.queue.claim("gary-only", block_ms=10, families=["musicgen"]) is None
+    taken = ctx.queue.claim("all", block_ms=10)
+    assert taken.job_id == jerry.id and taken.stream == keys.stream("interactive", "stable_audio")
+
+
 def test_queue_limit_is_never_exceeded(ctx: Context) -> None:
     for _ in range(3):
         ctx.queue.enqueue(_job(ctx), limit=3)

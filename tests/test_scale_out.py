@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 import socketio
 from conftest import RunningServer, make_wav, start_server, wait_until, wav_info
 
@@ -48,6 +49,9 @@ def _all_up(server: RunningServer) -> tuple[int, dict]:
 def test_health_counts_both_web_processes_and_both_workers(scaled) -> None:
     status, doc = _all_up(scaled)
     assert status == 200 and doc["workers"] == 2 and doc["workers_ready"] == 2
+    # Localhost mode's ports reach the web processes through the balancer too.
+    for url in (scaled.jerry_url, scaled.terry_url):
+        assert requests.get(url + "/health", timeout=10).json()["status"] == "live"
     assert "web_nodes" not in doc  # where they run is for operator keys (tests/test_health_leaks.py)
     assert sorted(_nodes(scaled)) == ["w0", "w1"]
     web_pids = {int(p) for p in subprocess.run(["pgrep", "-f", "g4l.web", "-P", str(scaled.proc.pid)],

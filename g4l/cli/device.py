@@ -22,7 +22,7 @@ SUBSCRIBE = "subscribe"
 JOB_UPDATE = "job_update"
 JOB_COMPLETED = "job_completed"
 _JOB_ENDS = ("completed", "failed", "canceled")
-_ACKS = set(events.RECEIVED_EVENT.values())
+_ACKS = {g.received for g in events.GENERATIONS}
 
 
 @dataclass
@@ -114,7 +114,6 @@ class Device:
         :param params: generation parameters in the protocol's names; None values are left out.
         """
         sent = {k: v for k, v in params.items() if v is not None}
-        since = self.client.mark()
         self.progress = progress
         try:
             with _protocol_errors():
@@ -129,10 +128,7 @@ class Device:
                     result = self.client.retry(session_id, **sent)
         finally:
             self.progress = None
-        acks = [d for d in self.client.events_since(since, events.RECEIVED_EVENT[kind])
-                if isinstance(d, dict) and d.get("session_id") == result.session_id]
-        seed = acks[0].get("seed") if acks else None
-        return Generation(result, seed if isinstance(seed, int) else None)
+        return Generation(result, result.seed)
 
     def crop(self, session_id: str | None, wav: bytes) -> dict[str, Any]:
         """``update_cropped_audio``: ``wav`` becomes the session's current audio (a new

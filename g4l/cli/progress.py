@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from plugin_protocol import events
 
-_RESULTS = set(events.RESULT_EVENT.values())
+_RESULTS = {g.result for g in events.GENERATIONS}
 #: A fixed-width bar, so the line reads the same in any terminal wider than about 70.
 _BAR_FORMAT = "{desc} |{bar:30}| {percentage:3.0f}% {elapsed}"
 #: The state text is padded to this, so the bar does not jump when it changes.

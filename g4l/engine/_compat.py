@@ -24,6 +24,12 @@ MusicGen inference runs never needs them:
   wheel is 35 MB; where it is not installed (the GPU check's carried wheels) a stub whose
   ``open`` raises stands in.
 
+* ``pytorch_lightning`` (stable-audio-tools): ``stable_audio_tools.models.dit`` imports its
+  LoRA package, whose ``callbacks`` module subclasses two Lightning training callbacks at
+  module level. Text-to-audio inference never trains, so where Lightning (a training
+  framework) is not installed, stand-in base classes that refuse to be instantiated take
+  its place (:func:`prepare_stable_audio_import`).
+
 Each shim applies only when the real import fails; a working install is used as is.
 """
 
@@ -38,6 +44,7 @@ from typing import Any
 
 _lock = threading.Lock()
 _done = False
+_stable_audio_done = False
 
 
 def _no_extension(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -128,3 +135,45 @@ def prepare_audiocraft_import() -> None:
         _import_xformers()
         _import_av()
         _done = True
+
+
+def _training_only(name: str) -> type:
+    """A stand-in for a Lightning base class: subclassable, but instantiating it fails."""
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"pytorch_lightning is not installed: {name} (stable-audio-tools training) "
+                           "is unavailable; g4l only runs inference")
+
+    return type(name, (), {"__init__": refuse, "__doc__": f"g4l stand-in for pytorch_lightning's {name}."})
+
+
+def _import_pytorch_lightning() -> None:
+    try:
+        importlib.import_module("pytorch_lightning")
+        return
+    except (ImportError, OSError):
+        pass
+    for name in [n for n in sys.modules if n == "pytorch_lightning" or n.startswith("pytorch_lightning.")]:
+        del sys.modules[name]
+    root = types.ModuleType("pytorch_lightning")
+    root.__doc__ = "g4l stub: pytorch_lightning is not installed (training only)."
+    callbacks = types.ModuleType("pytorch_lightning.callbacks")
+    callbacks.__doc__ = root.__doc__
+    root.Callback = callbacks.Callback = _training_only("Callback")  # type: ignore[attr-defined]
+    callbacks.ModelCheckpoint = _training_only("ModelCheckpoint")  # type: ignore[attr-defined]
+    root.callbacks = callbacks  # type: ignore[attr-defined]
+    sys.modules["pytorch_lightning"] = root
+    sys.modules["pytorch_lightning.callbacks"] = callbacks
+
+
+def prepare_stable_audio_import() -> None:
+    """Install the shims stable-audio-tools' inference path needs (once per process):
+    torchaudio's pure-Python parts (its transforms are imported by the autoencoder and
+    data modules) and the Lightning stand-in."""
+    global _stable_audio_done
+    with _lock:
+        if _stable_audio_done:
+            return
+        _import_torchaudio()
+        _import_pytorch_lightning()
+        _stable_audio_done = True

@@ -26,6 +26,7 @@ Importing this module is cheap: torch and AudioCraft are imported on the first l
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import shutil
@@ -107,6 +108,14 @@ def _hub_cache_dir() -> str:
         return "unknown"
 
 
+def _engine_code_digest() -> str:
+    """A digest of the engine's code: a debug model written by other code is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def normalize_model_id(model_id: str) -> str:
     """The canonical form of a model id: surrounding whitespace removed."""
     return model_id.strip()
@@ -132,7 +141,8 @@ class ModelCache:
         retry_after_s: how long a failed load is refused before it is tried again.
         paths: model id -> checkpoint directory, for allowed ids served from local files.
         debug_dir: where the debug models of the families loaded from files are written
-            (default: a directory under the system's temporary directory).
+            (default: ``g4l-debug-models`` in the system's temporary directory, shared by
+            every server on the machine).
 
     ``debug`` in the allowlist allows the debug model of every family
     (:func:`~g4l.engine.families.expand_allowlist`).
@@ -261,8 +271,10 @@ class ModelCache:
 
     def _debug_checkpoint(self, family: ModelFamily, loader: Any) -> str:
         """The directory of ``family``'s debug model, written in the released layout once
-        (into a scratch directory renamed into place: two workers never see half a model)."""
-        target = self._debug_dir / family.debug_model
+        per version of the code that builds it (into a scratch directory renamed into
+        place: two workers never see half a model), and shared by every server on the
+        machine (the weights are seeded: always the same)."""
+        target = self._debug_dir / f"{family.debug_model}-{_engine_code_digest()}"
         if not target.is_dir():
             self._debug_dir.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{family.debug_model}-", dir=self._debug_dir))

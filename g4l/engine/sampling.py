@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from g4l.engine.base import GenerationParams
+
+#: MusicGen's sampling defaults, written once (engine.base.GenerationParams).
+_MUSICGEN = GenerationParams()
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -25,10 +29,10 @@ class SamplingParams:
     :param cfg_coef: classifier-free guidance: ``uncond + (cond - uncond) * cfg_coef``.
     """
 
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    cfg_coef: float = 3.0
+    top_k: int = _MUSICGEN.top_k
+    top_p: float = _MUSICGEN.top_p
+    temperature: float = _MUSICGEN.temperature
+    cfg_coef: float = _MUSICGEN.cfg_coef
 
     def __post_init__(self) -> None:
         if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0 or self.temperature <= 0.0:

@@ -37,7 +37,8 @@ from g4l.hls.partial import PartialFeed, after_prompt, whole_output
 from g4l.hls.recorder import RECOVER_EVERY_S, StationRecorder, recover_leftovers
 from g4l.hls.stations import StationDriver
 from g4l.hls.stream import LiveStream
-from g4l.jobs import delivery, notices, partials
+from g4l.jobs import delivery, kinds, notices, partials
+from g4l.jobs.kinds import Stream
 from g4l.jobs.records import JobStatus
 from g4l.jobs.spec import Assembly
 from g4l.log import get_logger
@@ -277,7 +278,8 @@ class Packager:
         """The feed of a session's or one-shot's job on its first piece, if this process
         runs the stream it plays on."""
         with self._lock:
-            if kind == "generate":
+            plays_on = kinds.stream_of(kind)
+            if plays_on is Stream.ONESHOT:
                 token = self.ctx.redis.hget(keys.oneshot(piece.job_id), "token") or ""
                 if token and token not in self.streams:
                     self._try_open(token)  # registered a moment ago: the first piece is here already
@@ -289,7 +291,7 @@ class Packager:
                 feed = PartialFeed(shots[0], piece.job_id, whole_output,
                                    {"job_id": piece.job_id, "kind": kind,
                                     "prompt": (job.spec.description if job else "") or ""})
-            elif kind in partials.SESSION_KINDS and piece.session_id:
+            elif plays_on is Stream.LISTEN and piece.session_id:
                 token = self.ctx.redis.hget(keys.session(piece.session_id), "listen_token") or ""
                 stream = self.streams.get(token)
                 job = self.ctx.jobs.get(piece.job_id)

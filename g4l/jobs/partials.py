@@ -24,13 +24,12 @@ import numpy as np
 import redis
 
 from g4l import keys
-from g4l.jobs import notices
+from g4l.jobs import kinds, notices
+from g4l.jobs.kinds import Stream
 from g4l.jobs.records import Job
 
 #: How long a piece stays readable: its reader takes it within a second or two.
 PIECE_TTL_S = 60
-#: Kinds whose jobs are played on a session's listen stream.
-SESSION_KINDS = ("bang", "continue", "retry")
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,12 @@ def wanted(r: redis.Redis, job: Job) -> bool:
     """Whether anyone can hear ``job``'s audio while it is generated."""
     if r.exists(keys.partial_wanted(job.id)):
         return True
-    if job.kind in SESSION_KINDS and job.session_id:
+    stream = kinds.stream_of(job.kind)
+    if stream is Stream.LISTEN and job.session_id:
         token = r.hget(keys.session(job.session_id), "listen_token")
-    elif job.kind == "generate":
+    elif stream is Stream.ONESHOT:
         token = r.hget(keys.oneshot(job.id), "token")
-    else:
+    else:  # a station's driver asks with want()
         return False
     if not token:
         return False

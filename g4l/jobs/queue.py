@@ -27,7 +27,8 @@ import redis
 
 from g4l import keys
 from g4l.engine.families import FAMILIES
-from g4l.errors import QueueFull
+from g4l.errors import InvalidRequest, QueueFull
+from g4l.jobs import kinds
 from g4l.jobs.records import Job, JobStore, Priority
 from g4l.store import heartbeats
 
@@ -138,7 +139,12 @@ class JobQueue:
         :param limit: refuse with :class:`QueueFull` when this many jobs already wait. The
             place is taken first and given back when over, so racing producers can never
             push the queue past the limit.
+        :raises InvalidRequest: ``job.kind`` is no kind of :mod:`g4l.jobs.kinds`, or a
+            session-bound kind names no session.
         """
+        # An unknown kind, or a session kind without its session, is refused before anything is written.
+        if kinds.of(job.kind).session_bound and not job.session_id:
+            raise InvalidRequest(f"a {job.kind} job needs a session")
         self.ensure_groups()
         offset = self._offset(job, front)
         # The place is reserved at the end of the order first (for the limit), and moved to
@@ -190,12 +196,23 @@ class JobQueue:
         avg = self.average_job_seconds()
         if rank is None:
             return QueuePosition(0, waiting + running, avg if running else 0.0)
-        # Batching workers run `slots` jobs at once, each in about `avg` (the average of
-        # jobs as they ran, batched): the jobs ahead of us go by in waves of `slots`, plus
-        # (about) half a job while every slot is taken, plus our own. One slot: one by one.
+        return _place(rank, waiting, running, self.slots(), avg)
+
+    def positions(self, limit: int = 500) -> dict[str, QueuePosition]:
+        """Every waiting job's position (the first ``limit``), read in one pass: what a
+        web node tells all its waiting clients when the queue moves."""
+        with self.r.pipeline(transaction=False) as p:
+            p.zrange(keys.WAITING, 0, limit - 1)
+            p.zcard(keys.WAITING)
+            p.scard(keys.RUNNING)
+            p.get(keys.JOB_SECONDS)
+            ids, waiting, running, avg = p.execute()
+        if not ids:
+            return {}
+        seconds = float(avg) if avg else self.default_job_seconds
         slots = self.slots()
-        eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
-        return QueuePosition(rank + 1, waiting + running, round(eta, 1))
+        return {_text(job_id): _place(rank, int(waiting), int(running), slots, seconds)
+                for rank, job_id in enumerate(ids)}
 
     def slots(self) -> int:
         """Jobs the live workers can hold at once (their heartbeats' ``max_batch``; 1 a
@@ -289,6 +306,15 @@ class JobQueue:
                     if fields:
                         found.append((Claimed(fields.get("job_id", ""), name, entry_id), consumer))
         return found
+
+
+def _place(rank: int, waiting: int, running: int, slots: int, avg: float) -> QueuePosition:
+    """The position of the job ``rank`` places from the front. Batching workers run
+    ``slots`` jobs at once, each in about ``avg`` seconds (the average of jobs as they ran,
+    batched): the jobs ahead go by in waves of ``slots``, plus (about) half a job while
+    every slot is taken, plus our own. One slot: one by one."""
+    eta = avg * (rank // slots + 1) + (avg / 2 if running >= slots else 0.0)
+    return QueuePosition(rank + 1, waiting + running, round(eta, 1))
 
 
 def _text(value: str | bytes) -> str:

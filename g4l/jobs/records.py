@@ -11,12 +11,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from g4l import keys
+from g4l.jobs import kinds
+from g4l.jobs.kinds import KindName, Priority
 from g4l.jobs.spec import GenerationSpec
+
+__all__ = ["Job", "JobStatus", "JobStore", "KindName", "Priority", "new_job_id"]
 
 
 class JobStatus(StrEnum):
@@ -39,18 +43,11 @@ class JobStatus(StrEnum):
         return not self.final
 
 
-class Priority(StrEnum):
-    """Interactive jobs (a person waits) always go before background ones (stations)."""
-
-    INTERACTIVE = "interactive"
-    BACKGROUND = "background"
-
-
 @dataclass
 class Job:
     """One generation request, as the worker needs it.
 
-    :param kind: a registered job kind (:mod:`g4l.worker.kinds`).
+    :param kind: its kind (:mod:`g4l.jobs.kinds`; checked when it is queued).
     :param session_id: the device session (or station) it belongs to; ``""`` for none.
     :param spec: what to generate, resolved by the service layer.
     :param hold_input: the web node that queued it keeps the input in memory, so the
@@ -60,7 +57,7 @@ class Job:
     """
 
     id: str
-    kind: str
+    kind: KindName
     session_id: str
     spec: GenerationSpec
     priority: Priority = Priority.INTERACTIVE
@@ -114,8 +111,13 @@ class Job:
             spec = GenerationSpec.model_validate_json(data["spec"])
         except (KeyError, ValueError):
             spec, stale = GenerationSpec(model=data.get("model") or "unknown", output_seconds=30.0), True
+        kind = kinds.parse(data["kind"])
+        if kind is None:
+            # A kind this server does not know (another version queued it): the record is
+            # shown and failed by its name, never run nor looked up in the kind table.
+            kind, stale = cast(KindName, data["kind"]), True
         return cls(
-            id=data["id"], kind=data["kind"], session_id=data["session_id"], spec=spec, stale=stale,
+            id=data["id"], kind=kind, session_id=data["session_id"], spec=spec, stale=stale,
             priority=Priority(data.get("priority") or Priority.INTERACTIVE.value),
             status=JobStatus(data.get("status") or JobStatus.QUEUED.value),
             progress=int(float(data.get("progress") or 0)), attempts=int(data.get("attempts") or 0),
@@ -160,6 +162,14 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         data = self.r.hgetall(keys.job(job_id))
         return Job.from_redis(data) if data else None
+
+    def session_ids(self, job_ids: list[str]) -> dict[str, str]:
+        """Job id -> its session id ('' for none), one round trip for all of them."""
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hget(keys.job(job_id), "session_id")
+            found = p.execute()
+        return {job_id: (sid or "") for job_id, sid in zip(job_ids, found, strict=True)}
 
     def update(self, job_id: str, pipe: Any = None, **fields: Any) -> None:
         """Write record fields (timings, metadata; a status is a :class:`JobStatus`)."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from g4l import audio
 from g4l.engine.base import GenerationParams
+from plugin_protocol.sampling import CfgCoef, Temperature, TopK, TopP
 
 #: The rate every MusicGen model works at; prompt windows are stored ready for it.
 MODEL_RATE = 32_000
@@ -30,12 +31,15 @@ class _Frozen(BaseModel):
 
 
 class Sampling(_Frozen):
-    """How the model samples its tokens. Missing values are MusicGen's defaults."""
+    """How the model samples its tokens. Missing values are MusicGen's defaults (the
+    engine's); the bounds are the sampling contract's (:mod:`plugin_protocol.sampling`),
+    the same that every request model checks, so a value a request passed is never refused
+    here."""
 
-    top_k: int = Field(default=_MUSICGEN.top_k, ge=0)
-    top_p: float = Field(default=_MUSICGEN.top_p, ge=0.0, le=1.0)
-    temperature: float = Field(default=_MUSICGEN.temperature, gt=0.0)
-    cfg_coef: float = Field(default=_MUSICGEN.cfg_coef, ge=0.0)
+    top_k: TopK = _MUSICGEN.top_k
+    top_p: TopP = _MUSICGEN.top_p
+    temperature: Temperature = _MUSICGEN.temperature
+    cfg_coef: CfgCoef = _MUSICGEN.cfg_coef
 
 
 class Prompt(_Frozen):

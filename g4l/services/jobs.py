@@ -17,6 +17,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.errors import NotFound, NotReady
 from g4l.jobs import delivery, lifecycle
+from g4l.jobs.kinds import KindName
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.jobs.spec import AudioFormat, prompt_wav
@@ -90,14 +91,14 @@ class JobService:
             window = self.sessions.offload(prompt_wav, spec, upload.audio.samples, upload.audio.sample_rate)
             spec = spec.model_copy(update={"prompt_blob": self.ctx.blobs.put(window, session_id="", kind="prompt",
                                                                              job_id=job_id)})
-        job = Job(id=job_id, kind="generate", session_id="", spec=spec, owner=caller.owner)
+        job = Job(id=job_id, kind=KindName.GENERATE, session_id="", spec=spec, owner=caller.owner)
         try:
             self.ctx.queue.enqueue(job, limit=self.settings.max_queue)
         except Exception:
             if spec.prompt_blob:
                 self.ctx.blobs.delete(spec.prompt_blob)
             raise
-        log.info("job queued", job_id=job_id, kind="generate", model=spec.model, seconds=duration,
+        log.info("job queued", job_id=job_id, kind=KindName.GENERATE, model=spec.model, seconds=duration,
                  audio=upload is not None)
         return self._view(job, self.ctx.queue.position(job_id))
 
@@ -113,10 +114,11 @@ class JobService:
         job = self.get(caller, job_id)
         return self._view(job)
 
-    def peek(self, job_id: str) -> JobView | None:
-        """Any job's view, without an owner check (for events to already-checked subscribers)."""
+    def peek(self, job_id: str, position: QueuePosition | None = None) -> JobView | None:
+        """Any job's view, without an owner check (for events to already-checked
+        subscribers); ``position``: already read, for a waiting job."""
         job = self.ctx.jobs.get(job_id)
-        return self._view(job) if job is not None else None
+        return self._view(job, position) if job is not None else None
 
     def list(self, caller: Caller, offset: int = 0, limit: int = 20) -> tuple[list[JobView], int]:
         """The caller's recent jobs, newest first, and how many it has."""

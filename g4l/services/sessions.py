@@ -34,6 +34,7 @@ from g4l.errors import (
     TooLarge,
 )
 from g4l.jobs import delivery, lifecycle
+from g4l.jobs.kinds import KindName
 from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, prompt_wav
@@ -71,7 +72,7 @@ class Accepted:
 
     session_id: str
     job_id: str
-    kind: str
+    kind: KindName
     queue: QueuePosition
     #: The seed the generation uses (the client's, or the one the server picked).
     seed: int | None = None
@@ -154,7 +155,7 @@ class SessionService:
         session_id, job_id = new_session_id(), new_job_id()
         self.ctx.sessions.create(session_id, status=SessionStatus.QUEUED, job_id=job_id, owner=caller.owner,
                                  params=params.model_dump_json())
-        return self._submit("bang", session_id, job_id, params, caller, upload=upload, new_session=True,
+        return self._submit(KindName.BANG, session_id, job_id, params, caller, upload=upload, new_session=True,
                             seed=req.seed, output_seconds=output_s)
 
     def continue_(self, req: ContinueMusicRequest, caller: Caller, *, hold_input: bool = False) -> Accepted:
@@ -185,11 +186,11 @@ class SessionService:
             self.ctx.sessions.update(session_id, params=params.model_dump_json())
         if upload is not None:
             # The continue builds on the session's current version, from the file the client sent.
-            return self._submit("continue", session_id, job_id, params, caller, upload=upload, hold=hold_input,
+            return self._submit(KindName.CONTINUE, session_id, job_id, params, caller, upload=upload, hold=hold_input,
                                 new_session=session is None, seed=req.seed, output_seconds=output_s,
                                 parent=session.current_version if session is not None else None)
         assert session is not None
-        return self._submit("continue", session_id, job_id, params, caller, input_blob=session["current_blob"],
+        return self._submit(KindName.CONTINUE, session_id, job_id, params, caller, input_blob=session["current_blob"],
                             seed=req.seed, output_seconds=output_s, parent=session.current_version)
 
     def retry(self, req: RetryMusicRequest, caller: Caller) -> Accepted:
@@ -211,7 +212,7 @@ class SessionService:
         job_id = new_job_id()
         self.ctx.sessions.begin_job(session.id, job_id)
         self.ctx.sessions.update(session.id, params=params.model_dump_json())
-        return self._submit("retry", session.id, job_id, params, caller, input_blob=source, seed=req.seed,
+        return self._submit(KindName.RETRY, session.id, job_id, params, caller, input_blob=source, seed=req.seed,
                             output_seconds=output_s, parent=target.parent)
 
     def crop(self, req: UpdateCroppedAudio, caller: Caller) -> str:
@@ -227,16 +228,17 @@ class SessionService:
         version (operation ``generate``, with the job's parameters) that continue and retry
         act on; without ``session_id`` a new session holding it. Returns the session id.
         :raises NotFound: no such job of the caller's. :raises NotReady: not a finished
-        ``generate`` job. :raises Busy: the session has a job queued or running."""
+        ``generate`` or ``text_to_audio`` job. :raises Busy: the session has a job queued or running."""
         session = self.require(session_id, caller) if session_id else None
         if session is not None and session.busy:
             raise Busy("Generation already in progress", session_id=session.id)
         job = self.ctx.jobs.get(job_id) if keys.valid_id(job_id) else None
         if job is None or not caller.can_see(job.owner):
             raise NotFound(f"no job {job_id}" if keys.valid_id(job_id) else "no job with that id")
-        if job.kind != "generate" or job.status is not JobStatus.COMPLETED or not job.output_blob:
-            raise NotReady(f"job {job.id} is a {job.kind} job, {job.status}: only a completed generate job's "
-                           "audio can be imported", session_id=session_id)
+        if job.kind not in (KindName.GENERATE, KindName.TEXT_TO_AUDIO) or job.status is not JobStatus.COMPLETED \
+                or not job.output_blob:  # a session-free job's own result (MusicGen's or jerry's)
+            raise NotReady(f"job {job.id} is a {job.kind} job, {job.status}: only a completed generate or "
+                           "text_to_audio job's audio can be imported", session_id=session_id)
         try:
             wav = self.ctx.blobs.get(job.output_blob)
         except KeyError:
@@ -271,8 +273,13 @@ class SessionService:
             return None
         return delivery.session_audio(self.ctx, snap.session, held=self.held.get, offload=self.offload)
 
-    def queue_status(self, job_id: str, session_id: str) -> dict[str, Any]:
-        """The ``queue_status`` payload for a job."""
+    def queue_status(self, job_id: str, session_id: str, position: QueuePosition | None = None) -> dict[str, Any]:
+        """The ``queue_status`` payload for a job (``position``: already read, for a job
+        known to be waiting)."""
+        if position is not None:
+            return {"message": f"Position {position.position} in queue" if position.position > 1 else "Next in queue",
+                    "position": position.position, "total_queued": position.total_queued,
+                    "estimated_seconds": position.estimated_seconds, "status": "queued", "session_id": session_id}
         job = self.ctx.jobs.get(job_id)
         pos = self.ctx.queue.position(job_id)
         if job is not None and job.status is JobStatus.QUEUED:
@@ -398,7 +405,7 @@ class SessionService:
         prune_history(self.ctx.blobs, self.ctx.sessions, session_id)
         return session_id
 
-    def _submit(self, kind: str, session_id: str, job_id: str, params: SessionParams, caller: Caller, *,
+    def _submit(self, kind: KindName, session_id: str, job_id: str, params: SessionParams, caller: Caller, *,
                 upload: Upload | None = None, input_blob: str | None = None, hold: bool = False,
                 new_session: bool = False, seed: int | None = None, output_seconds: float | None = None,
                 parent: int | None = None) -> Accepted:

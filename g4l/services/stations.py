@@ -23,7 +23,8 @@ from g4l import keys
 from g4l.context import Context
 from g4l.errors import InvalidRequest, StationNotFound, StationsFull
 from g4l.jobs import lifecycle, partials
-from g4l.jobs.records import Job, JobStatus, Priority, new_job_id
+from g4l.jobs.kinds import KINDS, KindName
+from g4l.jobs.records import Job, JobStatus, new_job_id
 from g4l.jobs.spec import Sampling
 from g4l.log import get_logger
 from g4l.services.auth import Caller
@@ -317,8 +318,8 @@ class StationService:
                                        labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3),
                                                "overhang_s": round(overhang_s, 3)})
         # No owner on the job: a station's stretches are not the key's jobs (GET /api/v1/jobs).
-        job = Job(id=job_id or new_job_id(), kind="station", session_id=station_id, spec=spec,
-                  priority=Priority.BACKGROUND)
+        job = Job(id=job_id or new_job_id(), kind=KindName.STATION, session_id=station_id, spec=spec,
+                  priority=KINDS[KindName.STATION].priority)
         if streamed:
             partials.want(self.r, job.id)
         self.ctx.queue.enqueue(job)

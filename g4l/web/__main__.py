@@ -29,11 +29,14 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     log = get_logger("g4l.web")
+    extra = http_server.listen_extra(web.app, settings)  # jerry's and terry's localhost ports
 
     def stop() -> None:
         log.info("web stopping", node=web.heartbeat.name)
         web.heartbeat.stop()
         web.relay.stop()
+        for server in extra:
+            server.stop(timeout=1)
         web.socketio.stop()
 
     def dump() -> None:  # kill -USR1 <pid>: every greenlet's stack, for a stuck server
@@ -44,7 +47,8 @@ def main() -> None:
     gevent.signal_handler(signal.SIGUSR1, dump)
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
-    log.info("web listening", host=settings.host, port=settings.port, node=web.heartbeat.name)
+    log.info("web listening", host=settings.host, port=settings.port, node=web.heartbeat.name,
+             extra_ports=[s.server_port for s in extra])
     web.socketio.run(web.app, host=settings.host, port=settings.port, log_output=False,
                      handler_class=http_server.handler_class(settings))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask_socketio import emit, join_room, leave_room
 
+from g4l.jobs import kinds
 from g4l.services.listen import ListenService
 from g4l.services.sessions import Accepted, SessionService
 from g4l.store import redis_wait
@@ -117,8 +118,9 @@ class DeviceEvents:
 
     def _accepted(self, result: Accepted) -> None:
         join_room(result.session_id)
-        emit(events.RECEIVED_EVENT[result.kind], {"session_id": result.session_id, "job_id": result.job_id,
-                                                  "seed": result.seed})
+        exchange = kinds.of(result.kind).events
+        assert exchange is not None, f"{result.kind} jobs are not a device's"  # the service queued a device kind
+        emit(exchange.received, {"session_id": result.session_id, "job_id": result.job_id, "seed": result.seed})
         try:
             status = self.service.queue_status(result.job_id, result.session_id)
         except redis_wait.UNAVAILABLE:  # the job is queued: its progress comes once Redis answers again

@@ -128,3 +128,21 @@ def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
                 pass
 
     return TimedHandler
+
+
+def listen_extra(app: Any, settings: Settings) -> list[pywsgi.WSGIServer]:
+    """Serve ``app`` on ``G4L_EXTRA_PORTS`` too (the launcher's localhost ports for jerry
+    and terry), with the same connection handler; a port that cannot be bound is skipped
+    with a warning. Returns the started servers."""
+    servers = []
+    for port in settings.extra_ports:
+        if port == settings.port:
+            continue
+        server = pywsgi.WSGIServer((settings.host, port), app, handler_class=handler_class(settings), log=None)
+        try:
+            server.start()
+        except OSError as exc:
+            log.warning("extra port not served: it is taken", port=port, error=str(exc)[:200])
+            continue
+        servers.append(server)
+    return servers

@@ -37,7 +37,6 @@ from flask import Blueprint
 from gevent.queue import Full, Queue
 
 from g4l.errors import G4LError, InvalidRequest, RateLimited, Unauthorized
-from g4l.jobs import notices
 from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
 from g4l.services.auth import HEADER, ApiKeys, Caller
@@ -45,6 +44,7 @@ from g4l.services.jobs import JobService
 from g4l.web import websocket
 from g4l.web.api.routing import operation
 from g4l.web.compat.tellurstori import stori_status
+from g4l.web.relay import Positions
 from g4l.web.transport import client_socket
 
 log = get_logger(__name__)
@@ -57,7 +57,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 #: Messages waiting for a slow client; past this the connection is closed (it can resubscribe).
 OUTBOX = 256
 _FINAL_TYPE = {JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed", JobStatus.CANCELED: "cancelled"}
-_POSITION_CHANGES = (notices.STARTED, notices.COMPLETED, notices.FAILED, notices.CANCELED, notices.QUEUE_CHANGED)
 
 
 class Connection:
@@ -105,16 +104,15 @@ class JobSocketHub:
         self.connections: dict[str, int] = {}
 
     # ------------------------------------------------------------ notices (relay hook)
-    def on_notice(self, notice: dict[str, Any]) -> None:
+    def on_notice(self, notice: dict[str, Any], positions: Positions | None) -> None:
         job_id = notice.get("job_id") or ""
         if job_id in self.by_job:
             self._send_state(job_id)
-        if notice.get("type") in _POSITION_CHANGES:  # waiting jobs moved up
-            for waiting in list(self.by_job):
-                if waiting != job_id:
-                    view = self.jobs.peek(waiting)
-                    if view is not None and view.job.status is JobStatus.QUEUED:
-                        self._send_state(waiting, view)
+        for waiting, position in (positions or {}).items():  # waiting jobs moved up
+            if waiting != job_id and waiting in self.by_job:
+                view = self.jobs.peek(waiting, position)
+                if view is not None and view.job.status is JobStatus.QUEUED:
+                    self._send_state(waiting, view)
 
     def _send_state(self, job_id: str, view: Any = None, only: Connection | None = None,
                     kind: str | None = None) -> None:

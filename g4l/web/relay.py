@@ -9,7 +9,7 @@ hand-off is gone) and sends it as one pre-encoded packet; audio never rides pub/
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent
@@ -19,7 +19,8 @@ import pybase64
 from flask_socketio import SocketIO
 
 from g4l.context import Context
-from g4l.jobs import delivery, notices
+from g4l.jobs import delivery, kinds, notices
+from g4l.jobs.queue import QueuePosition
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
 from g4l.web import transport
@@ -28,6 +29,15 @@ from g4l.web.websocket import Frames
 from plugin_protocol import events
 
 log = get_logger(__name__)
+
+#: Notices after which the jobs still waiting have moved up.
+POSITION_CHANGES = frozenset({notices.STARTED, notices.COMPLETED, notices.FAILED, notices.CANCELED,
+                              notices.QUEUE_CHANGED})
+#: Waiting job id -> its new position: read once per notice that moves the queue, and
+#: handed to every consumer (the session rooms, the job rooms, the ``/ws`` hub).
+Positions = Mapping[str, QueuePosition]
+#: A consumer of every notice: the notice, and the positions when the queue moved (else None).
+NoticeHook = Callable[[dict[str, Any], Positions | None], None]
 
 
 class Relay:
@@ -39,7 +49,7 @@ class Relay:
         self.service = service
         self._greenlet: gevent.Greenlet | None = None
         #: Extra consumers of every notice (e.g. the job rooms of g4l.web.api.live).
-        self.hooks: list[Callable[[dict[str, Any]], None]] = []
+        self.hooks: list[NoticeHook] = []
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -81,12 +91,18 @@ class Relay:
         notices.listen(self.ctx.redis, self.handle, lambda: False, sleep=gevent.sleep)
 
     def handle(self, notice: dict[str, Any]) -> None:
+        kind = notice.get("type")
+        positions: Positions | None = None
+        if kind in POSITION_CHANGES:
+            try:
+                positions = self.ctx.queue.positions()
+            except Exception:  # Redis trouble: the next notice tells them
+                log.exception("reading the queue's positions failed")
         for hook in self.hooks:
             try:
-                hook(notice)
+                hook(notice, positions)
             except Exception:
                 log.exception("a notice hook failed")
-        kind = notice.get("type")
         session_id = notice.get("session_id") or ""
         local = bool(session_id) and self.has_local(session_id)
         if kind == notices.PROGRESS and local:
@@ -97,23 +113,23 @@ class Relay:
                 self.emit(events.PROCESSING_STARTED, {"session_id": session_id, "job_id": notice["job_id"]},
                           session_id)
                 self.emit(events.QUEUE_STATUS, self.service.queue_status(notice["job_id"], session_id), session_id)
-            self.broadcast_queue()
+            self.broadcast_queue(positions)
         elif kind == notices.COMPLETED:
             if local:
                 gevent.spawn(self.deliver, session_id, notice["job_id"], notice["kind"], notice["blob_id"])
             else:  # another node delivers it
                 self.service.held.discard(notice.get("job_id") or "")
-            self.broadcast_queue()
+            self.broadcast_queue(positions)
         elif kind == notices.FAILED:
             self.service.held.discard(notice.get("job_id") or "")
             if local:
                 self.emit(events.ERROR, {"message": notice["message"], "code": notice["code"],
                                          "session_id": session_id}, session_id)
-            self.broadcast_queue()
+            self.broadcast_queue(positions)
         elif kind in (notices.CANCELED, notices.QUEUE_CHANGED):
             if kind == notices.CANCELED:
                 self.service.held.discard(notice.get("job_id") or "")
-            self.broadcast_queue()
+            self.broadcast_queue(positions)
 
     def deliver(self, session_id: str, job_id: str, kind: str, blob_id: str) -> None:
         """Send a finished result to the room: progress 100, then the audio."""
@@ -131,7 +147,7 @@ class Relay:
         if wav is None:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
-        event = events.RESULT_EVENT.get(kind, events.AUDIO_PROCESSED)
+        event = kinds.result_event(kind) or events.AUDIO_PROCESSED
         frames = offload(audio_event_frames, event, wav, session_id)
         marked: list[bool] = []
 
@@ -153,16 +169,17 @@ class Relay:
         self.emit_frames(frames, session_id)
         self.emit(events.QUEUE_STATUS, self.service.ready_status(session_id), session_id)
 
-    def broadcast_queue(self) -> None:
+    def broadcast_queue(self, positions: Positions | None) -> None:
         """Tell every locally connected waiting session its new position."""
-        for job_id in self.ctx.queue.waiting_ids():
-            job = self.ctx.jobs.get(job_id)
-            if job is None or not self.has_local(job.session_id):
+        if not positions:
+            return
+        for job_id, session_id in self.ctx.jobs.session_ids(list(positions)).items():
+            if not session_id or not self.has_local(session_id):
                 continue
-            status = self.service.queue_status(job_id, job.session_id)
-            self.emit(events.QUEUE_STATUS, status, job.session_id)
+            status = self.service.queue_status(job_id, session_id, positions[job_id])
+            self.emit(events.QUEUE_STATUS, status, session_id)
             self.emit(events.QUEUE_UPDATE, {k: status[k] for k in ("message", "position", "total_queued",
-                                                                  "estimated_seconds")}, job.session_id)
+                                                                  "estimated_seconds")}, session_id)
 
 
 def audio_event_frames(event: str, wav: bytes | np.ndarray, session_id: str,

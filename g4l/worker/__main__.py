@@ -17,6 +17,7 @@ from g4l.log import get_logger
 from g4l.settings import get_settings
 from g4l.store import redis_wait
 from g4l.worker.heartbeat import Heartbeat
+from g4l.worker.kinds import RUNNERS
 from g4l.worker.result_writer import ResultWriter
 from g4l.worker.worker import Worker
 
@@ -35,7 +36,7 @@ def main() -> None:
 
     disable_mkldnn()
     cache = ModelCache(settings.models, settings.device, retry_after_s=settings.model_retry_s,
-                       paths=settings.model_path_map, debug_dir=settings.data_dir / "debug-models")
+                       paths=settings.model_path_map)
     families = served_families(settings.models, settings.model_path_map, settings.worker_memory_gb)
     defaults = {f.name: default_model(f, settings.models, settings.default_model if f.name == "musicgen" else None,
                                       settings.model_path_map) for f in families}
@@ -52,7 +53,7 @@ def main() -> None:
         # so sockets stay responsive while a generation runs.
         os.nice(settings.worker_nice)
     state = {"state": "loading"}
-    worker = Worker(ctx, cache, name, families=[f.name for f in families])
+    worker = Worker(ctx, cache, name, runners=RUNNERS, families=[f.name for f in families])
 
     def describe() -> dict[str, Any]:
         held = worker.held()

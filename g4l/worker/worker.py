@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymongo.errors
 import redis
@@ -29,9 +29,10 @@ from g4l import keys
 from g4l.context import Context
 from g4l.engine.base import AudioCallback, Cancelled, Engine
 from g4l.engine.cache import ModelCache
-from g4l.engine.families import FAMILIES, MUSICGEN
+from g4l.engine.families import FAMILIES, MUSICGEN, STABLE_AUDIO
 from g4l.errors import G4LError, GenerationFailed, StoreUnavailable
 from g4l.jobs import handoff, lifecycle, partials, recovery
+from g4l.jobs.kinds import KindName
 from g4l.jobs.lifecycle import Completion
 from g4l.jobs.queue import Claimed
 from g4l.jobs.records import Job, Priority
@@ -45,6 +46,7 @@ from g4l.worker.result_writer import PendingWrite, ResultWriter, store_result
 
 if TYPE_CHECKING:
     from g4l.engine.batched_musicgen import BatchedMusicGen
+    from g4l.engine.microbatch import MicroBatcher
 
 log = get_logger(__name__)
 
@@ -61,13 +63,17 @@ class Worker:
     :param max_batch: most jobs held at once (default ``G4L_MAX_BATCH``; 1: one at a time).
     :param kv_budget_bytes: most bytes of KV cache per model's decoding loop (default
         ``G4L_KV_BUDGET_MB``; ``None`` or 0: no limit).
+    :param runners: the kinds this worker runs, by name (default: every shipped one,
+        :data:`g4l.worker.kinds.RUNNERS`); a job of another kind fails clearly.
     :param families: the model families whose jobs it takes (default: every family).
     """
 
     def __init__(self, ctx: Context, cache: ModelCache, name: str, heartbeat: Heartbeat | None = None,
                  writer: ResultWriter | None = None, max_batch: int | None = None,
-                 kv_budget_bytes: int | None = None, families: Iterable[str] | None = None) -> None:
+                 kv_budget_bytes: int | None = None, runners: Mapping[KindName, kinds.JobKind] | None = None,
+                 families: Iterable[str] | None = None) -> None:
         self.ctx = ctx
+        self.runners = dict(kinds.RUNNERS if runners is None else runners)
         self.cache = cache
         self.name = name
         self.families = list(FAMILIES) if families is None else [f for f in FAMILIES if f in set(families)]
@@ -81,6 +87,8 @@ class Worker:
         self._giving_way = False
         #: Model id -> its shared decoding loop (batching workers only).
         self._loops: dict[str, BatchedMusicGen] = {}
+        #: Model id -> its micro-batcher (text-to-audio families, batching workers only).
+        self._batchers: dict[str, MicroBatcher[Any, Any]] = {}
         self._loops_lock = threading.Lock()
         self._stopping = False
         self._last_maintenance = 0.0
@@ -132,6 +140,9 @@ class Worker:
             for loop in self._loops.values():
                 loop.stop()
             self._loops.clear()
+            for batcher in self._batchers.values():
+                batcher.stop()
+            self._batchers.clear()
 
     def _wait_for_slot(self, timeout: float) -> bool:
         """Whether a job may be claimed now (waits up to ``timeout`` for one to end)."""
@@ -228,6 +239,8 @@ class Worker:
         decoding loop (started on first use), at the job's priority; ``on_audio`` streams
         its audio while it is generated (batching workers only)."""
         base = self.cache.get(job.model)
+        if self.max_batch > 1 and job.family == STABLE_AUDIO.name:
+            return self._text_batcher(base)
         if self.max_batch == 1 or job.family != MUSICGEN.name:
             return base
         from g4l.engine.batched_engine import BACKGROUND, INTERACTIVE, BatchedEngine  # torch: workers only
@@ -241,6 +254,20 @@ class Worker:
                 loop.start()
         return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND,
                              on_audio=on_audio, chunk_s=self.ctx.settings.stream_chunk_s)
+
+    def _text_batcher(self, base: Any) -> Any:
+        """``base`` (a text-to-audio engine) behind its model's micro-batcher (started on
+        first use): the jobs in hand that ask it at once share one sampler run."""
+        from g4l.engine.microbatch import BatchedTextToAudio, MicroBatcher
+
+        with self._loops_lock:
+            batcher = self._batchers.get(base.model_id)
+            if batcher is None:
+                from g4l.engine.stable_audio import batch_key  # torch: workers only
+
+                batcher = self._batchers[base.model_id] = MicroBatcher(
+                    base.text_to_audio_batch, self.max_batch, name=f"batch-{base.model_id}"[:40], key=batch_key)
+        return BatchedTextToAudio(base, batcher)
 
     def _streamed(self, job: Job) -> AudioCallback | None:
         """A publisher of the job's audio while it runs, when someone can hear it (and the
@@ -256,10 +283,10 @@ class Worker:
     def run(self, job: Job, claimed: Claimed) -> None:
         """Run a started job and end it, whatever happens."""
         bound = log.bind(job_id=job.id, session_id=job.session_id, kind=job.kind, model=job.model)
-        kind = kinds.get(job.kind)
+        kind = self.runners.get(job.kind)
         if job.stale or kind is None:
-            text = ("this request was queued by an earlier version of the server; please send it again" if job.stale
-                    else f"this worker cannot run '{job.kind}' jobs")
+            text = (f"this worker cannot run '{job.kind}' jobs" if kind is None
+                    else "this request was queued by an earlier version of the server; please send it again")
             self._redis(lambda: lifecycle.fail(self.ctx, job, GenerationFailed(text, session_id=job.session_id or None),
                                                claimed), job.id)
             return

@@ -10,11 +10,13 @@ from flask_socketio import SocketIO
 from g4l.context import Context
 from g4l.services.auth import HEADER, ApiKeys
 from g4l.services.history import HistoryService
+from g4l.services.job_waits import JobWaits
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
+from g4l.services.text_to_audio import TextToAudioService
 from g4l.web import job_socket
-from g4l.web.api import access, history, jobs, openapi, prompts, routing, sessions, streams
-from g4l.web.compat import generative, realtime, tellurstori
+from g4l.web.api import access, history, jobs, openapi, prompts, routing, sessions, streams, text_to_audio
+from g4l.web.compat import generative, jerry, realtime, tellurstori
 from g4l.web.relay import Relay
 from g4l.web.socket_namespace import SocketNamespace
 
@@ -41,6 +43,13 @@ def install(app: Flask, socketio: SocketIO, ctx: Context, service: SessionServic
     app.register_blueprint(tellurstori.blueprint(job_service))
     app.register_blueprint(realtime.blueprint(job_service))
     app.register_blueprint(generative.blueprint(ctx))
+    # jerry (text to audio): our /api/v1 operation, and the upstream routes that answer with the audio.
+    waits = JobWaits(ctx)
+    relay.hooks.append(waits.on_notice)
+    text_audio = TextToAudioService(ctx, job_service, waits)
+    app.register_blueprint(text_to_audio.blueprint(text_audio))
+    app.register_blueprint(jerry.blueprint(text_audio))
+    routing.error_shape(app, jerry.plain_error_path, jerry.plain_error)
     hub = job_socket.JobSocketHub(job_service, keys)
     relay.hooks.append(hub.on_notice)
     app.register_blueprint(job_socket.blueprint())

@@ -19,14 +19,14 @@ from flask import request
 from flask_socketio import emit, join_room, leave_room
 
 from g4l.errors import InvalidRequest
-from g4l.jobs import notices
+from g4l.jobs.queue import QueuePosition
 from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
 from g4l.services.jobs import JobService
 from g4l.services.sessions import SessionService
 from g4l.web.api.access import socket_caller
 from g4l.web.api.jobs import job_status
-from g4l.web.relay import Relay
+from g4l.web.relay import Positions, Relay
 from plugin_protocol import events
 from plugin_protocol.normalize import as_object
 
@@ -37,7 +37,6 @@ UNSUBSCRIBE = "unsubscribe"
 SUBSCRIBED = "subscribed"
 JOB_UPDATE = "job_update"
 JOB_COMPLETED = "job_completed"
-_POSITION_CHANGES = (notices.STARTED, notices.COMPLETED, notices.FAILED, notices.CANCELED, notices.QUEUE_CHANGED)
 
 
 def job_room(job_id: str) -> str:
@@ -52,18 +51,16 @@ class JobEvents:
         self.relay = relay
         self.jobs = jobs
 
-    def on_notice(self, notice: dict[str, Any]) -> None:
-        kind = notice.get("type")
+    def on_notice(self, notice: dict[str, Any], positions: Positions | None) -> None:
         job_id = notice.get("job_id")
         if job_id and self.relay.has_local(job_room(job_id)):
             self.send(job_id)
-        if kind in _POSITION_CHANGES:  # everyone behind moved up
-            for waiting in self.jobs.ctx.queue.waiting_ids():
-                if waiting != job_id and self.relay.has_local(job_room(waiting)):
-                    self.send(waiting)
+        for waiting, position in (positions or {}).items():  # everyone behind moved up
+            if waiting != job_id and self.relay.has_local(job_room(waiting)):
+                self.send(waiting, position=position)
 
-    def send(self, job_id: str, to_sid: str | None = None) -> None:
-        view = self.jobs.peek(job_id)
+    def send(self, job_id: str, to_sid: str | None = None, position: QueuePosition | None = None) -> None:
+        view = self.jobs.peek(job_id, position)
         if view is None:
             return
         payload = job_status(view).model_dump(mode="json")

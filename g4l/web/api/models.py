@@ -12,16 +12,25 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.json_schema import JsonDict
+from pydantic.json_schema import JsonDict, JsonValue
 
+from g4l.jobs.kinds import KINDS
 from g4l.jobs.records import JobStatus as JobStatusValue
 from plugin_protocol import payloads
 from plugin_protocol.payloads import PROMPT_SECONDS_MAX, PROMPT_SECONDS_MIN, SEED_MAX
+from plugin_protocol.sampling import CfgCoef, Temperature, TopK, TopP
 
 #: A hard ceiling of the schema; the operator's ``G4L_MAX_GENERATE_SECONDS`` is applied on
 #: top (and written into the served document).
 DURATION_CEILING = 3600.0
 
+
+
+#: The kinds a device session's requests queue (from the kind table), as the document shows them.
+_SESSION_KINDS = [k.name.value for k in KINDS.values() if k.session_bound]
+_KIND_TEXT = (" | ".join(k for k in KINDS if k not in _SESSION_KINDS)
+              + f", or {'|'.join(_SESSION_KINDS)} for session jobs")
+_SESSION_KIND_SCHEMA: JsonDict = {"enum": list[JsonValue](_SESSION_KINDS)}
 
 
 class _Request(BaseModel):
@@ -39,11 +48,10 @@ _AUDIO: JsonDict = {"contentEncoding": "base64", "contentMediaType": "audio/wav"
 class SamplingParams(_Request):
     """Sampling parameters (MusicGen's defaults apply to what is left out)."""
 
-    temperature: float | None = Field(default=None, gt=0.0, le=10.0, description="Softmax temperature (default 1.0)")
-    top_k: int | None = Field(default=None, ge=0, le=10_000,
-                              description="Sample among the k likeliest tokens (default 250)")
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Nucleus sampling; 0 uses top_k (default 0)")
-    cfg_coef: float | None = Field(default=None, ge=0.0, le=30.0, description="Classifier-free guidance (default 3.0)")
+    temperature: Temperature | None = Field(default=None, description="Softmax temperature (default 1.0)")
+    top_k: TopK | None = Field(default=None, description="Sample among the k likeliest tokens (default 250)")
+    top_p: TopP | None = Field(default=None, description="Nucleus sampling; 0 uses top_k (default 0)")
+    cfg_coef: CfgCoef | None = Field(default=None, description="Classifier-free guidance (default 3.0)")
 
 
 class ErrorBody(_Response):
@@ -76,6 +84,30 @@ class GenerateRequest(SamplingParams):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Seed for a reproducible result")
 
 
+class TextToAudioRequest(_Request):
+    """Make a clip from text with the text-to-audio model (jerry: Stable Audio Open Small,
+    44.1 kHz stereo), or, with `loop`, a loop of whole bars at the prompt's `NNNbpm`."""
+
+    prompt: str = Field(min_length=1, max_length=2000, description="What the audio is (not blank)")
+    negative_prompt: str | None = Field(default=None, max_length=2000, description="What to steer away from")
+    steps: int | None = Field(default=None, ge=1, le=250, description="Sampler steps, an integer (default 8)")
+    cfg_scale: float | None = Field(default=None, ge=0.0, le=20.0,
+                                    description="Classifier-free guidance (default 1.0; a loop's 6.0)")
+    seconds_total: int | None = Field(default=None, ge=1, description=(
+        "Seconds of audio (default and maximum: the model's window, 11; more is clamped)"))
+    seed: int | None = Field(default=None, ge=-1, le=2**63 - 1,
+                             description="Seed for a reproducible result (-1 or absent: the server picks one)")
+    sampler_type: str | None = Field(default=None, max_length=40,
+                                     description="pingpong (default), euler, rk4 or dpmpp")
+    model: str | None = Field(default=None, max_length=300,
+                              description="A text-to-audio model id from the allowlist (default: the family's)")
+    loop: bool = Field(default=False, description="Make a loop: the prompt must contain the tempo as NNNbpm")
+    bars: int | Literal["auto"] | None = Field(default=None, description="A loop's bars: 1, 2, 4, 8 or auto "
+                                                                       "(the most that fit; the default)")
+    loop_type: Literal["auto", "drums", "instruments"] | None = Field(
+        default=None, description="A loop's content: drums or instruments steer away from the other")
+
+
 class JobLinks(_Response):
     self: str
     audio: str
@@ -96,7 +128,7 @@ class JobAccepted(_Response):
 
 class JobStatus(_Response):
     job_id: str
-    kind: str = Field(description="generate, or bang|continue|retry for session jobs")
+    kind: str = Field(description=_KIND_TEXT)
     status: JobStatusValue
     progress: float = Field(ge=0.0, le=1.0)
     position: int | None = Field(description="Place in the queue while queued")
@@ -211,7 +243,7 @@ class SessionAccepted(_Response):
 
     session_id: str
     job_id: str
-    kind: Literal["bang", "continue", "retry"]
+    kind: str = Field(json_schema_extra=_SESSION_KIND_SCHEMA)
     status: Literal[JobStatusValue.QUEUED]
     seed: int | None = Field(description="The seed the generation uses (given, or picked by the server)")
     queue_status: QueueStatus
@@ -284,9 +316,9 @@ class StationRequest(_Request):
                                           description="A rotation of prompts (after `prompt`/`genre`, if any)")
     rotate_every_s: float | None = Field(default=None, ge=0.0, le=86_400.0,
                                          description="Seconds of music per prompt (0: never rotate; else >= 10)")
-    temperature: float | None = Field(default=None, ge=0.05, le=5.0)
-    top_k: int | None = Field(default=None, ge=0, le=10_000)
-    cfg_coef: float | None = Field(default=None, ge=0.0, le=20.0)
+    temperature: Temperature | None = None
+    top_k: TopK | None = None
+    cfg_coef: CfgCoef | None = None
     model: str | None = Field(default=None, max_length=300, description="Model id from the allowlist")
     name: Annotated[str, StringConstraints(max_length=100)] | None = Field(
         default=None, description="Shown on the video card of its RTMP outputs")

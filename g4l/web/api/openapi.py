@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from g4l.engine.families import MUSICGEN, models_of
+from g4l.jobs import kinds
 from g4l.services.auth import HEADER
 from g4l.settings import Settings
 from g4l.web.api.models import ErrorResponse, GenerateRequest
@@ -41,6 +42,8 @@ _ERROR_TEXT = {400: "Malformed request (INVALID_REQUEST, INVALID_AUDIO, MODEL_NO
                429: "Too many generation requests (RATE_LIMITED); wait Retry-After seconds",
                503: "The queue is full (QUEUE_FULL), or no worker could load the model (MODEL_UNAVAILABLE)"}
 
+#: The result events of the kinds a device drives (the kind table).
+_RESULT_EVENTS = " / ".join(f"`{k.events.result}`" for k in kinds.with_events() if k.events is not None)
 WS_EVENTS_DOC = """
 ### Live progress over Socket.IO
 Connect a Socket.IO v5 client to this server (with `auth: {"api_key": "..."}` when keys are
@@ -48,7 +51,7 @@ configured) and emit `subscribe` with `{"job_id": "..."}` or `{"session_id": "..
 Job subscribers receive `job_update {job_id, session_id, kind, status, progress (0..1),
 position, error}` on every change and `job_completed {job_id, status, audio_url}` at the
 end; session subscribers receive the device events (`progress_update`, `queue_status`,
-`audio_processed` / `music_continued` / `music_retried`, `error`). `unsubscribe` takes the
+""" + _RESULT_EVENTS + """, `error`). `unsubscribe` takes the
 same payload. Failures arrive as `error {message, code}`.
 """
 

@@ -161,6 +161,23 @@ def error_response(exc: G4LError) -> Response:
     return resp
 
 
+#: ``app.config`` key: ``[(matches(path), format(error))]`` of route families that answer
+#: errors in their clients' own shape, even errors raised before their views run (404, 405).
+ERROR_SHAPES = "G4L_ERROR_SHAPES"
+
+
+def error_shape(app: Flask, matches: Callable[[str], bool], fmt: Callable[[G4LError], Response]) -> None:
+    """Make every error answer on the paths ``matches`` accepts ``fmt(error)``."""
+    app.config.setdefault(ERROR_SHAPES, []).append((matches, fmt))
+
+
+def _shaped(exc: G4LError) -> Response:
+    for matches, fmt in current_app.config.get(ERROR_SHAPES, ()):
+        if matches(request.path):
+            return fmt(exc)
+    return error_response(exc)
+
+
 def install_errors(app: Flask) -> None:
     """Every error of the app answers JSON with a stable code."""
 
@@ -168,17 +185,17 @@ def install_errors(app: Flask) -> None:
     def _g4l(exc: G4LError) -> Response:
         if exc.http_status >= 500:
             log.warning("request failed", path=request.path, code=exc.code, error=exc.message)
-        return error_response(exc)
+        return _shaped(exc)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 404:
-            return error_response(NotFound(f"no route {request.method} {request.path[:200]}"))
+            return _shaped(NotFound(f"no route {request.method} {request.path[:200]}"))
         err = G4LError(exc.description or exc.name)
         err.code = _HTTP_CODES.get(status, "INVALID_REQUEST" if status < 500 else "INTERNAL")
         err.http_status = status
-        resp = error_response(err)
+        resp = _shaped(err)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return resp
@@ -186,10 +203,10 @@ def install_errors(app: Flask) -> None:
     @app.errorhandler(pymongo.errors.PyMongoError)
     def _store(exc: pymongo.errors.PyMongoError) -> Response:  # the store is down or timed out
         log.warning("audio store unavailable", path=request.path, error=str(exc)[:200])
-        return error_response(StoreUnavailable(StoreUnavailable.RETRY))
+        return _shaped(StoreUnavailable(StoreUnavailable.RETRY))
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
         log.exception("route crashed", path=request.path)
         err = G4LError("internal server error")
-        return error_response(err)
+        return _shaped(err)

@@ -71,7 +71,7 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     def accepted(result: Accepted) -> tuple[SessionAccepted, int]:
         qs = QueueStatus(**service.queue_status(result.job_id, result.session_id))
-        return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,  # type: ignore[arg-type]
+        return SessionAccepted(session_id=result.session_id, job_id=result.job_id, kind=result.kind,
                                status=JobStatus.QUEUED, seed=result.seed, queue_status=qs,
                                links=session_links(result.session_id, result.job_id)), 202
 
@@ -101,7 +101,7 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
                tags=["sessions"], body=ImportBody, responses={201: SessionMessage}, errors=(404, 409),
                description="The job's WAV becomes version 1 of a new session (operation `generate`, with the "
                            "job's parameters): continue it next. 409 `NOT_READY` for a job that is not a "
-                           "completed generate job.")
+                           "completed generate or text_to_audio job.")
     def import_new(body: ImportBody) -> Any:
         sid = service.import_job(None, body.job_id, http_caller())
         return SessionMessage(message="Session created", session_id=sid, links=session_links(sid)), 201

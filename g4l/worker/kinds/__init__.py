@@ -1,11 +1,21 @@
-"""Job kinds: one module a kind, each registering one :class:`JobKind` subclass.
+"""The runners of the job kinds, listed explicitly: a worker runs exactly these.
 
-To add a kind: write ``g4l/worker/kinds/<name>.py`` with a ``@register``-ed subclass of
-:class:`~g4l.worker.kinds.registry.JobKind`, import it here, and give the service that
-queues it a :class:`~g4l.jobs.spec.GenerationSpec` for it.
+What each kind is lives in :mod:`g4l.jobs.kinds`; here is only how a job of it becomes a
+result (one module a kind, a :class:`~g4l.worker.kinds.registry.JobKind` subclass).
 """
 
-from g4l.worker.kinds import bang, continuation, generate, retry, station  # noqa: F401  (registrations)
-from g4l.worker.kinds.registry import JobKind, Outcome, Run, get, names, register
+from g4l.jobs.kinds import KindName
+from g4l.worker.kinds.bang import Bang
+from g4l.worker.kinds.continuation import Continue
+from g4l.worker.kinds.generate import Generate
+from g4l.worker.kinds.registry import JobKind, Outcome, Run
+from g4l.worker.kinds.retry import Retry
+from g4l.worker.kinds.station import Station
+from g4l.worker.kinds.text_to_audio import TextToAudio
 
-__all__ = ["JobKind", "Outcome", "Run", "get", "names", "register"]
+#: The shipped runners, one a kind of :data:`g4l.jobs.kinds.KINDS` (tests/test_kinds.py).
+RUNNERS: dict[KindName, JobKind] = {runner.name: runner for runner in (
+    Bang(), Continue(), Retry(), Generate(), Station(), TextToAudio(),
+)}
+
+__all__ = ["RUNNERS", "JobKind", "Outcome", "Run"]

@@ -3,10 +3,9 @@ FIRST ``prompt_duration`` seconds of the uploaded audio; the result is the model
 
 from __future__ import annotations
 
-from g4l.worker.kinds.registry import register
+from g4l.jobs.kinds import KindName
 from g4l.worker.kinds.session import SessionKind
 
 
-@register
 class Bang(SessionKind):
-    name = "bang"
+    name = KindName.BANG

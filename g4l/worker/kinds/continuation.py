@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import Job
-from g4l.worker.kinds.registry import register
 from g4l.worker.kinds.session import SessionKind
 
 
-@register
 class Continue(SessionKind):
-    name = "continue"
+    name = KindName.CONTINUE
 
     def learns(self, job: Job) -> dict[str, Any]:
         return {"retry_input_blob": job.spec.input_blob}

@@ -13,7 +13,8 @@ import numpy as np
 
 from g4l import audio
 from g4l.errors import GenerationFailed
-from g4l.worker.kinds.registry import JobKind, Outcome, Run, register
+from g4l.jobs.kinds import KindName
+from g4l.worker.kinds.registry import JobKind, Outcome, Run
 
 
 def fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
@@ -23,9 +24,8 @@ def fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(samples, ((0, 0), (0, frames - samples.shape[1])))
 
 
-@register
 class Generate(JobKind):
-    name = "generate"
+    name = KindName.GENERATE
 
     def run(self, run: Run) -> Outcome:
         job, spec, engine = run.job, run.job.spec, run.engine

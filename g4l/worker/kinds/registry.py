@@ -1,11 +1,10 @@
-"""The registry of job kinds: each kind is one class, registered once, that turns a
-claimed job into a result.
+"""What a kind's runner is: one class a kind that turns a claimed job into a result.
 
-A kind says how its prompt is built, how its result is assembled, what is stored and
+A runner says how its prompt is built, how its result is assembled, what is stored and
 what its session learns; the :class:`~g4l.worker.worker.Worker` does the rest (claim,
 progress, cancellation, hand-off, storage, the life-cycle transitions) the same way for
-every kind. Adding a kind is one module with a :func:`register`-ed subclass of
-:class:`JobKind`, imported by :mod:`g4l.worker.kinds`.
+every kind. What a kind *is* (its stream, its events, deliver-first...) is its record in
+:mod:`g4l.jobs.kinds`; the runners are listed in :data:`g4l.worker.kinds.RUNNERS`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,7 +22,8 @@ from g4l import audio, keys
 from g4l.context import Context
 from g4l.engine.base import Engine
 from g4l.errors import GenerationFailed
-from g4l.jobs import handoff
+from g4l.jobs import handoff, kinds
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import Job
 from g4l.store.history import VersionRecord
 from g4l.worker.progress import ProgressReporter
@@ -149,37 +149,17 @@ class Outcome:
 
 
 class JobKind(abc.ABC):
-    """One kind of job. Subclasses set :attr:`name` and implement :meth:`run`."""
+    """The runner of one kind of job. Subclasses set :attr:`name` and implement :meth:`run`."""
 
-    name: ClassVar[str]
-    #: The result goes to the web nodes (the Redis hand-off) before GridFS has it: a
-    #: client is waiting on a socket. Otherwise it is stored before the job completes.
-    deliver_first: ClassVar[bool] = False
+    name: ClassVar[KindName]
+
+    @property
+    def deliver_first(self) -> bool:
+        """The result goes to the web nodes before GridFS has it (the kind table says)."""
+        return kinds.KINDS[self.name].deliver_first
 
     @abc.abstractmethod
     def run(self, run: Run) -> Outcome:
         """Generate and assemble the result. Raise :class:`~g4l.engine.base.Cancelled`
         (from the progress callback), a :class:`~g4l.errors.G4LError`, or let any other
         error through: the worker turns each into the right ending."""
-
-
-K = TypeVar("K", bound=type[JobKind])
-_KINDS: dict[str, JobKind] = {}
-
-
-def register(kind: K) -> K:
-    """Class decorator: make ``kind`` the runner of jobs named ``kind.name``."""
-    if kind.name in _KINDS:
-        raise ValueError(f"job kind {kind.name!r} is registered twice")
-    _KINDS[kind.name] = kind()
-    return kind
-
-
-def get(name: str) -> JobKind | None:
-    """The registered kind called ``name``."""
-    return _KINDS.get(name)
-
-
-def names() -> list[str]:
-    return sorted(_KINDS)
-

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from g4l.worker.kinds.registry import register
+from g4l.jobs.kinds import KindName
 from g4l.worker.kinds.session import SessionKind
 
 
-@register
 class Retry(SessionKind):
-    name = "retry"
+    name = KindName.RETRY

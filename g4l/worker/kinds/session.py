@@ -24,8 +24,6 @@ from g4l.worker.kinds.registry import JobKind, Outcome, Run
 class SessionKind(JobKind):
     """A generation of a device session (see the subclasses)."""
 
-    deliver_first = True
-
     def learns(self, job: Job) -> dict[str, Any]:
         """What the session remembers of this job besides its new current audio."""
         return {}

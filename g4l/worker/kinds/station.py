@@ -14,12 +14,12 @@ job gives way between model steps when one waits (:class:`~g4l.worker.progress.P
 from __future__ import annotations
 
 from g4l import audio
-from g4l.worker.kinds.registry import JobKind, Outcome, Run, register
+from g4l.jobs.kinds import KindName
+from g4l.worker.kinds.registry import JobKind, Outcome, Run
 
 
-@register
 class Station(JobKind):
-    name = "station"
+    name = KindName.STATION
 
     def run(self, run: Run) -> Outcome:
         ctx, job, spec, engine = run.ctx, run.job, run.job.spec, run.engine
