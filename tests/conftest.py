@@ -307,6 +307,9 @@ WORKERS_PER_CPU = 2
 MAX_WORKERS = 8
 #: Where the last whole run's seconds per module are kept (pytest's cache, .pytest_cache).
 DURATIONS_KEY = "g4l/module_seconds"
+#: The same, from a whole run on the 2-core dev box, for a checkout without that cache
+#: (refresh it from .pytest_cache/v/g4l/module_seconds after adding a long module).
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
 
 
 def _selected_files(config) -> set[str] | None:
@@ -344,13 +347,16 @@ def _module_of(nodeid: str) -> str:
 def _longest_modules_first(config, items) -> None:
     """Order the modules longest first (xdist hands them out in this order, so the run does
     not end on one worker finishing a long module the others could have shared the time
-    of). A module's length is its seconds in the last whole run (pytest's cache), else a
-    guess: 30 s per test that starts a server of its own or is marked slow in its code,
-    3 s per other slow test (the session's or the module's server), 0.2 s per unit test,
-    and 30 s more for a module whose fixtures start a server. The order within a module
-    is kept; the modules' order is the same on every worker (xdist checks)."""
+    of). A module's length is its seconds in this checkout's last whole run (pytest's
+    cache), else in tests/module_seconds.json (a whole run on the 2-core box, for a fresh
+    checkout), else a guess: 30 s per test that starts a server of its own or is marked
+    slow in its code, 3 s per other slow test (the session's or the module's server),
+    0.2 s per unit test, and 30 s more for a module whose fixtures start a server. The
+    order within a module is kept; the modules' order is the same on every worker (xdist
+    checks)."""
     cache = getattr(config, "cache", None)
-    measured: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    measured: dict[str, float] = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+    measured.update(cache.get(DURATIONS_KEY, {}) if cache is not None else {})
     guess: dict[str, float] = {}
     for item in items:
         module = _module_of(item.nodeid)
