@@ -8,6 +8,9 @@ result back into bytes in the client's own WAV flavour.
 soundfile (libsndfile) does the reading and writing: it understands every WAV flavour DAWs
 produce (RIFF/WAVEX, RF64, Sony Wave64; 8/16/24/32-bit PCM, 32/64-bit float, u-law...).
 torchaudio's I/O is not used on purpose: it needs TorchCodec, which this stack lacks.
+
+Why one file of over 400 lines: it is a flat set of small pure functions over one array
+convention, imported as one module by every layer; split, the helpers would only scatter.
 """
 
 from __future__ import annotations

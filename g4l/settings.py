@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     max_input_seconds: float = 900.0
     max_sample_rate: int = 192_000
     max_channels: int = 2
+    # terry (transform): the input it rewrites. The device refuses files over 50 MB itself;
+    # MelodyFlow works at 48 kHz, so audio below 22.05 kHz has nothing to rewrite its top with.
+    transform_max_mb: float = Field(default=50.0, gt=0.0)  # refused from this size (10^6 bytes of WAV)
+    transform_max_seconds: float = Field(default=300.0, gt=0.0)
+    transform_min_rate: int = Field(default=22_050, ge=1)
 
     # Socket.IO heartbeat (seconds) dictated to clients.
     ping_interval: int = 25

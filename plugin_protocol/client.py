@@ -45,6 +45,8 @@ class Result:
     seconds: float = 0.0
     job_id: str = ""  # from the *_received acknowledgement
     seed: int | None = None  # from the *_received acknowledgement (the seed the generation used)
+    #: The result event's fields besides the audio (``variation`` for a transform).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,8 +153,10 @@ class DeviceClient:
         progress = [d["progress"] for d in self.events_since(since, events.PROGRESS_UPDATE)
                     if d.get("session_id") == sid]
         queue = [d for d in self.events_since(since, events.QUEUE_STATUS) if d.get("session_id") == sid]
+        extra = {k: v for k, v in data.items() if k not in ("audio_data", "session_id")}
         return Result(sid, base64.b64decode(data["audio_data"]), exchange.result, progress, queue,
-                      time.monotonic() - started, str(ack.get("job_id") or ""), seed if isinstance(seed, int) else None)
+                      time.monotonic() - started, str(ack.get("job_id") or ""), seed if isinstance(seed, int) else None,
+                      extra)
 
     def bang(self, wav: bytes, *, model_name: str, prompt_duration: int, **params: Any) -> Result:
         payload = {"audio_data": base64.b64encode(wav).decode(), "model_name": model_name,
@@ -167,6 +171,17 @@ class DeviceClient:
 
     def retry(self, session_id: str, **params: Any) -> Result:
         return self._generation(events.RETRY, {"session_id": session_id, **params}, session_id)
+
+    def transform(self, session_id: str | None, wav: bytes | None = None, *, variation: str | None = None,
+                  **params: Any) -> Result:
+        """terry: rewrite the session's audio (or ``wav``; no session: a new one holding it)
+        in a preset's style. ``params``: ``flowstep``, ``solver``, ``steps``, ``custom_prompt``,
+        ``seed``. The result is the input's length and format; ``result.extra["variation"]``
+        names the preset."""
+        payload: dict[str, Any] = {"session_id": session_id, "variation": variation, **params}
+        if wav is not None:
+            payload["audio_data"] = base64.b64encode(wav).decode()
+        return self._generation(events.TRANSFORM, payload, session_id)
 
     def _call(self, event: str, payload: Any, reply: str, session_id: str | None = None) -> Any:
         since = self.mark()

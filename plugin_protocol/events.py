@@ -19,6 +19,8 @@ REDO = "redo_request"  # {session_id} -> redo_complete
 CHECKOUT = "checkout_request"  # {session_id, version} -> checkout_complete
 HISTORY = "history_request"  # {session_id} -> history
 UNDO_TRANSFORM = "undo_transform_request"  # {session_id} -> transform_undone (the device's terry undo)
+# terry (MelodyFlow): rewrite the session's audio in a preset's style, same length.
+TRANSFORM_AUDIO = "transform_audio_request"  # {audio_data?, variation, session_id?, flowstep?, solver?, ...}
 
 # Server -> client
 PROCESS_AUDIO_RECEIVED = "process_audio_received"
@@ -44,6 +46,8 @@ REDO_COMPLETE = "redo_complete"
 CHECKOUT_COMPLETE = "checkout_complete"
 HISTORY_RESULT = "history"  # {session_id, current, versions: [...]} (no audio)
 TRANSFORM_UNDONE = "transform_undone"  # {audio_data, session_id}
+TRANSFORM_AUDIO_RECEIVED = "transform_audio_received"  # {session_id, job_id, seed}
+AUDIO_TRANSFORMED = "audio_transformed"  # {audio_data, session_id, variation}
 ERROR = "error"
 
 
@@ -60,5 +64,6 @@ class GenerationEvents:
 BANG = GenerationEvents(PROCESS_AUDIO, PROCESS_AUDIO_RECEIVED, AUDIO_PROCESSED)
 CONTINUE = GenerationEvents(CONTINUE_MUSIC, CONTINUE_MUSIC_RECEIVED, MUSIC_CONTINUED)
 RETRY = GenerationEvents(RETRY_MUSIC, RETRY_MUSIC_RECEIVED, MUSIC_RETRIED)
+TRANSFORM = GenerationEvents(TRANSFORM_AUDIO, TRANSFORM_AUDIO_RECEIVED, AUDIO_TRANSFORMED)
 #: Every device generation (the server's kind table says which kind uses which).
-GENERATIONS = (BANG, CONTINUE, RETRY)
+GENERATIONS = (BANG, CONTINUE, RETRY, TRANSFORM)

@@ -147,6 +147,45 @@ class CheckoutRequest(SessionRef):
         return value
 
 
+class TransformAudioRequest(_Payload):
+    """``transform_audio_request`` (terry): rewrite the session's audio (or the given audio)
+    in a preset's style. Values are checked by the server with the errors the clients know
+    (``Unknown variation: <name>``, ``Invalid solver``), so the strings pass through here."""
+
+    session_id: SessionId | None = Field(default=None, description="absent/null: a new session")
+    audio_data: str | None = Field(default=None, description="base64 WAV; absent: the session's current audio")
+    variation: str | None = Field(default=None, max_length=200,
+                                  description="A preset name (GET /variations); required unless custom_prompt")
+    custom_prompt: str | None = Field(default=None, max_length=2000, description="Replaces the preset's text")
+    flowstep: float | None = Field(default=None, description="0 < flowstep < 1 (absent: the preset's, 0.12)")
+    solver: str | None = Field(default=None, max_length=40, description="euler (default, 25 steps) | midpoint (64)")
+    steps: int | None = Field(default=None, description="Solver steps, a whole number 1-250 (absent: the solver's)")
+    seed: int | None = Field(default=None, ge=-1, le=SEED_MAX,
+                             description="-1 or absent: the server picks one and reports it")
+
+    _sid = field_validator("session_id", mode="before")(_clean_session_id)
+
+    @field_validator("audio_data", "custom_prompt", "variation", "solver", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _whole_steps(cls, value: object) -> object:
+        # A JSON 25.0 is a float: refused (pydantic's lax mode would take it as 25).
+        if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
+            raise ValueError("steps must be a whole number from 1 to 250")
+        return value
+
+    @field_validator("flowstep", mode="before")
+    @classmethod
+    def _numeric_flowstep(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("flowstep must be a number")
+        return value
+
+
 class ProgressStatusRequest(SessionRef):
     """``request_progress_status``: sent when no progress arrived for 5 s."""
 
@@ -266,6 +305,12 @@ class HistoryPayload(_Payload):
     session_id: str
     current: int | None
     versions: list[VersionInfo]
+
+
+class TransformResult(AudioResult):
+    """``audio_transformed``: the transformed take (the input's length and format)."""
+
+    variation: str | None = Field(default=None, description="The preset it was asked for (null: a custom prompt)")
 
 
 class ReadyForChunks(_Payload):

@@ -53,6 +53,9 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     events.CHECKOUT_COMPLETE: payloads.VersionAudio,
     events.HISTORY_RESULT: payloads.HistoryPayload,
     events.TRANSFORM_UNDONE: payloads.VersionAudio,
+    events.TRANSFORM_AUDIO: payloads.TransformAudioRequest,
+    events.TRANSFORM_AUDIO_RECEIVED: payloads.Ack,
+    events.AUDIO_TRANSFORMED: payloads.TransformResult,
     events.ERROR: payloads.ErrorPayload,
 }
 

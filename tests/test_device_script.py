@@ -8,8 +8,7 @@ The script is read from the client mirror at test time, not vendored (see
 tests/device/gary4live/README.md): set G4L_GARY4LIVE_SCRIPT to a copy of commentedout.js, or
 G4L_GARY4LIVE_REPO (and G4L_GARY4LIVE_REF) to a clone; without either the tests skip.
 
-gary's and jerry's parts are served. terry's parts are issue 19: marked xfail(strict) until
-its routes land (then the marks come off)."""
+gary's, jerry's and terry's parts are all served (issue 19)."""
 
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ RATE = 48_000
 JERRY_RATE = 44_100
 JERRY_FRAMES = 11 * JERRY_RATE  # 11.0 s: seconds_total's default, the device sends none
 PROMPT_S = 6  # the device's default prompt_duration
-ISSUE_19 = pytest.mark.xfail(strict=True, reason="jerry/terry routes land with issue 19")
 
 
 # ---------------------------------------------------------------- the script and the driver
@@ -241,7 +239,6 @@ def test_device_script_plays_jerry_and_gary_continues_it(server, device_script: 
     check_jerry(steps)
 
 
-@ISSUE_19
 def test_device_script_plays_terry_on_a_gary_session(server, device_script: Path, tmp_path: Path) -> None:
     inputs = make_inputs(tmp_path)
     steps = drive(server.url, device_script, tmp_path / "run", "terry", **inputs)
@@ -259,7 +256,6 @@ def test_device_script_plays_terry_on_a_gary_session(server, device_script: Path
     check_terry(steps, "continue1")
 
 
-@ISSUE_19
 def test_device_script_plays_the_whole_three_model_flow(server, device_script: Path, tmp_path: Path) -> None:
     """jerry -> gary continues jerry's audio -> terry with two presets and both solvers -> undo ->
     continue after undo -> a refused preset -> cleanup (issue 19, "How it will be checked")."""

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # about 90 s: builds the model, starts the whole server
+@pytest.mark.slow  # about 100 s: builds the models, starts the whole server
 @pytest.mark.timeout(600)
 def test_gpu_check_runs_on_cpu_and_prints_its_figures() -> None:
     out = subprocess.run([str(ROOT / "scripts" / "gpu_check"), "--device", "cpu", "--quick"], cwd=ROOT,
@@ -30,7 +30,14 @@ def test_gpu_check_runs_on_cpu_and_prints_its_figures() -> None:
     assert re.search(r"gpu_check: musicgen-tiny on cpu: batch 1 [\d.]+ steps/s", text), text
     ratio = re.search(r"gpu_check: e2e on cpu: t\(8\)/t\(1\) = ([\d.]+)", text)
     assert ratio is not None and float(ratio.group(1)) > 0, text
-    assert "[jerry, terry]" in text
+    # jerry and terry on their tiny debug models: every figure, fp32 and fp16 for jerry.
+    for dtype in ("float32", "float16"):
+        for batch in (1, 2):
+            line = re.search(rf"tiny {dtype} +batch +{batch}: +([\d.]+) ms/clip", text)
+            assert line is not None and float(line.group(1)) > 0, text
+    assert re.search(r"gpu_check: jerry tiny on cpu: ms/clip float32 batch 1 [\d.]+", text), text
+    assert re.search(r"gpu_check: terry tiny on cpu: per 5 s edit: euler [\d.]+ s, midpoint [\d.]+ s", text), text
+    assert "NOT FINITE" not in text and "[jerry] skipped" not in text and "[terry] skipped" not in text, text
     assert "gpu_check: done in" in text and "0 section(s) failed" in text
 
 

@@ -76,7 +76,7 @@ def test_held_loop_fills_a_gap_and_hands_over_smoothly() -> None:
 
 
 def test_playlist_slides_deletes_and_continues_after_a_restart(tmp_path: Path) -> None:
-    start = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     pl = LivePlaylist(tmp_path, segment_s=2.0, window=6)
     for seq in range(12):
         (tmp_path / segment_name(seq)).write_bytes(b"x")
@@ -130,8 +130,8 @@ def test_rtmp_urls_are_checked_and_stream_keys_never_survive_redaction() -> None
     import pytest
 
     from g4l.errors import InvalidRequest
-    from g4l.hls.outputs import card_text, ffmpeg_command, key_options
-    from g4l.services.outputs import check_stream_key, display_url, publish_url, redact
+    from g4l.hls.rtmp import card_text, ffmpeg_command, key_options
+    from g4l.services.stations.outputs import check_stream_key, display_url, publish_url, redact
     from g4l.settings import Settings
 
     assert display_url(" RTMPS://Live.Example.com:443/app/ ") == "rtmps://live.example.com:443/app"
@@ -217,7 +217,7 @@ def test_the_buffer_policy_defaults_keep_todays_station_and_bad_ones_are_refused
     import pytest
 
     from g4l.errors import InvalidRequest
-    from g4l.services.station_policy import build_policy, build_transition, default_policy
+    from g4l.services.stations.policy import build_policy, build_transition, default_policy
     from g4l.settings import Settings
 
     settings = Settings(station_buffer_s=45.0)

@@ -27,7 +27,8 @@ from g4l import wav_splice
 KEYS = {"story": "key-story-1", "other": "key-other-2", "flood": "key-flood-3", "contract": "key-contract-4",
         "sessions": "key-sessions-5", "live": "key-live-6", "errors": "key-errors-7", "stations": "key-stations-8",
         "fuzz": "key-fuzz-10", "fuzz-other": "key-fuzz-other-11", "history": "key-history-12",
-        "import": "key-import-13", "sampling": "key-sampling-14", "sampling-ok": "key-sampling-ok-15"}
+        "import": "key-import-13", "sampling": "key-sampling-14", "sampling-ok": "key-sampling-ok-15",
+        "terry": "key-terry-16"}
 OPERATOR_KEY = "key-operator-9"
 RATE_LIMIT = 6
 MAX_SECONDS = 90
@@ -819,3 +820,28 @@ def test_fuzzed_http_requests_never_crash_and_refusals_change_nothing(api, files
     refused = sum(1 for *_rest, code in seen if code >= 400)
     print(f"http fuzz: {len(seen)} requests over {len(routes)} routes, {refused} refused, 0 server errors")
     assert len({(m, p) for _w, m, p, _c in seen}) >= len(routes) * 3 // 4  # most routes were reached
+
+
+def test_terry_transforms_only_the_keys_own_sessions(api) -> None:
+    """terry with API keys: another key's session does not exist for it, on /api/v1, the
+    JUCE route and the socket's service alike; the owner's transform is a job of its session."""
+    mine, other = {"X-API-Key": KEYS["terry"]}, {"X-API-Key": KEYS["other"]}
+    wav = make_wav(2)
+    sid = requests.post(f"{api.url}/api/v1/sessions", json={"audio_data": _b64(wav)}, headers=mine,
+                        timeout=30).json()["session_id"]
+    history = requests.get(f"{api.url}/api/v1/sessions/{sid}/history", headers=mine, timeout=10).json()
+    for path, body in ((f"/api/v1/sessions/{sid}/transform", {"variation": "celtic"}),
+                       ("/api/juce/transform_audio", {"variation": "celtic", "session_id": sid})):
+        resp = requests.post(api.url + path, json=body, headers=other, timeout=30)
+        assert resp.status_code == 404, (path, resp.text)
+        error = resp.json()["error"]
+        assert (error["code"] if isinstance(error, dict) else resp.json()["code"]) == "SESSION_NOT_FOUND"
+    undo = requests.post(f"{api.url}/api/juce/undo_transform", json={"session_id": sid}, headers=other, timeout=10)
+    assert undo.status_code == 404 and undo.json()["success"] is False
+    anonymous = requests.post(f"{api.url}/api/juce/transform_audio", json={"variation": "celtic",
+                                                                          "audio_data": _b64(wav)}, timeout=30)
+    assert anonymous.status_code == 401
+    assert requests.get(f"{api.url}/api/v1/sessions/{sid}/history", headers=mine, timeout=10).json() == history
+    accepted = requests.post(f"{api.url}/api/v1/sessions/{sid}/transform", json={"variation": "celtic"},
+                             headers=mine, timeout=30)
+    assert accepted.status_code == 202 and accepted.json()["kind"] == "transform", accepted.text

@@ -117,6 +117,10 @@ def test_the_plugin_plays_a_whole_session(server) -> None:
     assert models["success"] is True and set(models["models"]) >= {"small", "medium", "large"}
     paths = [item["path"] for group in models["models"].values() for item in group if item["type"] == "single"]
     assert paths == ["debug"] and models["models"]["small"][0]["name"]
+    # The three families, as the workers report them (G4L_MODELS=debug serves all three).
+    assert {f: models["families"][f]["state"] for f in ("musicgen", "stable_audio", "melodyflow")} == \
+        {"musicgen": "loaded", "stable_audio": "loaded", "melodyflow": "loaded"}
+    assert models["families"]["stable_audio"]["default_model"] == "debug-stable-audio"
 
     source = with_junk(make_wav(30))
     status, reply = plugin.post("/api/juce/process_audio", plugin.params(source))

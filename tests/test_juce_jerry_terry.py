@@ -6,8 +6,7 @@ fields the plugin reads. Remote mode: one host, jerry under /audio/. Localhost m
 its own port (8005 in the plugin) and terry on its own (8002); the server takes them from
 G4L_JERRY_PORT / G4L_TERRY_PORT, here free ports.
 
-The localhost ports and jerry's flows are served; terry's flows are xfail(strict) until its
-routes land (then the marks come off)."""
+Every flow here is served (issue 19): the localhost ports, jerry's and terry's."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ from g4l import embedded
 JERRY_RATE = 44_100
 #: What marks a service offline in the plugin's health readers (PluginProcessor.cpp, Backend.cpp).
 OFFLINE = ("unhealthy", "failed", "down", "error")
-ISSUE_19 = pytest.mark.xfail(strict=True, reason="jerry/terry routes land with issue 19")
 pytestmark = [pytest.mark.slow]
 
 
@@ -238,7 +236,6 @@ def test_remote_jerry_generate_and_smart_loop(server) -> None:
     check_jerry(plugin)
 
 
-@ISSUE_19
 def test_remote_terry_transform_poll_and_undo(server) -> None:
     plugin = remote(server)
     check_health_remote(plugin)
@@ -321,7 +318,6 @@ def test_localhost_jerry_generate_and_smart_loop(local_stack: LocalStack) -> Non
     check_jerry(plugin)
 
 
-@ISSUE_19
 def test_localhost_terry_transform_poll_and_undo(local_stack: LocalStack) -> None:
     check_terry(local(local_stack))
 

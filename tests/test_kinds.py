@@ -32,7 +32,8 @@ def test_every_kind_has_a_record_and_a_runner() -> None:
         assert runner.deliver_first is KINDS[name].deliver_first
     for name, kind in KINDS.items():
         assert kind.name is name
-        assert kind.family == ("stable_audio" if name is KindName.TEXT_TO_AUDIO else "musicgen")
+        families = {KindName.TEXT_TO_AUDIO: "stable_audio", KindName.TRANSFORM: "melodyflow"}
+        assert kind.family == families.get(name, "musicgen")
 
 
 def test_every_kind_has_its_events_or_none_on_purpose() -> None:

@@ -121,3 +121,26 @@ def test_the_checks_see_the_tree() -> None:
     assert len(graph) > 60
     assert "g4l.jobs.lifecycle" in graph["g4l.worker.worker"]
     assert "g4l.services.specs" in graph["g4l.services.sessions"]
+
+
+
+def test_the_web_api_imports_nothing_that_wires_it() -> None:
+    """g4l.web.app is the web's one composition root: g4l.web.api imports only modules
+    below it (services, leaf helpers of g4l.web such as the relay or offload), never one
+    that itself reaches g4l.web.api (the app, the compat routes, the sockets)."""
+    graph = _graph()
+
+    def in_api(module: str) -> bool:
+        return module == "g4l.web.api" or module.startswith("g4l.web.api.")
+
+    def reaches_api(module: str, seen: set[str]) -> bool:
+        if module in seen:
+            return False
+        seen.add(module)
+        return any(in_api(d) or reaches_api(d, seen) for d in graph.get(module, ()))
+
+    api = [m for m in graph if in_api(m)]
+    assert "g4l.web.api.jobs" in api
+    upward = [f"{m} imports {d}" for m in api for d in sorted(graph[m])
+              if not in_api(d) and reaches_api(d, set())]
+    assert upward == []

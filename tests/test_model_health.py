@@ -74,6 +74,19 @@ def test_the_first_lines_say_the_default_model_is_unusable_and_why(unready) -> N
     assert MISSING in doc["pytorch"] and "\n" not in doc["pytorch"]
     assert list(doc["models_failed"]) == [MISSING]
     assert _get(url + "/health")[0] == 503  # a dependency (here the model) is unavailable
+    # Each family says its own state: gary's default failed (with why); jerry's and terry's,
+    # warmed after it, are loading and then loaded.
+    families = doc["families"]
+    assert {families["stable_audio"]["state"], families["melodyflow"]["state"]} <= {"loading", "loaded"}
+    deadline = time.monotonic() + 180
+    while "loading" in {families["stable_audio"]["state"], families["melodyflow"]["state"]}:
+        assert time.monotonic() < deadline, families
+        time.sleep(0.5)
+        families = _get(url + "/health/ready")[1]["families"]
+    assert families["musicgen"]["state"] == "failed" and MISSING in families["musicgen"]["reason"]
+    assert families["musicgen"]["default_model"] == MISSING
+    assert (families["stable_audio"]["state"], families["melodyflow"]["state"]) == ("loaded", "loaded")
+    assert families["stable_audio"]["nickname"] == "jerry" and families["melodyflow"]["nickname"] == "terry"
 
 
 def test_a_bang_for_the_failed_model_fails_at_once_and_other_models_work(unready) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -63,6 +64,53 @@ def test_worker_killed_mid_generation_job_is_recovered(own_stores, tmp_path) -> 
             assert wav_info(base64.b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
             job = r.hgetall(f"g4l:job:{ack['job_id']}")
             assert job["status"] == "completed" and job["attempts"] == "2"
+    finally:
+        server.stop()
+
+
+def test_jerry_and_terry_jobs_of_a_killed_worker_are_recovered(own_stores, tmp_path) -> None:
+    """jerry's and terry's jobs go through the same queue as gary's: a worker killed while it
+    runs one is replaced, the job runs again, and the client that waits gets its answer
+    (jerry's HTTP request its clip; the device its transform, made once in the history)."""
+    r_proc, m_proc = own_stores
+    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_JOB_MAX_ATTEMPTS="2")
+    try:
+        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
+        answer: dict = {}
+
+        def jerry() -> None:
+            body = json.dumps({"prompt": "dusty breakbeat 120bpm", "steps": 250, "seed": 5,
+                               "return_format": "base64"}).encode()
+            req = urllib.request.Request(server.url + "/audio/generate", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=240) as resp:
+                answer.update(json.load(resp))
+
+        asking = threading.Thread(target=jerry)
+        asking.start()
+        deadline = time.monotonic() + 60
+        job_id = None
+        while job_id is None and time.monotonic() < deadline:  # the jerry job, as soon as it is queued
+            job_id = next((k.split(":")[2] for k in r.scan_iter("g4l:job:*")
+                           if k.count(":") == 2 and r.hget(k, "kind") == "text_to_audio"), None)
+            time.sleep(0.02)
+        assert job_id, "the jerry request queued no job"
+        _kill_worker_mid_job(r, job_id)
+        asking.join(240)
+        assert answer.get("success") is True and answer["metadata"]["seed"] == 5, answer
+        assert wav_info(base64.b64decode(answer["audio_base64"])).duration == pytest.approx(11.0, abs=0.001)
+        assert r.hget(f"g4l:job:{job_id}", "attempts") == "2"
+
+        with DeviceClient(server.url, timeout=240) as c:
+            take = make_wav(45)  # past the 30 s window: several edits, time enough to be killed in
+            since = c.mark()
+            c.emit(events.TRANSFORM_AUDIO, {"audio_data": base64.b64encode(take).decode(), "variation": "celtic"})
+            _, ack = c.wait_for(events.TRANSFORM_AUDIO_RECEIVED, since)
+            _kill_worker_mid_job(r, ack["job_id"])
+            _, result = c.wait_for(events.AUDIO_TRANSFORMED, since, session_id=ack["session_id"])
+            assert wav_info(base64.b64decode(result["audio_data"])).frames == wav_info(take).frames
+            assert result["variation"] == "celtic" and r.hget(f"g4l:job:{ack['job_id']}", "attempts") == "2"
+            status = c.verify(ack["session_id"])
+            assert status["generation_in_progress"] is False and status["version"] == 2  # the upload, one transform
     finally:
         server.stop()
 

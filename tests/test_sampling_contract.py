@@ -14,6 +14,7 @@ from g4l.errors import InvalidRequest
 from g4l.jobs.spec import Sampling
 from g4l.services.specs import SpecResolver
 from g4l.web.api import models as api
+from g4l.web.api.stream_models import StationRequest
 from plugin_protocol import payloads, sampling
 
 #: Values at, just inside and just outside every bound, and the extremes clients send.
@@ -31,7 +32,7 @@ BASES: dict[type[BaseModel], dict[str, object]] = {
     api.BangRequest: {"audio_data": "UklGRg=="},
     api.ContinueRequest: {},
     api.GenerateRequest: {"prompt": "dub", "duration": 8},
-    api.StationRequest: {"prompt": "dub"},
+    StationRequest: {"prompt": "dub"},
 }
 
 

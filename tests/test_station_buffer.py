@@ -331,7 +331,8 @@ def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_sla
 # ---------------------------------------------------------------------- the RTMP card
 def test_the_rtmp_card_says_be_right_back_while_the_station_is_off_the_air(ctx, tmp_path) -> None:
     from g4l import keys
-    from g4l.hls.outputs import PROMPT_FILE, StationOutputs
+    from g4l.hls.outputs import StationOutputs
+    from g4l.hls.rtmp import PROMPT_FILE
     from g4l.hls.stream import LiveStream
 
     stream = LiveStream("t" * 32, "station", "s1", ctx.settings.model_copy(update={"hls_dir": tmp_path}))

@@ -260,8 +260,8 @@ def test_the_archive_page_lists_recordings_and_serves_them_with_range(dash: Dash
 # ---------------------------------------------------------------------- the history store
 def test_the_buffer_history_is_spaced_trimmed_kept_across_restarts_and_expires_with_the_station(ctx) -> None:
     from g4l.services.auth import Caller
-    from g4l.services.station_history import StationHistory
-    from g4l.services.stations import StationService
+    from g4l.services.stations.history import StationHistory
+    from g4l.services.stations.service import StationService
 
     ctx.settings = ctx.settings.model_copy(update={"station_history_every_s": 10.0,
                                                    "station_history_hours": 55 / 3600})
@@ -296,7 +296,7 @@ def test_with_keys_off_the_pages_are_open(ctx) -> None:
     from flask import Flask
 
     from g4l.services.auth import ApiKeys, Caller
-    from g4l.services.stations import StationService
+    from g4l.services.stations.service import StationService
     from g4l.web.api.routing import install_errors
     from g4l.web.dashboard import dashboard_blueprint
 

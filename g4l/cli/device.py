@@ -107,7 +107,7 @@ class Device:
                  wav: bytes | None = None, params: dict[str, Any]) -> Generation:
         """Run a bang, continue or retry and wait for its audio.
 
-        :param kind: ``bang``, ``continue`` or ``retry``.
+        :param kind: ``bang``, ``continue``, ``retry`` or ``transform``.
         :param session_id: the session (none for a bang, or a continue that starts one).
         :param wav: the audio to send (a bang's input; a continue's current file, or none
             to continue the session's stored audio).
@@ -123,6 +123,8 @@ class Device:
                     result = self.client.bang(wav, model_name=model, prompt_duration=prompt_s, **sent)
                 elif kind == "continue":
                     result = self.client.continue_(session_id, wav, **sent)
+                elif kind == "transform":
+                    result = self.client.transform(session_id, wav, **sent)
                 else:
                     assert session_id is not None
                     result = self.client.retry(session_id, **sent)

@@ -16,6 +16,8 @@ With ``on_audio`` the job's audio is also handed out while it is generated
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from g4l.engine.base import AudioCallback, Engine, GenerationParams, ProgressCallback
@@ -27,6 +29,7 @@ INTERACTIVE = 1
 BACKGROUND = 0
 
 
+@dataclass(eq=False)  # an engine is one job's: compared by identity
 class BatchedEngine(Engine):
     """The engine a job sees when its worker batches.
 
@@ -37,13 +40,11 @@ class BatchedEngine(Engine):
     :param chunk_s: with ``on_audio``, seconds of audio between two pieces.
     """
 
-    def __init__(self, base: MusicGenEngine, shared: BatchedMusicGen, priority: int = BACKGROUND,
-                 on_audio: AudioCallback | None = None, chunk_s: float = 1.0) -> None:
-        self.base = base
-        self.shared = shared
-        self.priority = priority
-        self.on_audio = on_audio
-        self.chunk_s = chunk_s
+    base: MusicGenEngine
+    shared: BatchedMusicGen
+    priority: int = BACKGROUND
+    on_audio: AudioCallback | None = None
+    chunk_s: float = 1.0
 
     @property
     def model_id(self) -> str:

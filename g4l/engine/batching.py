@@ -31,6 +31,10 @@ to empty, then retries in smaller chunks; a row is failed (``GPU_OUT_OF_MEMORY``
 it runs out of memory alone. A step samples every row before it writes any token, so a step
 that fails part-way is retried whole. :data:`g4l.engine.memory.TEST_ONLY_OOM_ABOVE_ROWS`
 injects the error on CPU (tests only).
+
+Why one file of over 400 lines: join, step and leave all act on the loop's rows and its one KV
+cache under one lock; the model-side step (:mod:`g4l.engine.batch_lm`) and the sampling
+(:mod:`g4l.engine.sampling`) are modules of their own.
 """
 
 from __future__ import annotations
@@ -547,16 +551,20 @@ class DecodeLoop:
             raise RuntimeError("the pattern sequence was not filled")
         return out
 
-    def _leave(self, row: _Row, codes: torch.Tensor | None, error: BaseException | None) -> None:
-        if row not in self.rows:
-            return
+    def _remove(self, row: _Row) -> None:
+        """Take ``row`` out of the batch, keeping it dense: the last row moves into the
+        leaving row's cache slots (two per row: conditional and unconditional)."""
         index = self.rows.index(row)
         last = len(self.rows) - 1
         if index != last:
-            # Keep the batch dense: the last row takes the leaving row's slots.
             self.cache.move(2 * last, 2 * index, 2)
             self.rows[index] = self.rows[last]
         self.rows.pop()
+
+    def _leave(self, row: _Row, codes: torch.Tensor | None, error: BaseException | None) -> None:
+        if row not in self.rows:
+            return
+        self._remove(row)
         row.handle._finish(codes, error)
         if not self.rows:
             self._batch_limit = self.max_batch
@@ -574,12 +582,7 @@ class DecodeLoop:
         generator; it resumes later with a prefill of all it has (how an out-of-memory
         error shrinks the batch)."""
         row = max(self.rows, key=lambda r: r.order)
-        index = self.rows.index(row)
-        last = len(self.rows) - 1
-        if index != last:
-            self.cache.move(2 * last, 2 * index, 2)
-            self.rows[index] = self.rows[last]
-        self.rows.pop()
+        self._remove(row)
         with self._lock:
             self._pending.append(row)
 

@@ -14,7 +14,7 @@ cross_length, head_dim]`` with the valid length of each slot in :attr:`KVCache.c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,7 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+@dataclass(eq=False, repr=False)  # holds tensors: compared by identity, not printed
 class KVCache:
     """Keys and values of every layer for up to :attr:`shape` half-rows.
 
@@ -64,26 +65,23 @@ class KVCache:
         conditions are shorter or longer than its own, so its sums round the same.
     """
 
-    def __init__(self, num_layers: int, num_heads: int, head_dim: int, cross: bool,
-                 device: torch.device, dtype: torch.dtype, budget_bytes: int | None = None,
-                 length_step: int = 256, cross_step: int = 1) -> None:
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.cross = cross
-        self.device = device
-        self.dtype = dtype
-        self.budget_bytes = budget_bytes
-        self.length_step = length_step
-        self.cross_step = cross_step
-        self.shape = CacheShape(0, 0, 0)
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.ck: list[torch.Tensor] = []
-        self.cv: list[torch.Tensor] = []
-        #: Valid cross-attention positions of each half-row slot (plain ints: read every
-        #: step without a device sync).
-        self.cross_len: list[int] = []
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    cross: bool
+    device: torch.device
+    dtype: torch.dtype
+    budget_bytes: int | None = None
+    length_step: int = 256
+    cross_step: int = 1
+    shape: CacheShape = field(default_factory=lambda: CacheShape(0, 0, 0), init=False)
+    k: list[torch.Tensor] = field(default_factory=list, init=False)
+    v: list[torch.Tensor] = field(default_factory=list, init=False)
+    ck: list[torch.Tensor] = field(default_factory=list, init=False)
+    cv: list[torch.Tensor] = field(default_factory=list, init=False)
+    #: Valid cross-attention positions of each half-row slot (plain ints: read every
+    #: step without a device sync).
+    cross_len: list[int] = field(default_factory=list, init=False)
 
     def bytes_for(self, shape: CacheShape) -> int:
         """Bytes the tensors of a cache of ``shape`` take."""

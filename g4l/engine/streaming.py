@@ -14,6 +14,7 @@ Pure bookkeeping around a ``decode`` function; the caller decides when to feed i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ RIGHT_CONTEXT_FRAMES = 5
 LEFT_CONTEXT_FRAMES = 25
 
 
+@dataclass(eq=False)
 class WindowedDecoder:
     """Turns a growing ``[K, n]`` code sequence into consecutive pieces of audio.
 
@@ -38,16 +40,18 @@ class WindowedDecoder:
     :param start_frame: frames before this one are never emitted (a continuation's prompt).
     """
 
-    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], hop: int, chunk_frames: int = 50,
-                 left: int = LEFT_CONTEXT_FRAMES, right: int = RIGHT_CONTEXT_FRAMES, start_frame: int = 0) -> None:
-        if hop < 1 or chunk_frames < 1 or left < 0 or right < 0 or start_frame < 0:
+    decode: Callable[[torch.Tensor], np.ndarray]
+    hop: int
+    chunk_frames: int = 50
+    left: int = LEFT_CONTEXT_FRAMES
+    right: int = RIGHT_CONTEXT_FRAMES
+    start_frame: InitVar[int] = 0
+    #: Frames whose audio has been handed out (the next piece starts here).
+    emitted: int = field(init=False)
+
+    def __post_init__(self, start_frame: int) -> None:
+        if self.hop < 1 or self.chunk_frames < 1 or self.left < 0 or self.right < 0 or start_frame < 0:
             raise ValueError("hop and chunk_frames must be >= 1; context and start_frame >= 0")
-        self.decode = decode
-        self.hop = hop
-        self.chunk_frames = chunk_frames
-        self.left = left
-        self.right = right
-        #: Frames whose audio has been handed out (the next piece starts here).
         self.emitted = start_frame
 
     @property

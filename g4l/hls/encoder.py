@@ -15,32 +15,24 @@ is restarted, and the playlist marks the break with ``EXT-X-DISCONTINUITY``.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from g4l.hls.buffer import CHANNELS, RATE, PcmBuffer
 from g4l.hls.playlist import LivePlaylist, segment_name
 from g4l.log import get_logger
+from g4l.media import FfmpegProcess, ffmpeg_binary
 
 log = get_logger(__name__)
 
 #: How far ahead of the wall clock audio is handed to ffmpeg (covers thread wake-up jitter).
 LEAD_S = 0.1
 TICK_S = 0.02
-
-
-def ffmpeg_binary() -> str:
-    """The ffmpeg executable (Debian's package; see scripts/install.sh)."""
-    found = shutil.which("ffmpeg")
-    if not found:
-        raise RuntimeError("ffmpeg not found: run scripts/install.sh (apt-get install ffmpeg)")
-    return found
 
 
 class SegmentEncoder:
@@ -66,7 +58,7 @@ class SegmentEncoder:
         self.on_segment = on_segment
         self.log = log.bind(stream=stream)
         self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
+        self._proc: FfmpegProcess | None = None
         self._feeder: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wall0 = dt.datetime.now(dt.UTC)
@@ -95,7 +87,7 @@ class SegmentEncoder:
         if self._feeder is not None:
             self._feeder.join(timeout)
 
-    def _spawn(self) -> tuple[subprocess.Popen, threading.Thread]:
+    def _spawn(self) -> FfmpegProcess:
         cmd = [
             ffmpeg_binary(), "-hide_banner", "-loglevel", "error",
             "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0", "-map", "0:a",
@@ -105,60 +97,43 @@ class SegmentEncoder:
             "-segment_list", "pipe:1", "-segment_list_type", "csv", "-segment_list_flags", "+live",
             str(self.directory / "seg_%06d.part"),
         ]
-        # ffmpeg's complaints go to a file: an unread stderr pipe could fill up and stall it.
-        with open(self.directory / ".ffmpeg.log", "ab") as errors:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, bufsize=0)
-        reader = threading.Thread(target=self._read_segments, args=(proc,), daemon=True,
-                                  name=f"hls-list-{self.directory.name[:8]}")
-        reader.start()
-        return proc, reader
+        proc = FfmpegProcess(cmd, name=f"hls-list-{self.directory.name[:8]}", stderr_log=self.directory / ".ffmpeg.log",
+                             read_stdout=self._read_segments)
+        proc.start()
+        return proc
 
     # ------------------------------------------------------------ the two loops
     def _feed_forever(self) -> None:
         while not self._stop.is_set():
-            proc, reader = self._spawn()
+            proc = self._spawn()
             self._proc = proc
             try:
                 self._feed(proc)
             except (BrokenPipeError, OSError, ValueError) as exc:
                 self.log.warning("encoder input closed", error=str(exc)[:200])
             finally:
-                try:
-                    proc.stdin.close()  # type: ignore[union-attr]
-                except OSError:
-                    pass
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                reader.join(5)
+                proc.stop(deadline_s=10, join_s=5)
             if self._stop.is_set():
                 break
-            try:
-                err = (self.directory / ".ffmpeg.log").read_bytes()[-500:].decode(errors="replace")
-            except OSError:
-                err = ""
             self.restarts += 1
-            self.log.error("encoder exited; restarting it", code=proc.returncode, stderr=err, restarts=self.restarts)
+            self.log.error("encoder exited; restarting it", code=proc.returncode, stderr=proc.last_words(500),
+                           restarts=self.restarts)
             with self._lock:
                 self.playlist.mark_break()
             for part in self.directory.glob("seg_*.part"):
                 part.unlink(missing_ok=True)
             time.sleep(min(5.0, 0.5 * self.restarts))
 
-    def _feed(self, proc: subprocess.Popen) -> None:
+    def _feed(self, proc: FfmpegProcess) -> None:
         prefill = self.prefill_frames if self.restarts == 0 else 0
         t0 = time.monotonic() - prefill / RATE
         self._wall0 = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=prefill / RATE)
         lead = int(LEAD_S * RATE)
-        stdin = proc.stdin
-        assert stdin is not None
         if prefill:
-            stdin.write(bytes(prefill * CHANNELS * 2))  # s16le silence
+            proc.write(bytes(prefill * CHANNELS * 2))  # s16le silence
         written = prefill
         while not self._stop.is_set():
-            if proc.poll() is not None:
+            if not proc.running:
                 raise BrokenPipeError(f"ffmpeg exited with code {proc.returncode}")
             due = int((time.monotonic() - t0) * RATE) + lead
             if due - written > RATE * 2:  # the process was stalled: do not burst, skip ahead
@@ -168,16 +143,17 @@ class SegmentEncoder:
                 n = min(due - written, RATE // 10)
                 pcm = self.buffer.take(n)
                 data = (np.clip(pcm.T, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-                stdin.write(data)
+                proc.write(data)
                 for tap in list(self.taps):
                     tap(data)
                 written += n
             time.sleep(TICK_S)
 
-    def _read_segments(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
+    def _read_segments(self, stdout: IO[bytes]) -> None:
+        """ffmpeg's segment list (``name,start,end`` a finished segment): each segment is
+        renamed into place and listed."""
         wall0 = None
-        for raw in proc.stdout:
+        for raw in stdout:
             if wall0 is None:
                 wall0 = self._wall0
             try:

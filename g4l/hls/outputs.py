@@ -7,12 +7,12 @@ to ``<url>/<stream key>``. When the server drops the connection (or refuses it) 
 exits; the output starts it again after a backoff (0.5 s doubling up to
 ``G4L_RTMP_RECONNECT_MAX_S``), and one that sends nothing for ``G4L_RTMP_STALL_S`` is
 killed and restarted. Its state (connecting, connected, reconnecting), uptime, bitrate,
-reconnects and last error go to Redis every tick (:class:`g4l.services.outputs.OutputStore`).
+reconnects and last error go to Redis every tick (:class:`g4l.services.stations.outputs.OutputStore`).
 
 The stream key never appears in ffmpeg's command line (which every local user can read in
 ``ps`` or ``/proc/<pid>/cmdline``): ffmpeg gets the server URL without it, plus
 ``-fpre /dev/fd/N``, an option file it reads from a pipe this process writes and closes
-(:func:`key_options`: the RTMP application and the key as ``rtmp_playpath``). Nothing is
+(:func:`g4l.hls.rtmp.key_options`: the RTMP application and the key as ``rtmp_playpath``). Nothing is
 written to disk. What ffmpeg prints is still redacted before it is kept or logged, and log
 lines name the output by id and its URL without the key. Residual exposure: docs/hls.md.
 """
@@ -20,25 +20,20 @@ lines name the output by id and its URL without the key. Residual exposure: docs
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 import threading
 import time
-import urllib.parse
-from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from g4l import keys
 from g4l.context import Context
-from g4l.hls.buffer import CHANNELS, RATE
-from g4l.hls.encoder import ffmpeg_binary
 from g4l.hls.playlist import write_atomic
+from g4l.hls.rtmp import PROMPT_FILE, TITLE_FILE, card_text, ffmpeg_command, key_options
 from g4l.hls.stream import LiveStream
-from g4l.hls.tap import PcmQueue
+from g4l.hls.tap import PcmQueue, StationTap
 from g4l.log import get_logger
-from g4l.services.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
-from g4l.settings import Settings
+from g4l.media import FfmpegProcess
+from g4l.services.stations.outputs import CONNECTED, CONNECTING, RECONNECTING, OutputStore, publish_url, redact
+from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
 
@@ -48,77 +43,6 @@ QUEUE_S = 1.0
 STABLE_S = 10.0
 FIRST_BACKOFF_S = 0.5
 STOP_GRACE_S = 5.0
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-CARD_COLOR = "0x15151d"
-TITLE_FILE = "card-title.txt"
-PROMPT_FILE = "card-prompt.txt"
-
-
-def _font(path: str) -> str:
-    # Debian's fonts-dejavu-core (scripts/install.sh); else whatever fontconfig calls Sans.
-    return f"fontfile={path}" if Path(path).exists() else "font=Sans"
-
-
-def video_filter(kind: str, width: int, height: int, fps: int) -> str:
-    """The filter graph from input 0 to ``[v]``: the card's two texts, or the visual fitted
-    (letterboxed) into the frame."""
-    if kind == "card":
-        title, prompt = height // 12, height // 26
-        return (f"[0:v]drawtext={_font(FONT_BOLD)}:textfile={TITLE_FILE}:reload=1:expansion=none:fontcolor=white:"
-                f"fontsize={title}:x=(w-text_w)/2:y=h*0.30,"
-                f"drawtext={_font(FONT)}:textfile={PROMPT_FILE}:reload=1:expansion=none:fontcolor=0xc8c8d0:fontsize={prompt}:"
-                f"line_spacing={prompt // 3}:x=(w-text_w)/2:y=h*0.50,format=yuv420p[v]")
-    return (f"[0:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
-            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,fps={fps},format=yuv420p[v]")
-
-
-def key_options(url: str, stream_key: str) -> bytes:
-    """The option file ffmpeg reads the key from (``-fpre``: one ``option=value`` a line):
-    the RTMP application (``url``'s path, as ffmpeg would take it from ``url/key``) and the
-    key as the stream to publish. Keys never hold whitespace (``check_stream_key``)."""
-    app = urllib.parse.urlsplit(url).path.strip("/")
-    return f"rtmp_app={app}\nrtmp_playpath={stream_key}\n".encode()
-
-
-def ffmpeg_command(url: str, kind: str, visual_file: str, settings: Settings, key_file: str) -> list[str]:
-    """ffmpeg's arguments for one output (run in the stream's folder: the card's text files
-    and the visual are named relative to it). ``url`` is the server's, without the key;
-    ``key_file`` is where ffmpeg reads :func:`key_options` (a ``/dev/fd/N`` pipe)."""
-    width, height = (int(v) for v in settings.rtmp_video_size.split("x"))
-    fps, kbps = settings.rtmp_fps, settings.rtmp_video_kbps
-    if kind == "card":
-        video_in = ["-re", "-f", "lavfi", "-i", f"color=c={CARD_COLOR}:s={width}x{height}:r={fps}"]
-    elif kind == "image":
-        video_in = ["-re", "-loop", "1", "-framerate", str(fps), "-i", visual_file]
-    else:
-        video_in = ["-re", "-stream_loop", "-1", "-i", visual_file]
-    return [
-        ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-        "-stats_period", "1", *video_in,
-        "-thread_queue_size", "512", "-f", "s16le", "-ar", str(RATE), "-ac", str(CHANNELS), "-i", "pipe:0",
-        "-filter_complex", video_filter(kind, width, height, fps), "-map", "[v]", "-map", "1:a",
-        "-c:v", "libx264", "-preset", settings.rtmp_x264_preset,
-        *(["-tune", "stillimage"] if kind in ("card", "image") else []),
-        "-pix_fmt", "yuv420p", "-r", str(fps), "-g", str(2 * fps), "-keyint_min", str(2 * fps),
-        "-sc_threshold", "0", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k",
-        "-x264-params", "nal-hrd=cbr",
-        "-c:a", "aac", "-b:a", f"{settings.rtmp_audio_kbps}k", "-ar", str(RATE), "-ac", str(CHANNELS),
-        # -shortest: when the packager dies, ffmpeg's audio input ends and so does the
-        # stream (the looped picture alone would keep it publishing, orphaned, forever).
-        "-shortest", "-f", "flv", "-flvflags", "no_duration_filesize",
-        "-rw_timeout", str(int(settings.rtmp_stall_s * 1e6)), "-fpre", key_file, url,
-    ]
-
-
-def card_text(text: str, width_px: int, font_px: int, max_lines: int = 4) -> str:
-    """``text`` wrapped to the card's width (drawtext does not wrap), at most ``max_lines``."""
-    per_line = max(10, int(width_px * 0.85 / (font_px * 0.55)))
-    lines = textwrap.wrap(" ".join(text.split()), per_line) or [""]
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1][: per_line - 1].rstrip() + "\u2026"
-    return "\n".join(lines)
 
 
 class RtmpOutput:
@@ -155,9 +79,8 @@ class RtmpOutput:
         self._secrets: list[str] = []
         self._queue = PcmQueue(QUEUE_S)
         self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
+        self._proc: FfmpegProcess | None = None
         self._last_progress = time.monotonic()
-        self._stderr: deque[str] = deque(maxlen=20)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -174,7 +97,7 @@ class RtmpOutput:
 
     def _kill(self) -> None:
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             proc.kill()
 
     def feed(self, pcm: bytes) -> None:
@@ -186,7 +109,7 @@ class RtmpOutput:
         """Called every packager tick: an ffmpeg that sent nothing for ``rtmp_stall_s``
         (a connection that hangs, not one that fails) is killed and started again."""
         proc = self._proc
-        if proc is None or proc.poll() is not None or self._stop.is_set():
+        if proc is None or not proc.running or self._stop.is_set():
             return
         silent = time.monotonic() - self._last_progress
         if silent > self.settings.rtmp_stall_s:
@@ -263,62 +186,41 @@ class RtmpOutput:
     def _attempt(self, key: str, visual: str) -> bool:
         """Run ffmpeg until it exits; whether it got connected."""
         self.bitrate_kbps, self.sent_bytes = 0.0, 0
-        self._stderr.clear()
         self._last_progress = time.monotonic()
+        connected = threading.Event()
         # The key goes through a pipe ffmpeg inherits (never argv, never a file): written
         # whole and closed before ffmpeg starts (it is far under the pipe's buffer).
         read_end, write_end = os.pipe()
+        proc = FfmpegProcess(ffmpeg_command(self.url, self.kind, visual, self.settings, f"/dev/fd/{read_end}"),
+                             name=f"rtmp-{self.output_id[:8]}", cwd=self.directory, pass_fds=(read_end,),
+                             read_stdout=lambda stdout: self._read_progress(stdout, connected),
+                             redact=lambda line: redact(line, self._secrets))
         try:
             try:
                 os.write(write_end, key_options(self.url, key))
             finally:
                 os.close(write_end)
-            proc = subprocess.Popen(ffmpeg_command(self.url, self.kind, visual, self.settings, f"/dev/fd/{read_end}"),
-                                    cwd=self.directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, bufsize=0, pass_fds=(read_end,))
+            proc.start()
         except OSError as exc:
             self._error(f"ffmpeg did not start: {exc}")
             return False
         finally:
             os.close(read_end)  # ffmpeg has its own copy
         self._proc = proc
-        connected = threading.Event()
-        readers = [threading.Thread(target=self._read_progress, args=(proc, connected), daemon=True),
-                   threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)]
-        for t in readers:
-            t.start()
-        stdin = proc.stdin
-        assert stdin is not None
         try:
-            while not self._stop.is_set() and proc.poll() is None:
-                for block in self._queue.take(0.1):
-                    stdin.write(block)
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # ffmpeg exited: its stderr says why
+            proc.pump(lambda: self._queue.take(0.1), self._stop)  # a closed pipe: ffmpeg exited, its stderr says why
         finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for t in readers:
-                t.join(2)
+            proc.stop(deadline_s=STOP_GRACE_S, join_s=2)
         if not self._stop.is_set():
-            said = next((line for line in reversed(self._stderr) if line.strip()), "")
-            self._error(said or f"ffmpeg exited with code {proc.returncode}")
+            self._error(proc.exit_reason())
         return connected.is_set()
 
-    def _read_progress(self, proc: subprocess.Popen, connected: threading.Event) -> None:
+    def _read_progress(self, stdout: IO[bytes], connected: threading.Event) -> None:
         """ffmpeg's ``-progress`` blocks (one a second) arrive only once the server took the
         stream: the first one means connected; ``total_size`` gives the bitrate."""
-        assert proc.stdout is not None
         block: dict[str, str] = {}
         last_size, last_at = 0, time.monotonic()
-        for raw in proc.stdout:
+        for raw in stdout:
             name, _, value = raw.decode(errors="replace").strip().partition("=")
             if name != "progress":
                 block[name] = value
@@ -343,35 +245,23 @@ class RtmpOutput:
             self.sent_bytes = size
             block = {}
 
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = redact(raw.decode(errors="replace").rstrip(), self._secrets)
-            if line:
-                self._stderr.append(line[:300])
-
     def _error(self, message: str) -> None:
         self.last_error = redact(message, self._secrets)[:300]
         self.last_error_at = time.time()
 
 
-class StationOutputs:
-    """Every output of one station stream: started, stopped and reported each tick.
-
-    :param ctx: stores and settings.
-    :param station_id: the station.
-    :param stream: its running stream (the audio is tapped from its encoder).
-    """
+class StationOutputs(StationTap):
+    """Every output of one station stream: started, stopped and reported each tick (see
+    :class:`StationTap` for the parameters)."""
 
     def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
-        self.ctx = ctx
-        self.station_id = station_id
-        self.stream = stream
+        super().__init__(ctx, station_id, stream)
         self.store = OutputStore(ctx)
+        self.stations = StationStore(ctx.redis)
         self.running: dict[str, RtmpOutput] = {}
         self._card: tuple[str, str] | None = None
         self._lock = threading.Lock()
-        stream.encoder.taps.append(self._feed)
+        self.attach(self._feed)
 
     def _feed(self, pcm: bytes) -> None:
         for output in list(self.running.values()):
@@ -399,11 +289,11 @@ class StationOutputs:
 
     def _refresh_card(self) -> None:
         """The card's texts: the station's name and the prompt now playing."""
-        st = self.ctx.redis.hmget(keys.station(self.station_id), ["name", "generating_prompt", "on_air", "ever_on_air"])
+        st = self.stations.fields(self.station_id, "name", "generating_prompt", "on_air", "ever_on_air")
         playing = self.stream.buffer.playing_meta() or {}
-        title = st[0] or "g4l station"
-        prompt = playing.get("prompt") or st[1] or ""
-        if st[3] == "1" and st[2] != "1":  # off the air (buffer depleted): the slate plays
+        title = st["name"] or "g4l station"
+        prompt = playing.get("prompt") or st["generating_prompt"] or ""
+        if st["ever_on_air"] and not st["on_air"]:  # off the air (buffer depleted): the slate plays
             prompt = "Be right back"
         if self._card == (title, prompt):
             return
@@ -415,8 +305,7 @@ class StationOutputs:
     def close(self) -> None:
         """Stop every ffmpeg (this packager stops or lost the stream); the outputs stay live
         in Redis, so the packager that takes the stream over starts them again."""
-        if self._feed in self.stream.encoder.taps:
-            self.stream.encoder.taps.remove(self._feed)
+        self.detach(self._feed)
         with self._lock:
             for output_id, output in list(self.running.items()):
                 output.stop()

@@ -16,6 +16,10 @@
   into its Redis hash and stops streams that were stopped or idled out.
 
 All of it runs in plain OS threads (this process does not use gevent).
+
+Why one file of over 400 lines: the leases, the notice dispatch and the tick share the
+packager's table of running streams and its lock; what a stream does with its audio already
+lives in its own module (:mod:`g4l.hls.partial`, :mod:`g4l.hls.station`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from g4l.hls.buffer import RATE
 from g4l.hls.outputs import StationOutputs
 from g4l.hls.partial import PartialFeed, after_prompt, whole_output
 from g4l.hls.recorder import RECOVER_EVERY_S, StationRecorder, recover_leftovers
-from g4l.hls.stations import StationDriver
+from g4l.hls.station import StationDriver
 from g4l.hls.stream import LiveStream
 from g4l.jobs import delivery, kinds, notices, partials
 from g4l.jobs.kinds import Stream

@@ -4,7 +4,7 @@ One ffmpeg per recorded station: the program audio (tapped from the stream's enc
 exactly what listeners hear) on its stdin, AAC in MP4 files cut by the segment muxer at
 ``recording_seconds`` on AAC frame bounds. ffmpeg names each file on its stdout once it
 is closed; the recorder rewrites it as a plain MP4 (index first, stream copied), stores it
-in GridFS (:class:`g4l.services.recordings.RecordingStore`) and deletes the local copy. The
+in GridFS (:class:`g4l.services.stations.recordings.RecordingStore`) and deletes the local copy. The
 files are written under ``<hls dir>/.recordings/<station>/``, not in the stream's (public)
 folder. If ffmpeg dies it is started again (a new file).
 
@@ -17,22 +17,24 @@ MP4, listed in the archive like any finished file, and deleted.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
-from g4l import keys
 from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
-from g4l.hls.encoder import ffmpeg_binary
 from g4l.hls.playlist import aac_segment_seconds
 from g4l.hls.stream import LiveStream
-from g4l.hls.tap import PcmQueue
+from g4l.hls.tap import PcmQueue, StationTap
 from g4l.log import get_logger
-from g4l.services.recordings import RecordingStore
+from g4l.media import FfmpegProcess, ffmpeg_binary
+from g4l.services.stations.recordings import RecordingStore
+from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
 
@@ -137,7 +139,7 @@ def recover_leftovers(ctx: Context, root: Path) -> int:
             log.exception("a recovered recording could not be stored; the file is kept", station_id=station_id,
                           file=path.name)
             continue
-        if ctx.redis.hget(keys.station(station_id), "status") != "running":
+        if StationStore(ctx.redis).fields(station_id, "status")["status"] != "running":
             store.keep_for(station_id, ctx.settings.retention_seconds)  # as its recorder would have
         path.unlink(missing_ok=True)
         stored += 1
@@ -146,19 +148,12 @@ def recover_leftovers(ctx: Context, root: Path) -> int:
     return stored
 
 
-class StationRecorder:
-    """Records one station stream until :meth:`close`.
-
-    :param ctx: stores and settings.
-    :param station_id: the station.
-    :param stream: its running stream (the audio is tapped from its encoder).
-    """
+class StationRecorder(StationTap):
+    """Records one station stream until :meth:`close` (see :class:`StationTap` for the
+    parameters)."""
 
     def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.station_id = station_id
-        self.stream = stream
+        super().__init__(ctx, station_id, stream)
         self.store = RecordingStore(ctx)
         self.directory = self.settings.hls_path / ".recordings" / station_id
         self.log = log.bind(station_id=station_id)
@@ -169,7 +164,7 @@ class StationRecorder:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.stream.encoder.taps.append(self._queue.put)
+        self.attach(self._queue.put)
         self._thread.start()
         self.log.info("station recording started", file_seconds=self.settings.recording_seconds)
 
@@ -182,8 +177,7 @@ class StationRecorder:
     def close(self, *, stopped: bool) -> None:
         """Stop recording; ffmpeg finishes the file in progress, which is stored too (in
         the background). ``stopped``: the station stopped, its records expire with it."""
-        if self._queue.put in self.stream.encoder.taps:
-            self.stream.encoder.taps.remove(self._queue.put)
+        self.detach(self._queue.put)
         self._stop.set()
         self._queue.wake()
 
@@ -208,41 +202,24 @@ class StationRecorder:
             prefix = f"rec_{int(time.time() * 1000)}"
             with _live_lock:
                 _live_prefixes.add(prefix)
-            with open(self.directory / ".ffmpeg.log", "ab") as errors:
-                proc = subprocess.Popen(self._command(prefix), cwd=self.directory, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=errors, bufsize=0)
             began = time.time()
-            reader = threading.Thread(target=self._store_files, args=(proc, began), daemon=True)
-            reader.start()
-            stdin = proc.stdin
-            assert stdin is not None
+            proc = FfmpegProcess(self._command(prefix), name=f"rec-{self.station_id[:8]}", cwd=self.directory,
+                                 stderr_log=self.directory / ".ffmpeg.log",
+                                 read_stdout=functools.partial(self._store_files, began=began))
             try:
-                while not self._stop.is_set() and proc.poll() is None:
-                    for block in self._queue.take(0.2):
-                        stdin.write(block)
-            except (BrokenPipeError, OSError, ValueError):
-                pass
+                proc.start()
+                proc.pump(lambda: self._queue.take(0.2), self._stop)
             finally:
-                try:
-                    stdin.close()
-                except OSError:
-                    pass
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                reader.join(60)
+                proc.stop(deadline_s=30, join_s=60)
                 with _live_lock:
                     _live_prefixes.discard(prefix)
             if not self._stop.is_set():
                 self.log.error("recorder exited; restarting it", code=proc.returncode)
                 self._stop.wait(2.0)
 
-    def _store_files(self, proc: subprocess.Popen, began: float) -> None:
+    def _store_files(self, stdout: IO[bytes], began: float) -> None:
         """Each line ``name,start,end`` names a finished file: store it, then delete it."""
-        assert proc.stdout is not None
-        for raw in proc.stdout:
+        for raw in stdout:
             try:
                 name, start, end = raw.decode().strip().rsplit(",", 2)
                 start_s, end_s = float(start), float(end)

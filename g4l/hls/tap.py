@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
+from g4l.context import Context
 from g4l.hls.buffer import CHANNELS, RATE
+from g4l.hls.stream import LiveStream
 
 
 class PcmQueue:
@@ -53,3 +56,28 @@ class PcmQueue:
         """Wake a consumer waiting in :meth:`take` (it is stopping)."""
         with self._cond:
             self._cond.notify_all()
+
+
+class StationTap:
+    """Something that takes station ``station_id``'s program audio (its RTMP outputs, its
+    recorder): handed every block its stream's encoder encodes, while attached.
+
+    :param ctx: stores and settings.
+    :param station_id: the station.
+    :param stream: its running stream (the audio is tapped from its encoder).
+    """
+
+    def __init__(self, ctx: Context, station_id: str, stream: LiveStream) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.station_id = station_id
+        self.stream = stream
+
+    def attach(self, tap: Callable[[bytes], None]) -> None:
+        """Hand ``tap`` every block of PCM from now on (it must never block)."""
+        self.stream.encoder.taps.append(tap)
+
+    def detach(self, tap: Callable[[bytes], None]) -> None:
+        """No more audio for ``tap`` (attached or not)."""
+        if tap in self.stream.encoder.taps:
+            self.stream.encoder.taps.remove(tap)

@@ -32,6 +32,7 @@ class KindName(StrEnum):
     GENERATE = "generate"
     STATION = "station"
     TEXT_TO_AUDIO = "text_to_audio"
+    TRANSFORM = "transform"
 
 
 class Priority(StrEnum):
@@ -50,6 +51,7 @@ class Stream(StrEnum):
     ONESHOT = "oneshot"
     #: A station's stream; its driver asks for the job's audio (``partials.want``).
     STATION = "station"
+    TRANSFORM = "transform"
     #: Never streamed.
     NONE = "none"
 
@@ -95,6 +97,7 @@ class Kind:
 
 
 _MUSICGEN = "musicgen"
+_MELODYFLOW = "melodyflow"
 
 #: Every kind, by name.
 KINDS: dict[KindName, Kind] = {k.name: k for k in (
@@ -114,6 +117,10 @@ KINDS: dict[KindName, Kind] = {k.name: k for k in (
     # jerry: a clip from text, answered over HTTP (the upstream routes wait for it).
     Kind(KindName.TEXT_TO_AUDIO, "stable_audio", session_bound=False, stream=Stream.NONE, result=Result.NONE,
          priority=Priority.INTERACTIVE, events=None, deliver_first=False),
+    # terry: the session's take rewritten (same length and format); its listen stream plays
+    # the whole new take when it is done (the editor has no partial audio to stream).
+    Kind(KindName.TRANSFORM, _MELODYFLOW, session_bound=True, stream=Stream.LISTEN, result=Result.REPLACE,
+         priority=Priority.INTERACTIVE, events=events.TRANSFORM, deliver_first=True),
 )}
 
 

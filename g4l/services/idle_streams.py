@@ -9,7 +9,7 @@ from g4l.errors import StationNotFound
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.listen import ONESHOT, STATION, ListenService
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 
 log = get_logger(__name__)
 

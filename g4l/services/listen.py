@@ -22,6 +22,7 @@ from g4l.context import Context
 from g4l.jobs.records import JobStatus
 from g4l.log import get_logger
 from g4l.store.sessions import Session
+from g4l.store.stations import StationStore
 
 log = get_logger(__name__)
 
@@ -65,6 +66,7 @@ class ListenService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.r = ctx.redis
+        self.stations = StationStore(ctx.redis)
 
     # ------------------------------------------------------------ links
     def session_link(self, session: Session) -> dict[str, str]:
@@ -142,13 +144,12 @@ class ListenService:
             out["generating"] = bool(job and job.status.pending)
             out["progress"] = job.progress if job and job.status is JobStatus.RUNNING else 0
         else:
-            station = self.r.hgetall(keys.station(ref))
-            job_id = station.get("job_id") or ""
-            job = self.ctx.jobs.get(job_id) if job_id else None
-            out["station_state"] = station.get("status") or "stopped"
+            station = self.stations.fields(ref, "job_id", "status", "generating_prompt")
+            job = self.ctx.jobs.get(station["job_id"]) if station["job_id"] else None
+            out["station_state"] = station["status"] or "stopped"
             out["generating"] = bool(job and job.status.pending)
             out["progress"] = job.progress if job and job.status is JobStatus.RUNNING else 0
-            out["current_prompt"] = out["current_prompt"] or station.get("generating_prompt") or None
+            out["current_prompt"] = out["current_prompt"] or station["generating_prompt"] or None
         return out
 
     # ------------------------------------------------------------ stop and cleanup

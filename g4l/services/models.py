@@ -57,6 +57,10 @@ class ModelCatalog:
         if all(reasons) and not any(model in (b.get("models") or []) for b in beats):
             raise ModelUnavailable(str(reasons[0]))
 
+    def families(self) -> dict[str, dict[str, Any]]:
+        """Each model family's state (:func:`family_states`)."""
+        return family_states(self.ctx)
+
     def grouped(self) -> dict[str, list[str]]:
         """Size -> model ids (every size present, maybe empty)."""
         groups: dict[str, list[str]] = {size: [] for size in SIZES}

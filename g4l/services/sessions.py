@@ -5,6 +5,10 @@ Every operation validates everything first (payload, audio, model, session state
 only then writes, so a bad request changes nothing. Every one takes the
 :class:`~g4l.services.auth.Caller`: its owner is recorded on what it creates, rate
 limits count per owner, and with API keys on another key's session does not exist.
+
+Why one file of over 400 lines: every operation shares the validate-then-write steps of
+:class:`SessionService` (caller, rate limit, session state, queueing) and the session store's
+discipline; the history and text-to-audio services are their own modules.
 """
 
 from __future__ import annotations
@@ -378,6 +382,21 @@ class SessionService:
             self.ctx.redis.delete(key)  # done, or refused: either way the upload is over
             self.upload_quota.release(caller.owner, session_id)
         return received, [], True
+
+    # ------------------------------------------------------------ for other services (terry)
+    def new_session_holding(self, upload: Upload, caller: Caller) -> str:
+        """A new session whose first version (operation ``upload``) is ``upload``: what a
+        transform without a session starts from, so its undo has somewhere to go."""
+        return self._set_current(None, upload, kind="upload", owner=caller.owner)
+
+    def store_input_later(self, upload: Upload, job: Job) -> None:
+        """Store a queued job's uploaded input (``job.spec.input_blob``) while it waits or
+        runs; a failed write fails the job."""
+        self.spawn(self._store_input, upload, job)
+
+    def stored_format(self, session_id: str, blob_id: str) -> AudioFormat:
+        """Rate, channels and sample format of a stored version of the session."""
+        return self._stored_format(session_id, blob_id)
 
     # ------------------------------------------------------------ internals
     def _set_current(self, session: Session | None, upload: Upload, kind: str, owner: str | None = None,

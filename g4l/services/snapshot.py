@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from g4l.context import Context
+from g4l.jobs.kinds import KindName
 from g4l.jobs.records import JobStatus
 from g4l.services.specs import SessionParams
 from g4l.store.sessions import Session, SessionStatus
@@ -39,12 +40,20 @@ class SessionSnapshot:
     seed: int | None = None
     has_audio: bool = False
     canceled: bool = False
+    #: The kind of the job queued or running (``None`` while idle).
+    job_kind: str | None = None  # a KindName's value
     #: The record it was taken from (to read its audio without a second look-up).
     session: Session | None = field(default=None, repr=False, compare=False)
 
     @property
     def busy(self) -> bool:
         return self.status.busy
+
+    @property
+    def transforming(self) -> bool:
+        """A transform (terry) of the session is queued or running (the JUCE poll's
+        ``transform_in_progress``)."""
+        return self.busy and self.job_kind == KindName.TRANSFORM
 
     @property
     def model_name(self) -> str | None:
@@ -72,6 +81,10 @@ def take(ctx: Context, session_id: str, session: Session | None,
     queue = queue_status(job_id, session_id) if session.busy and job_id and queue_status else None
     position = ctx.queue.position(job_id).position if session.status is SessionStatus.QUEUED and job_id else None
     canceled = False
+    job_kind = None
+    if session.busy and job_id:
+        running = ctx.jobs.get(job_id)
+        job_kind = running.kind if running is not None else None
     if not session.busy and job_id and not session.get("error"):
         job = ctx.jobs.get(job_id)
         canceled = job is not None and job.status is JobStatus.CANCELED
@@ -80,5 +93,5 @@ def take(ctx: Context, session_id: str, session: Session | None,
         queue_position=position, queue=queue, error=session.text("error"), error_code=session.text("error_code"),
         params=SessionParams.model_validate_json(raw) if raw else None, version=session.version,
         seed=session.integer("seed"), has_audio=bool(session.get("current_blob")), canceled=canceled,
-        session=session)
+        job_kind=job_kind, session=session)
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from g4l.engine import families
 from g4l.engine.families import MUSICGEN, STABLE_AUDIO, default_model, family_of, models_of
 from g4l.errors import InvalidRequest, ModelNotAllowed, ModelUnavailable
 from g4l.jobs import kinds
 from g4l.jobs.kinds import KindName
-from g4l.jobs.spec import Assembly, AudioFormat, GenerationSpec, Prompt, Sampling, TextToAudio
+from g4l.jobs.spec import Assembly, AudioFormat, Edit, GenerationSpec, Prompt, Sampling, TextToAudio
+from g4l.services import presets
 from g4l.settings import Settings
 from plugin_protocol.payloads import PARAM_FIELDS, SAMPLING_FIELDS
 
@@ -83,8 +85,10 @@ class SpecResolver:
     def model(self, requested: str | None) -> str:
         """The MusicGen to use: the one asked for, else the default; it must be allowed
         (another family's model cannot continue audio)."""
-        model = (requested or "").strip() or self.settings.model_default
-        allowed = models_of(MUSICGEN, self.settings.models, self.settings.model_path_map)
+        s = self.settings
+        model = (requested or "").strip() or default_model(MUSICGEN, s.models, s.default_model, s.model_path_map) \
+            or s.model_default
+        allowed = models_of(MUSICGEN, s.models, s.model_path_map)
         if model not in allowed:
             raise ModelNotAllowed(f"model '{model}' is not available here; choose one of: " + ", ".join(allowed))
         return model
@@ -144,6 +148,53 @@ class SpecResolver:
         return GenerationSpec(model=params.model, sampling=params.sampling, description=params.description,
                               seed=pick_seed(seed), prompt=Prompt(seconds=prompt_s, end=shape.prompt_end),
                               output_seconds=output, input_blob=input_blob, output=fmt, assembly=shape.assembly)
+
+    # ------------------------------------------------------------ terry (transform)
+    def transform_model(self) -> str:
+        """The MelodyFlow model a transform uses (the device names none): the family's
+        allowed default. :raises ModelNotAllowed: the operator serves no MelodyFlow model."""
+        s = self.settings
+        model = families.default_model(families.MELODYFLOW, s.models, None, s.model_path_map)
+        if model is None:
+            raise ModelNotAllowed("terry (MelodyFlow) is not served here: the operator's G4L_MODELS allows no "
+                                  "MelodyFlow model")
+        return model
+
+    @staticmethod
+    def edit(*, variation: str | None, custom_prompt: str | None, flowstep: float | None, solver: str | None,
+             steps: int | None) -> tuple[Edit, str]:
+        """A transform's edit parameters and the text it moves toward. The variation must
+        be a preset unless a custom prompt is given (which then replaces the preset's text);
+        a flowstep left out is the preset's; ``steps`` left out is the solver's default."""
+        name = (variation or "").strip() or None
+        preset = presets.get(name) if name else None
+        prompt = (custom_prompt or "").strip() or None
+        if name is not None and preset is None:
+            raise InvalidRequest(f"Unknown variation: {name}")
+        if preset is None and prompt is None:
+            raise InvalidRequest("variation is required (one of GET /variations), or a custom_prompt")
+        chosen = (solver or "").strip().lower() or presets.DEFAULT_SOLVER
+        if chosen not in ("euler", "midpoint"):
+            raise InvalidRequest("Invalid solver: use euler or midpoint")
+        step = preset.flowstep if preset is not None and flowstep is None else flowstep
+        if step is None:
+            step = presets.DEFAULT_FLOWSTEP
+        if isinstance(step, bool) or not 0.0 < float(step) < 1.0:
+            raise InvalidRequest(f"flowstep must be more than 0 and less than 1 (got {step!r})")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 250):
+            raise InvalidRequest(f"steps must be a whole number from 1 to 250 (got {steps!r})")
+        text = prompt if prompt is not None else preset.text  # type: ignore[union-attr]
+        edit = Edit(variation=preset.name if preset is not None else None, flowstep=float(step),
+                    solver=chosen, steps=steps)  # type: ignore[arg-type]
+        return edit, text
+
+    def transform_spec(self, edit: Edit, text: str, *, fmt: AudioFormat, input_blob: str, seconds: float,
+                       seed: int | None) -> GenerationSpec:
+        """The spec of a transform: the input (``input_blob``, ``seconds`` long, in ``fmt``)
+        rewritten toward ``text``; the result has the input's length and format."""
+        return GenerationSpec(model=self.transform_model(), seed=pick_seed(seed), description=text,
+                              output_seconds=max(seconds, 1e-3), input_blob=input_blob, output=fmt,
+                              assembly=Assembly.MODEL, edit=edit)
 
     # ------------------------------------------------------------ jobs
     def generate_spec(self, *, duration: float, description: str | None, model: str | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import redis
 
@@ -14,6 +15,18 @@ from g4l.store.sessions import SessionStore
 log = get_logger(__name__)
 
 SWEEP_EVERY_S = 600
+
+
+def expire_indexed(r: redis.Redis, index: str, member_key: Callable[[str], str], seconds: int) -> None:
+    """Set ``seconds`` to live on the sorted set ``index`` and on the record of each of
+    its members (``member_key(member)``): a stopped station's outputs or recordings go with
+    it."""
+    members = r.zrange(index, 0, -1)
+    with r.pipeline() as p:
+        p.expire(index, seconds)
+        for member in members:
+            p.expire(member_key(member), seconds)
+        p.execute()
 
 
 def sweep(blobs: BlobStore, sessions: SessionStore, retention_s: float) -> int:

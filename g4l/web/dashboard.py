@@ -30,11 +30,18 @@ from werkzeug.wrappers import Response as BaseResponse
 from g4l.context import Context
 from g4l.errors import Forbidden, G4LError, StationNotFound, Unauthorized
 from g4l.services.auth import HEADER, ApiKeys, Caller
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 from g4l.web.api import access
 from g4l.web.api.download import send_blob
-from g4l.web.api.models import Recording, RecordingList, StationHistory, StationHistoryQuery, StationList, StationStatus
 from g4l.web.api.routing import error_response, parse_query
+from g4l.web.api.stream_models import (
+    Recording,
+    RecordingList,
+    StationHistory,
+    StationHistoryQuery,
+    StationList,
+    StationStatus,
+)
 
 STATIC_DIR = Path(__file__).with_name("static") / "dashboard"
 #: The cookie that carries the operator's key between page loads (HttpOnly: no script reads it).

@@ -81,9 +81,10 @@ def report(ctx: Context, details: bool = False) -> tuple[dict[str, Any], bool]:
     failed: dict[str, str] = {}
     for w in workers:
         failed.update({m: r for m, r in (w.get("models_failed") or {}).items() if m not in models})
+    families_now = family_states(ctx, workers)
     ready = [w for w in workers if w.get("state") == "ready"]
     if workers and not ready:
-        default = ctx.settings.model_default
+        default = families_now["musicgen"]["default_model"] or ctx.settings.model_default
         pytorch = f"down: {failed[default]}" if default in failed else "down: workers are still loading models"
     ok = mongodb == "live" and redis_state == "live" and bool(ready)
     body = {
@@ -102,7 +103,7 @@ def report(ctx: Context, details: bool = False) -> tuple[dict[str, Any], bool]:
         "models_failed": failed,
         "models_allowed": ctx.settings.models,
         # gary, jerry and terry: each family's state (loaded, loading, failed with the reason...).
-        "families": family_states(ctx, workers),
+        "families": families_now,
     }
     if details:
         body["web_nodes"] = web_nodes

@@ -20,9 +20,11 @@ from flask_socketio import SocketIO
 
 from g4l.context import Context
 from g4l.jobs import delivery, kinds, notices
+from g4l.jobs.kinds import KindName
 from g4l.jobs.queue import QueuePosition
 from g4l.log import get_logger
 from g4l.services.sessions import SessionService
+from g4l.services.transform import result_fields
 from g4l.web import transport
 from g4l.web.offload import offload
 from g4l.web.websocket import Frames
@@ -148,7 +150,9 @@ class Relay:
             log.error("result blob missing", session_id=session_id, job_id=job_id, blob_id=blob_id)
             return
         event = kinds.result_event(kind) or events.AUDIO_PROCESSED
-        frames = offload(audio_event_frames, event, wav, session_id)
+        # A transform's result names its preset (audio_transformed {..., variation}).
+        extra = result_fields(self.ctx.jobs.get(job_id)) if kind == KindName.TRANSFORM else None
+        frames = offload(audio_event_frames, event, wav, session_id, extra)
         marked: list[bool] = []
 
         def mark_delivered() -> None:

@@ -26,6 +26,7 @@ from g4l.services.history import HistoryService
 from g4l.services.jobs import JobService
 from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
+from g4l.services.transform import TransformService
 from g4l.web import metrics
 from g4l.web.api.access import connect_socket
 from g4l.web.api.live import JobEvents, LiveEvents
@@ -33,6 +34,7 @@ from g4l.web.device_events import DeviceEvents
 from g4l.web.history_events import HistoryEvents
 from g4l.web.packets import INVALID_PACKET
 from g4l.web.relay import Relay
+from g4l.web.transform_events import TransformEvents
 from plugin_protocol import events
 from plugin_protocol.normalize import PayloadError, as_object
 
@@ -81,7 +83,7 @@ def _mapped(event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-class SocketNamespace(DeviceEvents, HistoryEvents, LiveEvents, Namespace):
+class SocketNamespace(DeviceEvents, HistoryEvents, TransformEvents, LiveEvents, Namespace):
     """Every event of the default namespace ``/``."""
 
     def __init__(self, service: SessionService, jobs: JobService, relay: Relay, keys: ApiKeys) -> None:
@@ -92,6 +94,7 @@ class SocketNamespace(DeviceEvents, HistoryEvents, LiveEvents, Namespace):
         self.keys = keys
         self.listen = ListenService(service.ctx)
         self.history = HistoryService(service)
+        self.transforms = TransformService(service)
         self.job_events = JobEvents(relay, jobs)
         relay.hooks.append(self.job_events.on_notice)
 

@@ -60,7 +60,8 @@ def main() -> None:
         # job_id (the first job held) for readers from before batching; job_ids lists them all.
         return {"job_id": held[0] if held else None, "job_ids": held, "max_batch": worker.max_batch,
                 "state": state["state"], "models": cache.loaded(),
-                "model_sizes": cache.sizes(), "models_failed": cache.failed(), "default_model": settings.model_default,
+                "model_sizes": cache.sizes(), "models_failed": cache.failed(),
+                "default_model": defaults.get("musicgen") or settings.model_default,
                 "families": {f: family_state(cache, model) for f, model in defaults.items() if model},
                 "torch": torch.__version__, "device": cache.device, "cuda": torch.cuda.is_available()}
 

@@ -22,7 +22,7 @@ import requests  # noqa: E402
 from common import Server, install_alarm  # noqa: E402
 
 from g4l.context import Context  # noqa: E402
-from g4l.services.station_history import StationHistory  # noqa: E402
+from g4l.services.stations.history import StationHistory  # noqa: E402
 from g4l.settings import Settings  # noqa: E402
 
 

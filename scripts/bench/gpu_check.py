@@ -17,11 +17,23 @@ goes on):
        ``torch.compile``; off by default: its compile time eats the budget).
    Before timing, the static step's logits are compared with the engine's
    (``max |diff|`` is printed).
-2. ``e2e``: t(8)/t(1) for 8 device clients banging at once against the whole server (one
+2. ``e2e`` (run last): t(8)/t(1) for 8 device clients banging at once against the whole server (one
    worker), as ``scripts/bench_concurrency`` measures it: on CUDA with a MusicGen-small-shaped
    random checkpoint written for the run (``save_debug_checkpoint(shape='small')``), on CPU
    with the tiny debug model.
-3. ``jerry``, ``terry``: not in this version; their benchmarks go in :data:`SECTIONS`.
+3. ``jerry``: Stable Audio Open Small at its published shape (random weights built by
+   stable-audio-tools, ``scripts/bench/jerry.py``'s ``real`` shape), milliseconds per clip at
+   batch 1 and batched (8), float32 and float16 weights (stable-audio-tools' ``model_half``
+   cast), against the anchor: about 75 ms per clip on an H100 (issue 19).
+4. ``terry``: MelodyFlow at the released DiT's shape (``scripts/bench/terry.py``'s ``real``),
+   one 30 s euler edit (25 steps) and one midpoint edit (64 steps), batch 1, the engine's
+   own bf16 autocast over fp32 weights, against the anchor: 6.6 s per 30 s euler edit on a
+   laptop RTX 5070 (issue 19).
+   On CPU with ``--quick`` both use the tiny debug models (one run each, a 5 s edit).
+5. ``e2e`` (last: it has its own reserve of the budget).
+
+Every section before the last keeps :data:`RESERVE_S` of the budget for those after it.
+A section whose library is missing says so and counts as skipped, not failed.
 
 The last lines are ``gpu_check: ...`` summaries (the test in tests/test_gpu_check.py runs
 ``--device cpu --quick`` and looks for them). ``scripts/gpu_check`` installs what this needs
@@ -128,7 +140,7 @@ def engine_section(check: Check, args: argparse.Namespace) -> None:
     prompt_frames = int(prompt_s * FRAME_RATE)
     # Room for every timed step of the static modes (they advance the same rows' positions).
     frames = prompt_frames + len(modes) * (warmup + steps) + 16
-    reserve = args.e2e_reserve_s if "e2e" in args.sections.split(",") else 0.0
+    reserve = reserve_after("engine", check, args)
     best: dict[tuple[str, int], tuple[float, str]] = {}
     for shape in shapes:
         if check.left() < reserve + 20:
@@ -248,16 +260,143 @@ def e2e_section(check: Check, args: argparse.Namespace) -> None:
                          f"({totals[1]:.2f} s and {totals[n]:.2f} s)")
 
 
-# ---------------------------------------------------------------- 3. later models
-def later_models_section(check: Check, args: argparse.Namespace) -> None:
-    say("[jerry, terry] not in this version: add their benchmarks to SECTIONS in scripts/bench/gpu_check.py")
+# ---------------------------------------------------------------- 3. jerry
+#: jerry's anchor (issue 19): milliseconds per clip of Stable Audio Open Small on an H100.
+JERRY_ANCHOR_MS = 75.0
+#: terry's anchor (issue 19): seconds per 30 s euler edit of MelodyFlow on a laptop RTX 5070.
+TERRY_ANCHOR_S = 6.6
+
+
+def _library_missing(name: str, exc: ImportError) -> None:
+    """A section whose library is missing says which and why, and the run goes on."""
+    say(f"[{name}] skipped: {type(exc).__name__}: {exc} (install it, or carry its wheel: "
+        "scripts/bench/gpu_wheels.py)")
+
+
+def jerry_section(check: Check, args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    cuda = check.device == "cuda"
+    shape = args.jerry_shape or ("real" if cuda or not check.quick else "tiny")
+    batches = [1, args.jerry_batch or (8 if cuda else 2)]
+    dtype_names = args.jerry_dtypes.split(",")
+    runs = 3 if cuda else 1  # after one warm-up run when more than one
+    reserve = reserve_after("jerry", check, args)
+    say(f"[jerry] Stable Audio Open Small, {shape} shape, random weights; {check.device}; batches "
+        f"{','.join(map(str, batches))}; weights {','.join(dtype_names)}; median of {runs} run(s) per figure")
+    work = tempfile.TemporaryDirectory(prefix="g4l-gpu-jerry-")  # the tiny checkpoint, the T5 directory
+    try:
+        import jerry
+
+        t = time.perf_counter()
+        engine = jerry._engine(shape, check.device, Path(work.name) / shape)
+        say(f"  built in {time.perf_counter() - t:.1f} s (on the CPU, then moved to {check.device})")
+    except ImportError as exc:
+        work.cleanup()
+        _library_missing("jerry", exc)
+        check.summary.append(f"gpu_check: jerry on {check.device}: skipped ({exc})")
+        return
+    per_clip: dict[tuple[str, int], float] = {}
+    try:
+        for dtype_name in dtype_names:
+            # stable-audio-tools' model_half: the whole model cast (the engine follows the DiT's dtype).
+            engine.model.to(getattr(torch, dtype_name))
+            alone = None
+            for batch in batches:
+                if check.left() < reserve + 15:
+                    say(f"  {dtype_name} batch {batch}: skipped (time budget)")
+                    continue
+                seconds, out = jerry._time(engine, batch, runs)
+                per_clip[(dtype_name, batch)] = seconds
+                note = "" if all(bool(np.isfinite(clip).all()) for clip in out) else "; NOT FINITE"
+                if batch == 1:
+                    alone = out[0]
+                elif alone is not None:
+                    diff = float(np.max(np.abs(alone - out[0])))
+                    note += f"; first item vs its batch-1 run: max |diff| {diff:.1e}"
+                say(f"  {shape} {dtype_name:8s} batch {batch:2d}: {seconds * 1e3:9.1f} ms/clip "
+                    f"({seconds * batch * 1e3:.1f} ms a batch){note}")
+            _free(check.device)
+    finally:
+        work.cleanup()
+    del engine
+    _free(check.device)
+    if not per_clip:
+        check.summary.append(f"gpu_check: jerry {shape} on {check.device}: no figure (time budget)")
+        return
+    best = min(per_clip.items(), key=lambda kv: kv[1])
+    figures = ", ".join(f"{d} batch {b} {s * 1e3:.1f}" for (d, b), s in per_clip.items())
+    anchor = (f" = {best[1] * 1e3 / JERRY_ANCHOR_MS:.2f} x the anchor ({JERRY_ANCHOR_MS:.0f} ms/clip, H100)"
+              if shape == "real" else " (the tiny model: no anchor)")
+    check.summary.append(f"gpu_check: jerry {shape} on {check.device}: ms/clip {figures}; best "
+                         f"{best[1] * 1e3:.1f} ({best[0][0]} batch {best[0][1]}){anchor}")
+
+
+# ---------------------------------------------------------------- 4. terry
+def terry_section(check: Check, args: argparse.Namespace) -> None:
+    import numpy as np
+
+    cuda = check.device == "cuda"
+    shape = args.terry_shape or ("real" if cuda or not check.quick else "tiny")
+    seconds = 5 if check.quick and not cuda else 30
+    reserve = reserve_after("terry", check, args)
+    try:
+        import terry
+    except ImportError as exc:
+        _library_missing("terry", exc)
+        check.summary.append(f"gpu_check: terry on {check.device}: skipped ({exc})")
+        return
+    how = "bf16 autocast over fp32 weights (the engine's own)" if cuda else "float32"
+    say(f"[terry] MelodyFlow, {shape} DiT shape, random weights (tiny VAE, lookup-table text); {check.device}; "
+        f"batch 1; {how}; one {seconds} s edit per solver after a 2 s, 2-step warm-up")
+    try:
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="g4l-gpu-terry-") as work:  # the tiny checkpoint, loaded whole
+            engine = terry.build(shape, check.device, work)
+    except ImportError as exc:
+        _library_missing("terry", exc)
+        check.summary.append(f"gpu_check: terry on {check.device}: skipped ({exc})")
+        return
+    params = sum(p.numel() for p in engine.dit.parameters()) / 1e6
+    say(f"  built in {time.perf_counter() - t:.1f} s ({params:.1f} M DiT parameters)")
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(seconds * 48000) / 48000))[None].repeat(2, 0)
+    audio = audio.astype(np.float32)
+    terry.edit_seconds(engine, audio[:, : 2 * 48000], "euler", 2, check.device)  # warm-up
+    figures: dict[str, float] = {}
+    for solver in ("euler", "midpoint"):
+        steps = terry.SOLVER_STEPS[solver]
+        # A midpoint edit costs about 2.6 euler edits (64 steps of 2 passes vs 25 of 2 + regularisation).
+        needed = 2.6 * figures["euler"] if "euler" in figures else 5.0
+        if check.left() < reserve + needed:
+            say(f"  {solver}: skipped (time budget: {check.left():.0f} s left, {reserve:.0f} s reserved)")
+            continue
+        figures[solver], _ = terry.edit_seconds(engine, audio, solver, steps, check.device)
+        say(f"  {shape} {solver:8s} ({steps} steps) batch 1: {figures[solver]:7.2f} s per {seconds} s edit")
+    del engine
+    _free(check.device)
+    line = ", ".join(f"{solver} {value:.2f} s" for solver, value in figures.items()) or "no figure (time budget)"
+    anchor = (f"; euler = {figures['euler'] / TERRY_ANCHOR_S:.2f} x the anchor ({TERRY_ANCHOR_S} s per 30 s "
+              "euler edit, laptop RTX 5070)") if "euler" in figures and seconds == 30 and shape == "real" \
+        else "" if shape == "real" else " (the tiny model: no anchor)"
+    check.summary.append(f"gpu_check: terry {shape} on {check.device}: per {seconds} s edit: {line}{anchor}")
 
 
 SECTIONS: dict[str, Callable[[Check, argparse.Namespace], None]] = {
     "engine": engine_section,
+    "jerry": jerry_section,
+    "terry": terry_section,
     "e2e": e2e_section,
-    "later": later_models_section,
 }
+
+
+def reserve_after(name: str, check: Check, args: argparse.Namespace) -> float:
+    """Seconds of the budget that the sections run after ``name`` keep for themselves."""
+    order = args.sections.split(",")
+    later = order[order.index(name) + 1:] if name in order else []
+    cuda = check.device == "cuda"
+    reserve_s = {"e2e": args.e2e_reserve_s, "jerry": 60.0 if cuda else 20.0, "terry": 75.0 if cuda else 25.0}
+    return sum(reserve_s.get(section, 0.0) for section in later)
 
 
 def main() -> int:
@@ -276,6 +415,10 @@ def main() -> int:
     ap.add_argument("--e2e-duration", type=float, default=None, help="seconds per bang (cuda 15, cpu 10)")
     ap.add_argument("--e2e-reserve-s", type=float, default=None,
                     help="seconds of the budget kept for the e2e section (cuda 200, cpu 60)")
+    ap.add_argument("--jerry-shape", default=None, choices=["real", "tiny"], help="default real (cpu --quick: tiny)")
+    ap.add_argument("--jerry-batch", type=int, default=None, help="the batched run's size (cuda 8, cpu 2)")
+    ap.add_argument("--jerry-dtypes", default="float32,float16", help="jerry's weight dtypes, in this order")
+    ap.add_argument("--terry-shape", default=None, choices=["real", "tiny"], help="default real (cpu --quick: tiny)")
     ap.add_argument("--budget-s", type=float, default=470.0, help="the whole run's time budget")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores but one)")
     ap.add_argument("--verbose", action="store_true")

@@ -12,7 +12,8 @@ this interpreter lacks (``scripts/gpu_check`` installs the carried wheels when a
 xformers and PyAV are not carried: xformers' wheels are built for one torch and weigh
 hundreds of MB, PyAV's 35 MB (the device run carries at most 64 MiB with the tree);
 AudioCraft only imports them, and :mod:`g4l.engine._compat` stands in for them when they
-cannot load. The wheels come to about 27 MiB.
+cannot load. stable-audio-tools' metadata says Python < 3.11: it is downloaded and installed
+with ``--ignore-requires-python`` (as scripts/install.sh does). The wheels (63) come to about 32 MiB.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ NEEDED_IMPORTS = [
     "flask", "flask_socketio", "socketio", "engineio", "simple_websocket", "flask_cors", "gevent", "orjson",
     "pybase64", "wsaccel", "websocket", "redis", "hiredis", "pymongo", "pydantic", "pydantic_settings",
     "structlog", "soundfile", "soxr", "m3u8", "secantus",
+    # jerry (stable-audio-tools' text-to-audio path) and terry (MelodyFlow: AudioCraft's modules)
+    "stable_audio_tools", "einops", "einops_exts", "alias_free_torch", "torchsde", "trampoline", "pywt", "scipy",
+    "safetensors", "transformers", "sentencepiece",
 ]
 
 #: Distributions to carry (not on the GPU image), with those they pull in.
@@ -48,7 +52,15 @@ CARRIED = [
     # payloads, settings, logs, audio
     "pydantic", "pydantic-core", "pydantic-settings", "python-dotenv", "typing-inspection", "annotated-types",
     "structlog", "soundfile", "cffi", "pycparser", "soxr", "m3u8",
+    # jerry: stable-audio-tools (installed --no-deps, as scripts/install.sh does) and what its
+    # text-to-audio path imports beyond the image's einops, scipy, safetensors, transformers
+    # (pyproject.toml's jerry block; pytorch_lightning is a stand-in in g4l/engine/_compat.py)
+    "stable-audio-tools", "einops-exts", "alias-free-torch", "torchsde", "trampoline", "PyWavelets",
 ]
+
+#: Distributions whose metadata refuses Python 3.12 although their code runs there (scripts/install.sh
+#: installs stable-audio-tools with --ignore-requires-python too: it says Python < 3.11).
+IGNORE_REQUIRES_PYTHON = {"stable-audio-tools"}
 
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64",
@@ -73,11 +85,12 @@ def make(dest: Path, python_version: str = "3.12") -> int:
                "--python-version", python_version, "--implementation", "cp", "-d", str(dest), spec]
         for platform in PLATFORMS:
             cmd[cmd.index("-d"):cmd.index("-d")] = ["--platform", platform]
-        if subprocess.run(cmd, capture_output=True).returncode == 0:
+        ignore = ["--ignore-requires-python"] if dist in IGNORE_REQUIRES_PYTHON else []
+        if subprocess.run(cmd + ignore, capture_output=True).returncode == 0:
             continue
         # No wheel (AudioCraft ships a source archive): build a pure-Python one here.
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), spec],
-                               capture_output=True, text=True)
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *ignore, "-w", str(dest),
+                                spec], capture_output=True, text=True)
         if built.returncode != 0:
             failed.append(spec)
             print(f"gpu_wheels: no wheel for {spec}: {built.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -41,7 +41,8 @@ from g4l.engine.base import TransformParams  # noqa: E402
 SOLVER_STEPS = {"euler": 25, "midpoint": 64}
 
 
-def build(shape: str, device: str):
+def build(shape: str, device: str, directory: str | None = None):
+    """The engine of ``shape``; the tiny one is written to ``directory`` (else a new temporary one)."""
     from omegaconf import OmegaConf
 
     from g4l.engine.melodyflow import load_engine, write_debug_checkpoint
@@ -49,8 +50,8 @@ def build(shape: str, device: str):
     from g4l.engine.melodyflow.engine import MelodyFlowEngine
 
     if shape == "tiny":
-        directory = write_debug_checkpoint(tempfile.mkdtemp(prefix="bench-terry-"))
-        return load_engine("debug-melodyflow", str(directory), device)
+        written = write_debug_checkpoint(directory or tempfile.mkdtemp(prefix="bench-terry-"))
+        return load_engine("debug-melodyflow", str(written), device)
     torch.manual_seed(0)
     vae, dit = build_models(OmegaConf.create(debug_config(device, shape)))
     return MelodyFlowEngine(f"random-{shape}", vae.to(device), dit.to(device), device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import time
+from pathlib import Path
 from typing import Any
 
 from g4l.cli import files
@@ -43,27 +44,38 @@ def run_generate(args: argparse.Namespace, opts: Options) -> Outcome:
                             "prompt_duration": args.prompt_duration}
     if args.audio:
         body["audio"] = base64.b64encode(files.read_input(args.audio)).decode("ascii")
-    api = Api(opts.url, opts.api_key)
-    started = time.monotonic()
-    with Progress("generate", enabled=opts.progress) as progress:
-        accepted = api.post(f"{API}/generate", {k: v for k, v in body.items() if v is not None}, timeout=300.0)
-        job_id = str(accepted["job_id"])
-        progress.queued(accepted.get("position"), None, accepted.get("estimated_seconds"))
-        try:
-            job = _follow(api, opts, job_id, progress, poll=args.poll)
-        except KeyboardInterrupt:
-            _cancel(api, job_id)
-            raise
-        _check(job, job_id)
-        path = files.output_path(args.output, job_id, "generate")
-        size = api.download(f"{API}/jobs/{job_id}/audio", path)
-        progress.done()
+    job_id, job, path, size, started = run_http_job(
+        opts, "generate", f"{API}/generate", {k: v for k, v in body.items() if v is not None},
+        timeout=300.0, output=args.output, poll=args.poll)
     info = files.describe(path.read_bytes())
     elapsed = time.monotonic() - started
     data = {"command": "generate", "job_id": job_id, "session_id": None, "seed": job.get("seed"),
             "model": job.get("model"), "output": str(path), **info, "bytes": size, "elapsed_s": round(elapsed, 3)}
     seed = f", seed {job.get('seed')}" if job.get("seed") is not None else ""
     return Outcome(data, f"wrote {files.summary(path, info)} (job {job_id}{seed}, {elapsed:.1f} s)")
+
+
+def run_http_job(opts: Options, command: str, url: str, body: dict[str, Any], *, timeout: float,
+                 output: str | None, poll: bool) -> tuple[str, dict[str, Any], Path, int, float]:
+    """POST ``body`` to ``url``, follow the job it queues to the end (Ctrl-C cancels it), check it
+    succeeded and download its audio: ``(job_id, job, path, bytes, started)``, ``started`` the
+    monotonic time before the POST (shared by every command that runs one HTTP job)."""
+    api = Api(opts.url, opts.api_key)
+    started = time.monotonic()
+    with Progress(command, enabled=opts.progress) as progress:
+        accepted = api.post(url, body, timeout=timeout)
+        job_id = str(accepted["job_id"])
+        progress.queued(accepted.get("position"), None, accepted.get("estimated_seconds"))
+        try:
+            job = _follow(api, opts, job_id, progress, poll=poll)
+        except KeyboardInterrupt:
+            _cancel(api, job_id)
+            raise
+        _check(job, job_id)
+        path = files.output_path(output, job_id, command)
+        size = api.download(f"{API}/jobs/{job_id}/audio", path)
+        progress.done()
+    return job_id, job, path, size, started
 
 
 def _follow(api: Api, opts: Options, job_id: str, progress: Progress, *, poll: bool) -> dict[str, Any]:

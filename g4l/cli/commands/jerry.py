@@ -10,12 +10,11 @@ import time
 from typing import Any
 
 from g4l.cli import files
-from g4l.cli.commands.generate import _cancel, _check, _follow
+from g4l.cli.commands.generate import run_http_job
 from g4l.cli.errors import EXIT_USAGE, CliError
-from g4l.cli.http import API, Api
+from g4l.cli.http import API
 from g4l.cli.options import Options
 from g4l.cli.outcome import Outcome
-from g4l.cli.progress import Progress
 
 _BPM = re.compile(r"\d+\s*bpm", re.IGNORECASE)
 
@@ -62,21 +61,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 def run_jerry(args: argparse.Namespace, opts: Options) -> Outcome:
     """Queue the job, follow it to the end, download its audio."""
     body = request_body(args)
-    api = Api(opts.url, opts.api_key)
-    started = time.monotonic()
-    with Progress("jerry", enabled=opts.progress) as progress:
-        accepted = api.post(f"{API}/text-to-audio", body, timeout=60.0)
-        job_id = str(accepted["job_id"])
-        progress.queued(accepted.get("position"), None, accepted.get("estimated_seconds"))
-        try:
-            job = _follow(api, opts, job_id, progress, poll=args.poll)
-        except KeyboardInterrupt:
-            _cancel(api, job_id)
-            raise
-        _check(job, job_id)
-        path = files.output_path(args.output, job_id, "jerry")
-        size = api.download(f"{API}/jobs/{job_id}/audio", path)
-        progress.done()
+    job_id, job, path, size, started = run_http_job(opts, "jerry", f"{API}/text-to-audio", body, timeout=60.0,
+                                                    output=args.output, poll=args.poll)
     info = files.describe(path.read_bytes())
     elapsed = time.monotonic() - started
     data = {"command": "jerry", "job_id": job_id, "prompt": body["prompt"], "seed": job.get("seed"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
@@ -15,12 +15,21 @@ from g4l.errors import NotFound, RangeNotSatisfiable
 from g4l.store.blobs import BlobStore
 from g4l.web.api.routing import error_response
 
+if TYPE_CHECKING:
+    from g4l.services.auth import Caller
+    from g4l.services.jobs import JobService
+
 PIECE = 1024 * 1024
 
 
 def file_responses(media: str = "audio/wav", what: str = "The WAV file") -> dict[int, tuple[str, str]]:
     """The ``responses`` of an :func:`~g4l.web.api.routing.operation` served by :func:`send_blob`."""
     return {200: (media, what), 206: (media, "The requested byte range")}
+
+
+#: The errors of a result download: 409 while the job is not done, 416 for a range past the end.
+DOWNLOAD_ERRORS = (409, 416)
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -110,3 +119,14 @@ def send_blob(blobs: BlobStore, blob_id: str, filename: str,
     if span:
         resp.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return resp
+
+
+def send_result_wav(jobs: JobService, blob_id: str, name: str, job_id: str | None) -> Response:
+    """A job's result WAV as ``<name>.wav`` (:func:`send_blob`); while GridFS is still storing
+    it, the copy the finished job left in Redis."""
+    return send_blob(jobs.ctx.blobs, blob_id, f"{name}.wav", in_flight=lambda: jobs.in_flight(job_id))
+
+
+def send_job_wav(jobs: JobService, caller: Caller, job_id: str) -> Response:
+    """A finished job's result as ``<job_id>.wav``, the download of every protocol that has one."""
+    return send_result_wav(jobs, jobs.result_blob(caller, job_id), job_id, job_id)

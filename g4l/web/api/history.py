@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response
 from pydantic import Field
 
 from g4l.errors import InvalidRequest, SessionNotFound
+from g4l.services.auth import Caller
 from g4l.services.history import HistoryService, Moved, history_document, version_document
 from g4l.web.api.access import http_caller
 from g4l.web.api.download import file_responses, send_blob
@@ -81,21 +83,22 @@ def blueprint(history: HistoryService) -> Blueprint:
         return SessionHistory.model_validate(history_document(session_id, history.history(_checked(session_id),
                                                                                           http_caller())))
 
-    @bp.post("/sessions/<session_id>/undo")
-    @operation("undoSession", "Make the current version's parent current", tags=["history"],
-               responses={200: VersionMoved}, errors=_MOVE_ERRORS,
-               description="Twin of `undo_request`. 409 `NOTHING_TO_UNDO` at the start of the history, "
-                           "409 `BUSY` while a generation of the session is queued or running.")
-    def undo(session_id: str) -> Any:
-        return moved(history.undo(_checked(session_id), http_caller()))
+    def step(name: str, move: Callable[[str, Caller], Moved], operation_id: str, summary: str,
+             description: str) -> None:
+        """Register ``undo`` or ``redo``: one move of the session's pointer, in either direction."""
 
-    @bp.post("/sessions/<session_id>/redo")
-    @operation("redoSession", "Go back to the version undo came from", tags=["history"],
-               responses={200: VersionMoved}, errors=_MOVE_ERRORS,
-               description="Twin of `redo_request`: the child the session was last on (after a new "
-                           "operation, the newest). 409 `NOTHING_TO_REDO` at the end of a branch.")
-    def redo(session_id: str) -> Any:
-        return moved(history.redo(_checked(session_id), http_caller()))
+        @bp.post(f"/sessions/<session_id>/{name}", endpoint=name)
+        @operation(operation_id, summary, tags=["history"], responses={200: VersionMoved}, errors=_MOVE_ERRORS,
+                   description=description)
+        def view(session_id: str) -> Any:
+            return moved(move(_checked(session_id), http_caller()))
+
+    step("undo", history.undo, "undoSession", "Make the current version's parent current",
+         "Twin of `undo_request`. 409 `NOTHING_TO_UNDO` at the start of the history, "
+         "409 `BUSY` while a generation of the session is queued or running.")
+    step("redo", history.redo, "redoSession", "Go back to the version undo came from",
+         "Twin of `redo_request`: the child the session was last on (after a new "
+         "operation, the newest). 409 `NOTHING_TO_REDO` at the end of a branch.")
 
     @bp.post("/sessions/<session_id>/versions/<version>/checkout")
     @operation("checkoutVersion", "Make any kept version current", tags=["history"],

@@ -10,7 +10,7 @@ from g4l.jobs.records import Job, JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.services.specs import SAMPLING_FIELDS
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import file_responses, send_blob
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_job_wav
 from g4l.web.api.models import ErrorBody, GenerateRequest, JobAccepted, JobLinks, JobList, JobListQuery
 from g4l.web.api.models import JobStatus as JobStatusBody
 from g4l.web.api.openapi import PREFIX
@@ -84,10 +84,8 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/jobs/<job_id>/audio")
     @operation("getJobAudio", "Download the result WAV (Range requests supported)", tags=["jobs"],
-               responses=file_responses(),
-               errors=(409, 416))
+               responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def job_audio(job_id: str) -> Response:
-        blob = jobs.result_blob(http_caller(), job_id)
-        return send_blob(jobs.ctx.blobs, blob, f"{job_id}.wav", in_flight=lambda: jobs.in_flight(job_id))
+        return send_job_wav(jobs, http_caller(), job_id)
 
     return bp

@@ -190,6 +190,7 @@ def build(app: Flask, settings: Settings) -> dict[str, Any]:
         "tags": [{"name": "jobs", "description": "Generation jobs for DAW clients"},
                  {"name": "sessions", "description": "HTTP twins of the device protocol"},
                  {"name": "history", "description": "A session's versions: undo, redo, checkout, branches"},
+                 {"name": "transform", "description": "terry (MelodyFlow): a take rewritten in a preset's style"},
                  {"name": "prompts", "description": "Prompt builder"},
                  {"name": "listen", "description": "Live listening over HLS"},
                  {"name": "stations", "description": "Endless generative stations"},

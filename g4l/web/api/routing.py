@@ -178,13 +178,19 @@ def _shaped(exc: G4LError) -> Response:
     return error_response(exc)
 
 
+def log_server_error(exc: G4LError, event: str = "request failed") -> None:
+    """Log an error that is the server's (5xx) with the request's path; a client's own
+    mistake (4xx) is answered, not logged."""
+    if exc.http_status >= 500:
+        log.warning(event, path=request.path, code=exc.code, error=exc.message)
+
+
 def install_errors(app: Flask) -> None:
     """Every error of the app answers JSON with a stable code."""
 
     @app.errorhandler(G4LError)
     def _g4l(exc: G4LError) -> Response:
-        if exc.http_status >= 500:
-            log.warning("request failed", path=request.path, code=exc.code, error=exc.message)
+        log_server_error(exc)
         return _shaped(exc)
 
     @app.errorhandler(HTTPException)

@@ -18,7 +18,7 @@ from g4l.services.jobs import JobService
 from g4l.services.sessions import Accepted, SessionService
 from g4l.services.specs import PARAM_FIELDS
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import file_responses, send_blob
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_result_wav
 from g4l.web.api.models import (
     AudioBody,
     BangRequest,
@@ -158,10 +158,9 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     @bp.get("/sessions/<session_id>/audio")
     @operation("getSessionAudio", "Download the session's current audio (WAV, Range requests supported)",
-               tags=["sessions"], responses=file_responses(),
-               errors=(409, 416))
+               tags=["sessions"], responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def audio(session_id: str) -> Response:
         blob, job_id = jobs.session_audio_blob(http_caller(), _checked(session_id))
-        return send_blob(service.ctx.blobs, blob, f"{session_id}.wav", in_flight=lambda: jobs.in_flight(job_id))
+        return send_result_wav(jobs, blob, session_id, job_id)
 
     return bp

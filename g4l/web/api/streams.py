@@ -13,10 +13,12 @@ from g4l.errors import Forbidden, InvalidRequest
 from g4l.services import idle_streams
 from g4l.services.listen import ListenService
 from g4l.services.sessions import SessionService
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 from g4l.web.api.access import http_caller
 from g4l.web.api.download import file_responses, send_blob
-from g4l.web.api.models import (
+from g4l.web.api.openapi import PREFIX
+from g4l.web.api.routing import operation
+from g4l.web.api.stream_models import (
     CleanupRequest,
     CleanupResponse,
     ListenLink,
@@ -33,8 +35,6 @@ from g4l.web.api.models import (
     StationStatus,
     StationStopped,
 )
-from g4l.web.api.openapi import PREFIX
-from g4l.web.api.routing import operation
 
 
 def blueprint(service: SessionService) -> Blueprint:

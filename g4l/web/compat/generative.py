@@ -1,6 +1,6 @@
 """The generative HLS daemon's route: ``POST /generative/get_stream`` -> the absolute HLS
 URL of an endless station of a genre (``curl ... | jq -r .stream.url``, then any HLS
-player). A thin adapter of :class:`~g4l.services.genre_streams.GenreStreams`; the same
+player). A thin adapter of :class:`~g4l.services.stations.genres.GenreStreams`; the same
 keys, station quota and errors as ``/api/v1/stations``."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 from flask import Blueprint
 
 from g4l.context import Context
-from g4l.services.genre_streams import GenreStreams
+from g4l.services.stations.genres import GenreStreams
 from g4l.web.api.access import http_caller
-from g4l.web.api.models import StationStatus
 from g4l.web.api.routing import operation
+from g4l.web.api.stream_models import StationStatus
 from g4l.web.compat.models import GetStreamRequest, GetStreamResponse, StreamInfo
 from g4l.web.urls import absolute
 

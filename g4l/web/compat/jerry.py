@@ -34,6 +34,7 @@ from g4l.jobs.spec import GenerationSpec
 from g4l.log import get_logger
 from g4l.services.text_to_audio import LOOP_CFG, Clip, LoopPlan, TextToAudioService, detect_bpm, plan_loop
 from g4l.web.api.access import http_caller, public
+from g4l.web.api.routing import log_server_error
 
 log = get_logger(__name__)
 
@@ -84,8 +85,7 @@ def blueprint(service: TextToAudioService) -> Blueprint:
 
     @bp.errorhandler(G4LError)
     def _g4l(exc: G4LError) -> Response:
-        if exc.http_status >= 500:
-            log.warning("jerry request failed", path=request.path, code=exc.code, error=exc.message)
+        log_server_error(exc, "jerry request failed")
         return plain_error(exc)
 
     @bp.errorhandler(HTTPException)

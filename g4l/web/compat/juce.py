@@ -25,6 +25,7 @@ from g4l.services.sessions import Accepted, SessionService
 from g4l.store.sessions import SessionStatus
 from g4l.web.api.access import http_caller
 from g4l.web.api.routing import parse_body
+from g4l.web.compat import terry
 from plugin_protocol.payloads import ContinueMusicRequest, ProcessAudioRequest, RetryMusicRequest, UpdateCroppedAudio
 
 log = get_logger(__name__)
@@ -89,7 +90,8 @@ def blueprint(service: SessionService) -> Blueprint:
     def models() -> Response:
         grouped = {size: [{"type": "single", "name": m.rsplit("/", 1)[-1], "path": m} for m in ids]
                    for size, ids in catalog.grouped().items()}
-        return _ok(models=grouped, default=service.specs.model(None))
+        # families: gary's, jerry's and terry's state (loaded, loading, failed with the reason).
+        return _ok(models=grouped, default=service.specs.model(None), families=catalog.families())
 
     @bp.post("/api/juce/process_audio")
     def process_audio() -> Response:
@@ -109,6 +111,8 @@ def blueprint(service: SessionService) -> Blueprint:
     def update_cropped_audio() -> Response:
         session_id = service.crop(body(CropBody), http_caller())
         return _ok(session_id=session_id, message="Cropped audio updated")
+
+    terry.install(bp, service, body, _ok)  # transform_audio, undo_transform, variations
 
     @bp.get("/api/juce/poll_status/<session_id>")
     def poll_status(session_id: str) -> Response:
@@ -132,7 +136,9 @@ def poll(service: SessionService, session_id: str) -> dict[str, Any]:
         queue = snap.queue
         state = QUEUED if snap.status is SessionStatus.QUEUED else PROCESSING
         eta = float(queue["estimated_seconds"])
-        return {**base, "generation_in_progress": True, "status": state, "progress": snap.progress,
+        # A transform polls as one (the plugin shows "transforming: N%"), a generation as a generation.
+        return {**base, "generation_in_progress": not snap.transforming, "transform_in_progress": snap.transforming,
+                "status": state, "progress": snap.progress,
                 "queue_status": {"status": state, "message": queue["message"], "position": queue["position"],
                                  "total_queued": queue["total_queued"], "estimated_seconds": eta,
                                  "estimated_time": f"{round(eta)}s"}}

@@ -10,8 +10,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from g4l.services.genre_streams import LEVEL_DEFAULT, LEVEL_MAX, LEVEL_MIN
-from g4l.web.api.models import DURATION_CEILING, ErrorBody, StationStatus, _Request, _Response
+from g4l.services.stations.genres import LEVEL_DEFAULT, LEVEL_MAX, LEVEL_MIN
+from g4l.web.api.models import DURATION_CEILING, ErrorBody, _Request, _Response
+from g4l.web.api.stream_models import StationStatus
 
 
 # ---------------------------------------------------------------- generative HLS daemon

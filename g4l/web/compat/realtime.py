@@ -14,7 +14,7 @@ from flask import Blueprint, Response
 from g4l.services.jobs import JobService, iso
 from g4l.services.oneshot import READY, OneShotStreams
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import file_responses, send_blob
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_blob, send_result_wav
 from g4l.web.api.models import ErrorBody
 from g4l.web.api.routing import operation
 from g4l.web.compat.models import (
@@ -81,10 +81,8 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/api/stream/<session_id>/result.wav")
     @operation("getRealtimeStreamWav", "The whole result as WAV; Range supported", tags=TAGS,
-               responses=file_responses(),
-               errors=(409, 416))
+               responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def result_wav(session_id: str) -> Response:
-        blob = streams.wav_blob(http_caller(), session_id)
-        return send_blob(jobs.ctx.blobs, blob, f"{session_id}.wav", in_flight=lambda: jobs.in_flight(session_id))
+        return send_result_wav(jobs, streams.wav_blob(http_caller(), session_id), session_id, session_id)
 
     return bp

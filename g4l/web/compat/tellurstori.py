@@ -15,7 +15,7 @@ from flask import Blueprint, Response
 from g4l.jobs.records import JobStatus
 from g4l.services.jobs import JobService, JobView, iso
 from g4l.web.api.access import http_caller
-from g4l.web.api.download import file_responses, send_blob
+from g4l.web.api.download import DOWNLOAD_ERRORS, file_responses, send_job_wav
 from g4l.web.api.openapi import PREFIX
 from g4l.web.api.routing import operation
 from g4l.web.compat.models import StoriStatus
@@ -62,10 +62,8 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.get("/download/<job_id>")
     @operation("downloadJobStori", "Download a completed job's WAV (Range supported)", tags=TAGS,
-               responses=file_responses(),
-               errors=(409, 416))
+               responses=file_responses(), errors=DOWNLOAD_ERRORS)
     def download(job_id: str) -> Response:
-        blob = jobs.result_blob(http_caller(), job_id)
-        return send_blob(jobs.ctx.blobs, blob, f"{job_id}.wav", in_flight=lambda: jobs.in_flight(job_id))
+        return send_job_wav(jobs, http_caller(), job_id)
 
     return bp

@@ -12,10 +12,11 @@ from g4l.worker.kinds.registry import JobKind, Outcome, Run
 from g4l.worker.kinds.retry import Retry
 from g4l.worker.kinds.station import Station
 from g4l.worker.kinds.text_to_audio import TextToAudio
+from g4l.worker.kinds.transform import Transform
 
 #: The shipped runners, one a kind of :data:`g4l.jobs.kinds.KINDS` (tests/test_kinds.py).
 RUNNERS: dict[KindName, JobKind] = {runner.name: runner for runner in (
-    Bang(), Continue(), Retry(), Generate(), Station(), TextToAudio(),
+    Bang(), Continue(), Retry(), Generate(), Station(), TextToAudio(), Transform(),
 )}
 
 __all__ = ["RUNNERS", "JobKind", "Outcome", "Run"]

@@ -25,6 +25,7 @@ from g4l.context import Context
 from g4l.errors import InvalidRequest, OutputNotFound, OutputsFull
 from g4l.log import get_logger
 from g4l.media import MediaError, Visual, probe_visual
+from g4l.store.retention import expire_indexed
 
 log = get_logger(__name__)
 
@@ -226,13 +227,8 @@ class OutputStore:
         """Stop every output of a stopped station; its records expire with the station."""
         for output_id in self.r.smembers(keys.station_outputs_live(station_id)):
             self.stop(station_id, output_id, reason)
-        ttl = self.settings.retention_seconds
-        ids = self.r.zrange(keys.station_outputs(station_id), 0, -1)
-        with self.r.pipeline() as p:
-            p.expire(keys.station_outputs(station_id), ttl)
-            for output_id in ids:
-                p.expire(keys.station_output(station_id, output_id), ttl)
-            p.execute()
+        expire_indexed(self.r, keys.station_outputs(station_id),
+                       lambda output_id: keys.station_output(station_id, output_id), self.settings.retention_seconds)
 
     def _trim(self, station_id: str) -> None:
         """Forget the oldest stopped outputs beyond :data:`KEEP_STOPPED`."""

@@ -17,6 +17,7 @@ from g4l import keys
 from g4l.context import Context
 from g4l.errors import NotFound
 from g4l.log import get_logger
+from g4l.store.retention import expire_indexed
 
 log = get_logger(__name__)
 
@@ -81,9 +82,5 @@ class RecordingStore:
 
     def keep_for(self, station_id: str, seconds: int) -> None:
         """The station stopped: its recording records expire with it."""
-        ids = self.r.zrange(keys.station_recordings(station_id), 0, -1)
-        with self.r.pipeline() as p:
-            p.expire(keys.station_recordings(station_id), seconds)
-            for recording_id in ids:
-                p.expire(keys.station_recording(station_id, recording_id), seconds)
-            p.execute()
+        expire_indexed(self.r, keys.station_recordings(station_id),
+                       lambda recording_id: keys.station_recording(station_id, recording_id), seconds)

@@ -3,7 +3,7 @@ when it goes off the air, and how one prompt hands over to the next.
 
 Pure values and checks (no I/O): :class:`~g4l.services.stations.StationService` validates
 a create request with them and stores them in the station's hash; the packager's
-:class:`~g4l.hls.stations.StationDriver` reads them back every tick.
+:class:`~g4l.hls.station.StationDriver` reads them back every tick.
 
 Health (the lower bound of each state, seconds of audio generated and not yet played):
 ``HEALTHY >= healthy > WARNING >= warning > CRITICAL >= critical > EMERGENCY >= emergency >

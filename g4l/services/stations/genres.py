@@ -27,7 +27,7 @@ from g4l.errors import Busy, InvalidRequest, StationNotFound
 from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.prompts import build_prompt
-from g4l.services.stations import StationService
+from g4l.services.stations.service import StationService
 
 log = get_logger(__name__)
 

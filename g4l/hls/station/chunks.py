@@ -2,8 +2,9 @@
 
 Each chunk is one generation's audio, stored in GridFS (24-bit FLAC) by the worker; the
 queue itself is a Redis list (:func:`g4l.keys.station_chunks`) of small JSON entries in
-play order, and the play position is two fields of the station's hash: ``play_seq`` (the
-chunk playing) and ``play_offset_s`` (seconds of it already heard). ``queue_s`` (the sum
+play order, and the play position is two fields of the station's record
+(:class:`g4l.store.stations.StationRecord`): ``play_seq`` (the chunk playing) and
+``play_offset_s`` (seconds of it already heard). ``queue_s`` (the sum
 of the entries' seconds) makes the buffer's length one read:
 ``buffered = queue_s - play_offset_s``. All of it survives a restart of any process.
 
@@ -16,10 +17,12 @@ Entry fields: ``seq`` (1, 2, ...), ``blob``, ``seconds`` (new audio, without the
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from g4l import audio, keys
 from g4l.context import Context
+from g4l.store.stations import StationStore
 
 
 class ChunkQueue:
@@ -28,20 +31,21 @@ class ChunkQueue:
     def __init__(self, ctx: Context, station_id: str) -> None:
         self.ctx = ctx
         self.r = ctx.redis
+        self.station_id = station_id
         self.key = keys.station_chunks(station_id)
-        self.state = keys.station(station_id)
+        self.store = StationStore(ctx.redis)
         self._cached: tuple[str, bytes] | None = None
 
     # ------------------------------------------------------------ queue
-    def push(self, entry: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        """Append ``entry`` (its ``seq`` is assigned here) and set ``fields`` on the
-        station's hash, in one transaction."""
-        seq = int(self.r.hincrby(self.state, "chunk_seq", 1))
+    def push(self, entry: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Append ``entry`` (its ``seq`` is assigned here) and set ``changes`` on the
+        station's record, in one transaction."""
+        seq = self.store.next_seq(self.station_id, "chunk_seq")
         entry = {**entry, "seq": seq}
         with self.r.pipeline() as p:
             p.rpush(self.key, json.dumps(entry))
-            p.hincrbyfloat(self.state, "queue_s", float(entry["seconds"]))
-            p.hset(self.state, mapping=fields)
+            self.store.add(self.station_id, "queue_s", float(entry["seconds"]), p)
+            self.store.update(self.station_id, p, **changes)
             p.execute()
         return entry
 
@@ -65,23 +69,23 @@ class ChunkQueue:
             return None
         with self.r.pipeline() as p:
             p.lpop(self.key)
-            p.hincrbyfloat(self.state, "queue_s", -float(head[0]["seconds"]))
-            p.hset(self.state, mapping={"play_seq": seq + 1, "play_offset_s": 0})
+            self.store.add(self.station_id, "queue_s", -float(head[0]["seconds"]), p)
+            self.store.update(self.station_id, p, play_seq=seq + 1, play_offset_s=0)
             p.execute()
         return head[0]
 
     def position(self) -> tuple[int, float]:
         """(chunk seq playing, seconds of it heard); seq 0 before anything was stored."""
-        seq, offset = self.r.hmget(self.state, ["play_seq", "play_offset_s"])
-        return int(seq or 0), float(offset or 0)
+        at = self.store.fields(self.station_id, "play_seq", "play_offset_s")
+        return at["play_seq"], at["play_offset_s"]
 
     def save_position(self, seq: int, offset_s: float) -> None:
-        self.r.hset(self.state, mapping={"play_seq": seq, "play_offset_s": round(offset_s, 4)})
+        self.store.update(self.station_id, play_seq=seq, play_offset_s=round(offset_s, 4))
 
     def buffered_s(self) -> float:
         """Seconds stored and not yet heard (what is decoded in memory included)."""
-        queued, offset = self.r.hmget(self.state, ["queue_s", "play_offset_s"])
-        return max(0.0, float(queued or 0) - float(offset or 0))
+        at = self.store.fields(self.station_id, "queue_s", "play_offset_s")
+        return max(0.0, at["queue_s"] - at["play_offset_s"])
 
     def blobs(self) -> list[str]:
         return [e["blob"] for e in self.entries()]
@@ -91,7 +95,7 @@ class ChunkQueue:
         blobs = self.blobs()
         with self.r.pipeline() as p:
             p.delete(self.key)
-            p.hset(self.state, mapping={"queue_s": 0, "play_offset_s": 0})
+            self.store.update(self.station_id, p, queue_s=0, play_offset_s=0)
             p.execute()
         return blobs
 

@@ -1,8 +1,9 @@
 """Generative stations: endless music from a prompt (or a rotation of prompts).
 
-A station is a Redis hash (:func:`g4l.keys.station`) plus a live stream with its own listen
-token. This service creates, describes and stops stations and queues their generations;
-the packager process drives running ones (:mod:`g4l.hls.stations`): it asks for the next
+A station is a record (:class:`g4l.store.stations.StationRecord`, kept by
+:class:`~g4l.store.stations.StationStore`) plus a live stream with its own listen token.
+This service creates, describes and stops stations and queues their generations; the
+packager process drives running ones (:mod:`g4l.hls.station`): it asks for the next
 stretch whenever the buffer ahead of the listeners drops below its target, and a worker
 runs it (:mod:`g4l.worker.kinds.station`). Everything a station needs to resume after a
 restart is in Redis (state) and GridFS (its last generated audio).
@@ -13,7 +14,6 @@ and one key runs at most ``G4L_STATIONS_PER_KEY`` stations at once.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,11 +30,10 @@ from g4l.log import get_logger
 from g4l.services.auth import Caller
 from g4l.services.listen import STATION, ListenService, links, new_token
 from g4l.services.models import ModelCatalog
-from g4l.services.outputs import OutputStore
-from g4l.services.recordings import RecordingStore
 from g4l.services.specs import SpecResolver
-from g4l.services.station_history import StationHistory
-from g4l.services.station_policy import (
+from g4l.services.stations.history import StationHistory
+from g4l.services.stations.outputs import OutputStore
+from g4l.services.stations.policy import (
     DEPLETED,
     BufferPolicy,
     Transition,
@@ -42,6 +41,8 @@ from g4l.services.station_policy import (
     build_transition,
     next_rotation,
 )
+from g4l.services.stations.recordings import RecordingStore
+from g4l.store.stations import StationRecord, StationStore
 
 log = get_logger(__name__)
 
@@ -70,12 +71,12 @@ def prompt_for(prompts: list[str], rotate_every_s: float, audio_s: float) -> tup
     return index, prompts[index]
 
 
-def old_health(st: dict[str, str], policy: BufferPolicy, buffered: float, running: bool, on_air: bool) -> str:
+def old_health(st: StationRecord, policy: BufferPolicy, buffered: float, running: bool, on_air: bool) -> str:
     """``buffer_health`` for clients from before the five states: ``starting`` (nothing
     generated yet), ``empty`` (off the air), ``low`` (CRITICAL and below), ``ok``."""
     if not running:
         return "stopped"
-    if int(st.get("generations") or 0) == 0:
+    if st.generations == 0:
         return "starting"
     if not on_air or buffered <= 0.05:
         return "empty"
@@ -88,6 +89,7 @@ class StationService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.r = ctx.redis
+        self.store = StationStore(ctx.redis)
         self.listen = ListenService(ctx)
         self.specs = SpecResolver(ctx.settings)
         self._take_slot = ctx.redis.register_script(_TAKE_SLOT)
@@ -103,8 +105,8 @@ class StationService:
         """Start a station playing ``prompts`` (rotated every ``rotate_every_s`` seconds of
         music when there are several, handing over by ``transition``); ``name`` is shown on
         its outputs' video card; with ``record`` its program is recorded into files
-        (:mod:`g4l.services.recordings`). ``buffer_thresholds_s``, ``buffer_resume_s`` and
-        ``chunk_seconds`` set its buffer policy (:func:`~g4l.services.station_policy.build_policy`;
+        (:mod:`g4l.services.stations.recordings`). ``buffer_thresholds_s``, ``buffer_resume_s`` and
+        ``chunk_seconds`` set its buffer policy (:func:`~g4l.services.stations.policy.build_policy`;
         none given: ~45 s ahead, as stations always were).
 
         :returns: ``{station_id, playlist_url, page_url, status}`` (URLs are relative).
@@ -138,63 +140,60 @@ class StationService:
             raise StationsFull(f"this key already runs {quota} station(s), its most; stop one first")
         token = new_token()
         index, first = prompt_for(prompts, rotate_every_s, 0.0)
-        self.r.hset(keys.station(station_id), mapping={
-            "id": station_id, "token": token, "status": "running", "model": model, "owner": caller.owner,
-            "prompts": json.dumps(prompts), "rotate_every_s": rotate_every_s, "sampling": sampling.model_dump_json(),
-            "created": time.time(), "audio_s": 0, "generations": 0, "last_blob": "", "job_id": "",
-            "generating_prompt": first, "errors": "[]", "rotations": "[]", "name": (name or "").strip(),
-            "record": "1" if record else "0", "buffer_policy": policy.dumps(), "transition": handover.dumps(),
-            "queue_s": 0, "play_seq": 0, "play_offset_s": 0, "on_air": "0",
-        })
+        self.store.create(StationRecord(
+            id=station_id, token=token, status="running", model=model, owner=caller.owner, prompts=prompts,
+            rotate_every_s=rotate_every_s, sampling=sampling.model_dump_json(), created=time.time(), audio_s=0,
+            generations=0, last_blob="", job_id="", generating_prompt=first, errors=[], rotations=[],
+            name=(name or "").strip(), record=record, buffer_policy=policy.dumps(), transition=handover.dumps(),
+            queue_s=0, play_seq=0, play_offset_s=0, on_air=False))
         self.listen.open_stream(token, STATION, station_id)
         log.info("station created", station_id=station_id, stream=token[:8], model=model, prompts=len(prompts),
                  rotate_every_s=rotate_every_s, thresholds_s=policy.thresholds(), chunk_s=policy.chunk_s,
                  transition=handover.kind)
         return {"station_id": station_id, **links(token), "status": "starting"}
 
-    def require(self, station_id: str, caller: Caller) -> dict[str, str]:
-        """The station's hash. :raises StationNotFound: unknown, or another key's."""
-        info = self.r.hgetall(keys.station(station_id)) if keys.valid_id(station_id) else {}
-        if not info or not caller.can_see(info.get("owner")):
+    def require(self, station_id: str, caller: Caller) -> StationRecord:
+        """The station's record. :raises StationNotFound: unknown, or another key's."""
+        found = self.store.get(station_id)
+        if found is None or not caller.can_see(found.owner):
             raise StationNotFound(f"no station {station_id}" if keys.valid_id(station_id) else "no such station")
-        return info
+        return found
 
     def get(self, station_id: str, caller: Caller) -> dict[str, Any]:
         """Status: buffer (seconds stored and in memory, health state and thresholds),
         current and next prompt, generation speed, listeners, rotations, errors."""
         st = self.require(station_id, caller)
-        token = st.get("token", "")
+        token = st.token
         stream = self.r.hgetall(keys.listen(token)) if token else {}
-        running = st.get("status") == "running"
-        policy = BufferPolicy.loads(st.get("buffer_policy"), self.ctx.settings)
-        buffered = float(st.get("buffered_s") or 0) if running else 0.0
-        state = st.get("buffer_state") or policy.state(buffered)
-        on_air = st.get("on_air") == "1"
-        job_id = st.get("job_id") or ""
-        job = self.ctx.jobs.get(job_id) if job_id else None
-        prompts = json.loads(st.get("prompts") or "[]")
-        rotate = float(st.get("rotate_every_s") or 0)
-        transition = Transition.loads(st.get("transition"))
-        playing_s = float(st.get("playing_audio_s") or 0)
+        running = st.running
+        policy = BufferPolicy.loads(st.buffer_policy, self.ctx.settings)
+        buffered = st.buffered_s if running else 0.0
+        state = st.buffer_state or policy.state(buffered)
+        on_air = st.on_air
+        job = self.ctx.jobs.get(st.job_id) if st.job_id else None
+        prompts = st.prompts
+        rotate = st.rotate_every_s
+        transition = Transition.loads(st.transition)
+        playing_s = st.playing_audio_s
         upcoming = next_rotation(prompts, rotate, playing_s)
         next_in = None
         if upcoming is not None:
             next_in = round(max(0.0, upcoming[1] - playing_s) + (transition.seconds if transition.kind == "break"
                                                                   else 0.0), 2)
-        speed = json.loads(st.get("rtf") or "[]")
+        speed = st.rtf
         wall = sum(w for _, w in speed)
         return {
-            "station_id": station_id, "name": st.get("name") or None, **links(token), "status": st.get("status"),
-            "stopped_reason": st.get("stopped_reason") or None,
-            "model": st.get("model"), "temperature": self.sampling(st).temperature,
+            "station_id": station_id, "name": st.name or None, **links(token), "status": st.status or None,
+            "stopped_reason": st.stopped_reason or None,
+            "model": st.model or None, "temperature": self.sampling(st).temperature,
             "prompts": prompts, "rotate_every_s": rotate,
             "transition": {"kind": transition.kind, "seconds": transition.seconds},
-            "current_prompt": stream.get("playing_prompt") or st.get("generating_prompt") or None,
+            "current_prompt": stream.get("playing_prompt") or st.generating_prompt or None,
             "next_prompt": upcoming[0] if upcoming else None, "next_prompt_in_s": next_in,
-            "generating_prompt": st.get("generating_prompt") or None,
+            "generating_prompt": st.generating_prompt or None,
             "buffered_seconds": round(buffered, 3),
             "buffer_state": state if running else DEPLETED,
-            "buffer_state_since": float(st.get("buffer_state_since") or 0) or None,
+            "buffer_state_since": st.buffer_state_since or None,
             "buffer_thresholds_s": policy.thresholds(),
             "buffer_resume_s": policy.resume_s,
             "chunk_seconds": policy.chunk_s or None,
@@ -205,16 +204,16 @@ class StationService:
             "realtime_factor": round(sum(a for a, _ in speed) / wall, 3) if wall else None,
             "underruns": int(stream.get("underruns") or 0),
             "played_seconds": float(stream.get("position_s") or 0),
-            "generated_seconds": float(st.get("audio_s") or 0),
-            "generations": int(st.get("generations") or 0),
+            "generated_seconds": st.audio_s,
+            "generations": st.generations,
             "generating": bool(job and job.status.pending),
             "progress": job.progress if job and job.status is JobStatus.RUNNING else 0,
             "listeners": self.listen.listeners(token) if token else 0,
-            "rotations": json.loads(st.get("rotations") or "[]"),
-            "errors": json.loads(st.get("errors") or "[]"),
-            "created": float(st.get("created") or 0),
+            "rotations": st.rotations,
+            "errors": st.errors,
+            "created": st.created,
             "outputs": self.outputs.describe(station_id),
-            "recording": st.get("record") == "1" and running,
+            "recording": st.record and running,
         }
 
     def list(self, caller: Caller) -> list[dict[str, Any]]:
@@ -231,20 +230,19 @@ class StationService:
         """Stop generating and streaming; the stream's segments are deleted."""
         st = self.require(station_id, caller)
         with self.r.pipeline() as p:
-            p.hset(keys.station(station_id), mapping={"status": "stopped", "stopped_reason": reason})
+            self.store.update(station_id, p, status="stopped", stopped_reason=reason)
             p.srem(keys.STATIONS, station_id)
-            p.srem(keys.owner_stations(st.get("owner") or ""), station_id)
-            p.expire(keys.station(station_id), self.ctx.settings.retention_seconds)
+            p.srem(keys.owner_stations(st.owner), station_id)
+            self.store.expire(station_id, self.ctx.settings.retention_seconds, p)
             # The packager deletes the stored audio (StationDriver.discard); the list expires anyway.
             p.expire(keys.station_chunks(station_id), self.ctx.settings.retention_seconds)
             p.execute()
         self.outputs.stop_all(station_id, reason)
         self.history.keep_for(station_id, self.ctx.settings.retention_seconds)
-        job_id = st.get("job_id") or ""
-        if job_id:
-            lifecycle.request_cancel(self.ctx, job_id)
-        if st.get("token"):
-            self.listen.stop(st["token"], reason)
+        if st.job_id:
+            lifecycle.request_cancel(self.ctx, st.job_id)
+        if st.token:
+            self.listen.stop(st.token, reason)
         log.info("station stopped", station_id=station_id, reason=reason)
         return {"station_id": station_id, "status": "stopped"}
 
@@ -258,7 +256,7 @@ class StationService:
         :raises OutputsFull: too many outputs on this station.
         """
         st = self.require(station_id, caller)
-        if st.get("status") != "running":
+        if not st.running:
             raise InvalidRequest("the station is stopped: start a new one")
         return self.outputs.add(station_id, url=url, stream_key=stream_key, visual=visual)
 
@@ -271,9 +269,10 @@ class StationService:
         """Whether the station pushes to an RTMP output, records, or keeps a buffer longer
         than ``G4L_STATION_BUFFER_S`` (it builds hours ahead for an audience elsewhere):
         then it is never idle."""
-        record, raw = self.r.hmget(keys.station(station_id), ["record", "buffer_policy"])
-        long_buffer = BufferPolicy.loads(raw, self.ctx.settings).healthy_s > self.ctx.settings.station_buffer_s
-        return bool(self.outputs.live(station_id)) or record == "1" or long_buffer
+        st = self.store.fields(station_id, "record", "buffer_policy")
+        long_buffer = BufferPolicy.loads(st["buffer_policy"] or None, self.ctx.settings).healthy_s \
+            > self.ctx.settings.station_buffer_s
+        return bool(self.outputs.live(station_id)) or st["record"] or long_buffer
 
     # ------------------------------------------------------------ recordings
     def list_recordings(self, station_id: str, caller: Caller) -> Sequence[dict[str, Any]]:
@@ -287,7 +286,7 @@ class StationService:
         return self.recordings.blob(station_id, recording_id)
 
     def buffer_history(self, station_id: str, caller: Caller, since: float | None = None) -> dict[str, Any]:
-        """The station's buffer samples (:mod:`g4l.services.station_history`), oldest
+        """The station's buffer samples (:mod:`g4l.services.stations.history`), oldest
         first, after ``since`` when given. :raises StationNotFound:"""
         self.require(station_id, caller)
         return {"station_id": station_id, "every_s": self.history.every_s, "window_s": self.history.window_s,
@@ -295,12 +294,11 @@ class StationService:
 
     # ------------------------------------------------------------ generations
     @staticmethod
-    def sampling(st: dict[str, str]) -> Sampling:
+    def sampling(st: StationRecord) -> Sampling:
         """A station's sampling parameters."""
-        raw = st.get("sampling")
-        return Sampling.model_validate_json(raw) if raw else Sampling()
+        return Sampling.model_validate_json(st.sampling) if st.sampling else Sampling()
 
-    def queue_stretch(self, station_id: str, st: dict[str, str], *, index: int, prompt: str, audio_start_s: float,
+    def queue_stretch(self, station_id: str, st: StationRecord, *, index: int, prompt: str, audio_start_s: float,
                       new_seconds: float, fresh: bool = False, overhang_s: float = 0.0,
                       job_id: str | None = None, streamed: bool = False) -> Job:
         """Queue the station's next stretch: ``new_seconds`` of music continuing its last
@@ -312,8 +310,8 @@ class StationService:
         ``streamed``: its pieces are published while it is generated (asked before it is
         queued, so its first piece is too); ``job_id``: the id to give it (the driver
         follows it before it can start)."""
-        previous = None if fresh else (st.get("last_blob") or None)
-        spec = self.specs.station_spec(model=st.get("model") or "", sampling=self.sampling(st), description=prompt,
+        previous = None if fresh else (st.last_blob or None)
+        spec = self.specs.station_spec(model=st.model, sampling=self.sampling(st), description=prompt,
                                        previous_blob=previous, new_seconds=round(new_seconds, 3),
                                        labels={"prompt_index": index, "audio_start_s": round(audio_start_s, 3),
                                                "overhang_s": round(overhang_s, 3)})
@@ -323,6 +321,5 @@ class StationService:
         if streamed:
             partials.want(self.r, job.id)
         self.ctx.queue.enqueue(job)
-        self.r.hset(keys.station(station_id), mapping={"job_id": job.id, "generating_prompt": prompt,
-                                                       "generating_index": index})
+        self.store.update(station_id, job_id=job.id, generating_prompt=prompt, generating_index=index)
         return job
