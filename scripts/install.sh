@@ -75,7 +75,9 @@ fi
 # on audio.chunks before every upload, so the store held every stored chunk in memory at
 # each write (300 MB written: 2.2 GB RSS); and its oplog was pruned only every 1000 writes
 # (1 GB of chunk copies). Patched, with g4l/embedded.py's settings: RSS flat at ~110 MB (see
-# scripts/bench_store_memory). Idempotent: a patch that is already applied (its reverse
+# scripts/bench_store_memory). secantusdb-prompt-stop.patch: SIGTERM reached the daemon's
+# Python handler only if the kernel happened to hand it to the main thread, so a stop
+# waited out its timeout (15-30 s) and killed the store unflushed; now ~0.5 s. Idempotent: a patch that is already applied (its reverse
 # applies) is skipped, so this runs every time (pip reinstalling the package drops it); one
 # that applies neither way (another SecantusDB version) stops the install with the reason.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -140,11 +140,9 @@ def start_server(tmp: Path, *, redis_url: str | None, mongo_url: str | None, **e
         # Localhost mode's ports (8005, 8002 in production) on free ports: test servers never
         # take fixed ones (RunningServer.jerry_url / terry_url).
         "G4L_JERRY_PORT": str(jerry_port), "G4L_TERRY_PORT": str(terry_port),
-        # One job at a time unless a test asks for batching (tests/test_worker_batching.py):
-        # many tests watch a job wait behind a running one. G4L_MAX_BATCH=8 in the
-        # environment runs them all batched.
-        "G4L_MAX_BATCH": os.environ.get("G4L_MAX_BATCH", "1"),
     })
+    # The shipped defaults (batching on: G4L_MAX_BATCH 8) unless the test asks otherwise;
+    # the one-at-a-time path has tests of their own (G4L_MAX_BATCH="1", named so).
     if redis_url:
         env["REDIS_URL"] = redis_url
     if mongo_url:
@@ -294,3 +292,131 @@ def pytest_collection_modifyitems(config, items) -> None:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) \
                 or _starts_server(getattr(item, "function", None)) or any(map(_starts_server, fixture_fns)):
             item.add_marker(pytest.mark.slow)
+    _longest_modules_first(config, items)
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+# pyproject's addopts run the suite on ``-n auto --dist loadfile``: a module's tests stay on
+# one worker, so a module-scoped server starts once. Each worker has its own session
+# fixtures (its own redis-server, store and shared server on free ports, its own basetemp),
+# so workers share nothing but the machine. ``-n 0`` runs in this process.
+
+#: Workers per CPU for the whole suite: most of its time is spent waiting on servers and
+#: one-thread tiny models, not computing, so more workers than cores pays (see the README).
+WORKERS_PER_CPU = 2
+MAX_WORKERS = 8
+#: Where the last whole run's seconds per module are kept (pytest's cache, .pytest_cache).
+DURATIONS_KEY = "g4l/module_seconds"
+#: The same, from a whole run on the 2-core dev box, for a checkout without that cache
+#: (refresh it from .pytest_cache/v/g4l/module_seconds after adding a long module).
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
+
+
+def _selected_files(config) -> set[str] | None:
+    """The test files the command line names, or None when it names a folder (or nothing)."""
+    files = set()
+    for arg in config.args:
+        path = Path(str(arg).split("::", 1)[0])
+        if not path.is_file():
+            return None
+        files.add(str(path.resolve()))
+    return files
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one file runs in this process (a module never spans workers, so xdist
+    would only add its start-up); the fast lane (CPU-bound unit tests) and a ``-k``
+    selection (usually a few tests; every worker collects the whole suite, ~10 s of CPU)
+    get a worker per CPU; the whole suite ``WORKERS_PER_CPU`` per CPU, at most one per
+    file named. ``G4L_TEST_WORKERS`` overrides."""
+    if os.environ.get("G4L_TEST_WORKERS"):
+        return int(os.environ["G4L_TEST_WORKERS"])
+    files = _selected_files(config)
+    if files is not None and len(files) <= 1:
+        return 0
+    cpus = len(os.sched_getaffinity(0))
+    narrowed = "not slow" in (config.option.markexpr or "") or bool(config.option.keyword)
+    wanted = cpus if narrowed else min(MAX_WORKERS, WORKERS_PER_CPU * cpus)
+    return wanted if files is None else min(wanted, len(files))
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _longest_modules_first(config, items) -> None:
+    """Order the modules longest first (xdist hands them out in this order, so the run does
+    not end on one worker finishing a long module the others could have shared the time
+    of). A module's length is its seconds in this checkout's last whole run (pytest's
+    cache), else in tests/module_seconds.json (a whole run on the 2-core box, for a fresh
+    checkout), else a guess: 30 s per test that starts a server of its own or is marked
+    slow in its code, 3 s per other slow test (the session's or the module's server),
+    0.2 s per unit test, and 30 s more for a module whose fixtures start a server. The
+    order within a module is kept; the modules' order is the same on every worker (xdist
+    checks)."""
+    cache = getattr(config, "cache", None)
+    measured: dict[str, float] = json.loads(MODULE_SECONDS.read_text()) if MODULE_SECONDS.exists() else {}
+    measured.update(cache.get(DURATIONS_KEY, {}) if cache is not None else {})
+    guess: dict[str, float] = {}
+    for item in items:
+        module = _module_of(item.nodeid)
+        own = _starts_server(getattr(item, "function", None)) or any(
+            m.name == "slow" for m in getattr(item, "own_markers", ()))
+        guess[module] = guess.get(module, 0.0) + (30.0 if own else 3.0 if item.get_closest_marker("slow") else 0.2)
+        if module not in measured and item.get_closest_marker("slow") and not own:
+            guess[module] = max(guess[module], 30.0)  # its server's start-up
+    weight = {m: measured.get(m, g) for m, g in guess.items()}
+    items.sort(key=lambda item: -weight[_module_of(item.nodeid)])
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    # Runs where the results are reported: in this process, or xdist's controller.
+    module = _module_of(report.nodeid)
+    _seconds[module] = _seconds.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """After a whole run (no -k, -m or file names, every module ran to its end), keep each
+    module's seconds for the next run's order."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    whole = not config.option.keyword and not config.option.markexpr and _selected_files(config) is None \
+        and not hasattr(config, "workerinput") and exitstatus in (0, 1) and not session.shouldstop
+    if cache is not None and whole and _seconds:
+        cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **{m: round(s, 1) for m, s in _seconds.items()}})
+
+
+# ---------------------------------------------------------------- tests that need the machine
+# A few tests watch real-time behaviour that needs the tiny model faster than real time
+# (a station's buffer filling while it plays): on the 2-core box with every xdist worker
+# busy, generation slows to about real time and they cannot happen at all (they fail the
+# same way, serially, on a box loaded by others). Marked ``alone``, such a test runs with no
+# other test running: it waits for the running ones to end, and the other workers wait for
+# it (their servers idle meanwhile). Two lock files under the run's shared basetemp; the
+# turnstile makes a waiting ``alone`` test go before tests that arrive after it.
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    config = item.config
+    if not hasattr(config, "workerinput"):  # serial run (-n 0): nothing runs beside it
+        yield
+        return
+    import fcntl
+
+    root = config._tmp_path_factory.getbasetemp().parent  # popen-gwN's parent: the run's own
+    alone = item.get_closest_marker("alone") is not None
+    with open(root / "machine.turnstile", "a") as turnstile, open(root / "machine.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)

@@ -1,20 +1,17 @@
 """The ``g4l`` command line client, as a person at a shell or a script uses it against a
 real server: a whole session (bang, continue, retry, crop, continue, generate, listen, a
 station, health) with the current session remembered between runs; refusals that exit
-non-zero with the server's error code; and the progress bar a person watches in a real
-terminal (tmux), queue position first, then the model's percent."""
+non-zero with the server's error code. (The progress bar a person watches in a real
+terminal, queue position first, is in test_one_at_a_time.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -262,54 +259,5 @@ def test_refusals_exit_non_zero_with_the_server_code(shell: Shell) -> None:
     assert gone.returncode == 3 and gone.stderr.startswith("error: UNREACHABLE: cannot reach ")
 
 
-def test_a_person_watches_the_progress_bar_in_a_terminal(shell: Shell, server) -> None:
-    """In a real terminal the bar shows the queue position while another job holds the
-    worker, then the model's percent, and the last line says where the file went."""
-    assert shutil.which("tmux"), "tmux is installed by scripts/install.sh test"
-    # Hold the worker with a long job, so the bang has to queue behind it.
-    api = f"{server.url}/api/v1"
-    blocker = requests.post(f"{api}/generate", json={"prompt": "blocker", "duration": 90}, timeout=30).json()
-    deadline = time.monotonic() + 30
-    while requests.get(f"{api}/jobs/{blocker['job_id']}", timeout=10).json()["status"] != "running":
-        assert time.monotonic() < deadline, "the blocking job never started"
-        time.sleep(0.1)
-
-    socket, session = f"g4l-cli-test-{os.getpid()}-{time.monotonic_ns()}", "cli"
-    env = " ".join(f"{k}={shlex.quote(shell.env[k])}" for k in ("G4L_URL", "G4L_CLI_STATE", "PATH"))
-    command = (f"env {env} {shlex.join(G4L)} bang in.wav -o watched.wav --model debug; "
-               f"echo EXIT=$?; sleep 300")
-    tmux = ["tmux", "-u", "-L", socket]
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "30", "-c", str(shell.cwd),
-                    command], check=True)
-    screens: list[str] = []
-    try:
-        canceled = False
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True, check=True).stdout
-            screens.append(screen)
-            if not canceled and re.search(r"bang: queued #\d+", screen):
-                # The person saw the queue; free the worker.
-                requests.delete(f"{api}/jobs/{blocker['job_id']}", timeout=10)
-                canceled = True
-            if "EXIT=" in screen:
-                break
-            time.sleep(0.05)
-    finally:
-        subprocess.run([*tmux, "kill-session", "-t", session], capture_output=True)
-        subprocess.run([*tmux, "kill-server"], capture_output=True)
-        if not canceled:
-            requests.delete(f"{api}/jobs/{blocker['job_id']}", timeout=10)
-
-    final = [line for line in screens[-1].splitlines() if line.strip()]
-    assert final[-1] == "EXIT=0", screens[-1]
-    assert re.fullmatch(r"wrote watched\.wav: 30\.0 s, 48000 Hz stereo, 5\.8 MB "
-                        r"\(session [0-9a-f-]{36}, seed \d+, \d+\.\d s\)", final[-2]), final
-    running = [screen for screen in screens if "EXIT=" not in screen]
-    assert any(re.search(r"bang: queued #\d+ of \d+.*\|\s+0% ", s) for s in running), running[-1]
-    # While the model ran: a percentage strictly between 0 and 100, on the bar's line.
-    percents = {int(m) for s in running for m in re.findall(r"bang: generating\s+\|[^|]*\|\s+(\d+)%", s)}
-    assert {p for p in percents if 0 < p < 100}, percents
-    assert "bang: done" in final[-3] and "100%" in final[-3]
-    assert seconds(shell.cwd / "watched.wav") == pytest.approx(30.0, abs=0.05)
+# The progress bar a person watches in a real terminal, queue position first, is
+# test_one_at_a_time.py's: a job queues behind another only when the worker runs one at a time.

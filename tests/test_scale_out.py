@@ -28,9 +28,12 @@ DEVICE = Path(__file__).resolve().parent / "device"
 
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory, mongo_server) -> RunningServer:
+    """Two web processes and two workers, one job at a time each (G4L_MAX_BATCH=1): with
+    batching (the default) one worker takes both of two jobs at once, so only one-at-a-time
+    workers show that jobs run on either worker."""
     data = tmp_path_factory.mktemp("scaled")
     server = start_server(data, redis_url=None, mongo_url=mongo_server.url, G4L_MONGO_DB="g4l_scaled",
-                          G4L_WEB_PROCESSES="2", G4L_WORKERS="2", G4L_HLS_ENABLED="false")
+                          G4L_WEB_PROCESSES="2", G4L_WORKERS="2", G4L_HLS_ENABLED="false", G4L_MAX_BATCH="1")
     yield server
     server.stop()
 
@@ -85,7 +88,7 @@ def _redis(server: RunningServer) -> redis.Redis:
     raise AssertionError("no embedded redis in the server log")
 
 
-def test_sessions_run_on_either_worker_and_continue_from_either_web_process(scaled) -> None:
+def test_one_at_a_time_sessions_run_on_either_worker_and_continue_from_either_web_process(scaled) -> None:
     _all_up(scaled)
     r = _redis(scaled)
     results: dict[str, object] = {}
@@ -101,7 +104,7 @@ def test_sessions_run_on_either_worker_and_continue_from_either_web_process(scal
         t.join(180)
     assert set(results) == {"a", "b"}
     workers = {r.hget(f"g4l:job:{res.job_id}", "worker") for res in results.values()}  # type: ignore[attr-defined]
-    assert len(workers) == 2, workers  # two jobs at once: one on each worker
+    assert len(workers) == 2, workers  # two jobs at once, one at a time per worker: one on each
     # The same session, continued over a new connection (whichever process it lands on).
     first = results["a"]
     for seconds in (56, 82):  # 30 s, then each continue keeps all but the 4 s prompt and adds 30 s

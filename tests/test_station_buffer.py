@@ -85,21 +85,6 @@ def silent_runs(x: np.ndarray, window: int = 480) -> list[tuple[float, float]]:
     return runs
 
 
-def best_match(excerpt: np.ndarray, haystack: np.ndarray) -> tuple[float, int]:
-    """(normalised cross-correlation peak, offset) of ``excerpt`` inside ``haystack`` (FFT
-    correlation; window energies by a running sum)."""
-    n = len(haystack) + len(excerpt)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(haystack, size) * np.conj(np.fft.rfft(excerpt, size)), size)
-    corr = corr[: len(haystack) - len(excerpt) + 1]
-    sums = np.concatenate([[0.0], np.cumsum(haystack.astype(np.float64) ** 2)])
-    energy = sums[len(excerpt):] - sums[: len(sums) - len(excerpt)]
-    ref = float(np.sum(excerpt.astype(np.float64) ** 2))
-    ncc = np.where(energy > 0.05 * ref, corr / np.sqrt(ref * np.maximum(energy, 1e-12)), 0.0)
-    at = int(np.argmax(ncc))
-    return float(ncc[at]), at
-
-
 def tones_of_the_slate(x: np.ndarray) -> float:
     """How far the slate's three tones stand above the spectrum's median (smallest of them)."""
     spectrum = np.abs(np.fft.rfft(x))
@@ -181,6 +166,7 @@ def test_a_rotation_comes_on_schedule_with_its_break_or_crossfade(stack: Stack, 
 
 
 # ---------------------------------------------------------------------- chunk length
+@pytest.mark.alone  # the unpaced tiny model must outrun playback (tests/conftest.py)
 def test_minute_long_chunks_are_generated_past_the_model_window_and_stored_whole(stack: Stack) -> None:
     """chunk_seconds 60: each generation (a continuation of 3 + 60 s) runs AudioCraft's
     extension past the tiny model's 30 s window; the stored chunks are 60 s of FLAC."""
@@ -268,6 +254,7 @@ def test_the_stored_buffer_survives_a_packager_kill_and_a_full_restart_in_order(
 
 
 # ---------------------------------------------------------------------- (a) slow generator
+@pytest.mark.alone  # the unpaced tiny model must outrun playback (tests/conftest.py)
 def test_a_slow_generator_plays_the_buffer_down_through_every_state_then_the_slate(stack: Stack) -> None:
     # Back on the air only at 25 s (WARNING): two chunks after a depletion, not one.
     st, sid = create(stack, prompt="deep house", chunk_seconds=10, buffer_thresholds_s=THRESHOLDS,

@@ -71,6 +71,22 @@ class HeartbeatWatch:
         self._thread.join(2)
 
 
+@pytest.fixture(scope="module")
+def batching(tmp_path_factory):
+    """One batching server on stores of its own for the tests that watch it batch (the
+    worker-kill test has its own): (server, its Redis URL)."""
+    r = embedded.start_redis(None)
+    m = embedded.start_mongo(None)
+    try:
+        server = start_server(tmp_path_factory.mktemp("batching"), redis_url=r.url, mongo_url=m.url,
+                              G4L_MAX_BATCH="8")
+        yield server, r.url
+        server.stop()
+    finally:
+        r.stop()
+        m.stop()
+
+
 def _jobs(r: redis_lib.Redis, job_ids: list[str]) -> list[dict[str, str]]:
     return [r.hgetall(f"g4l:job:{job_id}") for job_id in job_ids]
 
@@ -80,90 +96,82 @@ def _bang_payload(seconds: float = 4) -> dict[str, Any]:
             "prompt_duration": int(seconds)}
 
 
-def test_simultaneous_bangs_run_together_in_one_worker(own_stores, tmp_path) -> None:
+def test_simultaneous_bangs_run_together_in_one_worker(batching) -> None:
     """Four devices bang at once on one worker with G4L_MAX_BATCH=8: all get their 30 s,
     the heartbeat names several jobs at once, and the four jobs ran at the same time."""
-    r_proc, m_proc = own_stores
-    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_MAX_BATCH="8")
-    try:
-        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        clients = [DeviceClient(server.url, timeout=180).connect() for _ in range(4)]
-        results: dict[int, Any] = {}
-        errors: list[BaseException] = []
+    server, redis_url = batching
+    r = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    clients = [DeviceClient(server.url, timeout=180).connect() for _ in range(4)]
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
 
-        def bang(i: int) -> None:
-            try:
-                results[i] = clients[i].bang(make_wav(4), model_name="debug", prompt_duration=4)
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
+    def bang(i: int) -> None:
+        try:
+            results[i] = clients[i].bang(make_wav(4), model_name="debug", prompt_duration=4)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
 
-        with HeartbeatWatch(r) as watch:
-            threads = [threading.Thread(target=bang, args=(i,)) for i in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(240)
-        for c in clients:
-            c.close()
-        assert not errors, errors
-        assert len(results) == 4
-        for result in results.values():
-            assert wav_info(result.audio).duration == pytest.approx(30, abs=0.05)
-        jobs = _jobs(r, [res.job_id for res in results.values()])
-        assert all(j["status"] == "completed" and j["attempts"] == "1" for j in jobs), jobs
-        # One worker ran them all, and all four were running at one moment.
-        assert len({j["worker"] for j in jobs}) == 1
-        started = [float(j["started"]) for j in jobs]
-        finished = [float(j["finished"]) for j in jobs]
-        assert max(started) < min(finished), (started, finished)
-        assert watch.most_held >= 2, watch.most_held
-    finally:
-        server.stop()
+    with HeartbeatWatch(r) as watch:
+        threads = [threading.Thread(target=bang, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    assert len(results) == 4
+    for result in results.values():
+        assert wav_info(result.audio).duration == pytest.approx(30, abs=0.05)
+    jobs = _jobs(r, [res.job_id for res in results.values()])
+    assert all(j["status"] == "completed" and j["attempts"] == "1" for j in jobs), jobs
+    # One worker ran them all, and all four were running at one moment.
+    assert len({j["worker"] for j in jobs}) == 1
+    started = [float(j["started"]) for j in jobs]
+    finished = [float(j["finished"]) for j in jobs]
+    assert max(started) < min(finished), (started, finished)
+    assert watch.most_held >= 2, watch.most_held
 
 
-def test_cancelling_one_of_several_running_jobs_leaves_the_others_intact(own_stores, tmp_path) -> None:
+def test_cancelling_one_of_several_running_jobs_leaves_the_others_intact(batching) -> None:
     """Five 30 s generations run batched; one is cancelled while all run: it ends canceled
     with no audio, and the other four complete with their whole output."""
-    r_proc, m_proc = own_stores
-    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_MAX_BATCH="8")
-    try:
-        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        api = server.url + "/api/v1"
-        ids = []
-        for i in range(5):
-            resp = requests.post(api + "/generate", json={"prompt": f"row {i}", "duration": 30, "seed": i},
-                                 timeout=30)
-            assert resp.status_code == 202, resp.text
-            ids.append(resp.json()["job_id"])
-        target, others = ids[2], ids[:2] + ids[3:]
+    server, redis_url = batching
+    r = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    api = server.url + "/api/v1"
+    ids = []
+    for i in range(5):
+        resp = requests.post(api + "/generate", json={"prompt": f"row {i}", "duration": 30, "seed": i},
+                             timeout=30)
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["job_id"])
+    target, others = ids[2], ids[:2] + ids[3:]
+    deadline = time.monotonic() + 120
+    while True:  # cancel once every job runs and the target has made progress
+        jobs = _jobs(r, ids)
+        if all(j.get("status") == "running" for j in jobs) and int(jobs[2].get("progress") or 0) > 0:
+            break
+        assert not any(j.get("status") in ("completed", "failed", "canceled") for j in jobs), jobs
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.02)
+    resp = requests.delete(f"{api}/jobs/{target}", timeout=30)
+    assert resp.status_code in (200, 202), resp.text
+    for job_id in ids:
         deadline = time.monotonic() + 120
-        while True:  # cancel once every job runs and the target has made progress
-            jobs = _jobs(r, ids)
-            if all(j.get("status") == "running" for j in jobs) and int(jobs[2].get("progress") or 0) > 0:
-                break
-            assert not any(j.get("status") in ("completed", "failed", "canceled") for j in jobs), jobs
-            assert time.monotonic() < deadline, jobs
-            time.sleep(0.02)
-        resp = requests.delete(f"{api}/jobs/{target}", timeout=30)
-        assert resp.status_code in (200, 202), resp.text
-        for job_id in ids:
-            deadline = time.monotonic() + 120
-            while r.hget(f"g4l:job:{job_id}", "status") not in ("completed", "failed", "canceled"):
-                assert time.monotonic() < deadline, job_id
-                time.sleep(0.05)
-        cancelled = r.hgetall(f"g4l:job:{target}")
-        assert cancelled["status"] == "canceled", cancelled
-        assert requests.get(f"{api}/jobs/{target}/audio", timeout=30).status_code == 409
-        for job_id in others:
-            job = r.hgetall(f"g4l:job:{job_id}")
-            assert job["status"] == "completed", job
-            # They were running when the target left, and went on after it.
-            assert float(job["started"]) < float(cancelled["finished"]) < float(job["finished"])
-            audio = requests.get(f"{api}/jobs/{job_id}/audio", timeout=30)
-            assert audio.status_code == 200
-            assert wav_info(audio.content).duration == pytest.approx(30, abs=1e-3)
-    finally:
-        server.stop()
+        while r.hget(f"g4l:job:{job_id}", "status") not in ("completed", "failed", "canceled"):
+            assert time.monotonic() < deadline, job_id
+            time.sleep(0.05)
+    cancelled = r.hgetall(f"g4l:job:{target}")
+    assert cancelled["status"] == "canceled", cancelled
+    assert requests.get(f"{api}/jobs/{target}/audio", timeout=30).status_code == 409
+    for job_id in others:
+        job = r.hgetall(f"g4l:job:{job_id}")
+        assert job["status"] == "completed", job
+        # They were running when the target left, and went on after it.
+        assert float(job["started"]) < float(cancelled["finished"]) < float(job["finished"])
+        audio = requests.get(f"{api}/jobs/{job_id}/audio", timeout=30)
+        assert audio.status_code == 200
+        assert wav_info(audio.content).duration == pytest.approx(30, abs=1e-3)
 
 
 def test_worker_killed_while_holding_several_jobs_recovers_or_fails_each(own_stores, tmp_path) -> None:
