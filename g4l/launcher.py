@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def main() -> int:
         for i in range(settings.workers):
             spawn(f"worker-{i}", "g4l.worker")
         if settings.hls_enabled:
-            spawn("hls", "g4l.hls")  # the HLS packager: live streams and stations
+            # The HLS packager (live streams and stations), under a name its restarts share.
+            spawn("hls", "g4l.hls", G4L_PACKAGER_NAME=f"hls-{secrets.token_hex(4)}")
         extra_ports = localhost_ports(settings.host, settings.port,
                                       {"jerry": settings.jerry_port, "terry": settings.terry_port})
         if settings.web_processes <= 1:

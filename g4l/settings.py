@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     terry_port: int = Field(default=8002, ge=0, le=65535)
     # Set by the launcher for its web process: more ports it listens on (jerry's, terry's).
     extra_ports: Annotated[list[int], NoDecode] = []
+    # Set by the launcher for its packager: a name that outlives a restart, so a packager
+    # started in place of a dead one takes that one's stream leases at once instead of
+    # waiting out their TTL (the listeners' stall). Empty: ``<host>-<pid>``.
+    packager_name: str = ""
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     mongo_url: str | None = Field(default=None, validation_alias="MONGO_URL")
     mongo_db: str = "g4l"

@@ -23,7 +23,7 @@ import soundfile as sf
 from conftest import ServerStack, server_stack, wait_until
 from test_station_outputs import child_pid
 
-from g4l import audio
+from g4l import audio, keys
 from g4l.hls.watch import PlaylistWatcher, decode_ts
 
 RATE = 48_000
@@ -234,7 +234,26 @@ def test_the_stored_buffer_survives_a_packager_kill_and_a_full_restart_in_order(
 
     packager = child_pid(stack.server.proc.pid, "g4l.hls")
     assert packager is not None
+    # The launcher starts the packager again under the dead one's name, so it takes the
+    # stream's lease at once: the lease never lapses (a new name would wait out its TTL, and
+    # listeners would hear that wait as a stall).
+    lease = keys.stream_owner(st["playlist_url"].split("/")[-2])
+    owner = r.get(lease)
+    assert owner
+    owners: list[str | None] = []
+    stop_sampling = threading.Event()
+
+    def sample_the_lease() -> None:
+        while not stop_sampling.wait(0.1):
+            owners.append(r.get(lease))
+
+    sampler = threading.Thread(target=sample_the_lease, daemon=True)
+    sampler.start()
     resumes_where_it_stopped(lambda: os.kill(packager, signal.SIGKILL))
+    stop_sampling.set()
+    sampler.join()
+    assert child_pid(stack.server.proc.pid, "g4l.hls") not in (None, packager)
+    assert owners and set(owners) == {owner}, sorted(set(map(str, owners)))
     resumes_where_it_stopped(lambda: stack.restart())
     sid_url = f"{stack.url}/api/v1/stations/{sid}"
     wait_until(lambda: len(json.loads(r.hget(f"g4l:station:{sid}", "played") or "[]")) >= 3, 60,

@@ -16,7 +16,7 @@ def main() -> None:
     settings = get_settings()
     logging_setup.configure(settings.log_level, settings.log_format, process="hls")
     ctx = Context.from_settings(settings)
-    packager = Packager(ctx)
+    packager = Packager(ctx, name=settings.packager_name or None)
 
     def on_signal(signum: int, frame: object) -> None:
         packager.stop()

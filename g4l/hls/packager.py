@@ -62,6 +62,16 @@ FEED_GRACE_S = 3.0
 FEED_STALE_S = 600.0
 
 
+#: Set the lease to this packager's name unless another name holds it (one atomic step:
+#: a lease that expires between a read and a write must not be extended for someone else).
+_TAKE_LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 class Packager:
     """Runs this process's share of the live streams until :meth:`stop`."""
 
@@ -70,6 +80,7 @@ class Packager:
         self.settings = ctx.settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.listen = ListenService(ctx)
+        self._take_lease_script = ctx.redis.register_script(_TAKE_LEASE)
         self.streams: dict[str, LiveStream] = {}
         self.drivers: dict[str, StationDriver] = {}
         self.outputs: dict[str, StationOutputs] = {}
@@ -163,13 +174,19 @@ class Packager:
             recover_leftovers, self.ctx, self.settings.hls_path / ".recordings"))
         self._recovering.start()
 
+    def _take_lease(self, token: str) -> bool:
+        """Take ``token``'s lease if it is free or already ours: a packager restarted under its
+        predecessor's name (the launcher's ``G4L_PACKAGER_NAME``) takes that one's streams at
+        once, where another name waits out the ``LEASE_S`` TTL (listeners hear a stall)."""
+        return bool(self._take_lease_script(keys=[keys.stream_owner(token)], args=[self.name, LEASE_S]))
+
     def _try_open(self, token: str) -> None:
         r = self.ctx.redis
         info = r.hgetall(keys.listen(token))
         if not info or info.get("state") == "stopped":
             r.srem(keys.STREAMS, token)
             return
-        if not r.set(keys.stream_owner(token), self.name, nx=True, ex=LEASE_S):
+        if not self._take_lease(token):
             return  # another packager runs it
         kind, ref = info.get("kind", ""), info.get("ref", "")
         stream = LiveStream(token, kind, ref, self.settings)
