@@ -1,8 +1,13 @@
-"""Every Redis key and channel name, built in one place."""
+"""Every Redis key and channel name, built in one place.
+
+A key of one thing by its id (a session, a job, a station) is a :class:`Key`: called with
+the id it gives the key string, and the keys of the thing's parts derive from it
+(``station_chunks = station.part("chunks")``), so a kind's prefix is spelled once."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 PREFIX = "g4l"
 
@@ -43,36 +48,40 @@ def front_stream(priority: str, family: str = FIRST_FAMILY) -> str:
     return f"{_jobs(family)}:{priority}:front"
 
 
-def session(session_id: str) -> str:
-    return f"{PREFIX}:session:{session_id}"
+@dataclass(frozen=True)
+class Key:
+    """The keys of one kind of thing, one key per id: ``g4l:<kind>:<id>``, and those of a
+    part of each (:meth:`part`: ``g4l:<kind>:<id>:<part>``). Call it with the id.
+
+    :param kind: what the id names (``session``, ``job``, ``station``...).
+    :param suffix: the path below the thing's own key (``":outputs:live"``), empty for it.
+    """
+
+    kind: str
+    suffix: str = ""
+
+    def __call__(self, ident: str) -> str:
+        return f"{PREFIX}:{self.kind}:{ident}{self.suffix}"
+
+    def part(self, name: str) -> Key:
+        """The keys of a part of each thing (``station.part("chunks")``)."""
+        return Key(self.kind, f"{self.suffix}:{name}")
 
 
-def session_versions(session_id: str) -> str:
-    """A session's history: its versions' records (:mod:`g4l.store.history`)."""
-    return f"{PREFIX}:session:{session_id}:versions"
-
-
-def job(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def cancel(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:cancel"
-
-
-def worker(name: str) -> str:
-    """A worker's heartbeat (expires when the worker stops beating)."""
-    return f"{PREFIX}:worker:{name}"
-
-
-def web_node(name: str) -> str:
-    """A web process's heartbeat (expires when the process stops beating)."""
-    return f"{PREFIX}:web_node:{name}"
-
-
-def result(job_id: str) -> str:
-    """A finished job's WAV, held briefly so web nodes can send it before GridFS has it."""
-    return f"{PREFIX}:result:{job_id}"
+#: A device session (hash), by its id.
+session = Key("session")
+#: A session's history: its versions' records (:mod:`g4l.store.history`).
+session_versions = session.part("versions")
+#: A job's record (hash), by its id.
+job = Key("job")
+#: Set when a job is to be canceled (its worker stops it).
+cancel = job.part("cancel")
+#: A worker's heartbeat, by the worker's name (expires when the worker stops beating).
+worker = Key("worker")
+#: A web process's heartbeat, by its name (expires when the process stops beating).
+web_node = Key("web_node")
+#: A finished job's WAV, held briefly so web nodes can send it before GridFS has it.
+result = Key("result")
 
 
 def partial(job_id: str, index: int) -> str:
@@ -80,16 +89,12 @@ def partial(job_id: str, index: int) -> str:
     return f"{PREFIX}:partial:{job_id}:{index}"
 
 
-def partial_wanted(job_id: str) -> str:
-    """Set when a job's audio is to be streamed although no session stream or one-shot
-    stream asks for it (a station driver that has nothing left to play)."""
-    return f"{PREFIX}:partial:{job_id}:wanted"
-
-
-def prompt(job_id: str) -> str:
-    """A queued job's prompt window (a small WAV at the model's rate), left by the web
-    node so the worker can start without waiting for the full input in GridFS."""
-    return f"{PREFIX}:prompt:{job_id}"
+#: Set when a job's audio is to be streamed although no session stream or one-shot
+#: stream asks for it (a station driver that has nothing left to play).
+partial_wanted = Key("partial").part("wanted")
+#: A queued job's prompt window (a small WAV at the model's rate), left by the web
+#: node so the worker can start without waiting for the full input in GridFS.
+prompt = Key("prompt")
 
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -102,12 +107,12 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and bool(_ID.match(value))
 
 
-def upload(session_id: str) -> str:
-    """Chunks of a chunked upload (hash: index -> base64 fragment)."""
-    return f"{PREFIX}:upload:{session_id}"
+#: Chunks of a chunked upload, by its session id (hash: index -> base64 fragment).
+upload = Key("upload")
 
 
 def rate(client: str, window: int) -> str:
+    """A client's request count in one fixed rate-limit window."""
     return f"{PREFIX}:rate:{client}:{window}"
 
 
@@ -116,67 +121,33 @@ STREAMS = f"{PREFIX}:streams"
 #: Set of station ids that are running (the packager resumes them after a restart).
 STATIONS = f"{PREFIX}:stations"
 
-
-def listen(token: str) -> str:
-    """A live stream, by its read-only listen token (hash: kind, ref, state, buffered_s...)."""
-    return f"{PREFIX}:listen:{token}"
-
-
-def listeners(token: str) -> str:
-    """Sorted set of who fetched a stream's playlist recently (member -> last fetch time)."""
-    return f"{PREFIX}:listen:{token}:listeners"
-
-
-def stream_owner(token: str) -> str:
-    """The lease of the packager process that encodes a stream (expires when it stops)."""
-    return f"{PREFIX}:listen:{token}:owner"
-
-
-def station(station_id: str) -> str:
-    """A station's state (hash: prompts, model, last blob, job in flight, rotations...)."""
-    return f"{PREFIX}:station:{station_id}"
-
-
-def rate_log(client: str) -> str:
-    """Sorted set of a client's recent generation requests (sliding-window rate limit)."""
-    return f"{PREFIX}:ratelog:{client}"
-
-
-def station_chunks(station_id: str) -> str:
-    """List of a station's stored chunks not yet wholly played, in play order (JSON each:
-    blob id, seconds, prompt...); the play position is in its hash (:func:`station`)."""
-    return f"{PREFIX}:station:{station_id}:chunks"
-
-
-def owner_stations(owner: str) -> str:
-    """Set of the station ids an owner started (its per-key quota counts the running ones)."""
-    return f"{PREFIX}:owner:{owner}:stations"
-
-
-def owner_uploads(owner: str) -> str:
-    """Hash of an owner's unfinished chunked uploads: session id -> bytes of chunks stored
-    (:mod:`g4l.services.upload_quota`)."""
-    return f"{PREFIX}:owner:{owner}:uploads"
-
-
-def owner_jobs(owner: str) -> str:
-    """Sorted set of an owner's (API key hash or IP) recent job ids, by creation time."""
-    return f"{PREFIX}:owner:{owner}:jobs"
-
-
-def oneshot(stream_id: str) -> str:
-    """A realtime API stream: one generation played live (hash: job, token, owner, text...)."""
-    return f"{PREFIX}:oneshot:{stream_id}"
-
-
-def oneshot_mp4_lock(stream_id: str) -> str:
-    """Held while one web process encodes a one-shot's MP4 (the others wait for it)."""
-    return f"{PREFIX}:oneshot:{stream_id}:mp4lock"
-
-
-def owner_oneshots(owner: str) -> str:
-    """Set of an owner's realtime API streams (its cap counts the running ones)."""
-    return f"{PREFIX}:owner:{owner}:oneshots"
+#: A live stream, by its read-only listen token (hash: kind, ref, state, buffered_s...).
+listen = Key("listen")
+#: Sorted set of who fetched a stream's playlist recently (member -> last fetch time).
+listeners = listen.part("listeners")
+#: The lease of the packager process that encodes a stream (expires when it stops).
+stream_owner = listen.part("owner")
+#: A station's state (hash: prompts, model, last blob, job in flight, rotations...).
+station = Key("station")
+#: Sorted set of a client's recent generation requests (sliding-window rate limit).
+rate_log = Key("ratelog")
+#: List of a station's stored chunks not yet wholly played, in play order (JSON each:
+#: blob id, seconds, prompt...); the play position is in its hash (:data:`station`).
+station_chunks = station.part("chunks")
+_owner = Key("owner")
+#: Set of the station ids an owner started (its per-key quota counts the running ones).
+owner_stations = _owner.part("stations")
+#: Hash of an owner's unfinished chunked uploads: session id -> bytes of chunks stored
+#: (:mod:`g4l.services.upload_quota`).
+owner_uploads = _owner.part("uploads")
+#: Sorted set of an owner's (API key hash or IP) recent job ids, by creation time.
+owner_jobs = _owner.part("jobs")
+#: A realtime API stream: one generation played live (hash: job, token, owner, text...).
+oneshot = Key("oneshot")
+#: Held while one web process encodes a one-shot's MP4 (the others wait for it).
+oneshot_mp4_lock = oneshot.part("mp4lock")
+#: Set of an owner's realtime API streams (its cap counts the running ones).
+owner_oneshots = _owner.part("oneshots")
 
 
 def genre_stream(owner: str, digest: str) -> str:
@@ -184,36 +155,30 @@ def genre_stream(owner: str, digest: str) -> str:
     return f"{PREFIX}:genre:{owner}:{digest}"
 
 
-def station_outputs(station_id: str) -> str:
-    """Sorted set of a station's RTMP output ids, by creation time (stopped ones too, a few)."""
-    return f"{PREFIX}:station:{station_id}:outputs"
-
-
-def station_outputs_live(station_id: str) -> str:
-    """Set of a station's output ids that should be pushing (the packager runs these)."""
-    return f"{PREFIX}:station:{station_id}:outputs:live"
+#: Sorted set of a station's RTMP output ids, by creation time (stopped ones too, a few).
+station_outputs = station.part("outputs")
+#: Set of a station's output ids that should be pushing (the packager runs these).
+station_outputs_live = station_outputs.part("live")
 
 
 def station_output(station_id: str, output_id: str) -> str:
     """One RTMP output (hash: url without its key, visual, state, reconnects, bitrate...)."""
-    return f"{PREFIX}:station:{station_id}:output:{output_id}"
+    return f"{station(station_id)}:output:{output_id}"
 
 
 def station_output_secret(station_id: str, output_id: str) -> str:
     """An output's stream key, apart from everything that is ever returned or logged."""
-    return f"{PREFIX}:station:{station_id}:output:{output_id}:secret"
+    return f"{station_output(station_id, output_id)}:secret"
 
 
-def station_recordings(station_id: str) -> str:
-    """Sorted set of a station's finished recording ids, by the wall time they start at."""
-    return f"{PREFIX}:station:{station_id}:recordings"
+#: Sorted set of a station's finished recording ids, by the wall time they start at.
+station_recordings = station.part("recordings")
 
 
 def station_recording(station_id: str, recording_id: str) -> str:
     """One recording (hash: blob, started_at, duration_s, bytes)."""
-    return f"{PREFIX}:station:{station_id}:recording:{recording_id}"
+    return f"{station(station_id)}:recording:{recording_id}"
 
 
-def station_history(station_id: str) -> str:
-    """Sorted set of a station's buffer samples (member ``"t|buffered_s|state"``, score t)."""
-    return f"{PREFIX}:station:{station_id}:history"
+#: Sorted set of a station's buffer samples (member ``"t|buffered_s|state"``, score t).
+station_history = station.part("history")

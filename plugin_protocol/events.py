@@ -21,6 +21,9 @@ HISTORY = "history_request"  # {session_id} -> history
 UNDO_TRANSFORM = "undo_transform_request"  # {session_id} -> transform_undone (the device's terry undo)
 # terry (MelodyFlow): rewrite the session's audio in a preset's style, same length.
 TRANSFORM_AUDIO = "transform_audio_request"  # {audio_data?, variation, session_id?, flowstep?, solver?, ...}
+# Live progress of the HTTP API's jobs and sessions (g4l's own: g4l/web/api/live.py).
+SUBSCRIBE = "subscribe"  # {job_id?, session_id?} -> subscribed, then job_update ... job_completed
+UNSUBSCRIBE = "unsubscribe"  # the same payload
 
 # Server -> client
 PROCESS_AUDIO_RECEIVED = "process_audio_received"
@@ -49,6 +52,9 @@ TRANSFORM_UNDONE = "transform_undone"  # {audio_data, session_id}
 TRANSFORM_AUDIO_RECEIVED = "transform_audio_received"  # {session_id, job_id, seed}
 AUDIO_TRANSFORMED = "audio_transformed"  # {audio_data, session_id, variation}
 ERROR = "error"
+SUBSCRIBED = "subscribed"  # {job_id?, session_id?}: the rooms joined
+JOB_UPDATE = "job_update"  # the job's JSON (GET /api/v1/jobs/{id}) on every change
+JOB_COMPLETED = "job_completed"  # the same, with audio_url, once it is done
 
 
 @dataclass(frozen=True)

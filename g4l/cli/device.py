@@ -17,10 +17,6 @@ from g4l.cli.progress import Progress
 from plugin_protocol import events
 from plugin_protocol.client import DeviceClient, ProtocolError, Result
 
-#: HTTP API live progress (g4l/web/api/live.py): ``subscribe {job_id}`` -> ``job_update``.
-SUBSCRIBE = "subscribe"
-JOB_UPDATE = "job_update"
-JOB_COMPLETED = "job_completed"
 _JOB_ENDS = ("completed", "failed", "canceled")
 _ACKS = {g.received for g in events.GENERATIONS}
 
@@ -93,7 +89,7 @@ class Device:
         if self._connected_once and self._session:
             self.client.emit(events.VERIFY_SESSION, {"session_id": self._session})
         if self._connected_once and self._job:
-            self.client.emit(SUBSCRIBE, {"job_id": self._job})  # answered with the job's state at once
+            self.client.emit(events.SUBSCRIBE, {"job_id": self._job})  # answered with the job's state at once
         self._connected_once = True
 
     def _on_event(self, name: str, data: Any) -> None:
@@ -151,7 +147,7 @@ class Device:
         def on_event(name: str, data: Any) -> None:
             if not isinstance(data, dict):
                 return
-            if name in (JOB_UPDATE, JOB_COMPLETED) and data.get("job_id") == job_id:
+            if name in (events.JOB_UPDATE, events.JOB_COMPLETED) and data.get("job_id") == job_id:
                 last.clear()
                 last.update(data)
                 progress.on_job(data)
@@ -165,7 +161,7 @@ class Device:
         self.client.on_event = on_event
         self._job = job_id
         try:
-            self.client.emit(SUBSCRIBE, {"job_id": job_id})
+            self.client.emit(events.SUBSCRIBE, {"job_id": job_id})
             if not ended.wait(timeout):
                 raise unreachable("TIMEOUT", f"job {job_id} did not finish within {timeout:.0f} s")
         finally:

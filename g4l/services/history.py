@@ -34,11 +34,6 @@ from g4l.store.history import History, MoveRefused, Operation, VersionRecord
 
 log = get_logger(__name__)
 
-#: How long reading a version's audio waits for its GridFS file (a result just delivered
-#: may still be on its way there, and its hand-off already gone).
-STORED_WAIT_S = 30.0
-
-
 @dataclass(frozen=True)
 class Moved:
     """The session after an undo, redo or checkout: its new current version."""
@@ -96,7 +91,7 @@ class HistoryService:
             raise self._pruned(session_id, version)
         return record
 
-    def audio(self, record: VersionRecord, stored_wait_s: float = STORED_WAIT_S) -> bytes:
+    def audio(self, record: VersionRecord, stored_wait_s: float = delivery.STORED_WAIT_S) -> bytes:
         """A version's WAV, byte for byte what the client received: the job's hand-off while
         GridFS is still storing it, else the stored file. :raises VersionNotFound: gone."""
         data = delivery.read_result(self.ctx, record.job_id, record.blob, held=self.sessions.held.get,

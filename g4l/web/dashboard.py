@@ -20,10 +20,8 @@ the pages forbid inline scripts (Content-Security-Policy): a prompt is always te
 from __future__ import annotations
 
 import urllib.parse
-from pathlib import Path
 
 from flask import Blueprint, Flask, Response, g, redirect, request
-from markupsafe import escape
 from pydantic import BaseModel
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -31,6 +29,7 @@ from g4l.context import Context
 from g4l.errors import Forbidden, G4LError, StationNotFound, Unauthorized
 from g4l.services.auth import HEADER, ApiKeys, Caller
 from g4l.services.stations.service import StationService
+from g4l.web import pages
 from g4l.web.api import access
 from g4l.web.api.download import send_blob
 from g4l.web.api.routing import error_response, parse_query
@@ -43,7 +42,7 @@ from g4l.web.api.stream_models import (
     StationStatus,
 )
 
-STATIC_DIR = Path(__file__).with_name("static") / "dashboard"
+STATIC_DIR = pages.STATIC_DIR / "dashboard"
 #: The cookie that carries the operator's key between page loads (HttpOnly: no script reads it).
 COOKIE = "g4l_operator_key"
 COOKIE_PATH = "/stations"
@@ -65,10 +64,8 @@ def _secure(resp: BaseResponse) -> BaseResponse:
 
 
 def _page(name: str, status: int = 200, **values: str) -> BaseResponse:
-    """A page of :data:`STATIC_DIR`; ``{{NAME}}`` placeholders get HTML-escaped values."""
-    html = (STATIC_DIR / name).read_text()
-    for field, value in values.items():
-        html = html.replace("{{" + field + "}}", str(escape(value)))
+    """A page of :data:`STATIC_DIR` (:func:`g4l.web.pages.render`: HTML-escaped values)."""
+    html = pages.render(f"{STATIC_DIR.name}/{name}", **values)
     return _secure(Response(html, status=status, mimetype="text/html"))
 
 

@@ -19,12 +19,13 @@ from flask import Blueprint, Response, jsonify, request
 from g4l.context import Context
 from g4l.log import get_logger
 from g4l.services.listen import ListenService
+from g4l.web import pages
 from g4l.web.api import access
 from g4l.web.offload import offload
 
 log = get_logger(__name__)
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = pages.STATIC_DIR
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp2t"
 _FILE_RE = re.compile(r"^(index\.m3u8|seg_\d{6,9}\.ts)$")
@@ -80,8 +81,7 @@ def hls_blueprint(ctx: Context) -> Blueprint:
     def page(token: str) -> Response:
         if listen.resolve(token) is None:
             return _not_found()
-        html = (STATIC_DIR / "listen.html").read_text()
-        resp = Response(html.replace("{{TOKEN}}", token), mimetype="text/html")
+        resp = Response(pages.render("listen.html", TOKEN=token), mimetype="text/html")
         resp.headers["Cache-Control"] = "no-cache"
         return resp
 

@@ -76,10 +76,10 @@ def blueprint(history: HistoryService) -> Blueprint:
 
     @bp.get("/sessions/<session_id>/history")
     @operation("getSessionHistory", "The session's versions (a tree: undo, redo, branches)", tags=["history"],
-               responses={200: SessionHistory}, errors=(404,),
-               description="Every version the session's audio has had: what made it, from which version, "
-                           "with which parameters, and which is current. Twin of `history_request`.")
+               responses={200: SessionHistory}, errors=(404,))
     def get_history(session_id: str) -> Any:
+        """Every version the session's audio has had: what made it, from which version, with which parameters, and which
+        is current. Twin of `history_request`."""
         return SessionHistory.model_validate(history_document(session_id, history.history(_checked(session_id),
                                                                                           http_caller())))
 
@@ -102,17 +102,17 @@ def blueprint(history: HistoryService) -> Blueprint:
 
     @bp.post("/sessions/<session_id>/versions/<version>/checkout")
     @operation("checkoutVersion", "Make any kept version current", tags=["history"],
-               responses={200: VersionMoved}, errors=(400, *_MOVE_ERRORS),
-               description="Twin of `checkout_request`. Continue and retry then act on it; a new operation "
-                           "starts a branch. 404 `VERSION_NOT_FOUND`, 410 `VERSION_PRUNED`.")
+               responses={200: VersionMoved}, errors=(400, *_MOVE_ERRORS))
     def checkout(session_id: str, version: str) -> Any:
+        """Twin of `checkout_request`. Continue and retry then act on it; a new operation starts a branch. 404
+        `VERSION_NOT_FOUND`, 410 `VERSION_PRUNED`."""
         return moved(history.checkout(_checked(session_id), _version(version), http_caller()))
 
     @bp.get("/sessions/<session_id>/versions/<version>/audio")
     @operation("getVersionAudio", "Download a version's WAV (Range requests supported)", tags=["history"],
-               responses=file_responses(), errors=(400, 404, 410, 416),
-               description="Byte for byte the file the client received when the version was made.")
+               responses=file_responses(), errors=(400, 404, 410, 416))
     def version_audio(session_id: str, version: str) -> Response:
+        """Byte for byte the file the client received when the version was made."""
         record = history.version(_checked(session_id), _version(version), http_caller())
         return send_blob(history.ctx.blobs, record.blob, f"{session_id}-v{record.version}.wav",
                          in_flight=lambda: history.audio(record, stored_wait_s=0.0))

@@ -43,10 +43,10 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.post("/generate")
     @operation("createGenerateJob", "Start a generation (text prompt and/or audio)", tags=["jobs"],
-               body=GenerateRequest, responses={202: JobAccepted}, errors=(429, 503), audio=True,
-               description="Queues a job and answers at once. Poll `links.self`, or subscribe to the job "
-                           "over Socket.IO; download `links.audio` when the status is `completed`.")
+               body=GenerateRequest, responses={202: JobAccepted}, errors=(429, 503), audio=True)
     def generate(body: GenerateRequest) -> Any:
+        """Queues a job and answers at once. Poll `links.self`, or subscribe to the job over Socket.IO; download
+        `links.audio` when the status is `completed`."""
         view = jobs.generate(http_caller(), duration=body.duration, prompt=body.prompt, audio_b64=body.audio,
                              model=body.model, prompt_duration=body.prompt_duration, seed=body.seed,
                              sampling=body.model_dump(include=set(SAMPLING_FIELDS)))
@@ -74,11 +74,10 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.delete("/jobs/<job_id>")
     @operation("cancelJob", "Cancel a job (queued: dropped; running: stopped between model steps)",
-               tags=["jobs"], responses={200: JobStatusBody, 202: JobStatusBody},
-               description="Waits up to 2.5 s for a running job to stop: 200 with its final status, or 202 "
-                           "with `running` if the worker has not confirmed yet (poll until `canceled`). "
-                           "A finished job is left as it is (200).")
+               tags=["jobs"], responses={200: JobStatusBody, 202: JobStatusBody})
     def cancel_job(job_id: str) -> Any:
+        """Waits up to 2.5 s for a running job to stop: 200 with its final status, or 202 with `running` if the worker
+        has not confirmed yet (poll until `canceled`). A finished job is left as it is (200)."""
         status = job_status(jobs.cancel(http_caller(), job_id))
         return status, 202 if JobStatus(status.status).pending else 200
 

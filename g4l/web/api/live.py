@@ -32,12 +32,6 @@ from plugin_protocol.normalize import as_object
 
 log = get_logger(__name__)
 
-SUBSCRIBE = "subscribe"
-UNSUBSCRIBE = "unsubscribe"
-SUBSCRIBED = "subscribed"
-JOB_UPDATE = "job_update"
-JOB_COMPLETED = "job_completed"
-
 
 def job_room(job_id: str) -> str:
     """The Socket.IO room of a job's subscribers (session rooms are bare session ids)."""
@@ -65,9 +59,9 @@ class JobEvents:
             return
         payload = job_status(view).model_dump(mode="json")
         target = to_sid or job_room(job_id)
-        self.relay.socketio.emit(JOB_UPDATE, payload, to=target)
+        self.relay.socketio.emit(events.JOB_UPDATE, payload, to=target)
         if view.job.status is JobStatus.COMPLETED:
-            self.relay.socketio.emit(JOB_COMPLETED, payload, to=target)
+            self.relay.socketio.emit(events.JOB_COMPLETED, payload, to=target)
 
 
 class LiveEvents:
@@ -89,7 +83,7 @@ class LiveEvents:
             self.service.require(session_id, caller)
             join_room(session_id)
             ack["session_id"] = session_id
-        emit(SUBSCRIBED, ack)
+        emit(events.SUBSCRIBED, ack)
         if job_id:
             # Flask-SocketIO sets request.sid for every event.
             self.job_events.send(job_id, to_sid=request.sid)  # type: ignore[attr-defined]

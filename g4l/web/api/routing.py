@@ -10,6 +10,7 @@ and anything unexpected (500, logged). A 429 carries ``Retry-After``.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,10 +62,14 @@ def operation(operation_id: str, summary: str, *, tags: list[str], body: type[Ba
     :param audio: the body carries base64 audio: allow ``G4L_MAX_PAYLOAD_MB`` instead of
         ``G4L_MAX_JSON_KB`` and parse it off the event loop.
     :param optional_body: a request without a body gets the body model's defaults.
+    :param description: the document's longer text (Markdown); by default the view's
+        docstring, its lines joined by spaces (a blank line starts a paragraph).
     """
-    op = Operation(operation_id, summary, tags, body, query, responses, errors, audio, description, optional_body)
 
     def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
+        op = Operation(operation_id, summary, tags, body, query, responses, errors, audio,
+                       description or _described(view), optional_body)
+
         @functools.wraps(view)
         def run(**kwargs: Any) -> Any:
             settings = current_app.config["G4L_SETTINGS"]
@@ -86,6 +91,12 @@ def operation(operation_id: str, summary: str, *, tags: list[str], body: type[Ba
         return run
 
     return wrap
+
+
+def _described(view: Callable[..., Any]) -> str:
+    """A view's docstring as one line per paragraph (what the document's description is)."""
+    paragraphs = inspect.cleandoc(view.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split("\n")) for p in paragraphs)
 
 
 def parse_body(model: type[BaseModel], limit: int, big: bool, optional: bool = False) -> BaseModel:

@@ -78,8 +78,9 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
     @bp.post("/sessions/bang")
     @operation("bangSession", "Bang: a new session continuing the FIRST prompt_duration seconds",
                tags=["sessions"], body=BangRequest, responses={202: SessionAccepted}, errors=(429, 503),
-               audio=True, description="Twin of `process_audio_request`. The result is 30 s; poll the session.")
+               audio=True)
     def bang(body: BangRequest) -> Any:
+        """Twin of `process_audio_request`. The result is 30 s; poll the session."""
         given = _params(body)
         # The device payload names both; the resolver fills what the HTTP body left out.
         given.setdefault("model_name", service.specs.model(None))
@@ -89,29 +90,28 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     @bp.post("/sessions")
     @operation("createSession", "A new session holding the given audio (no generation)", tags=["sessions"],
-               body=AudioBody, responses={201: SessionMessage}, errors=(429,), audio=True,
-               description="Twin of `update_cropped_audio` without a session id: continue it next.")
+               body=AudioBody, responses={201: SessionMessage}, errors=(429,), audio=True)
     def create(body: AudioBody) -> Any:
+        """Twin of `update_cropped_audio` without a session id: continue it next."""
         session_id = service.crop(UpdateCroppedAudio(audio_data=body.audio_data), http_caller())
         return SessionMessage(message="Session created", session_id=session_id,
                               links=session_links(session_id)), 201
 
     @bp.post("/sessions/import")
     @operation("importJobAsSession", "A new session holding a finished text-to-audio job's result",
-               tags=["sessions"], body=ImportBody, responses={201: SessionMessage}, errors=(404, 409),
-               description="The job's WAV becomes version 1 of a new session (operation `generate`, with the "
-                           "job's parameters): continue it next. 409 `NOT_READY` for a job that is not a "
-                           "completed generate or text_to_audio job.")
+               tags=["sessions"], body=ImportBody, responses={201: SessionMessage}, errors=(404, 409))
     def import_new(body: ImportBody) -> Any:
+        """The job's WAV becomes version 1 of a new session (operation `generate`, with the job's parameters): continue
+        it next. 409 `NOT_READY` for a job that is not a completed generate or text_to_audio job."""
         sid = service.import_job(None, body.job_id, http_caller())
         return SessionMessage(message="Session created", session_id=sid, links=session_links(sid)), 201
 
     @bp.post("/sessions/<session_id>/import")
     @operation("importJob", "Make a finished text-to-audio job's result the session's current audio",
-               tags=["sessions"], body=ImportBody, responses={200: SessionMessage}, errors=(404, 409, 429),
-               description="A new version of the session (operation `generate`), made from its current one: "
-                           "undo returns to what was there. 409 `BUSY` while a generation of the session runs.")
+               tags=["sessions"], body=ImportBody, responses={200: SessionMessage}, errors=(404, 409, 429))
     def import_into(session_id: str, body: ImportBody) -> Any:
+        """A new version of the session (operation `generate`), made from its current one: undo returns to what was
+        there. 409 `BUSY` while a generation of the session runs."""
         sid = service.import_job(_checked(session_id), body.job_id, http_caller())
         return SessionMessage(message="Job audio imported", session_id=sid, links=session_links(sid))
 
@@ -124,35 +124,35 @@ def blueprint(service: SessionService, jobs: JobService) -> Blueprint:
 
     @bp.post("/sessions/<session_id>/continue")
     @operation("continueSession", "Continue the LAST prompt_duration seconds", tags=["sessions"],
-               body=ContinueRequest, responses={202: SessionAccepted}, errors=_SESSION_ERRORS, audio=True,
-               description="Twin of `continue_music_request`; without `audio_data` the session's current "
-                           "audio is continued.")
+               body=ContinueRequest, responses={202: SessionAccepted}, errors=_SESSION_ERRORS, audio=True)
     def continue_(session_id: str, body: ContinueRequest) -> Any:
+        """Twin of `continue_music_request`; without `audio_data` the session's current audio is continued."""
         req = _payload(ContinueMusicRequest, {**_params(body), "session_id": _checked(session_id),
                                                "audio_data": body.audio_data})
         return accepted(service.continue_(req, http_caller()))
 
     @bp.post("/sessions/<session_id>/retry")
     @operation("retrySession", "Redo the last continue from the input it used", tags=["sessions"],
-               body=RetryRequest, responses={202: SessionAccepted}, errors=_SESSION_ERRORS,
-               description="Twin of `retry_music_request`. Send `{}` to keep the session's parameters.")
+               body=RetryRequest, responses={202: SessionAccepted}, errors=_SESSION_ERRORS)
     def retry(session_id: str, body: RetryRequest) -> Any:
+        """Twin of `retry_music_request`. Send `{}` to keep the session's parameters."""
         req = _payload(RetryMusicRequest, {**_params(body), "session_id": _checked(session_id)})
         return accepted(service.retry(req, http_caller()))
 
     @bp.post("/sessions/<session_id>/crop")
     @operation("cropSession", "Replace the session's current audio (the client trimmed it)", tags=["sessions"],
-               body=AudioBody, responses={200: SessionMessage}, errors=(404, 409), audio=True,
-               description="Twin of `update_cropped_audio`.")
+               body=AudioBody, responses={200: SessionMessage}, errors=(404, 409), audio=True)
     def crop(session_id: str, body: AudioBody) -> Any:
+        """Twin of `update_cropped_audio`."""
         sid = service.crop(_payload(UpdateCroppedAudio, {"session_id": _checked(session_id),
                                                     "audio_data": body.audio_data}), http_caller())
         return SessionMessage(message="Cropped audio updated", session_id=sid, links=session_links(sid))
 
     @bp.delete("/sessions/<session_id>")
     @operation("cleanupSession", "Free the session (cancels its job)", tags=["sessions"],
-               responses={200: SessionMessage}, description="Twin of `cleanup_session_request`.")
+               responses={200: SessionMessage})
     def cleanup(session_id: str) -> Any:
+        """Twin of `cleanup_session_request`."""
         service.cleanup(_checked(session_id), http_caller())
         return SessionMessage(message="Session cleaned up", session_id=session_id)
 

@@ -45,19 +45,17 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.post("/sessions/<session_id>/listen")
     @operation("getSessionListenLink", "A read-only listen link of the session (live HLS)", tags=["listen"],
-               responses={200: ListenLink},
-               description="Twin of `get_listen_url`. The same link every time; it lets anyone listen, "
-                           "never continue or crop.")
+               responses={200: ListenLink})
     def session_listen(session_id: str) -> Any:
+        """Twin of `get_listen_url`. The same link every time; it lets anyone listen, never continue or crop."""
         link = listen.session_link(service.require(session_id, http_caller()))
         return ListenLink(**link)
 
     @bp.post("/stations")
     @operation("createStation", "Start an endless generative station", tags=["stations"], body=StationRequest,
-               responses={201: StationCreated}, errors=(409, 503),
-               description="With API keys on, each key runs at most `G4L_STATIONS_PER_KEY` stations and sees "
-                           "only its own.")
+               responses={201: StationCreated}, errors=(409, 503))
     def create_station(body: StationRequest) -> Any:
+        """With API keys on, each key runs at most `G4L_STATIONS_PER_KEY` stations and sees only its own."""
         prompts = [p for p in (body.prompt or body.genre,) if p] + list(body.prompts or [])
         created = stations.create(http_caller(), prompts=prompts, model=body.model, temperature=body.temperature,
                                   top_k=body.top_k, cfg_coef=body.cfg_coef, rotate_every_s=body.rotate_every_s or 0.0,
@@ -80,10 +78,10 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.get("/stations/<station_id>/history")
     @operation("getStationHistory", "A station's buffer over time (samples for a plot)", tags=["stations"],
-               query=StationHistoryQuery, responses={200: StationHistory}, errors=(404,),
-               description="One sample every `G4L_STATION_HISTORY_EVERY_S` (seconds buffered and health state), "
-                           "the last `G4L_STATION_HISTORY_HOURS`; `since` returns only newer ones.")
+               query=StationHistoryQuery, responses={200: StationHistory}, errors=(404,))
     def station_history(station_id: str, query: StationHistoryQuery) -> Any:
+        """One sample every `G4L_STATION_HISTORY_EVERY_S` (seconds buffered and health state), the last
+        `G4L_STATION_HISTORY_HOURS`; `since` returns only newer ones."""
         return StationHistory(**stations.buffer_history(station_id, http_caller(), query.since))
 
     @bp.delete("/stations/<station_id>")
@@ -94,12 +92,11 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.post("/stations/<station_id>/outputs")
     @operation("addStationOutput", "Push the station to an RTMP(S) server (YouTube Live, Twitch...)",
-               tags=["stations"], body=OutputRequest, responses={201: OutputCreated}, errors=(404, 409), audio=True,
-               description="One long-lived ffmpeg sends H.264 + AAC in FLV (`G4L_RTMP_*` settings) and reconnects "
-                           "with backoff when the server drops it; `GET /stations/{id}` reports its state. The "
-                           "stream key is never returned or logged. At most `G4L_STATION_MAX_OUTPUTS` per station "
-                           "(409 `OUTPUTS_FULL`).")
+               tags=["stations"], body=OutputRequest, responses={201: OutputCreated}, errors=(404, 409), audio=True)
     def add_output(station_id: str, body: OutputRequest) -> Any:
+        """One long-lived ffmpeg sends H.264 + AAC in FLV (`G4L_RTMP_*` settings) and reconnects with backoff when the
+        server drops it; `GET /stations/{id}` reports its state. The stream key is never returned or logged. At most
+        `G4L_STATION_MAX_OUTPUTS` per station (409 `OUTPUTS_FULL`)."""
         visual = service.offload(_b64, body.visual) if body.visual else None
         if body.visual and visual is None:
             raise InvalidRequest("visual is not valid base64")
@@ -115,10 +112,9 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.get("/stations/<station_id>/recordings")
     @operation("listStationRecordings", "A station's recordings (files of G4L_RECORDING_SECONDS)",
-               tags=["stations"], responses={200: RecordingList}, errors=(404,),
-               description="Stations started with `record: true`. Files older than "
-                           "`G4L_RECORDING_RETENTION_HOURS` are deleted.")
+               tags=["stations"], responses={200: RecordingList}, errors=(404,))
     def list_recordings(station_id: str) -> Any:
+        """Stations started with `record: true`. Files older than `G4L_RECORDING_RETENTION_HOURS` are deleted."""
         found = stations.list_recordings(station_id, http_caller())
         return RecordingList(recordings=[
             Recording(**rec, url=f"{PREFIX}/stations/{station_id}/recordings/{rec['recording_id']}") for rec in found])
@@ -132,10 +128,10 @@ def blueprint(service: SessionService) -> Blueprint:
 
     @bp.post("/listen/cleanup")
     @operation("stopIdleStreams", "Stop every stream nobody listens to (operator)", tags=["listen"],
-               body=CleanupRequest, optional_body=True, responses={200: CleanupResponse}, errors=(403,),
-               description="Needs an operator key (`G4L_OPERATOR_KEYS`) when API keys are on. The packager "
-                           "also stops streams idle for `G4L_HLS_IDLE_TIMEOUT_S` by itself.")
+               body=CleanupRequest, optional_body=True, responses={200: CleanupResponse}, errors=(403,))
     def cleanup(body: CleanupRequest) -> Any:
+        """Needs an operator key (`G4L_OPERATOR_KEYS`) when API keys are on. The packager also stops streams idle for
+        `G4L_HLS_IDLE_TIMEOUT_S` by itself."""
         if not http_caller().operator:
             raise Forbidden("stopping idle streams needs an operator key")
         return CleanupResponse(stopped=idle_streams.stop_idle(ctx, body.max_idle_s))

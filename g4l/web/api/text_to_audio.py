@@ -22,11 +22,11 @@ def blueprint(service: TextToAudioService) -> Blueprint:
 
     @bp.post("/text-to-audio")
     @operation("createTextToAudioJob", "Start a text-to-audio clip or loop (jerry: Stable Audio Open Small)",
-               tags=["jobs"], body=TextToAudioRequest, responses={202: JobAccepted}, errors=(429, 503),
-               description="Queues a job and answers at once; the result is a 44.1 kHz stereo 16-bit WAV, "
-                           "exactly `seconds_total` long (a loop: exactly bars x 4 x 60 / bpm seconds). "
-                           "Poll `links.self` (its `seed` is the seed used), download `links.audio`.")
+               tags=["jobs"], body=TextToAudioRequest, responses={202: JobAccepted}, errors=(429, 503))
     def text_to_audio(body: TextToAudioRequest) -> Any:
+        """Queues a job and answers at once; the result is a 44.1 kHz stereo 16-bit WAV, exactly `seconds_total` long (a
+        loop: exactly bars x 4 x 60 / bpm seconds). Poll `links.self` (its `seed` is the seed used), download
+        `links.audio`."""
         plan = plan_loop(body.prompt, body.bars, body.loop_type, body.negative_prompt) if body.loop else None
         spec = service.specs.text_to_audio(
             prompt=plan.prompt if plan else body.prompt, steps=body.steps, cfg_scale=body.cfg_scale,

@@ -101,21 +101,19 @@ def blueprint(service: SessionService) -> Blueprint:
     @bp.post("/sessions/<session_id>/transform")
     @operation("transformSession", "Rewrite the session's audio in a preset's style (terry, MelodyFlow)",
                tags=["transform"], body=TransformRequest, responses={202: SessionAccepted}, errors=_ERRORS,
-               audio=True,
-               description="Twin of `transform_audio_request`. The result replaces the session's audio as a new "
-                           "version (operation `transform`), the input's length and format; `undo` (or "
-                           "`undo_transform_request`) brings back what it started from. Poll the session or "
-                           "the job. 409 `BUSY` while a job of the session runs.")
+               audio=True)
     def transform_session(session_id: str, body: TransformRequest) -> Any:
+        """Twin of `transform_audio_request`. The result replaces the session's audio as a new version (operation
+        `transform`), the input's length and format; `undo` (or `undo_transform_request`) brings back what it started
+        from. Poll the session or the job. 409 `BUSY` while a job of the session runs."""
         return accepted(transforms.transform(request(body, _checked(session_id)), http_caller()))
 
     @bp.post("/sessions/transform")
     @operation("transformNewSession", "A new session holding the given take, transformed (terry)",
                tags=["transform"], body=NewTransformRequest, responses={202: SessionAccepted}, errors=_ERRORS,
-               audio=True,
-               description="The take becomes version 1 of a new session and the transform version 2: undo "
-                           "returns to the take.")
+               audio=True)
     def transform_new(body: NewTransformRequest) -> Any:
+        """The take becomes version 1 of a new session and the transform version 2: undo returns to the take."""
         return accepted(transforms.transform(request(body, None), http_caller()))
 
     return bp

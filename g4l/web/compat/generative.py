@@ -26,11 +26,10 @@ def blueprint(ctx: Context) -> Blueprint:
 
     @bp.post("/generative/get_stream")
     @operation("getGenreStream", "The endless HLS stream of a genre (started, or the running one reused)",
-               tags=["generative"], body=GetStreamRequest, responses={200: GetStreamResponse}, errors=(409, 503),
-               description="`params.temperature` is that API's 0-10 level: sampling temperature = "
-                           "0.4 + 0.2 x level (3 -> 1.0, MusicGen's default). The same genre and parameters "
-                           "return the station already running. `stream.url` is absolute.")
+               tags=["generative"], body=GetStreamRequest, responses={200: GetStreamResponse}, errors=(409, 503))
     def get_stream(body: GetStreamRequest) -> Any:
+        """`params.temperature` is that API's 0-10 level: sampling temperature = 0.4 + 0.2 x level (3 -> 1.0, MusicGen's
+        default). The same genre and parameters return the station already running. `stream.url` is absolute."""
         p = body.params
         st = genres.get_stream(http_caller(), genre=p.genre, level=p.temperature, adaptive=p.adaptive,
                                manual=p.manual, model=p.model)

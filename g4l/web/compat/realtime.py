@@ -35,11 +35,10 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.post("/api/stream/start")
     @operation("startRealtimeStream", "Generate music from a text and stream it live over HLS", tags=TAGS,
-               body=StreamStartRequest, responses={200: StreamStarted}, errors=(409, 429, 503),
-               description="Answers at once; the stream is registered at once (silence until the first audio). "
-                           "400 for an empty `text` or a language other than en, ru, kk; 409 STATIONS_FULL past "
-                           "4 open streams of one key.")
+               body=StreamStartRequest, responses={200: StreamStarted}, errors=(409, 429, 503))
     def start(body: StreamStartRequest) -> Any:
+        """Answers at once; the stream is registered at once (silence until the first audio). 400 for an empty `text` or
+        a language other than en, ru, kk; 409 STATIONS_FULL past 4 open streams of one key."""
         started = streams.start(http_caller(), text=body.text, language=body.language, mode=body.mode,
                                 duration=body.duration, model=body.model)
         return StreamStarted(**started)
@@ -65,10 +64,10 @@ def blueprint(jobs: JobService) -> Blueprint:
 
     @bp.post("/api/cleanup")
     @operation("cleanupRealtimeStream", "Stop a stream session and forget it", tags=TAGS,
-               body=StreamCleanupRequest, responses={200: StreamCleanedUp}, errors=(404,),
-               description="Stops the stream, cancels its generation if still running, drops the MP4. "
-                           "The WAV stays with its job in /api/v1/jobs until retention.")
+               body=StreamCleanupRequest, responses={200: StreamCleanedUp}, errors=(404,))
     def cleanup(body: StreamCleanupRequest) -> Any:
+        """Stops the stream, cancels its generation if still running, drops the MP4. The WAV stays with its job in
+        /api/v1/jobs until retention."""
         return StreamCleanedUp(**streams.cleanup(http_caller(), body.session_id))
 
     @bp.get("/api/stream/<session_id>/result.mp4")
