@@ -780,8 +780,13 @@ def test_fuzzed_http_requests_never_crash_and_refusals_change_nothing(api, files
         method, path = data.draw(st.sampled_from(routes))
         who = data.draw(st.sampled_from(sorted(keys)))
         on_ref = data.draw(st.booleans())
-        if who == "owner" and on_ref and (method == "delete" or path.endswith(("/listen", "/cleanup"))):
-            on_ref = False  # those may rightly change the reference: only ever on other ids
+        if who == "owner" and on_ref and method != "get":
+            # The owner may rightly change its own session and job (delete, listen, cleanup,
+            # and since history and terry an undo, a redo, an import of the reference job, a
+            # transform...: whether one is accepted depends on what ran before it and on the
+            # rate limits, so on the machine's speed): its writes only ever go to other ids.
+            # Refusals of the owner's bad bodies on a real session: tests/test_bad_input.py.
+            on_ref = False
         ids = {"session_id": ref_session, "job_id": ref_job} if on_ref else {}
         url = api.url + re.sub(r"{(\w+)}", lambda m: ids.get(m.group(1)) or data.draw(junk_id).replace("/", "_"),
                                path)

@@ -76,6 +76,9 @@ def started_jobs(notices: Notices, station_id: str) -> list[str]:
             and n.get("session_id") == station_id]
 
 
+# The second stretch must be stored before the first has played out (2.5 s ahead at RTF 2.5):
+# with every xdist worker busy the tiny model slows to about real time and the stream runs dry.
+@pytest.mark.alone
 def test_a_new_station_is_heard_while_its_first_stretch_is_generated_and_plays_on_seamlessly(stack: Stack) -> None:
     r = stack.redis_client()
     notices = Notices(r).start()
