@@ -5,7 +5,10 @@
 100 ms; a thread GETs /health/live a few times a second. Phase 1: nothing else runs
 (20 s). Phase 2: one more client (in its own process, so its base64/JSON work does not
 stall the measuring process) bangs a 30 s WAV (model debug, prompt 6 s) and continues
-three times. Prints p50/p99/max per phase, the slowest round trips next to the
+three times (``--generators N``: N such clients at once, each in its own process, so a
+batching worker runs them together). ``--idle-sockets N`` keeps N more websockets open
+throughout (Node's socket.io-client, ``tests/device/load.mjs``: a status round trip each
+every 5 s), as a busy server has. Prints p50/p99/max per phase, the slowest round trips next to the
 generation's marks, and the CPU time the hypervisor took from this machine (steal) in
 each phase: one 100 ms stall of the whole box delays all 20 clients at once, which alone
 is a p99 of a 10 s phase, so phases are long and a noisy neighbour is named. The last
@@ -50,6 +53,37 @@ def generator_main(url: str, continues: int) -> int:
             say(mark=f"continue{i + 1}", t=time.time(), seconds=round(r.seconds, 3), bytes=len(r.audio))
         say(mark="end", t=time.time())
     return 0
+
+
+def read_marks(gen: subprocess.Popen, marks: dict[str, dict]) -> None:
+    """A generation client's JSON mark lines, by mark, until it exits."""
+    assert gen.stdout is not None
+    for line in gen.stdout:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        marks[rec["mark"]] = rec
+
+
+def idle_crowd(server: common.Server, sockets: int, seconds: float) -> subprocess.Popen:
+    """``sockets`` more websockets from Node (``tests/device/load.mjs`` with no active
+    device), given time to connect; killed by the caller."""
+    import shutil
+
+    node = shutil.which("node")
+    harness = Path(__file__).resolve().parents[2] / "tests" / "device" / "load.mjs"
+    if node is None or not (harness.parent / "node_modules" / "socket.io-client").is_dir():
+        raise SystemExit("--idle-sockets needs node and tests/device/node_modules (scripts/install.sh test)")
+    wav = Path(server.tmp) / "idle.wav"
+    wav.write_bytes(common.make_wav(1.0))
+    proc = subprocess.Popen([node, str(harness), server.url, str(wav), str(sockets), "0", str(int(seconds))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(max(5.0, sockets / 20))  # Node connects a few hundred sockets in a few seconds
+    if proc.poll() is not None:
+        raise RuntimeError(f"the idle sockets' node process exited with {proc.returncode}")
+    print(f"{sockets} more websockets held open by node (pid {proc.pid})", flush=True)
+    return proc
 
 
 class Prober:
@@ -126,6 +160,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--continues", type=int, default=3)
+    ap.add_argument("--generators", type=int, default=1, help="generating clients at once in phase 2")
+    ap.add_argument("--idle-sockets", type=int, default=0,
+                    help="more websockets held open throughout (Node's socket.io-client; needs node)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the server's temp dir (its log, with gevent's blocking reports when "
                          "GEVENT_MONITOR_THREAD_ENABLE=true) and print its path")
@@ -140,7 +177,8 @@ def main() -> int:
     probers: list[Prober] = []
     stop = threading.Event()
     threads: list[threading.Thread] = []
-    gen: subprocess.Popen | None = None
+    gens: list[subprocess.Popen] = []
+    crowd: subprocess.Popen | None = None
     try:
         t = time.monotonic()
         server.start()
@@ -153,6 +191,8 @@ def main() -> int:
             p.client.connect()
             probers.append(p)
         print(f"{len(probers)} idle clients connected (websocket)", flush=True)
+        if args.idle_sockets:
+            crowd = idle_crowd(server, args.idle_sockets, args.idle_seconds + 600)
         for i, p in enumerate(probers):
             threads.append(threading.Thread(target=p.run, args=(i * 0.1 / len(probers),), daemon=True))
         threads.append(threading.Thread(target=http_prober, args=(server.url, stop, http_samples, lock), daemon=True))
@@ -168,20 +208,23 @@ def main() -> int:
         idle_hi, idle_steal = time.time(), steal_percent(idle_steal, steal_ticks())
 
         gen_steal = steal_ticks()
-        gen = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url,
-                                "--continues", str(args.continues)], stdout=subprocess.PIPE, text=True)
-        marks: dict[str, dict] = {}
-        assert gen.stdout is not None
-        for line in gen.stdout:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            marks[rec["mark"]] = rec
-        rc = gen.wait(60)
+        gens = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url,
+                                  "--continues", str(args.continues)], stdout=subprocess.PIPE, text=True)
+                for _ in range(args.generators)]
+        runs: list[dict[str, dict]] = [{} for _ in gens]
+        readers = [threading.Thread(target=read_marks, args=(g, m), daemon=True) for g, m in zip(gens, runs, strict=True)]
+        for th in readers:
+            th.start()
+        for th in readers:
+            th.join()
+        codes = [g.wait(60) for g in gens]
         gen_steal = steal_percent(gen_steal, steal_ticks())
-        if rc != 0 or "end" not in marks:
-            raise RuntimeError(f"generation client failed (exit {rc}); marks: {sorted(marks)}")
+        if any(codes) or any("end" not in m for m in runs):
+            raise RuntimeError(f"a generation client failed (exits {codes}); marks: {[sorted(m) for m in runs]}")
+        marks = runs[0]
+        # Phase 2: from the first client's start to the last one's end.
+        marks["start"]["t"] = min(m["start"]["t"] for m in runs)
+        marks["end"]["t"] = max(m["end"]["t"] for m in runs)
         gen_lo, gen_hi = marks["start"]["t"], marks["end"]["t"]
         time.sleep(0.3)
         stop.set()
@@ -196,7 +239,7 @@ def main() -> int:
         print(f"phase 1: idle ({idle_hi - idle_lo:.1f} s, cpu steal {idle_steal:.1f}%)")
         print(fmt("socket.io verify_session", idle_sio))
         print(fmt("http GET /health/live", idle_http))
-        print(f"phase 2: during bang + {args.continues} continues ({gen_hi - gen_lo:.1f} s, "
+        print(f"phase 2: during {args.generators} x (bang + {args.continues} continues) ({gen_hi - gen_lo:.1f} s, "
               f"cpu steal {gen_steal:.1f}%)")
         print(fmt("socket.io verify_session", gen_sio))
         print(fmt("http GET /health/live", gen_http))
@@ -211,9 +254,10 @@ def main() -> int:
         return 0
     finally:
         stop.set()
-        if gen is not None and gen.poll() is None:
-            gen.kill()
-            gen.wait(10)
+        for g in gens + ([crowd] if crowd is not None else []):
+            if g.poll() is None:
+                g.kill()
+                g.wait(10)
         for p in probers:
             try:
                 p.client.close()
