@@ -785,7 +785,8 @@ def test_fuzzed_http_requests_never_crash_and_refusals_change_nothing(api, files
             # and since history and terry an undo, a redo, an import of the reference job, a
             # transform...: whether one is accepted depends on what ran before it and on the
             # rate limits, so on the machine's speed): its writes only ever go to other ids.
-            # Refusals of the owner's bad bodies on a real session: tests/test_bad_input.py.
+            # Refusals of the owner's bad requests on its real session, session and history compared
+            # before and after: tests/test_bad_input.py (socket), tests/test_transform*.py (HTTP).
             on_ref = False
         ids = {"session_id": ref_session, "job_id": ref_job} if on_ref else {}
         url = api.url + re.sub(r"{(\w+)}", lambda m: ids.get(m.group(1)) or data.draw(junk_id).replace("/", "_"),
