@@ -344,6 +344,50 @@ def test_concurrent_callers_share_the_loop_thread(model) -> None:  # type: ignor
         assert abs(audio.shape[1] / SR - JOBS[i][1].duration) < 0.05
 
 
+def test_whole_decodes_run_on_the_models_few_decode_threads(model) -> None:  # type: ignore[no-untyped-def]
+    # Rows that end together do not decode side by side in their jobs' threads (each
+    # decode's activations in another thread's heap): at most ``decode_slots`` at once,
+    # on the same threads every time, and the audio is the same.
+    engine = BatchedMusicGen(model, decode_slots=2)
+    alone = [engine.decode(_alone(engine, job)) for job in JOBS]
+    seen: list[tuple[str, int]] = []
+    running = [0]
+    lock = threading.Lock()
+    decode = engine.decode
+
+    def watched(codes: torch.Tensor) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            seen.append((threading.current_thread().name, running[0]))
+        try:
+            time.sleep(0.05)  # long enough for the other callers' decodes to be waiting
+            return decode(codes)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    engine.decode = watched  # type: ignore[method-assign]
+    engine.start()
+    out: dict[int, np.ndarray] = {}
+    try:
+        for _ in range(2):
+            threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, engine.generate(
+                None if JOBS[i][0] is None else _prompt(JOBS[i][0], seed=int(JOBS[i][0] * 10)), JOBS[i][1],
+                timeout=60))) for i in range(len(JOBS))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            for i, audio in enumerate(alone):
+                assert np.array_equal(out.pop(i), audio)
+    finally:
+        engine.stop()
+    assert len(seen) == 2 * len(JOBS)
+    assert max(n for _, n in seen) <= 2
+    names = {name for name, _ in seen}
+    assert len(names) <= 2 and all(name.startswith("encodec-decode") for name in names), names
+
+
 def test_prompts_that_do_not_fit_are_refused_at_submit(model) -> None:  # type: ignore[no-untyped-def]
     engine = BatchedMusicGen(model)
     with pytest.raises(ValueError, match="shorter"):
