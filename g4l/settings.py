@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # Most MiB of KV cache one decoding loop keeps (0: no limit): a job that would pass it
     # waits to join until a row leaves; a lone job always runs (docs/engine-batching.md).
     kv_budget_mb: int = Field(default=0, ge=0)
+    # Threads a batching worker decodes finished rows on (EnCodec), the most decoding at
+    # once; each gives its memory back after a decode (docs/engine-batching.md). 0: the
+    # cores over the torch threads on CPU, 2 on a GPU.
+    decode_threads: int = Field(default=0, ge=0, le=64)
     # Streamed generation: seconds of audio between two decoded pieces of a running job
     # that someone listens to (docs/engine-batching.md, "Streamed decoding"); 0: off.
     stream_chunk_s: float = Field(default=1.0, ge=0.0, le=30.0)

@@ -249,8 +249,9 @@ class Worker:
         with self._loops_lock:
             loop = self._loops.get(base.model_id)
             if loop is None:
-                loop = self._loops[base.model_id] = BatchedMusicGen(base.model, max_batch=self.max_batch,
-                                                                    kv_budget_bytes=self.kv_budget_bytes)
+                loop = self._loops[base.model_id] = BatchedMusicGen(
+                    base.model, max_batch=self.max_batch, kv_budget_bytes=self.kv_budget_bytes,
+                    decode_slots=self.ctx.settings.decode_threads or None)
                 loop.start()
         return BatchedEngine(base, loop, INTERACTIVE if job.priority is Priority.INTERACTIVE else BACKGROUND,
                              on_audio=on_audio, chunk_s=self.ctx.settings.stream_chunk_s)
