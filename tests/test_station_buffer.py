@@ -149,16 +149,19 @@ def test_a_rotation_comes_on_schedule_with_its_break_or_crossfade(stack: Stack, 
     first = int(np.argmax(np.abs(heard) > 0.01))  # the music begins (before it: the stream's lead-in)
     at = rotation["plays_at"] - t0  # where the new prompt's first frame is heard
     quiet = [(s, n) for s, n in silent_runs(heard) if s * RATE > first + RATE // 10]
+    # A box too busy to generate in real time runs the stream dry now and then: each such
+    # silence is an underrun the status reports; any other silence is a fault.
+    underruns = after["underruns"]
     print(f"\n{kind}: new prompt at {at:.2f} s of the program; silent runs after the music began: "
-          f"{[(round(s, 2), round(n, 2)) for s, n in quiet]}")
+          f"{[(round(s, 2), round(n, 2)) for s, n in quiet]}; underruns reported: {underruns}")
     assert at * RATE < len(heard) - 4 * RATE
     if kind == "break":
         # One silence, of the break's length, just before the new prompt.
-        [(start, length)] = quiet
+        [(start, length)] = [(s, n) for s, n in quiet if abs(s + n - at) <= 0.6]
         assert abs(length - seconds) <= 0.15, quiet
-        assert abs(start + length - at) <= 0.6, (start, length, at)
+        assert len(quiet) - 1 <= underruns, (quiet, underruns)
     else:
-        assert quiet == []  # a crossfade: never a silence
+        assert len(quiet) <= underruns, (quiet, underruns)  # a crossfade: never a silence of its own
         # Both prompts' music overlap: the level through the fade stays that of the music.
         w = heard[int((at - 0.5) * RATE): int((at + seconds + 0.5) * RATE)]
         rms = np.sqrt((w[: len(w) // 4800 * 4800].reshape(-1, 4800) ** 2).mean(axis=1))

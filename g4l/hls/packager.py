@@ -71,6 +71,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
+#: Publish a stream's state unless it was stopped meanwhile: a stop (``ListenService.stop``)
+#: can land between this packager's tick and its write, and a plain HSET would bring the
+#: stopped stream back to life (its playlist served again until the next tick closes it).
+_PUBLISH = """
+if redis.call('HGET', KEYS[1], 'state') == 'stopped' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 class Packager:
     """Runs this process's share of the live streams until :meth:`stop`."""
@@ -81,6 +91,7 @@ class Packager:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.listen = ListenService(ctx)
         self._take_lease_script = ctx.redis.register_script(_TAKE_LEASE)
+        self._publish_script = ctx.redis.register_script(_PUBLISH)
         self.streams: dict[str, LiveStream] = {}
         self.drivers: dict[str, StationDriver] = {}
         self.outputs: dict[str, StationOutputs] = {}
@@ -230,10 +241,9 @@ class Packager:
         if not started:
             snap["state"] = "starting" if stream.segments == 0 else "waiting"
         fields = {k: v for k, v in snap.items() if k != "last_audio" or v}
-        with self.ctx.redis.pipeline() as p:
-            p.hset(keys.listen(token), mapping={**fields, "packager": self.name, "updated": time.time()})
-            p.expire(keys.listen(token), self.settings.retention_seconds)
-            p.execute()
+        fields.update(packager=self.name, updated=time.time())
+        pairs = [x for k, v in fields.items() for x in (k, v)]
+        self._publish_script(keys=[keys.listen(token)], args=[self.settings.retention_seconds, *pairs])
 
     # ------------------------------------------------------------ notices
     def _notice_loop(self) -> None:
