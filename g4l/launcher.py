@@ -37,6 +37,18 @@ READY_TIMEOUT_S = 300.0
 #: Restarts within this window count towards the backoff of the next one.
 RESTART_WINDOW_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
+#: glibc malloc settings for the g4l processes started here, unless the environment sets
+#: them. Each thread's frees stay in that thread's arena, and after a big block is freed
+#: glibc raises its mmap threshold (up to 32 MB), so later 1-30 MB buffers (results,
+#: uploads, decode activations) are carved from arenas that rarely shrink: the workers sat
+#: at 1.0-1.5 GB and the web processes at 220-290 MB, drifting with what happened to be
+#: freed where. With a fixed 1 MB threshold every block of 1 MB or more is its own mapping,
+#: returned whole when freed, and two arenas leave little to fragment: under the same
+#: 10-minute load the workers peaked at 0.86-0.90 GB and the web processes at 155-175 MB
+#: (docs/engine-batching.md). The cost is fresh pages for each big block (a few ms a result).
+#: The embedded store has its own, measured for it (``embedded.STORE_ENV``); the Docker
+#: image sets these for the processes it runs without the launcher.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 class Restarts:
@@ -122,7 +134,7 @@ def main() -> int:
     managed: dict[str, embedded.ManagedProcess] = {}
     starters: dict[str, Callable[[int], embedded.ManagedProcess]] = {}
     restarts = Restarts()
-    env = dict(os.environ)
+    env = {**MALLOC_ENV, **os.environ}
     data_dir = Path(settings.data_dir).resolve()
     children: dict[str, subprocess.Popen] = {}
     guard: store_guard.StoreGuard | None = None

@@ -192,6 +192,25 @@ def test_health_reports_a_store_that_is_down(own_stores, tmp_path) -> None:
         web.wait(30)
 
 
+def test_the_launchers_processes_run_with_the_bounded_allocator(server) -> None:
+    """Each g4l process the launcher starts gets its malloc settings (g4l/launcher.py
+    MALLOC_ENV: why); the embedded store keeps its own."""
+    from test_station_outputs import child_pid
+
+    from g4l.launcher import MALLOC_ENV
+
+    def environ(pid: int) -> dict[str, str]:
+        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+    for module in ("g4l.worker", "g4l.web", "g4l.hls"):
+        pid = child_pid(server.proc.pid, module)
+        assert pid is not None, module
+        env = environ(pid)
+        assert {k: env.get(k) for k in MALLOC_ENV} == MALLOC_ENV, (module, env)
+    assert MALLOC_ENV == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+
+
 def test_health_shape_and_cors(server) -> None:
     req = urllib.request.Request(server.url + "/health", headers={"Origin": "https://status.example"})
     with urllib.request.urlopen(req, timeout=10) as resp:

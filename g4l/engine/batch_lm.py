@@ -21,8 +21,9 @@ Two attention kernels:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -68,6 +69,80 @@ def _attention_parts(attn: Any) -> tuple[torch.Tensor, torch.Tensor | None, torc
     return attn.mha.in_proj_weight, attn.mha.in_proj_bias, attn.mha.out_proj
 
 
+Part = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _direct(module: torch.nn.Module) -> Part:
+    """``module``'s forward without ``nn.Module.__call__`` (hooks, dispatch: about 6 us a
+    call, some 40 calls a step, a fifth of the tiny model's step on CPU), where that is the
+    very function its ``forward`` calls: the same kernels with the same arguments, so the
+    same bits. Identity and eval-mode dropout are skipped; any other module is called."""
+    kind = type(module)  # exact types: a subclass may have a forward of its own
+    if kind is torch.nn.Identity or (kind is torch.nn.Dropout and not module.training):
+        return _identity
+    if isinstance(module, torch.nn.LayerNorm) and kind is torch.nn.LayerNorm:
+        return partial(F.layer_norm, normalized_shape=module.normalized_shape, weight=module.weight,
+                       bias=module.bias, eps=module.eps)
+    if isinstance(module, torch.nn.Linear) and kind is torch.nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return module
+
+
+def _direct_embedding(module: torch.nn.Module) -> Part:
+    """An embedding's lookup without ``__call__``, when its forward is ``nn.Embedding``'s
+    (AudioCraft's ``ScaledEmbedding`` only adds an optimiser setting)."""
+    if isinstance(module, torch.nn.Embedding) and type(module).forward is torch.nn.Embedding.forward:
+        return partial(F.embedding, weight=module.weight, padding_idx=module.padding_idx, max_norm=module.max_norm,
+                       norm_type=module.norm_type, scale_grad_by_freq=module.scale_grad_by_freq,
+                       sparse=module.sparse)
+    return module
+
+
+@dataclass(frozen=True)
+class _LayerParts:
+    """A ``StreamingTransformerLayer``'s parts as :func:`_direct` callables."""
+
+    norm1: Part
+    norm2: Part
+    norm_cross: Part
+    scale1: Part
+    scale2: Part
+    scale_cross: Part
+    self_out: Part
+    cross_out: Part
+    ff: Part
+
+    @classmethod
+    def of(cls, layer: Any) -> _LayerParts:
+        linear1, linear2, dropout, dropout2 = (_direct(m) for m in (layer.linear1, layer.linear2, layer.dropout,
+                                                                     layer.dropout2))
+        activation = layer.activation
+
+        def ff(x: torch.Tensor) -> torch.Tensor:  # _ff_block, in its order
+            return dropout2(linear2(dropout(activation(linear1(x)))))
+
+        cross = layer.cross_attention
+        return cls(norm1=_direct(layer.norm1), norm2=_direct(layer.norm2),
+                   norm_cross=_direct(layer.norm_cross) if cross is not None else _identity,
+                   scale1=_direct(layer.layer_scale_1), scale2=_direct(layer.layer_scale_2),
+                   scale_cross=_direct(layer.layer_scale_cross) if cross is not None else _identity,
+                   self_out=_then(_direct(_attention_parts(layer.self_attn)[2]), _direct(layer.dropout1)),
+                   cross_out=_then(_direct(_attention_parts(cross)[2]), _direct(layer.dropout_cross))
+                   if cross is not None else _identity,
+                   ff=ff)
+
+
+def _then(first: Part, second: Part) -> Part:
+    """``second(first(x))``, or just ``first`` when ``second`` is the identity."""
+    if second is _identity:
+        return first
+    return lambda x: second(first(x))
+
+
 class BatchedLM:
     """A batched, per-row-positioned forward pass over an AudioCraft ``LMModel``'s modules.
 
@@ -91,6 +166,10 @@ class BatchedLM:
         self.num_codebooks = int(lm.num_codebooks)
         self.card = int(lm.card)
         self.has_cross = self.layers[0].cross_attention is not None
+        self.parts = [_LayerParts.of(layer) for layer in self.layers]
+        self.embeddings = [_direct_embedding(e) for e in lm.emb]
+        self.out_norm = _direct(lm.out_norm) if lm.out_norm is not None else _identity
+        self.linears = [_direct(m) for m in lm.linears]
         param = next(iter(lm.parameters()))
         self.device = param.device
         self.dtype = param.dtype
@@ -177,7 +256,7 @@ class BatchedLM:
             raise ValueError("a multi-token forward needs every line at the same start")
         device = tokens.device
         # Python's sum from 0, as LMModel.forward, so the float additions happen in the same order.
-        x = sum([lm.emb[k](tokens[:, k]) for k in range(k_books)])
+        x = sum([self.embeddings[k](tokens[:, k]) for k in range(k_books)])
         assert isinstance(x, torch.Tensor)
         start_t = torch.tensor(start, dtype=torch.long, device=device)
         positions = start_t.view(-1, 1, 1) + torch.arange(t, device=device).view(1, -1, 1)  # [M, T, 1]
@@ -209,36 +288,36 @@ class BatchedLM:
         for index, layer in enumerate(self.layers):
             x = self._layer(index, layer, x, start_t, start[0] if t > 1 else -1, cache, slots, self_mask,
                             cross_mask, end)
-        if lm.out_norm is not None:
-            x = lm.out_norm(x)
+        x = self.out_norm(x)
         last = x[:, -1:]
-        logits = torch.stack([lm.linears[k](last) for k in range(k_books)], dim=1)  # [M, K, 1, card]
+        logits = torch.stack([self.linears[k](last) for k in range(k_books)], dim=1)  # [M, K, 1, card]
         return logits[:, :, 0]
 
     def _layer(self, index: int, layer: Any, x: torch.Tensor, start: torch.Tensor, p0: int, cache: KVCache,
                slots: slice, self_mask: _Mask, cross_mask: _Mask, end: int) -> torch.Tensor:
         """One ``StreamingTransformerLayer``, in the order its ``forward`` applies its parts."""
+        parts = self.parts[index]
         if layer.norm_first:
-            x = x + layer.layer_scale_1(self._self_attention(index, layer, layer.norm1(x), start, p0, cache, slots,
-                                                             self_mask, end))
+            x = x + parts.scale1(self._self_attention(index, layer, parts.norm1(x), start, p0, cache, slots,
+                                                      self_mask, end))
             if self.has_cross:
-                x = x + layer.layer_scale_cross(self._cross_attention(index, layer, layer.norm_cross(x), cache,
-                                                                      slots, cross_mask))
-            x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+                x = x + parts.scale_cross(self._cross_attention(index, layer, parts.norm_cross(x), cache, slots,
+                                                                cross_mask))
+            x = x + parts.scale2(parts.ff(parts.norm2(x)))
         else:
             src = x
-            x = layer.norm1(x + layer.layer_scale_1(self._self_attention(index, layer, x, start, p0, cache, slots,
-                                                                         self_mask, end)))
+            x = parts.norm1(x + parts.scale1(self._self_attention(index, layer, x, start, p0, cache, slots,
+                                                                  self_mask, end)))
             if self.has_cross:
                 # AudioCraft feeds the layer's input (not x) to cross-attention here; kept as is.
-                x = layer.norm_cross(x + layer.layer_scale_cross(self._cross_attention(index, layer, src, cache,
-                                                                                       slots, cross_mask)))
-            x = layer.norm2(x + layer.layer_scale_2(layer._ff_block(x)))
+                x = parts.norm_cross(x + parts.scale_cross(self._cross_attention(index, layer, src, cache, slots,
+                                                                                 cross_mask)))
+            x = parts.norm2(x + parts.scale2(parts.ff(x)))
         return x
 
     def _self_attention(self, index: int, layer: Any, x: torch.Tensor, start: torch.Tensor, p0: int,
                         cache: KVCache, slots: slice, mask: _Mask, end: int) -> torch.Tensor:
-        w, b, out_proj = _attention_parts(layer.self_attn)
+        w, b, _ = _attention_parts(layer.self_attn)
         m, t, _ = x.shape
         packed = F.linear(x, w, b).view(m, t, 3, self.num_heads, self.head_dim)
         q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # each [M, H, T, D]
@@ -252,19 +331,17 @@ class BatchedLM:
             vc[slots, :, p0:p0 + t] = v
         out = self._attend(q, kc[slots, :, :end], vc[slots, :, :end], mask)
         out = out.transpose(1, 2).reshape(m, t, self.dim)
-        result: torch.Tensor = out_proj(out)
-        return layer.dropout1(result)  # identity in eval; _sa_block applies it
+        return self.parts[index].self_out(out)  # out_proj, then dropout1 as _sa_block (identity in eval)
 
     def _cross_attention(self, index: int, layer: Any, x: torch.Tensor, cache: KVCache, slots: slice,
                          mask: _Mask) -> torch.Tensor:
-        w, b, out_proj = _attention_parts(layer.cross_attention)
+        w, b, _ = _attention_parts(layer.cross_attention)
         d = self.dim
         m, t, _ = x.shape
         q = self._heads(F.linear(x, w[:d], None if b is None else b[:d]))
         out = self._attend(q, cache.ck[index][slots], cache.cv[index][slots], mask)
         out = out.transpose(1, 2).reshape(m, t, d)
-        result: torch.Tensor = out_proj(out)
-        return layer.dropout_cross(result)
+        return self.parts[index].cross_out(out)  # out_proj, then dropout_cross
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: _Mask) -> torch.Tensor:
         """Scaled dot-product attention under ``mask``."""
