@@ -614,3 +614,31 @@ def test_a_cache_that_cannot_grow_stays_what_it_was() -> None:
     assert cache.k[0].shape[2] == 512 and cache.k[1].shape[0] == 8
     assert torch.equal(cache.k[1][:4, :, :shape.length], before[0][1])
     assert torch.equal(cache.ck[0][:4, :, :shape.cross_length], before[2][0])
+
+
+def test_the_steps_direct_calls_are_the_modules_own_and_anything_else_is_called() -> None:
+    """batch_lm._direct: a module's forward without __call__ only where it is that very
+    function (same bits); a subclass with a forward of its own, and dropout while training,
+    are still called as modules."""
+    from g4l.engine.batch_lm import _direct, _direct_embedding, _identity
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16)
+    norm, linear, emb = torch.nn.LayerNorm(16), torch.nn.Linear(16, 7), torch.nn.Embedding(11, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.1, 0.1)
+    assert torch.equal(_direct(norm)(x), norm(x)) and _direct(norm) is not norm
+    assert torch.equal(_direct(linear)(x), linear(x)) and _direct(linear) is not linear
+    tokens = torch.randint(0, 11, (3, 4))
+    assert torch.equal(_direct_embedding(emb)(tokens), emb(tokens)) and _direct_embedding(emb) is not emb
+    assert _direct(torch.nn.Identity()) is _identity
+    dropout = torch.nn.Dropout(0.5)
+    assert _direct(dropout.eval()) is _identity and _direct(dropout.train()) is dropout
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(inp)
+
+    doubled = Doubled(16, 7)
+    assert _direct(doubled) is doubled  # its own forward: called, not bypassed

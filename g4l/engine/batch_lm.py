@@ -122,8 +122,11 @@ class _LayerParts:
                                                                      layer.dropout2))
         activation = layer.activation
 
-        def ff(x: torch.Tensor) -> torch.Tensor:  # _ff_block, in its order
+        def ff(x: torch.Tensor) -> torch.Tensor:  # torch's _ff_block, in its order
             return dropout2(linear2(dropout(activation(linear1(x)))))
+
+        if type(layer)._ff_block is not torch.nn.TransformerEncoderLayer._ff_block:
+            ff = layer._ff_block  # a layer with a feed-forward block of its own
 
         cross = layer.cross_attention
         return cls(norm1=_direct(layer.norm1), norm2=_direct(layer.norm2),
