@@ -38,17 +38,17 @@ READY_TIMEOUT_S = 300.0
 RESTART_WINDOW_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
 #: glibc malloc settings for the g4l processes started here, unless the environment sets
-#: them. Each thread's frees stay in that thread's arena, and after a big block is freed
-#: glibc raises its mmap threshold (up to 32 MB), so later 1-30 MB buffers (results,
-#: uploads, decode activations) are carved from arenas that rarely shrink: the workers sat
-#: at 1.0-1.5 GB and the web processes at 220-290 MB, drifting with what happened to be
-#: freed where. With a fixed 1 MB threshold every block of 1 MB or more is its own mapping,
-#: returned whole when freed, and two arenas leave little to fragment: under the same
-#: 10-minute load the workers peaked at 0.86-0.90 GB and the web processes at 155-175 MB
-#: (docs/engine-batching.md). The cost is fresh pages for each big block (a few ms a result).
+#: them. Each thread's frees stay in that thread's arena (up to 8 per core), and glibc
+#: raises its mmap threshold to the largest block freed (up to 32 MB), so a process's RSS
+#: was the largest recent mix of big buffers (decode activations, results, uploads) spread
+#: over many heaps: under scripts/load the workers drifted between 1.0 and 1.5 GB. Two
+#: arenas and a fixed threshold keep it to what the process holds. A 1 MB threshold held
+#: the workers lower still (0.86-0.90 GB) but faulted in fresh pages for every block of 1 MB
+#: or more: 2.6 times the page faults, the suite's system CPU +40%. At 16 MB the workers
+#: stay flat at about 1.1 GB with no more faults than glibc's default (docs/engine-batching.md).
 #: The embedded store has its own, measured for it (``embedded.STORE_ENV``); the Docker
 #: image sets these for the processes it runs without the launcher.
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
 
 
 class Restarts:

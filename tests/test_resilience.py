@@ -208,7 +208,7 @@ def test_the_launchers_processes_run_with_the_bounded_allocator(server) -> None:
         assert pid is not None, module
         env = environ(pid)
         assert {k: env.get(k) for k in MALLOC_ENV} == MALLOC_ENV, (module, env)
-    assert MALLOC_ENV == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    assert MALLOC_ENV == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216"}
 
 
 def test_health_shape_and_cors(server) -> None:
