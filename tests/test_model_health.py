@@ -42,6 +42,8 @@ def unready(redis_server, mongo_server, tmp_path_factory):
     env.update({"G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": f"{MISSING},debug",
                 "G4L_DATA_DIR": str(tmp), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_TORCH_THREADS": "1",
                 "G4L_HLS_ENABLED": "false", "G4L_MONGO_DB": "g4l_unready",
+                # Localhost mode off: its fixed ports (8005, 8002) may be another test's.
+                "G4L_JERRY_PORT": "0", "G4L_TERRY_PORT": "0",
                 "REDIS_URL": re.sub(r"/\d+$", "", redis_server.url) + "/6", "MONGO_URL": mongo_server.url,
                 # No network to the hub in tests (and none on this machine): fail as fast as it can.
                 "HF_HUB_OFFLINE": "1"})

@@ -154,6 +154,8 @@ def test_the_launcher_says_its_store_is_at_its_disk_floor_health_shows_it_and_wr
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
     env.update({"G4L_HOST": "127.0.0.1", "G4L_PORT": str(port), "G4L_MODELS": "debug", "G4L_DATA_DIR": str(tmp_path),
                 "G4L_HLS_ENABLED": "false", "G4L_TORCH_THREADS": "1", "G4L_RATE_LIMIT_PER_MINUTE": "0",
+                # Localhost mode off: its fixed ports (8005, 8002) may be another test's.
+                "G4L_JERRY_PORT": "0", "G4L_TERRY_PORT": "0",
                 "G4L_STORE_MIN_FREE_MB": str(2**40)})  # more than any disk has: the floor is reached at once
     proc = subprocess.Popen([sys.executable, "-m", "g4l.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=open(tmp_path / "server.log", "ab"), text=True)

@@ -54,6 +54,7 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
         env.update({"G4L_MODELS": "debug", "G4L_PORT": str(self.port), "G4L_HOST": "127.0.0.1",
                     "G4L_DATA_DIR": str(self.data), "G4L_RATE_LIMIT_PER_MINUTE": "0", "G4L_WORKER_DEAD_AFTER_S": "6",
+                    "G4L_JERRY_PORT": "0", "G4L_TERRY_PORT": "0",  # a benchmark takes no fixed port
                     **self.scale})
         ready = threading.Event()
         self.proc = subprocess.Popen([str(VENV_PYTHON), "-m", "g4l.launcher"], cwd=str(ROOT), env=env,

@@ -92,6 +92,8 @@ class Server:
             env.update({
                 "G4L_MODELS": "debug", "G4L_PORT": str(self.port), "G4L_HOST": "127.0.0.1",
                 "G4L_DATA_DIR": str(self.tmp / "data"), "G4L_RATE_LIMIT_PER_MINUTE": "0",
+                # Localhost mode off: a benchmark takes no fixed port (8005, 8002).
+                "G4L_JERRY_PORT": "0", "G4L_TERRY_PORT": "0",
                 "REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url,
             })
             env.update(self.extra_env)
