@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Responsiveness under generation: Socket.IO and HTTP round trips of idle clients.
 
-20 idle DeviceClients (websocket) each call ``verify_session`` (with ack) about every
-100 ms; a thread GETs /health/live a few times a second. Phase 1: nothing else runs
+20 idle devices (Node's socket.io-client, the device's own, over websockets:
+``tests/device/probe.mjs``) each call ``verify_session`` (with ack) about every 100 ms; a
+thread GETs /health/live a few times a second. The probes run in Node, in one event loop:
+20 Python clients took a third of a core of the 2-core box they measure, and their own
+waits for that core (up to half the phase) were counted as the server's. Phase 1: nothing else runs
 (20 s). Phase 2: one more client (in its own process, so its base64/JSON work does not
 stall the measuring process) bangs a 30 s WAV (model debug, prompt 6 s) and continues
 three times (``--generators N``: N such clients at once, each in its own process, so a
@@ -21,20 +24,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (re-execs under the venv)
-
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
-import uuid  # noqa: E402
 
-from plugin_protocol.client import DeviceClient  # noqa: E402
+import common  # noqa: E402  (re-execs under the venv)
+
+from plugin_protocol.client import DeviceClient  # noqa: E402  (the generating clients)
 
 CALL_TIMEOUT = 30.0
+#: The generating clients stand for musicians on their own machines: here they share the
+#: box with the server and the measuring clients, so they take only the CPU those leave.
+GENERATOR_NICE = 15
 
 
 def generator_main(url: str, continues: int) -> int:
@@ -66,15 +72,21 @@ def read_marks(gen: subprocess.Popen, marks: dict[str, dict]) -> None:
         marks[rec["mark"]] = rec
 
 
-def idle_crowd(server: common.Server, sockets: int, seconds: float) -> subprocess.Popen:
-    """``sockets`` more websockets from Node (``tests/device/load.mjs`` with no active
-    device), given time to connect; killed by the caller."""
+def _node_script(name: str) -> tuple[str, Path]:
+    """Node and one of ``tests/device``'s scripts (needs ``scripts/install.sh test``)."""
     import shutil
 
     node = shutil.which("node")
-    harness = Path(__file__).resolve().parents[2] / "tests" / "device" / "load.mjs"
-    if node is None or not (harness.parent / "node_modules" / "socket.io-client").is_dir():
-        raise SystemExit("--idle-sockets needs node and tests/device/node_modules (scripts/install.sh test)")
+    script = Path(__file__).resolve().parents[2] / "tests" / "device" / name
+    if node is None or not (script.parent / "node_modules" / "socket.io-client").is_dir():
+        raise SystemExit("this benchmark needs node and tests/device/node_modules (scripts/install.sh test)")
+    return node, script
+
+
+def idle_crowd(server: common.Server, sockets: int, seconds: float) -> subprocess.Popen:
+    """``sockets`` more websockets from Node (``tests/device/load.mjs`` with no active
+    device), given time to connect; killed by the caller."""
+    node, harness = _node_script("load.mjs")
     wav = Path(server.tmp) / "idle.wav"
     wav.write_bytes(common.make_wav(1.0))
     proc = subprocess.Popen([node, str(harness), server.url, str(wav), str(sockets), "0", str(int(seconds))],
@@ -86,30 +98,33 @@ def idle_crowd(server: common.Server, sockets: int, seconds: float) -> subproces
     return proc
 
 
-class Prober:
-    """One idle client measuring verify_session round trips."""
+class Probes:
+    """The measuring devices: ``tests/device/probe.mjs``, ``clients`` sockets each asking
+    ``verify_session`` every 100 ms until :meth:`samples`."""
 
-    def __init__(self, url: str, stop: threading.Event, samples: list, lock: threading.Lock) -> None:
-        self.client = DeviceClient(url, timeout=CALL_TIMEOUT)
-        self.stop, self.samples, self.lock = stop, samples, lock
-        self.errors = 0
+    def __init__(self, url: str, clients: int) -> None:
+        node, script = _node_script("probe.mjs")
+        self.proc = subprocess.Popen([node, str(script), url, str(clients), "100", "1200"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "N probe clients connected", or Node's error
+        if "connected" not in line:
+            raise RuntimeError(f"the probe clients did not connect: {line.strip()}")
 
-    def run(self, offset: float) -> None:
-        time.sleep(offset)
-        while not self.stop.is_set():
-            sent_wall = time.time()
-            t0 = time.perf_counter()
-            try:
-                ack = self.client.sio.call("verify_session", {"session_id": str(uuid.uuid4())}, timeout=CALL_TIMEOUT)
-                rtt = (time.perf_counter() - t0) * 1000
-                ok = isinstance(ack, dict) and "exists" in ack
-            except Exception:
-                rtt, ok = (time.perf_counter() - t0) * 1000, False
-            with self.lock:
-                self.samples.append((sent_wall, rtt, ok))
-            if not ok:
-                self.errors += 1
-            self.stop.wait(max(0.0, 0.1 - rtt / 1000))
+    def samples(self) -> list[tuple[float, float, bool]]:
+        """Stop the probes; every round trip as (wall-clock s when sent, ms, ok)."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"the probe clients exited with {self.proc.returncode}: {err[-500:]}")
+        return [(t / 1000.0, rtt, bool(ok)) for t, rtt, ok in json.loads(out)["samples"]]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def http_prober(url: str, stop: threading.Event, samples: list, lock: threading.Lock) -> None:
@@ -174,7 +189,7 @@ def main() -> int:
     common.install_term_handler()
     common.install_alarm(420)
     server = common.Server(keep_dir=args.keep)
-    probers: list[Prober] = []
+    probes: Probes | None = None
     stop = threading.Event()
     threads: list[threading.Thread] = []
     gens: list[subprocess.Popen] = []
@@ -183,18 +198,12 @@ def main() -> int:
         t = time.monotonic()
         server.start()
         print(f"server ready on {server.url} in {time.monotonic() - t:.1f} s", flush=True)
-        sio_samples: list = []
         http_samples: list = []
         lock = threading.Lock()
-        for _ in range(args.clients):
-            p = Prober(server.url, stop, sio_samples, lock)
-            p.client.connect()
-            probers.append(p)
-        print(f"{len(probers)} idle clients connected (websocket)", flush=True)
+        probes = Probes(server.url, args.clients)
+        print(f"{args.clients} idle clients connected (Node, websocket)", flush=True)
         if args.idle_sockets:
             crowd = idle_crowd(server, args.idle_sockets, args.idle_seconds + 600)
-        for i, p in enumerate(probers):
-            threads.append(threading.Thread(target=p.run, args=(i * 0.1 / len(probers),), daemon=True))
         threads.append(threading.Thread(target=http_prober, args=(server.url, stop, http_samples, lock), daemon=True))
         for th in threads:
             th.start()
@@ -209,10 +218,12 @@ def main() -> int:
 
         gen_steal = steal_ticks()
         gens = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--generator", server.url,
-                                  "--continues", str(args.continues)], stdout=subprocess.PIPE, text=True)
+                                  "--continues", str(args.continues)], stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: os.nice(GENERATOR_NICE))
                 for _ in range(args.generators)]
         runs: list[dict[str, dict]] = [{} for _ in gens]
-        readers = [threading.Thread(target=read_marks, args=(g, m), daemon=True) for g, m in zip(gens, runs, strict=True)]
+        readers = [threading.Thread(target=read_marks, args=(g, m), daemon=True)
+                   for g, m in zip(gens, runs, strict=True)]
         for th in readers:
             th.start()
         for th in readers:
@@ -230,6 +241,7 @@ def main() -> int:
         stop.set()
         for th in threads:
             th.join(CALL_TIMEOUT + 5)
+        sio_samples = probes.samples()
 
         steps = ["bang"] + [f"continue{i + 1}" for i in range(args.continues)]
         print("generation client: " + ", ".join(f"{k} {marks[k]['seconds']} s ({marks[k]['bytes']} B)" for k in steps)
@@ -258,11 +270,8 @@ def main() -> int:
             if g.poll() is None:
                 g.kill()
                 g.wait(10)
-        for p in probers:
-            try:
-                p.client.close()
-            except Exception:
-                pass
+        if probes is not None:
+            probes.kill()
         server.stop()
         if args.keep:
             print(f"server log kept: {server.log_path}", flush=True)
