@@ -6,8 +6,8 @@ socket.io-client), plus two slow clients beside them: one uploading a 200 MB mes
 20 KB/s (its frame header declares it all) and one that sends a bang and never reads a
 byte of what comes back. Prints results delivered / requested, errors by code, the idle
 sockets' round-trip p99, the queue wait p99, what the slow clients cost, and the memory
-(RSS) of every process of the server: idle at the start, then under load at 1 and 5
-minutes, every 10 minutes and in the load's last minute, then idle after it, with each
+(RSS) of every process of the server (with the data Redis holds and its keys): idle at the
+start, then under load at 1 and 5 minutes, every 10 minutes and in the load's last minute, then idle after it, with each
 process's change from 5 minutes to the last minute.
 
 A process's RSS under load is read every 2 s, and a mark reports the most it held in the
@@ -59,6 +59,20 @@ def rss_by_process(root_pids: list[int]) -> dict[str, int]:
             name = f"{role}#{n}"
         out[name] = rss_kb // 1024
     return out
+
+
+def redis_data(url: str) -> dict[str, int]:
+    """What Redis holds, in MB and keys: ``redis data`` (``used_memory``: its data, which the
+    RSS above includes with what its allocator keeps) and ``redis keys``. Read as RSS is,
+    so a mark is the peak of its minute; empty when Redis does not answer."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        used = int(client.info("memory")["used_memory"])
+        return {"redis data": used // (1024 * 1024), "redis keys": int(client.dbsize())}
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return {}
 
 
 def peak_of(readings: list[tuple[float, dict[str, int]]], since: float, until: float) -> dict[str, int]:
@@ -160,7 +174,7 @@ def main() -> int:
         wav.write_bytes(make_wav(6))
         roots = [server.proc.pid, *(s.proc.pid for s in server.stores)]
         time.sleep(5)  # let the processes settle before the first memory reading
-        rss = {"start": rss_by_process(roots)}
+        rss = {"start": {**rss_by_process(roots), **redis_data(server.redis_url)}}
         uploader, never = SlowUploader(server.port), NeverReader(server.port)
         uploader.start()
         never.start()
@@ -177,7 +191,8 @@ def main() -> int:
         readings: list[tuple[float, dict[str, int]]] = []
         for name, at in marks:
             while time.monotonic() - started < at and proc.poll() is None:
-                readings.append((time.monotonic() - started, rss_by_process(roots)))
+                readings.append((time.monotonic() - started,
+                                 {**rss_by_process(roots), **redis_data(server.redis_url)}))
                 time.sleep(2.0)
             if proc.poll() is not None:
                 break
@@ -186,7 +201,7 @@ def main() -> int:
         took = time.monotonic() - started
         uploader.stopped.set()
         time.sleep(5)
-        rss["idle after"] = rss_by_process(roots)
+        rss["idle after"] = {**rss_by_process(roots), **redis_data(server.redis_url)}
         if proc.returncode != 0:
             print(err[-2000:], file=sys.stderr)
             return 1
