@@ -42,16 +42,22 @@ def test_gpu_check_runs_on_cpu_and_prints_its_figures() -> None:
 
 
 def test_audiocraft_imports_without_xformers_and_pyav() -> None:
-    """Where no xformers wheel fits the torch (a CUDA image) and PyAV is not carried, stubs
-    stand in: MusicGen builds and runs on the 'torch' attention backend."""
+    """xformers is never imported (g4l/engine/_compat.py: a stand-in with the names AudioCraft's
+    'torch' attention backend uses) and, where PyAV is not carried, a stub stands in for it:
+    MusicGen builds, and AudioCraft's own generation (its attention's ``ops.unbind`` path,
+    not the batched step) runs."""
     code = (
         "import sys\n"
-        "sys.modules['xformers'] = None  # import xformers raises ImportError\n"
-        "sys.modules['av'] = None\n"
+        "sys.modules['av'] = None  # import av raises ImportError\n"
         "from g4l.engine import build_debug_musicgen\n"
         "m = build_debug_musicgen()\n"
-        "import xformers.ops\n"
+        "import torch, xformers.ops\n"
         "assert 'stub' in (sys.modules['xformers'].__doc__ or '')\n"
+        "attn = m.lm.transformer.layers[0].self_attn\n"
+        "assert attn.memory_efficient and attn.custom and attn.kv_repeat == 1  # the path that calls ops.unbind\n"
+        "m.set_generation_params(duration=1.0)\n"
+        "out = m.generate_continuation(torch.zeros(1, 1, 16000), 32000, progress=False)\n"
+        "assert out.shape[-1] == 32000 and bool(torch.isfinite(out).all())\n"
         "try:\n"
         "    xformers.ops.memory_efficient_attention(None, None, None)\n"
         "except RuntimeError as exc:\n"

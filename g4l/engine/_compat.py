@@ -1,7 +1,7 @@
 """Make AudioCraft importable in this environment, without touching site-packages.
 
-Two of AudioCraft's module-level imports cannot succeed here, although the code that
-MusicGen inference runs never needs them:
+Some of AudioCraft's module-level imports cannot succeed here, or cost more than they give,
+although the code that MusicGen inference runs never needs them (or needs a few names):
 
 * ``torchaudio``: the 2.11 wheel's compiled extension links against CUDA libraries
   (``libc10_cuda.so``) and is built for another torch ABI, so ``import torchaudio`` raises
@@ -13,11 +13,14 @@ MusicGen inference runs never needs them:
   is not installed we register a stub whose ``load`` raises a clear error, so every other
   conditioner keeps working.
 
-* ``xformers``: ``audiocraft.modules.transformer`` imports ``xformers.ops`` at module level,
-  but calls it only with its ``'xformers'`` attention backend (MusicGen runs ``'torch'``,
-  SDPA). Its wheels are built for one torch each; where none fits (a CUDA image with
-  another torch: the GPU check, ``scripts/gpu_check``) a stub whose functions raise
-  stands in.
+* ``xformers``: ``audiocraft.modules.transformer`` imports ``xformers.ops`` at module level.
+  g4l runs AudioCraft's ``'torch'`` attention backend only (SDPA; it never selects
+  ``'xformers'``), on which AudioCraft touches three names: ``ops.unbind`` (a view split,
+  as ``torch.unbind``), ``ops.LowerTriangularMask`` (only whether a mask is given matters)
+  and ``xformers.profiler`` (whether a profiler runs). A stand-in that provides exactly
+  these (:func:`_xformers_standin`) always takes xformers' place, and the package is not a
+  dependency: its wheels are built for one torch each, and importing it pulls
+  ``torch._dynamo`` and SciPy's optimizers, 2.4 CPU-s of every worker start.
 
 * ``av`` (PyAV): ``audiocraft.data.audio`` imports it for reading and writing audio files,
   which MusicGen inference never does (g4l reads and writes WAV with soundfile). Its
@@ -30,7 +33,8 @@ MusicGen inference runs never needs them:
   framework) is not installed, stand-in base classes that refuse to be instantiated take
   its place (:func:`prepare_stable_audio_import`).
 
-Each shim applies only when the real import fails; a working install is used as is.
+Each shim but xformers' applies only when the real import fails; a working install is used
+as is.
 """
 
 from __future__ import annotations
@@ -112,10 +116,43 @@ def _import_spacy() -> None:
 
 
 def _import_xformers() -> None:
-    _stub_if_missing("xformers.ops", {"xformers": (), "xformers.ops": ("memory_efficient_attention", "unbind",
-                                                                      "LowerTriangularMask")},
-                     "xformers is not installed: AudioCraft's 'xformers' attention backend is unavailable "
-                     "(MusicGen uses the 'torch' backend)")
+    """Put :func:`_xformers_standin` in xformers' place (unless xformers is already imported)."""
+    if "xformers" in sys.modules and sys.modules["xformers"] is not None:
+        return  # imported by someone before us: theirs serves AudioCraft as well
+    for name, module in _xformers_standin().items():
+        sys.modules[name] = module
+
+
+class _LowerTriangularMask:
+    """g4l stand-in for ``xformers.ops.LowerTriangularMask``: a causal mask's marker (the
+    torch backend passes ``is_causal=mask is not None`` to SDPA)."""
+
+
+def _xformers_standin() -> dict[str, types.ModuleType]:
+    """The modules ``xformers``, ``xformers.ops`` and ``xformers.profiler`` as AudioCraft's
+    torch attention backend uses them; ``memory_efficient_attention`` (the ``'xformers'``
+    backend, which g4l never selects) raises."""
+    import torch
+
+    doc = "g4l stub: xformers is not used (AudioCraft's 'torch' attention backend; g4l/engine/_compat.py)."
+
+    def memory_efficient_attention(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("xformers is not installed: AudioCraft's 'xformers' attention backend is unavailable "
+                           "(MusicGen uses the 'torch' backend)")
+
+    def unbind(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
+        return torch.unbind(x, dim)
+
+    root, ops, profiler = (types.ModuleType(n) for n in ("xformers", "xformers.ops", "xformers.profiler"))
+    for module in (root, ops, profiler):
+        module.__doc__ = doc
+    ops.memory_efficient_attention = memory_efficient_attention  # type: ignore[attr-defined]
+    ops.unbind = unbind  # type: ignore[attr-defined]
+    ops.LowerTriangularMask = _LowerTriangularMask  # type: ignore[attr-defined]
+    # audiocraft's _is_profiled(): ``profiler._Profiler._CURRENT_PROFILER is not None``.
+    profiler.profiler = types.SimpleNamespace(_Profiler=types.SimpleNamespace(_CURRENT_PROFILER=None))  # type: ignore[attr-defined]
+    root.ops, root.profiler = ops, profiler  # type: ignore[attr-defined]
+    return {"xformers": root, "xformers.ops": ops, "xformers.profiler": profiler}
 
 
 def _import_av() -> None:

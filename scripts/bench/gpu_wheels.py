@@ -11,8 +11,8 @@ this interpreter lacks (``scripts/gpu_check`` installs the carried wheels when a
 
 xformers and PyAV are not carried: xformers' wheels are built for one torch and weigh
 hundreds of MB, PyAV's 35 MB (the device run carries at most 64 MiB with the tree);
-AudioCraft only imports them, and :mod:`g4l.engine._compat` stands in for them when they
-cannot load. stable-audio-tools' metadata says Python < 3.11: it is downloaded and installed
+AudioCraft only imports them, and :mod:`g4l.engine._compat` stands in for them (for xformers
+always; for PyAV when it cannot load). stable-audio-tools' metadata says Python < 3.11: it is downloaded and installed
 with ``--ignore-requires-python`` (as scripts/install.sh does). The wheels (63) come to about 32 MiB.
 """
 
