@@ -296,6 +296,45 @@ def test_stable_audio_tools_inference_modules_import() -> None:
     assert hasattr(torchaudio.transforms, "Resample")
 
 
+def test_the_transformers_import_time_compile_is_put_off_until_called() -> None:
+    """stable-audio-tools compiles flex_attention when its transformer module is imported;
+    g4l imports it with that compile put off to the first call (TorchInductor's code
+    generators stay unloaded: 1.8 CPU-s of every worker start), and ``torch.compile`` is
+    itself again afterwards."""
+    import subprocess
+
+    code = (
+        "import sys, torch\n"
+        "real = torch.compile\n"
+        "from g4l.engine._compat import CompileOnFirstCall, prepare_stable_audio_import\n"
+        "prepare_stable_audio_import()\n"
+        "import stable_audio_tools.models.transformer as t\n"
+        "assert t.flex_attention_available, 'this torch has flex_attention'\n"
+        "assert isinstance(t.flex_attention_compiled, CompileOnFirstCall)\n"
+        "assert 'torch._inductor.compile_fx' not in sys.modules\n"
+        "assert torch.compile is real\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_a_put_off_compile_runs_once_at_the_first_call() -> None:
+    from g4l.engine._compat import CompileOnFirstCall
+
+    compiled: list[tuple[Any, dict]] = []
+
+    def compile(fn: Any, **options: Any) -> Any:  # stands for torch.compile: returns a callable
+        compiled.append((fn, options))
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+
+    wrapped = CompileOnFirstCall(compile, lambda x, y=0: x + y, {"mode": "max-autotune-no-cudagraphs"})
+    assert compiled == []
+    assert wrapped(1, y=2) == ("compiled", 3) and wrapped(5) == ("compiled", 5)
+    assert len(compiled) == 1 and compiled[0][1] == {"mode": "max-autotune-no-cudagraphs"}
+
+
 def test_model_cache_serves_the_debug_id(tmp_path: Path) -> None:
     """The coordinator's ModelCache writes the debug model once into its debug directory
     (a scratch directory renamed into place) and loads it through load_engine."""

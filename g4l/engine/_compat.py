@@ -203,14 +203,58 @@ def _import_pytorch_lightning() -> None:
     sys.modules["pytorch_lightning.callbacks"] = callbacks
 
 
+class CompileOnFirstCall:
+    """``compile(fn, **options)`` put off until the result is first called, then kept.
+
+    ``torch.compile`` itself defers compiling to the first call, but asking for it loads
+    TorchInductor's code generators (1.8 CPU-s); a function compiled at import time and
+    rarely called should not cost every process that import."""
+
+    def __init__(self, compile: Callable[..., Any], fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._compile, self._fn, self._options = compile, fn, options
+        self._compiled: Callable[..., Any] | None = None
+        self._compiled_lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is None:
+            with self._compiled_lock:
+                if self._compiled is None:
+                    self._compiled = self._compile(self._fn, **self._options)
+        return self._compiled(*args, **kwargs)
+
+
+def _import_stable_audio_transformer() -> None:
+    """Import ``stable_audio_tools.models.transformer`` with its module-level
+    ``torch.compile(flex_attention, ...)`` put off (:class:`CompileOnFirstCall`): that
+    function serves only sliding-window attention, which the released models do not use."""
+    import torch
+
+    if "stable_audio_tools.models.transformer" in sys.modules:
+        return
+    real = torch.compile
+
+    def deferred(model: Any = None, **options: Any) -> Any:
+        if model is None:  # the decorator form: @torch.compile(...)
+            return lambda fn: CompileOnFirstCall(real, fn, options)
+        return CompileOnFirstCall(real, model, options)
+
+    torch.compile = deferred
+    try:
+        importlib.import_module("stable_audio_tools.models.transformer")
+    finally:
+        torch.compile = real
+
+
 def prepare_stable_audio_import() -> None:
     """Install the shims stable-audio-tools' inference path needs (once per process):
     torchaudio's pure-Python parts (its transforms are imported by the autoencoder and
-    data modules) and the Lightning stand-in."""
+    data modules) and the Lightning stand-in; then import its transformer module with
+    its import-time compile put off."""
     global _stable_audio_done
     with _lock:
         if _stable_audio_done:
             return
         _import_torchaudio()
         _import_pytorch_lightning()
+        _import_stable_audio_transformer()
         _stable_audio_done = True
