@@ -208,8 +208,8 @@ def main() -> int:
         for th in threads:
             th.start()
         time.sleep(1.0)  # settle
-        # The measuring process's own garbage collector would stall all its clients at
-        # once and be counted as server latency: keep what exists out of its passes.
+        # This process's own garbage collector would stall its HTTP prober and be counted
+        # as server latency: keep what exists out of its passes.
         gc.collect()
         gc.freeze()
         idle_lo, idle_steal = time.time(), steal_ticks()
