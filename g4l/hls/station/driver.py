@@ -120,10 +120,12 @@ class StationDriver:
             self.accounting.account(self.first.seq)
             buffered = self.chunks.buffered_s()
             state = policy.state(buffered)
-            self.program.decide(st, policy, state, buffered)
-            if self.program.on_air:
-                self.program.feed()
-            self._publish(st, state, buffered)
+            air = self.program.decide(st, policy, state, buffered)
+            try:
+                if self.program.on_air:
+                    self.program.feed()
+            finally:  # a change of air is written even when decoding failed
+                self._publish(st, state, buffered, air)
             if state != HEALTHY and not st.job_id and time.monotonic() >= self._backoff_until:
                 self._enqueue(st, policy)
 
@@ -138,8 +140,9 @@ class StationDriver:
                           MAX_ERRORS_KEPT)
         self.log.warning("station generation failed", error=message[:300], code=code, failures=self._failures)
 
-    def _publish(self, st: StationRecord, state: str, buffered: float) -> None:
-        changes: dict[str, object] = {"buffered_s": round(buffered, 3), "buffer_state": state}
+    def _publish(self, st: StationRecord, state: str, buffered: float, air: dict[str, object]) -> None:
+        """Write the buffer figures, with ``air`` (a change of air, if any) in the same update."""
+        changes: dict[str, object] = {**air, "buffered_s": round(buffered, 3), "buffer_state": state}
         playing = self.stream.buffer.playing_meta() or {}
         seq, offset = self.chunks.position()
         if playing.get("chunk") == seq:

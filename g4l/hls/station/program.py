@@ -57,23 +57,27 @@ class Program:
         return self.cursor is not None
 
     # ------------------------------------------------------------ on and off the air
-    def decide(self, st: StationRecord, policy: BufferPolicy, state: str, buffered: float) -> None:
-        """On the air unless DEPLETED; back on once ``resume_s`` is buffered (hysteresis)."""
+    def decide(self, st: StationRecord, policy: BufferPolicy, state: str, buffered: float) -> dict[str, object]:
+        """On the air unless DEPLETED; back on once ``resume_s`` is buffered (hysteresis).
+        Returns the station fields a change of air sets, for the caller to write with the
+        buffer figures it publishes in the same update: a status never shows the program on
+        the air beside the buffer from before the chunk that put it there."""
         if self.on_air and state == DEPLETED:
             dropped = self.stream.buffer.interrupt(slate_loop())
             self.accounting.forget()
             self.cursor = None
-            self.store.update(self.station_id, on_air=False, off_air_at=time.time())
             seq, offset = self.chunks.position()
             self.log.warning("station off the air: buffer depleted", buffered_s=round(buffered, 2),
                              emergency_s=policy.emergency_s, resume_s=policy.resume_s, play_seq=seq,
                              play_offset_s=round(offset, 2), unheard_s=round(dropped / RATE, 2))
-        elif not self.on_air and buffered >= policy.resume_s:
+            return {"on_air": False, "off_air_at": time.time()}
+        if not self.on_air and buffered >= policy.resume_s:
             self.stream.buffer.resume()
             self.cursor = self.chunks.position()
-            self.store.update(self.station_id, on_air=True, ever_on_air=True, on_air_at=time.time())
             self.log.info("station on the air", buffered_s=round(buffered, 2), resume_s=policy.resume_s,
                           resumed=st.ever_on_air)
+            return {"on_air": True, "ever_on_air": True, "on_air_at": time.time()}
+        return {}
 
     def went_on_air(self) -> None:
         """The station is on the air with audio that was not decoded from storage (a
