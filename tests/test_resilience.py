@@ -39,6 +39,22 @@ def _kill_worker_mid_job(r: redis_lib.Redis, job_id: str, timeout: float = 60) -
     raise AssertionError(f"no worker ever took job {job_id}")
 
 
+@pytest.fixture(scope="module")
+def recovering(tmp_path_factory):
+    """One server, on stores of its own, for the tests that kill its worker mid-job and the
+    flood: two attempts per job, 5 generation requests a minute per client, 3 jobs queued
+    at most. Each test waits for its own answers, and the flood (3 requests or fewer
+    before it) runs last."""
+    r = embedded.start_redis(None)
+    m = embedded.start_mongo(None)
+    server = start_server(tmp_path_factory.mktemp("recovering"), redis_url=r.url, mongo_url=m.url,
+                          G4L_JOB_MAX_ATTEMPTS="2", G4L_RATE_LIMIT_PER_MINUTE="5", G4L_MAX_QUEUE="3")
+    yield server, redis_lib.Redis.from_url(r.url, decode_responses=True)
+    server.stop()
+    r.stop()
+    m.stop()
+
+
 @pytest.fixture
 def own_stores(tmp_path):
     r = embedded.start_redis(None)
@@ -48,71 +64,61 @@ def own_stores(tmp_path):
     m.stop()
 
 
-def test_worker_killed_mid_generation_job_is_recovered(own_stores, tmp_path) -> None:
-    r_proc, m_proc = own_stores
-    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_JOB_MAX_ATTEMPTS="2")
-    try:
-        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        with DeviceClient(server.url, timeout=180) as c:
-            since = c.mark()
-            c.emit(events.PROCESS_AUDIO, {"audio_data": base64.b64encode(make_wav(6)).decode(),
-                                          "model_name": "debug", "prompt_duration": 6})
-            _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
-            _kill_worker_mid_job(r, ack["job_id"])
-            # The launcher restarts the worker; the dead worker's job gets a second attempt.
-            _, result = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
-            assert wav_info(base64.b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
-            job = r.hgetall(f"g4l:job:{ack['job_id']}")
-            assert job["status"] == "completed" and job["attempts"] == "2"
-    finally:
-        server.stop()
+def test_worker_killed_mid_generation_job_is_recovered(recovering) -> None:
+    server, r = recovering
+    with DeviceClient(server.url, timeout=180) as c:
+        since = c.mark()
+        c.emit(events.PROCESS_AUDIO, {"audio_data": base64.b64encode(make_wav(6)).decode(),
+                                      "model_name": "debug", "prompt_duration": 6})
+        _, ack = c.wait_for(events.PROCESS_AUDIO_RECEIVED, since)
+        _kill_worker_mid_job(r, ack["job_id"])
+        # The launcher restarts the worker; the dead worker's job gets a second attempt.
+        _, result = c.wait_for(events.AUDIO_PROCESSED, since, session_id=ack["session_id"])
+        assert wav_info(base64.b64decode(result["audio_data"])).duration == pytest.approx(30, abs=0.05)
+        job = r.hgetall(f"g4l:job:{ack['job_id']}")
+        assert job["status"] == "completed" and job["attempts"] == "2"
 
 
-def test_jerry_and_terry_jobs_of_a_killed_worker_are_recovered(own_stores, tmp_path) -> None:
+def test_jerry_and_terry_jobs_of_a_killed_worker_are_recovered(recovering) -> None:
     """jerry's and terry's jobs go through the same queue as gary's: a worker killed while it
     runs one is replaced, the job runs again, and the client that waits gets its answer
     (jerry's HTTP request its clip; the device its transform, made once in the history)."""
-    r_proc, m_proc = own_stores
-    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url, G4L_JOB_MAX_ATTEMPTS="2")
-    try:
-        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        answer: dict = {}
+    server, r = recovering
+    answer: dict = {}
 
-        def jerry() -> None:
-            body = json.dumps({"prompt": "dusty breakbeat 120bpm", "steps": 250, "seed": 5,
-                               "return_format": "base64"}).encode()
-            req = urllib.request.Request(server.url + "/audio/generate", body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=240) as resp:
-                answer.update(json.load(resp))
+    def jerry() -> None:
+        body = json.dumps({"prompt": "dusty breakbeat 120bpm", "steps": 250, "seed": 5,
+                           "return_format": "base64"}).encode()
+        req = urllib.request.Request(server.url + "/audio/generate", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=240) as resp:
+            answer.update(json.load(resp))
 
-        asking = threading.Thread(target=jerry)
-        asking.start()
-        deadline = time.monotonic() + 60
-        job_id = None
-        while job_id is None and time.monotonic() < deadline:  # the jerry job, as soon as it is queued
-            job_id = next((k.split(":")[2] for k in r.scan_iter("g4l:job:*")
-                           if k.count(":") == 2 and r.hget(k, "kind") == "text_to_audio"), None)
-            time.sleep(0.02)
-        assert job_id, "the jerry request queued no job"
-        _kill_worker_mid_job(r, job_id)
-        asking.join(240)
-        assert answer.get("success") is True and answer["metadata"]["seed"] == 5, answer
-        assert wav_info(base64.b64decode(answer["audio_base64"])).duration == pytest.approx(11.0, abs=0.001)
-        assert r.hget(f"g4l:job:{job_id}", "attempts") == "2"
+    asking = threading.Thread(target=jerry)
+    asking.start()
+    deadline = time.monotonic() + 60
+    job_id = None
+    while job_id is None and time.monotonic() < deadline:  # the jerry job, as soon as it is queued
+        job_id = next((k.split(":")[2] for k in r.scan_iter("g4l:job:*")
+                       if k.count(":") == 2 and r.hget(k, "kind") == "text_to_audio"), None)
+        time.sleep(0.02)
+    assert job_id, "the jerry request queued no job"
+    _kill_worker_mid_job(r, job_id)
+    asking.join(240)
+    assert answer.get("success") is True and answer["metadata"]["seed"] == 5, answer
+    assert wav_info(base64.b64decode(answer["audio_base64"])).duration == pytest.approx(11.0, abs=0.001)
+    assert r.hget(f"g4l:job:{job_id}", "attempts") == "2"
 
-        with DeviceClient(server.url, timeout=240) as c:
-            take = make_wav(45)  # past the 30 s window: several edits, time enough to be killed in
-            since = c.mark()
-            c.emit(events.TRANSFORM_AUDIO, {"audio_data": base64.b64encode(take).decode(), "variation": "celtic"})
-            _, ack = c.wait_for(events.TRANSFORM_AUDIO_RECEIVED, since)
-            _kill_worker_mid_job(r, ack["job_id"])
-            _, result = c.wait_for(events.AUDIO_TRANSFORMED, since, session_id=ack["session_id"])
-            assert wav_info(base64.b64decode(result["audio_data"])).frames == wav_info(take).frames
-            assert result["variation"] == "celtic" and r.hget(f"g4l:job:{ack['job_id']}", "attempts") == "2"
-            status = c.verify(ack["session_id"])
-            assert status["generation_in_progress"] is False and status["version"] == 2  # the upload, one transform
-    finally:
-        server.stop()
+    with DeviceClient(server.url, timeout=240) as c:
+        take = make_wav(45)  # past the 30 s window: several edits, time enough to be killed in
+        since = c.mark()
+        c.emit(events.TRANSFORM_AUDIO, {"audio_data": base64.b64encode(take).decode(), "variation": "celtic"})
+        _, ack = c.wait_for(events.TRANSFORM_AUDIO_RECEIVED, since)
+        _kill_worker_mid_job(r, ack["job_id"])
+        _, result = c.wait_for(events.AUDIO_TRANSFORMED, since, session_id=ack["session_id"])
+        assert wav_info(base64.b64decode(result["audio_data"])).frames == wav_info(take).frames
+        assert result["variation"] == "celtic" and r.hget(f"g4l:job:{ack['job_id']}", "attempts") == "2"
+        status = c.verify(ack["session_id"])
+        assert status["generation_in_progress"] is False and status["version"] == 2  # the upload, one transform
 
 
 def test_worker_killed_on_last_attempt_gives_a_clear_error(own_stores, tmp_path) -> None:
@@ -139,33 +145,27 @@ def test_worker_killed_on_last_attempt_gives_a_clear_error(own_stores, tmp_path)
         server.stop()
 
 
-def test_flood_of_requests_is_rate_limited_and_queue_stays_bounded(own_stores, tmp_path) -> None:
-    r_proc, m_proc = own_stores
-    server = start_server(tmp_path, redis_url=r_proc.url, mongo_url=m_proc.url,
-                          G4L_RATE_LIMIT_PER_MINUTE="5", G4L_MAX_QUEUE="3")
-    try:
-        r = redis_lib.Redis.from_url(r_proc.url, decode_responses=True)
-        payload = {"audio_data": base64.b64encode(make_wav(2)).decode(), "model_name": "debug",
-                   "prompt_duration": 2}
-        with DeviceClient(server.url) as c:
-            since = c.mark()
-            for _ in range(40):
-                c.emit(events.PROCESS_AUDIO, payload)
-            deadline = time.monotonic() + 30
-            while len(c.events_since(since, events.ERROR)) + len(c.events_since(since, events.PROCESS_AUDIO_RECEIVED)) < 40:
-                assert time.monotonic() < deadline, "the server stopped answering"
-                time.sleep(0.1)
-            codes = {e["code"] for e in c.events_since(since, events.ERROR)}
-            accepted = c.events_since(since, events.PROCESS_AUDIO_RECEIVED)
-            assert len(accepted) <= 5
-            assert codes <= {"RATE_LIMITED", "QUEUE_FULL"} and "RATE_LIMITED" in codes
-            limited = next(e for e in c.events_since(since, events.ERROR) if e["code"] == "RATE_LIMITED")
-            assert 0 < limited["retry_after"] <= 61
-            assert r.zcard("g4l:queue:waiting") <= 3
-        status, body = server.health()
-        assert status == 200
-    finally:
-        server.stop()
+def test_flood_of_requests_is_rate_limited_and_queue_stays_bounded(recovering) -> None:
+    server, r = recovering
+    payload = {"audio_data": base64.b64encode(make_wav(2)).decode(), "model_name": "debug",
+               "prompt_duration": 2}
+    with DeviceClient(server.url) as c:
+        since = c.mark()
+        for _ in range(40):
+            c.emit(events.PROCESS_AUDIO, payload)
+        deadline = time.monotonic() + 30
+        while len(c.events_since(since, events.ERROR)) + len(c.events_since(since, events.PROCESS_AUDIO_RECEIVED)) < 40:
+            assert time.monotonic() < deadline, "the server stopped answering"
+            time.sleep(0.1)
+        codes = {e["code"] for e in c.events_since(since, events.ERROR)}
+        accepted = c.events_since(since, events.PROCESS_AUDIO_RECEIVED)
+        assert len(accepted) <= 5
+        assert codes <= {"RATE_LIMITED", "QUEUE_FULL"} and "RATE_LIMITED" in codes
+        limited = next(e for e in c.events_since(since, events.ERROR) if e["code"] == "RATE_LIMITED")
+        assert 0 < limited["retry_after"] <= 61
+        assert r.zcard("g4l:queue:waiting") <= 3
+    status, body = server.health()
+    assert status == 200
 
 
 def test_health_reports_a_store_that_is_down(own_stores, tmp_path) -> None:

@@ -117,7 +117,10 @@ def test_the_dashboard_draws_the_buffer_and_shows_the_status_in_chromium(dash: D
                 same = (seen["status"] == api["status"] and seen["listeners"] == str(api["listeners"])
                         and seen["current_prompt"] == api["current_prompt"]
                         and seen["state"] == (api.get("buffer_state") or api["buffer_health"])
-                        and abs(seen["buffered"] - api["buffered_seconds"]) <= 3.5)
+                        and abs(seen["buffered"] - api["buffered_seconds"]) <= 3.5
+                        # The realtime factor moves with every chunk: compared within the pair too.
+                        and (api.get("realtime_factor") is None
+                             or page.inner_text("#rtf").startswith(f"{api['realtime_factor']:.2f}")))
                 return (seen, api) if same else None
 
             seen, api = wait_until(agree, 20, "the page to show the API's values", interval=1.0)
@@ -133,8 +136,6 @@ def test_the_dashboard_draws_the_buffer_and_shows_the_status_in_chromium(dash: D
             for field, elem in (("realtime_factor", "rtf"), ("next_prompt", "next-prompt")):
                 if api.get(field) is None:
                     assert page.inner_text(f"#{elem}") == "-"
-            if api.get("realtime_factor") is not None:
-                assert page.inner_text("#rtf").startswith(f"{api['realtime_factor']:.2f}")
             if api.get("buffer_thresholds_s"):  # bands, and a dashed line per lower bound in range
                 drawn = page.evaluate("[...document.querySelectorAll('#plot line.bound[data-state]')]"
                                       ".map(l => [l.dataset.state, parseFloat(l.dataset.seconds)])")
