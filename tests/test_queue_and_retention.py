@@ -298,3 +298,18 @@ def test_a_waiting_claim_takes_a_job_queued_during_its_wait(ctx: Context) -> Non
         timer.join()
     assert claimed is not None and claimed.job_id == station.id
     assert ctx.queue.claim("w1", block_ms=0) is None
+
+
+def test_records_stay_compact_in_the_embedded_redis(ctx: Context) -> None:
+    """The embedded Redis (as scripts/serve starts it) keeps a job record and a session as
+    compact listpacks: they live for the retention time, so their size is what Redis grows
+    by under a steady load. Redis's default made each a hash table at 3.5x the size."""
+    spec = GenerationSpec(model="debug", output_seconds=30, description="slow ambient pads with a walking bass " * 4)
+    job = Job(id=new_job_id(), kind="generate", session_id="", spec=spec)  # type: ignore[arg-type]
+    ctx.jobs.save(job)
+    ctx.jobs.update(job.id, status=JobStatus.COMPLETED, finished=time.time(), output_blob="6b175403727dd9a301e129c4",
+                    worker="host-1234-abcdef", model_seconds=1.882, store_seconds=0.025)
+    session = ctx.sessions.create(status="idle", params=spec.model_dump_json())
+    for key in (keys.job(job.id), keys.session(session.id)):
+        assert ctx.redis.object("encoding", key) == "listpack", key
+        assert ctx.redis.memory_usage(key) < 1536, (key, ctx.redis.memory_usage(key))
