@@ -397,3 +397,22 @@ def test_a_reader_that_stalls_mid_message_is_let_go_at_the_messages_deadline(mon
     finally:
         a.close()
         b.close()
+
+
+def test_every_accepted_connection_sends_small_frames_at_once() -> None:
+    """The web process's connection handler turns Nagle's algorithm off (TCP_NODELAY): a
+    Socket.IO answer is two small frames, and the kernel held the second until the client
+    acknowledged the first, up to 40 ms with a client that delays its ACKs."""
+    from g4l.settings import Settings
+    from g4l.web import http_server
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    conn, address = listener.accept()
+    try:
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the kernel's default
+        http_server.handler_class(Settings())(conn, address, None)
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for s in (conn, client, listener):
+            s.close()

@@ -73,6 +73,23 @@ class _DeadlineFile:
         return self._timed(self._f.peek, *args)
 
 
+def no_delay(sock: Any) -> None:
+    """Send small writes at once (TCP_NODELAY), as nginx, Node and uvicorn do.
+
+    A Socket.IO answer is two small websocket frames (the event, then its acknowledgement),
+    and the server's ping is another: with Nagle's algorithm the kernel held each second
+    small frame until the client acknowledged the first, and a client that delays its
+    acknowledgements (Linux does, up to 40 ms, once an exchange looks interactive) left it
+    there. Every client pinged at the same moment (clients that connected together) saw
+    one 40-50 ms round trip at once: the stall ``scripts/bench_responsiveness`` found once
+    per run, 25 s (the ping interval) after its clients connected.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a Unix socket behind a proxy)
+        pass
+
+
 def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
     """A ``pywsgi.WSGIHandler`` subclass with the deadlines of ``settings``."""
     header_s = settings.http_header_timeout_s
@@ -83,6 +100,7 @@ def handler_class(settings: Settings) -> type[pywsgi.WSGIHandler]:
     class TimedHandler(pywsgi.WSGIHandler):
         def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
             super().__init__(sock, address, server, rfile)
+            no_delay(sock)
             self.deadlines = _DeadlineFile(getattr(self, "rfile"))  # noqa: B009 (gevent's attribute is untyped)
             self.rfile = self.deadlines
 
