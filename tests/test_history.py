@@ -329,10 +329,10 @@ def test_after_an_undo_the_undone_result_is_neither_redelivered_nor_served(ctx, 
     # Finished while the device was away: not delivered yet.
     assert ctx.sessions.append_version(sid, record, job_id="job-b", status="idle", last_output_blob=blob,
                                        delivered="") == "OK"
-    assert sessions.missed_result(sid) is not None
+    assert sessions.missed_result(ctx.sessions.require(sid)) is not None
     assert JobService(ctx, sessions).session_audio_blob(ME, sid) == (blob, "job-b")
     history.undo(sid, ME)  # another client of the session undoes meanwhile
-    assert sessions.missed_result(sid) is None  # the returning device is not sent the undone take
+    assert sessions.missed_result(ctx.sessions.require(sid)) is None  # the returning device is not sent the undone take
     current, job = JobService(ctx, sessions).session_audio_blob(ME, sid)
     assert current == history.history(sid, ME).versions[1].blob and job is None
 

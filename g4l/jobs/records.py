@@ -163,6 +163,12 @@ class JobStore:
         data = self.r.hgetall(keys.job(job_id))
         return Job.from_redis(data) if data else None
 
+    def status_of(self, job_id: str) -> JobStatus | None:
+        """A job's status alone (None: no record): one field, for readers that need no more
+        (every status probe of an idle session asks whether its last job was canceled)."""
+        value = self.r.hget(keys.job(job_id), "status")
+        return JobStatus(value) if value else None
+
     def session_ids(self, job_ids: list[str]) -> dict[str, str]:
         """Job id -> its session id ('' for none), one round trip for all of them."""
         with self.r.pipeline(transaction=False) as p:

@@ -301,11 +301,11 @@ class SessionService:
         return {"message": "Ready", "position": 0, "total_queued": self.ctx.queue.depth(), "estimated_seconds": 0,
                 "status": "ready", "session_id": session_id}
 
-    def missed_result(self, session_id: str) -> Job | None:
-        """The session's finished job whose result no socket has received yet (the client
-        was away when it finished), or None: a returning client gets it again."""
-        session = self.ctx.sessions.get(session_id)
-        if session is None or session.busy:
+    def missed_result(self, session: Session) -> Job | None:
+        """The finished job of ``session`` (as just read) whose result no socket has
+        received yet (the client was away when it finished), or None: a returning client
+        gets it again."""
+        if session.busy:
             return None
         job_id = session.get("job_id")
         if not job_id or not session.get("last_output_blob") or session.get("delivered") == job_id:

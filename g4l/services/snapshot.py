@@ -86,8 +86,7 @@ def take(ctx: Context, session_id: str, session: Session | None,
         running = ctx.jobs.get(job_id)
         job_kind = running.kind if running is not None else None
     if not session.busy and job_id and not session.get("error"):
-        job = ctx.jobs.get(job_id)
-        canceled = job is not None and job.status is JobStatus.CANCELED
+        canceled = ctx.jobs.status_of(job_id) is JobStatus.CANCELED
     return SessionSnapshot(
         session_id=session_id, exists=True, status=session.status, progress=session.progress, job_id=job_id,
         queue_position=position, queue=queue, error=session.text("error"), error_code=session.text("error_code"),

@@ -10,6 +10,7 @@ from flask_socketio import emit, join_room, leave_room
 from g4l.jobs import kinds
 from g4l.services.listen import ListenService
 from g4l.services.sessions import Accepted, SessionService
+from g4l.services.snapshot import SessionSnapshot
 from g4l.store import redis_wait
 from g4l.web.api.access import socket_caller
 from g4l.web.relay import Relay
@@ -64,12 +65,12 @@ class DeviceEvents:
 
     def on_verify_session(self, raw: Any = None, *_: Any) -> dict[str, Any]:
         req = parse_payload(raw, SessionRef)
-        status = self.service.status(req.session_id, socket_caller())
-        if status["exists"]:
+        snap = self.service.snapshot(req.session_id, socket_caller())
+        status = snap.status_payload()
+        if snap.exists:
             join_room(req.session_id)
         emit(events.SESSION_STATUS, status)
-        if status["exists"]:
-            self._redeliver(req.session_id)
+        self._redeliver(snap)
         return status  # also the acknowledgement, for clients that use emit-with-ack
 
     def on_request_progress_status(self, raw: Any = None, *_: Any) -> None:
@@ -81,8 +82,7 @@ class DeviceEvents:
             if snap.queue is not None:
                 emit(events.QUEUE_STATUS, snap.queue)
         emit(events.SESSION_STATUS, snap.status_payload())
-        if snap.exists:
-            self._redeliver(req.session_id)
+        self._redeliver(snap)
 
     def on_get_listen_url(self, raw: Any = None, *_: Any) -> dict[str, str]:
         req = parse_payload(raw, SessionRef)
@@ -131,8 +131,9 @@ class DeviceEvents:
         if status["status"] == "processing":
             emit(events.PROCESSING_STARTED, {"session_id": result.session_id, "job_id": result.job_id})
 
-    def _redeliver(self, session_id: str) -> None:
-        """A result that finished while the client was away is sent on its return."""
-        job = self.service.missed_result(session_id)
+    def _redeliver(self, snap: SessionSnapshot) -> None:
+        """A result that finished while the client was away is sent on its return (read
+        from the snapshot just answered: no second look-up on every status probe)."""
+        job = self.service.missed_result(snap.session) if snap.session is not None else None
         if job is not None and job.output_blob:
-            self.relay.deliver(session_id, job.id, job.kind, job.output_blob)
+            self.relay.deliver(snap.session_id, job.id, job.kind, job.output_blob)
